@@ -1,0 +1,22 @@
+# costack: co-registered stacking of optical and SAR images.
+# Thin entry point; the rules live in workflow/rules/, one file per stage.
+from snakemake.utils import min_version
+
+min_version("8.10")
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/discover.smk"
+include: "workflow/rules/grid.smk"
+include: "workflow/rules/colocate.smk"
+include: "workflow/rules/coregister.smk"
+include: "workflow/rules/catalog.smk"
+
+
+rule all:
+    input:
+        "results/catalog.json",
+    default_target: True

@@ -1,0 +1,40 @@
+"""Cloud Optimized GeoTIFFs through GDAL's COG driver, checked with rio-cogeo's validator."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import rasterio
+import rasterio.shutil
+from rio_cogeo.cogeo import cog_validate
+
+from costack.rasterio_io import atomic_path
+
+COG_OPTIONS = {
+    "COMPRESS": "DEFLATE",
+    "PREDICTOR": "YES",
+    "BLOCKSIZE": "256",
+    "OVERVIEWS": "AUTO",
+    "OVERVIEW_RESAMPLING": "AVERAGE",
+    "BIGTIFF": "IF_SAFER",
+}
+
+
+def write_cog(src_path: str | Path, dst_path: str | Path, resampling: str = "average") -> None:
+    """Copy a GeoTIFF to a COG (tiles, overviews, deflate), keeping nodata and tags.
+
+    Overviews use ``resampling`` (``average`` for continuous data, ``nearest`` for masks).
+    """
+    options = dict(COG_OPTIONS, OVERVIEW_RESAMPLING=resampling.upper())
+    with atomic_path(dst_path) as tmp:
+        with rasterio.open(src_path) as src:
+            rasterio.shutil.copy(src, tmp, driver="COG", **options)
+        valid, errors, _ = cog_validate(tmp, strict=False, quiet=True)
+        if not valid:
+            raise RuntimeError(f"GDAL wrote an invalid COG for {src_path}: {errors}")
+
+
+def is_valid_cog(path: str | Path) -> bool:
+    """True if ``path`` passes rio-cogeo's COG validation."""
+    valid, _, _ = cog_validate(str(path), strict=False, quiet=True)
+    return bool(valid)

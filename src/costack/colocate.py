@@ -1,0 +1,120 @@
+"""Co-location: warp one asset onto the common grid with GDAL's warper.
+
+Nodata is carried as nodata: the source's declared nodata (and NaN for floating-point data) is
+excluded from every interpolation kernel, and grid pixels with no valid source get the output
+fill value. The output is Float32 with the input's fill value (NaN when the input declares
+none). Sigma nought in dB is resampled in the linear power domain and converted back, so a
+kernel averages power rather than decibels.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.enums import Resampling
+from rasterio.warp import reproject
+
+from costack.georef import GCP_WARP_OPTIONS, read_georef
+from costack.grid import Grid
+from costack.rasterio_io import write_float32
+
+log = logging.getLogger(__name__)
+
+
+def output_nodata(src_nodata: float | None) -> float:
+    """The Float32 fill value of an output: the input's if it has one, else NaN."""
+    if src_nodata is None or np.isnan(src_nodata):
+        return float("nan")
+    return float(np.float32(src_nodata))
+
+
+def db_to_linear(db: np.ndarray) -> np.ndarray:
+    """10^(dB/10), element-wise."""
+    return np.power(np.float32(10.0), db / np.float32(10.0), dtype=np.float32)
+
+
+def linear_to_db(power: np.ndarray) -> np.ndarray:
+    """10 log10(power), with non-positive power as NaN."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.float32(10.0) * np.log10(power)
+    out[~np.isfinite(out)] = np.nan
+    return out.astype(np.float32)
+
+
+def colocate_array(
+    path: str,
+    grid: Grid,
+    resampling: str = "bilinear",
+    db: bool = False,
+    pixel_center: bool = True,
+    threads: int = 1,
+) -> tuple[np.ndarray, float]:
+    """Warp a single-band raster onto ``grid``.
+
+    Args:
+        path: GDAL path of the source (``/vsicurl/`` for URLs).
+        grid: the target grid.
+        resampling: GDAL resampling name.
+        db: the data are decibels; resample in the linear power domain.
+        pixel_center: GCPs refer to pixel centres (see :mod:`costack.georef`).
+        threads: warper threads.
+
+    Returns:
+        (Float32 array with NaN where there is no data, output fill value).
+    """
+    with rasterio.open(path) as src:
+        georef = read_georef(src, pixel_center)
+        src_nodata = src.nodata
+        data = src.read(1, masked=False).astype(np.float32)
+    invalid = ~np.isfinite(data)
+    if src_nodata is not None and not np.isnan(src_nodata):
+        invalid |= data == np.float32(src_nodata)
+    if db:
+        data = db_to_linear(data)
+        invalid |= ~np.isfinite(data)
+    data[invalid] = np.nan
+    out = np.full(grid.shape, np.nan, dtype=np.float32)
+    kwargs: dict = {}
+    if georef.gcps:
+        kwargs.update(gcps=georef.gcps, **GCP_WARP_OPTIONS)
+    else:
+        kwargs.update(src_transform=georef.transform)
+    reproject(
+        source=data,
+        destination=out,
+        src_crs=georef.crs,
+        src_nodata=np.nan,
+        dst_transform=grid.transform,
+        dst_crs=grid.crs,
+        dst_nodata=np.nan,
+        resampling=Resampling[resampling],
+        num_threads=max(1, threads),
+        **kwargs,
+    )
+    if db:
+        out = linear_to_db(out)
+    return out, output_nodata(src_nodata)
+
+
+def colocate_asset(
+    path: str,
+    grid: Grid,
+    out_path: str | Path,
+    resampling: str = "bilinear",
+    db: bool = False,
+    pixel_center: bool = True,
+    threads: int = 1,
+    tags: dict[str, str] | None = None,
+) -> None:
+    """Warp one asset onto the grid and write it as a Float32 GeoTIFF."""
+    data, nodata = colocate_array(path, grid, resampling, db, pixel_center, threads)
+    valid = np.isfinite(data)
+    log.info("colocated %s: %d of %d grid pixels valid", path, int(valid.sum()), data.size)
+    meta = {"costack_resampling": resampling}
+    if db:
+        meta["costack_resampling_domain"] = "linear power (dB converted before and after)"
+    meta.update(tags or {})
+    write_float32(out_path, data, grid, nodata, tags=meta)

@@ -1,0 +1,235 @@
+"""The run's parameters: schema validation and parsing of the service's asset-list syntax.
+
+The Charter Mapper Co-Register service takes an asset list written ``1.nir,2.nir,3.s0_db_c_vv``
+(dataset index, dot, band), a reference asset from that list, an optional AOI in WKT and optional
+``name:(s-expression)`` strings. This module turns a config mapping into a validated
+:class:`RunConfig`, raising :class:`~costack.errors.CostackError` with a one-line message.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from costack.errors import CostackError
+
+_TOKEN = re.compile(r"^(?P<dataset>[1-9][0-9]*)\.(?P<band>[A-Za-z_][A-Za-z0-9_\-]*)$")
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def schema_path() -> Path:
+    """Path of the JSON Schema (``config/schema.yaml``, shipped in the wheel as well)."""
+    packaged = resources.files("costack").joinpath("schema.yaml")
+    if packaged.is_file():
+        return Path(str(packaged))
+    return Path(__file__).resolve().parents[2] / "config" / "schema.yaml"
+
+
+def load_schema() -> dict[str, Any]:
+    """The configuration schema as a mapping."""
+    with open(schema_path(), encoding="utf-8") as fh:
+        return yaml.safe_load(fh)
+
+
+@dataclass(frozen=True, order=True)
+class AssetRef:
+    """One ``DATASET.BAND`` token of the asset list."""
+
+    dataset: int
+    band: str
+
+    @property
+    def key(self) -> str:
+        """The token as written, also the asset key of the output item (``1.nir``)."""
+        return f"{self.dataset}.{self.band}"
+
+    @classmethod
+    def parse(cls, token: str, parameter: str = "assets") -> AssetRef:
+        """Parse one token, e.g. ``"2.nir"``; raise a CostackError naming ``parameter``."""
+        if token != token.strip() or " " in token:
+            raise CostackError(
+                parameter,
+                f"asset token {token!r} contains spaces",
+                "write the list as comma-separated DATASET.BAND tokens without spaces, "
+                "e.g. 1.nir,2.nir",
+            )
+        match = _TOKEN.match(token)
+        if not match:
+            raise CostackError(
+                parameter,
+                f"asset token {token!r} is malformed",
+                "write DATASET.BAND with a 1-based dataset index and a band name, e.g. 1.nir",
+            )
+        return cls(int(match["dataset"]), match["band"])
+
+
+@dataclass(frozen=True)
+class Expression:
+    """A ``name:(s-expression)`` band-math definition (evaluated by :mod:`costack.bandmath`)."""
+
+    name: str
+    text: str
+    source: str
+
+
+@dataclass
+class RunConfig:
+    """A validated configuration."""
+
+    inputs: list[str]
+    assets: list[AssetRef]
+    reference: AssetRef
+    aoi: str | None = None
+    expressions: list[Expression] = field(default_factory=list)
+    resampling: str = "bilinear"
+    gcp_pixel_center: bool = True
+    item_id: str = "costack-stack"
+
+    @property
+    def keys(self) -> list[str]:
+        """Asset keys in list order (``1.red``, ``1.nir`` ...)."""
+        return [a.key for a in self.assets]
+
+    @property
+    def datasets(self) -> list[int]:
+        """Indices of the datasets that have at least one listed asset, in order."""
+        return sorted({a.dataset for a in self.assets})
+
+    @property
+    def secondary_datasets(self) -> list[int]:
+        """Datasets other than the reference's."""
+        return [d for d in self.datasets if d != self.reference.dataset]
+
+    def assets_of(self, dataset: int) -> list[AssetRef]:
+        """Listed assets of one dataset, in list order."""
+        return [a for a in self.assets if a.dataset == dataset]
+
+
+def _schema_error_line(error: jsonschema.ValidationError) -> CostackError:
+    where = ".".join(str(p) for p in error.absolute_path) or "config"
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        extra = sorted(set(error.instance) - set(allowed))
+        return CostackError(
+            f"config key {', '.join(repr(e) for e in extra)}",
+            "does not exist",
+            f"remove it; the keys are {', '.join(allowed)}",
+        )
+    if error.validator == "required":
+        return CostackError(where, error.message, "add it to the config file")
+    return CostackError(where, error.message, "see config/schema.yaml for the allowed values")
+
+
+def validate_schema(config: dict[str, Any]) -> dict[str, Any]:
+    """Validate ``config`` against the schema; return a copy with defaults filled in."""
+    schema = load_schema()
+    validator = jsonschema.Draft202012Validator(schema)
+    error = jsonschema.exceptions.best_match(validator.iter_errors(config))
+    if error is not None:
+        raise _schema_error_line(error)
+    filled = copy.deepcopy(config)
+    for key, spec in schema["properties"].items():
+        if key not in filled and "default" in spec:
+            filled[key] = copy.deepcopy(spec["default"])
+    return filled
+
+
+def parse_asset_list(assets: str | list[str]) -> list[AssetRef]:
+    """Parse the service's asset list (``"1.nir,2.nir"`` or a list of tokens)."""
+    tokens = assets.split(",") if isinstance(assets, str) else list(assets)
+    refs = [AssetRef.parse(t) for t in tokens]
+    seen: set[str] = set()
+    for ref in refs:
+        if ref.key in seen:
+            raise CostackError("assets", f"asset {ref.key} is listed twice", "list it once")
+        seen.add(ref.key)
+    return refs
+
+
+def split_expression(source: str) -> Expression:
+    """Split ``name:(expr)`` into its name and expression text, checking the name part."""
+    name, sep, text = source.partition(":")
+    if not sep or not name.strip():
+        raise CostackError(
+            "expressions",
+            f"{source!r} has no 'name:' part",
+            "write it as name:(s-expression), e.g. ndvi:(norm_diff 1.nir 1.red)",
+        )
+    name = name.strip()
+    if not _NAME.match(name):
+        raise CostackError(
+            "expressions",
+            f"name {name!r} in {source!r} is not a valid identifier",
+            "use letters, digits and underscores, starting with a letter",
+        )
+    if not text.strip():
+        raise CostackError(
+            "expressions",
+            f"expression {name!r} is empty",
+            "write an s-expression after the colon, e.g. ndvi:(norm_diff 1.nir 1.red)",
+        )
+    return Expression(name=name, text=text.strip(), source=source)
+
+
+def parse_config(config: dict[str, Any]) -> RunConfig:
+    """Validate a raw config mapping (schema, asset list, reference, expression names)."""
+    raw = validate_schema(config)
+    assets = parse_asset_list(raw["assets"])
+    n_inputs = len(raw["inputs"])
+    for ref in assets:
+        if ref.dataset > n_inputs:
+            raise CostackError(
+                "assets",
+                f"asset {ref.key} refers to dataset {ref.dataset} but inputs lists only "
+                f"{n_inputs} dataset(s)",
+                "add the item to inputs or fix the dataset index",
+            )
+    reference = AssetRef.parse(raw["reference"], parameter="reference")
+    if reference not in assets:
+        raise CostackError(
+            "reference",
+            f"{reference.key} is not in the asset list ({','.join(a.key for a in assets)})",
+            "pick the reference among the listed assets",
+        )
+    expressions: list[Expression] = []
+    for source in raw["expressions"]:
+        expr = split_expression(source)
+        if expr.name in {a.key for a in assets} or any(e.name == expr.name for e in expressions):
+            raise CostackError(
+                "expressions",
+                f"name {expr.name!r} is used twice",
+                "give every expression a name of its own, distinct from the input assets",
+            )
+        expressions.append(expr)
+    aoi = raw["aoi"]
+    if aoi is not None and not aoi.strip():
+        aoi = None
+    return RunConfig(
+        inputs=list(raw["inputs"]),
+        assets=assets,
+        reference=reference,
+        aoi=aoi,
+        expressions=expressions,
+        resampling=raw["resampling"],
+        gcp_pixel_center=raw["gcp_pixel_center"],
+        item_id=raw["item_id"],
+    )
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read and validate a YAML config file."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            raw = yaml.safe_load(fh) or {}
+    except OSError as err:
+        raise CostackError("configfile", f"cannot read {path}: {err.strerror}", None) from err
+    except yaml.YAMLError as err:
+        raise CostackError("configfile", f"{path} is not valid YAML ({err})", None) from err
+    return parse_config(raw)

@@ -1,0 +1,181 @@
+"""The common target grid: the reference asset's CRS and pixel size over the AOI or common area.
+
+The extent is the AOI if the user gave one (it overrides the automatic maximum common area, as
+in the service), else the intersection of all listed assets' footprints. Either way it is
+snapped outward to the reference's pixel lattice, so the grid's pixels coincide with the
+reference's own pixels and the reference is never resampled by a fraction of a pixel.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import rasterio
+from pyproj import CRS as ProjCRS
+from pyproj.aoi import AreaOfInterest
+from pyproj.database import query_utm_crs_info
+from rasterio.crs import CRS
+from rasterio.transform import Affine
+from rasterio.warp import transform_geom
+from shapely import wkt as shapely_wkt
+from shapely.errors import ShapelyError
+from shapely.geometry import Polygon, box, mapping, shape
+
+from costack.errors import CostackError
+from costack.georef import WGS84
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A north-up pixel grid: CRS, affine transform (GDAL convention) and size."""
+
+    crs: CRS
+    transform: Affine
+    width: int
+    height: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(rows, cols)."""
+        return self.height, self.width
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        """(left, bottom, right, top) in the grid's CRS."""
+        return rasterio.transform.array_bounds(self.height, self.width, self.transform)[:4]
+
+    def footprint(self, crs: CRS = WGS84) -> Polygon:
+        """The grid's outline in ``crs`` (EPSG:4326 by default), densified along its edges."""
+        outline = box(*self.bounds).segmentize(max(self.bounds[2] - self.bounds[0], 1) / 16)
+        return shape(transform_geom(self.crs, crs, mapping(outline)))
+
+    def to_json(self) -> dict:
+        """A JSON-able description (CRS as WKT and EPSG code where it has one)."""
+        return {
+            "crs": self.crs.to_wkt(),
+            "epsg": self.crs.to_epsg(),
+            "transform": list(self.transform)[:6],
+            "width": self.width,
+            "height": self.height,
+            "bounds": list(self.bounds),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> Grid:
+        """Inverse of :meth:`to_json`."""
+        return cls(
+            CRS.from_wkt(data["crs"]),
+            Affine(*data["transform"]),
+            int(data["width"]),
+            int(data["height"]),
+        )
+
+    def save(self, path: str | Path) -> None:
+        """Write the grid as JSON (the contract of the grid step)."""
+        Path(path).write_text(json.dumps(self.to_json(), indent=2) + "\n", encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | Path) -> Grid:
+        """Read a grid written by :meth:`save`."""
+        return cls.from_json(json.loads(Path(path).read_text(encoding="utf-8")))
+
+
+def parse_aoi(text: str) -> Polygon:
+    """Parse the AOI WKT (EPSG:4326, lon/lat) into a polygonal geometry."""
+    try:
+        geom = shapely_wkt.loads(text)
+    except (ShapelyError, ValueError, TypeError) as err:
+        raise CostackError(
+            "aoi",
+            f"cannot parse WKT {text[:80]!r}",
+            "give a polygon such as POLYGON((lon lat, lon lat, ...)) in EPSG:4326",
+        ) from err
+    if geom.is_empty or geom.area == 0:
+        raise CostackError(
+            "aoi", f"WKT {text[:80]!r} has no area", "give a POLYGON or MULTIPOLYGON in EPSG:4326"
+        )
+    minx, miny, maxx, maxy = geom.bounds
+    if minx < -180 or maxx > 180 or miny < -90 or maxy > 90:
+        raise CostackError(
+            "aoi",
+            f"WKT {text[:80]!r} is outside longitude/latitude ranges",
+            "give the AOI in EPSG:4326, longitude first",
+        )
+    return geom
+
+
+def _to_crs(geom_wgs84, crs: CRS):
+    return shape(transform_geom(WGS84, crs, mapping(geom_wgs84.segmentize(0.01))))
+
+
+def reference_lattice(row: pd.Series) -> tuple[CRS, float, float, float, float]:
+    """CRS, origin and pixel size of the reference asset's pixel lattice.
+
+    A reference georeferenced by GCPs (e.g. a SAR GRD) has no lattice of its own: it is gridded
+    in the UTM zone of its centre at its mean pixel size, with the origin on a multiple of it.
+    """
+    if row["georef"] == "transform":
+        with rasterio.open(row["gdal_path"]) as src:
+            t = src.transform
+            if t.b != 0 or t.d != 0:
+                raise CostackError(
+                    "reference",
+                    f"{row['key']} has a rotated geotransform",
+                    "pick a north-up asset as the reference",
+                )
+            return src.crs, t.c, t.f, t.a, t.e
+    foot = shapely_wkt.loads(row["footprint"])
+    c = foot.centroid
+    info = query_utm_crs_info(
+        datum_name="WGS 84", area_of_interest=AreaOfInterest(c.x, c.y, c.x, c.y)
+    )
+    crs = CRS.from_wkt(ProjCRS.from_epsg(int(info[0].code)).to_wkt())
+    local = _to_crs(foot, crs)
+    res = float(round(math.sqrt(local.area / (row["width"] * row["height"])), 3))
+    return crs, 0.0, 0.0, res, -res
+
+
+def compute_grid(manifest: pd.DataFrame, reference: str, aoi: str | None = None) -> Grid:
+    """The common grid for the manifest's assets.
+
+    Args:
+        manifest: discovery manifest (one row per asset, ``footprint`` as WKT in EPSG:4326).
+        reference: key of the reference asset (``1.nir``).
+        aoi: optional WKT in EPSG:4326 that overrides the common area.
+    """
+    manifest = manifest.set_index("key", drop=False)
+    crs, x0, y0, rx, ry = reference_lattice(manifest.loc[reference])
+    common = None
+    for _, row in manifest.iterrows():
+        foot = _to_crs(shapely_wkt.loads(row["footprint"]), crs)
+        common = foot if common is None else common.intersection(foot)
+    if common is None or common.is_empty or common.area == 0:
+        raise CostackError(
+            "assets",
+            "the footprints of the listed assets have no common area",
+            "list assets that overlap, or set aoi inside their overlap",
+        )
+    if aoi is not None:
+        area = _to_crs(parse_aoi(aoi), crs)
+        if not area.intersects(common) or area.intersection(common).area == 0:
+            raise CostackError(
+                "aoi",
+                "the AOI does not overlap the common area of the listed assets",
+                "draw the AOI where all listed assets overlap",
+            )
+    else:
+        area = common
+    left, bottom, right, top = area.bounds
+    c0 = math.floor((left - x0) / rx + 1e-9)
+    c1 = math.ceil((right - x0) / rx - 1e-9)
+    r0 = math.floor((top - y0) / ry + 1e-9)
+    r1 = math.ceil((bottom - y0) / ry - 1e-9)
+    width, height = c1 - c0, r1 - r0
+    if width < 1 or height < 1:
+        raise CostackError("aoi", "the common area is smaller than a pixel", "enlarge the AOI")
+    transform = Affine(rx, 0.0, x0 + c0 * rx, 0.0, ry, y0 + r0 * ry)
+    return Grid(crs, transform, width, height)

@@ -1,0 +1,81 @@
+"""Small raster I/O helpers: Float32 GeoTIFFs on a grid, read back with NaN for nodata."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import rasterio
+
+from costack.grid import Grid
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[str]:
+    """Yield a temporary path beside ``path``; move it into place only on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_float32(
+    path: str | Path,
+    data: np.ndarray,
+    grid: Grid,
+    nodata: float = float("nan"),
+    tags: dict[str, str] | None = None,
+    band_descriptions: list[str] | None = None,
+) -> None:
+    """Write a (bands, rows, cols) or (rows, cols) array as a tiled Float32 GeoTIFF.
+
+    NaN marks missing data in ``data``; it is written as ``nodata``.
+    """
+    arr = np.asarray(data, dtype=np.float32)
+    if arr.ndim == 2:
+        arr = arr[None]
+    if not np.isnan(nodata):
+        arr = np.where(np.isnan(arr), np.float32(nodata), arr)
+    profile = {
+        "driver": "GTiff",
+        "dtype": "float32",
+        "count": arr.shape[0],
+        "height": grid.height,
+        "width": grid.width,
+        "crs": grid.crs,
+        "transform": grid.transform,
+        "nodata": nodata,
+        "compress": "deflate",
+        "predictor": 3,
+        "tiled": grid.width >= 256 and grid.height >= 256,
+    }
+    if profile["tiled"]:
+        profile.update(blockxsize=256, blockysize=256)
+    with atomic_path(path) as tmp:
+        with rasterio.open(tmp, "w", **profile) as dst:
+            dst.write(arr)
+            if tags:
+                dst.update_tags(**tags)
+            for i, desc in enumerate(band_descriptions or [], start=1):
+                dst.set_band_description(i, desc)
+
+
+def read_float32(path: str | Path, band: int | None = 1) -> tuple[np.ndarray, Grid, float]:
+    """Read a raster as Float32 with NaN where it is nodata; return (array, grid, nodata)."""
+    with rasterio.open(path) as src:
+        data = src.read(band).astype(np.float32) if band else src.read().astype(np.float32)
+        nodata = np.nan if src.nodata is None else float(src.nodata)
+        grid = Grid(src.crs, src.transform, src.width, src.height)
+    if not np.isnan(nodata):
+        data[data == np.float32(nodata)] = np.nan
+    return data, grid, nodata

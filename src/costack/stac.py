@@ -1,0 +1,156 @@
+"""The output STAC catalog: one item for the co-registered stack, built with pystac.
+
+The item's data assets are keyed exactly as the asset list (``1.nir``, ``2.nir`` ...) plus the
+band-math outputs by name. Each is a single-band Float32 COG described with the projection,
+raster, eo and file extensions (and sar for SAR assets); the item's geometry and bbox are the
+grid's footprint, and the source items are linked as ``derived_from``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pystac
+from pystac.extensions.eo import Band, EOExtension
+from pystac.extensions.file import FileExtension
+from pystac.extensions.projection import ProjectionExtension
+from pystac.extensions.raster import DataType, RasterBand, RasterExtension
+from pystac.extensions.sar import SarExtension
+from shapely.geometry import mapping
+
+from costack import __version__
+from costack.grid import Grid
+
+EO_COMMON_NAMES = {
+    "pan", "coastal", "blue", "green", "green05", "yellow", "red", "rededge", "rededge071",
+    "rededge075", "rededge078", "nir", "nir08", "nir09", "cirrus", "swir16", "swir22", "lwir",
+    "lwir11", "lwir12",
+}  # fmt: skip
+
+
+@dataclass
+class StackAsset:
+    """One asset of the output item."""
+
+    key: str
+    path: Path
+    title: str
+    nodata: float
+    roles: list[str] = field(default_factory=lambda: ["data"])
+    band_name: str | None = None
+    unit: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    sar: dict[str, Any] | None = None
+
+
+def sha256_multihash(path: str | Path) -> str:
+    """The file's SHA-256 as a multihash hex string (``1220`` + digest), as file:checksum."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return "1220" + digest.hexdigest()
+
+
+def _nodata_field(value: float) -> float | str:
+    return "nan" if np.isnan(value) else float(value)
+
+
+def _parse_dt(text: str) -> datetime | None:
+    return datetime.fromisoformat(text) if text else None
+
+
+def build_item(
+    item_id: str,
+    grid: Grid,
+    manifest: pd.DataFrame,
+    reference: str,
+    assets: list[StackAsset],
+    properties: dict[str, Any] | None = None,
+) -> pystac.Item:
+    """The stack's STAC item (asset hrefs absolute; made relative when saved)."""
+    footprint = grid.footprint()
+    ref_row = manifest.set_index("key", drop=False).loc[reference]
+    times = sorted(t for t in (_parse_dt(s) for s in manifest["datetime"]) if t is not None)
+    ref_time = _parse_dt(ref_row["datetime"]) or (times[0] if times else None)
+    props: dict[str, Any] = {
+        "costack:version": __version__,
+        "costack:reference": reference,
+        "costack:assets": list(manifest["key"]),
+        "platform": ",".join(sorted({p for p in manifest["platform"] if p})) or None,
+    }
+    if times:
+        props["start_datetime"] = times[0].isoformat()
+        props["end_datetime"] = times[-1].isoformat()
+    props.update(properties or {})
+    item = pystac.Item(
+        id=item_id,
+        geometry=mapping(footprint),
+        bbox=list(footprint.bounds),
+        datetime=ref_time,
+        properties={k: v for k, v in props.items() if v is not None},
+    )
+    proj = ProjectionExtension.ext(item, add_if_missing=True)
+    epsg = grid.crs.to_epsg()
+    if epsg:
+        proj.code = f"EPSG:{epsg}"
+    else:
+        proj.wkt2 = grid.crs.to_wkt()
+    proj.shape = [grid.height, grid.width]
+    proj.transform = list(grid.transform)[:6]
+    proj.bbox = list(grid.bounds)
+
+    for sa in assets:
+        asset = pystac.Asset(
+            href=str(Path(sa.path).resolve()),
+            title=sa.title,
+            media_type=pystac.MediaType.COG,
+            roles=sa.roles,
+            extra_fields=dict(sa.extra),
+        )
+        item.add_asset(sa.key, asset)
+        RasterExtension.ext(asset, add_if_missing=True).bands = [
+            RasterBand.create(
+                nodata=_nodata_field(sa.nodata), data_type=DataType.FLOAT32, unit=sa.unit
+            )
+        ]
+        if sa.band_name is not None:
+            common = sa.band_name if sa.band_name in EO_COMMON_NAMES else None
+            EOExtension.ext(asset, add_if_missing=True).bands = [
+                Band.create(name=sa.key, common_name=common)
+            ]
+        FileExtension.ext(asset, add_if_missing=True).apply(
+            checksum=sha256_multihash(sa.path), size=Path(sa.path).stat().st_size
+        )
+        if sa.sar:
+            SarExtension.ext(asset, add_if_missing=True)
+            asset.extra_fields.update({f"sar:{k}": v for k, v in sa.sar.items()})
+    for href in dict.fromkeys(manifest["item_href"]):
+        item.add_link(
+            pystac.Link("derived_from", target=href, media_type=pystac.MediaType.JSON)
+        )
+    return item
+
+
+def write_catalog(
+    item: pystac.Item, catalog_path: str | Path, item_path: str | Path
+) -> pystac.Catalog:
+    """Save a self-contained catalog at ``catalog_path`` linking ``item`` at ``item_path``."""
+    catalog_path = Path(catalog_path).resolve()
+    catalog = pystac.Catalog(
+        id="costack",
+        description="Co-registered stack of optical and SAR assets made by costack",
+        title="costack co-registered stack",
+    )
+    catalog.add_item(item)
+    catalog.set_self_href(str(catalog_path))
+    item.set_self_href(str(Path(item_path).resolve()))
+    catalog.make_all_asset_hrefs_relative()
+    catalog.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)
+    return catalog

@@ -1,0 +1,130 @@
+"""One function per workflow step, each reading and writing the files that are its contract.
+
+The Snakemake rule scripts and the ``costack`` subcommands both call these, so a step can be
+rerun by hand on the files of the previous one.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from costack.cog import write_cog
+from costack.colocate import colocate_asset
+from costack.config import RunConfig, parse_config
+from costack.grid import Grid, compute_grid
+from costack.items import discover, read_manifest, write_manifest
+from costack.rasterio_io import atomic_path
+from costack.stac import StackAsset, build_item, write_catalog
+
+log = logging.getLogger(__name__)
+
+
+def preflight(raw_config: dict[str, Any]) -> tuple[RunConfig, pd.DataFrame, Grid]:
+    """Check everything that can be checked before any work: config, items, rasters, grid.
+
+    Raises:
+        CostackError: the first problem found, as one line naming the parameter and the fix.
+    """
+    cfg = parse_config(raw_config)
+    manifest = discover(cfg)
+    grid = compute_grid(manifest, cfg.reference.key, cfg.aoi)
+    return cfg, manifest, grid
+
+
+def run_discover(raw_config: dict[str, Any], out_csv: str | Path) -> pd.DataFrame:
+    """Step 1: resolve every listed asset into the manifest CSV."""
+    cfg = parse_config(raw_config)
+    manifest = discover(cfg)
+    with atomic_path(out_csv) as tmp:
+        write_manifest(manifest, tmp)
+    log.info("discovered %d assets in %d datasets", len(manifest), manifest["dataset"].nunique())
+    return manifest
+
+
+def run_grid(manifest_csv: str | Path, reference: str, aoi: str | None, out_json: str | Path) -> Grid:
+    """Step 2: the common grid from the manifest (AOI, else the common area)."""
+    manifest = read_manifest(manifest_csv)
+    grid = compute_grid(manifest, reference, aoi)
+    with atomic_path(out_json) as tmp:
+        grid.save(tmp)
+    log.info("grid %s: %d x %d px, transform %s", grid.crs.to_string(), grid.width, grid.height,
+             tuple(grid.transform)[:6])
+    return grid
+
+
+def run_colocate(
+    manifest_csv: str | Path,
+    grid_json: str | Path,
+    key: str,
+    out_tif: str | Path,
+    resampling: str = "bilinear",
+    pixel_center: bool = True,
+    threads: int = 1,
+) -> None:
+    """Step 3: warp asset ``key`` onto the grid (Float32 GeoTIFF, nodata carried)."""
+    row = read_manifest(manifest_csv).loc[key]
+    grid = Grid.load(grid_json)
+    start = time.perf_counter()
+    tags = {"costack_key": key, "costack_source": str(row["href"])}
+    colocate_asset(
+        row["gdal_path"], grid, out_tif, resampling, bool(row["db"]), pixel_center, threads, tags
+    )
+    log.info("colocated %s in %.2f s", key, time.perf_counter() - start)
+
+
+def run_coregister_identity(colocated: str | Path, out_tif: str | Path) -> None:
+    """Step 4 (backbone): the identity co-registration, a copy of the colocated raster."""
+    with atomic_path(out_tif) as tmp:
+        shutil.copyfile(colocated, tmp)
+
+
+def run_cog(src: str | Path, dst: str | Path) -> None:
+    """Step 5a: convert a co-registered raster to a validated COG."""
+    write_cog(src, dst)
+
+
+def run_catalog(
+    manifest_csv: str | Path,
+    grid_json: str | Path,
+    cogs: dict[str, str | Path],
+    reference: str,
+    item_id: str,
+    catalog_json: str | Path,
+    item_json: str | Path,
+    extra_assets: list[StackAsset] | None = None,
+    properties: dict[str, Any] | None = None,
+) -> None:
+    """Step 5b: the STAC catalog and the stack's item."""
+    from costack.rasterio_io import read_float32
+
+    manifest = read_manifest(manifest_csv)
+    grid = Grid.load(grid_json)
+    assets: list[StackAsset] = []
+    for key, path in cogs.items():
+        row = manifest.loc[key]
+        _, _, nodata = read_float32(path)
+        sar = None
+        if row["kind"] == "sar":
+            sar = {"polarizations": [row["polarization"]] if row["polarization"] else []}
+        assets.append(
+            StackAsset(
+                key=key,
+                path=Path(path),
+                title=f"{key}: {row['asset_key']} of {row['item_id']}, co-registered",
+                nodata=nodata,
+                band_name=row["band"],
+                unit="dB" if row["db"] else None,
+                extra={"costack:source_href": row["href"]},
+                sar=sar,
+            )
+        )
+    assets += extra_assets or []
+    item = build_item(item_id, grid, manifest, reference, assets, properties)
+    Path(item_json).parent.mkdir(parents=True, exist_ok=True)
+    write_catalog(item, catalog_json, item_json)

@@ -1,0 +1,19 @@
+rule colocate_asset:
+    input:
+        manifest="results/discover/manifest.csv",
+        grid="results/grid/grid.json",
+    output:
+        "results/colocated/{key}.tif",
+    params:
+        resampling=config["resampling"],
+        pixel_center=config["gcp_pixel_center"],
+    log:
+        "logs/colocate_asset/{key}.log",
+    threads: 2
+    resources:
+        mem_mb=2048,
+        runtime=30,
+    conda:
+        ENV
+    script:
+        "../scripts/colocate_asset.py"

@@ -1,0 +1,17 @@
+"""Rule build_catalog: the STAC catalog and the stack's item."""
+
+from costack.steps import run_catalog
+from costack.workflow import run_step
+
+run_step(
+    snakemake,
+    lambda: run_catalog(
+        snakemake.input.manifest,
+        snakemake.input.grid,
+        dict(zip(snakemake.params.asset_keys, snakemake.input.cogs, strict=True)),
+        snakemake.params.reference,
+        snakemake.params.item_id,
+        snakemake.output.catalog,
+        snakemake.output.item,
+    ),
+)

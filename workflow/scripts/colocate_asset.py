@@ -1,0 +1,17 @@
+"""Rule colocate_asset: warp one asset onto the common grid with GDAL's warper."""
+
+from costack.steps import run_colocate
+from costack.workflow import run_step
+
+run_step(
+    snakemake,
+    lambda: run_colocate(
+        snakemake.input.manifest,
+        snakemake.input.grid,
+        snakemake.wildcards.key,
+        snakemake.output[0],
+        resampling=snakemake.params.resampling,
+        pixel_center=snakemake.params.pixel_center,
+        threads=snakemake.threads,
+    ),
+)

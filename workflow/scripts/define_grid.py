@@ -1,0 +1,11 @@
+"""Rule define_grid: the common grid (reference CRS and pixels over the AOI or common area)."""
+
+from costack.steps import run_grid
+from costack.workflow import run_step
+
+run_step(
+    snakemake,
+    lambda: run_grid(
+        snakemake.input[0], snakemake.params.reference, snakemake.params.aoi, snakemake.output[0]
+    ),
+)
