@@ -99,12 +99,18 @@ def world() -> tuple[dict[str, np.ndarray], tuple[float, float], np.ndarray]:
         a = RNG.uniform(0, np.pi)
         c = RNG.uniform(0.1, 0.9) * n
         bend = RNG.uniform(-30, 30)
-        d = xx * np.cos(a) + yy * np.sin(a) - c - bend * np.sin(2 * np.pi * (
-            -xx * np.sin(a) + yy * np.cos(a)) / n)
+        d = (
+            xx * np.cos(a)
+            + yy * np.sin(a)
+            - c
+            - bend * np.sin(2 * np.pi * (-xx * np.sin(a) + yy * np.cos(a)) / n)
+        )
         cls[np.abs(d) < RNG.uniform(1.2, 2.5)] = NAMES.index("road")
     # A meandering river with a varying width.
-    centre = 0.55 * n + 90 * np.sin(2 * np.pi * xx / (0.7 * n)) + 35 * np.sin(
-        2 * np.pi * xx / (0.23 * n) + 1.0
+    centre = (
+        0.55 * n
+        + 90 * np.sin(2 * np.pi * xx / (0.7 * n))
+        + 35 * np.sin(2 * np.pi * xx / (0.23 * n) + 1.0)
     )
     width = 7 + 3 * np.sin(2 * np.pi * xx / (0.4 * n))
     cls[np.abs(yy - centre) < width] = NAMES.index("water")
@@ -231,7 +237,12 @@ def footprint_4326(xs: np.ndarray, ys: np.ndarray, crs: CRS) -> Polygon:
 
 
 def make_item(
-    out: Path, item_id: str, when: datetime, platform: str, foot: Polygon, assets: dict,
+    out: Path,
+    item_id: str,
+    when: datetime,
+    platform: str,
+    foot: Polygon,
+    assets: dict,
     props: dict,
 ) -> None:
     """Write the dataset's STAC item with relative asset hrefs."""
@@ -278,8 +289,10 @@ def main(out: Path) -> None:
         d1, "demo-s2-20240610", datetime(2024, 6, 10, 10, 30, tzinfo=UTC), "sentinel-2a",
         footprint_4326(ox, oy, REF_CRS),
         {
-            "red": {"title": "Red reflectance", "eo:bands": [{"name": "B04", "common_name": "red"}]},
-            "nir": {"title": "NIR reflectance", "eo:bands": [{"name": "B08", "common_name": "nir"}]},
+            "red": {"title": "Red reflectance",
+                    "eo:bands": [{"name": "B04", "common_name": "red"}]},
+            "nir": {"title": "NIR reflectance",
+                    "eo:bands": [{"name": "B08", "common_name": "nir"}]},
         },
         {"gsd": 10},
     )  # fmt: skip
@@ -311,8 +324,9 @@ def main(out: Path) -> None:
         data[corner] = FILL
         write_tif(d2 / f"{key}.tif", np.round(data, 4), {"crs": crs2, "transform": t2})
     truth2 = truth_field(e2)
-    write_tif(d2 / "truth.tif", np.round(truth2, 3), {"crs": REF_CRS, "transform": ref_t,
-                                                      "nodata": None})
+    write_tif(
+        d2 / "truth.tif", np.round(truth2, 3), {"crs": REF_CRS, "transform": ref_t, "nodata": None}
+    )
     ox2 = x2 + np.array([0, w2, w2, 0]) * 30
     oy2 = y2 - np.array([0, 0, h2, h2]) * 30
     make_item(
@@ -350,21 +364,32 @@ def main(out: Path) -> None:
         for gp in np.linspace(0, w3 - 1, 21).round():
             gx, gy = sar_geometry(np.array(gp), np.array(gl))
             lon, lat = to_ll.transform(gx, gy)
-            gcps.append(GroundControlPoint(row=float(gl), col=float(gp), x=float(lon),
-                                           y=float(lat), z=0.0, id=str(len(gcps) + 1)))
+            gcps.append(
+                GroundControlPoint(
+                    row=float(gl),
+                    col=float(gp),
+                    x=float(lon),
+                    y=float(lat),
+                    z=0.0,
+                    id=str(len(gcps) + 1),
+                )
+            )
     for key, src in (("s0_db_c_vv", "vv"), ("s0_db_c_vh", "vh")):
         power = sample(bands[src], origin, sx3, sy3, 20.0)
         speckle = RNG.gamma(4.0, 1 / 4.0, size=power.shape).astype(np.float32)
         db = 10 * np.log10(np.maximum(power * speckle, 1e-6))
-        write_tif(d3 / f"{key}.tif", np.round(db, 2), {"crs": None, "transform": None},
-                  gcps=(gcps, CRS.from_epsg(4326)))
+        write_tif(
+            d3 / f"{key}.tif",
+            np.round(db, 2),
+            {"crs": None, "transform": None},
+            gcps=(gcps, CRS.from_epsg(4326)),
+        )
     truth3 = truth_field(e3)
-    write_tif(d3 / "truth.tif", np.round(truth3, 3), {"crs": REF_CRS, "transform": ref_t,
-                                                      "nodata": None})
-    edge_c = np.concatenate([np.arange(w3), np.full(h3, w3 - 1), np.arange(w3)[::-1],
-                             np.zeros(h3)])
-    edge_r = np.concatenate([np.zeros(w3), np.arange(h3), np.full(w3, h3 - 1),
-                             np.arange(h3)[::-1]])
+    write_tif(
+        d3 / "truth.tif", np.round(truth3, 3), {"crs": REF_CRS, "transform": ref_t, "nodata": None}
+    )
+    edge_c = np.concatenate([np.arange(w3), np.full(h3, w3 - 1), np.arange(w3)[::-1], np.zeros(h3)])
+    edge_r = np.concatenate([np.zeros(w3), np.arange(h3), np.full(w3, h3 - 1), np.arange(h3)[::-1]])
     fx, fy = sar_geometry(edge_c[::25], edge_r[::25])
     sar_props = {
         "sar:instrument_mode": "IW", "sar:frequency_band": "C", "sar:center_frequency": 5.405,

@@ -76,7 +76,7 @@ class SourceGeoref:
             with GCPTransformer(self.gcps, tps=True) as tr:
                 xs, ys = tr.xy(rows, cols, offset="ul")
         else:
-            xs, ys = self.transform * (cols, rows)
+            xs, ys = self.transform @ (cols, rows)
         return Polygon(zip(np.asarray(xs, float), np.asarray(ys, float), strict=True))
 
     def footprint(self, crs: CRS = WGS84) -> Polygon:

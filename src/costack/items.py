@@ -117,9 +117,7 @@ def _is_db(band: str, asset: pystac.Asset) -> bool:
 
 def _kind(item: pystac.Item, band: str) -> str:
     sar_prefixes = ("s0_", "g0_", "b0_", "sigma", "gamma", "beta")
-    if band.lower().startswith(sar_prefixes) or any(
-        k.startswith("sar:") for k in item.properties
-    ):
+    if band.lower().startswith(sar_prefixes) or any(k.startswith("sar:") for k in item.properties):
         return "sar"
     return "optical"
 

@@ -132,9 +132,7 @@ def build_item(
             SarExtension.ext(asset, add_if_missing=True)
             asset.extra_fields.update({f"sar:{k}": v for k, v in sa.sar.items()})
     for href in dict.fromkeys(manifest["item_href"]):
-        item.add_link(
-            pystac.Link("derived_from", target=href, media_type=pystac.MediaType.JSON)
-        )
+        item.add_link(pystac.Link("derived_from", target=href, media_type=pystac.MediaType.JSON))
     return item
 
 

@@ -47,14 +47,21 @@ def run_discover(raw_config: dict[str, Any], out_csv: str | Path) -> pd.DataFram
     return manifest
 
 
-def run_grid(manifest_csv: str | Path, reference: str, aoi: str | None, out_json: str | Path) -> Grid:
+def run_grid(
+    manifest_csv: str | Path, reference: str, aoi: str | None, out_json: str | Path
+) -> Grid:
     """Step 2: the common grid from the manifest (AOI, else the common area)."""
     manifest = read_manifest(manifest_csv)
     grid = compute_grid(manifest, reference, aoi)
     with atomic_path(out_json) as tmp:
         grid.save(tmp)
-    log.info("grid %s: %d x %d px, transform %s", grid.crs.to_string(), grid.width, grid.height,
-             tuple(grid.transform)[:6])
+    log.info(
+        "grid %s: %d x %d px, transform %s",
+        grid.crs.to_string(),
+        grid.width,
+        grid.height,
+        tuple(grid.transform)[:6],
+    )
     return grid
 
 

@@ -1,0 +1,202 @@
+"""The ``costack`` command line: one subcommand per workflow step.
+
+Every step reads and writes the same files as the Snakemake rule of that step, so a user can
+rerun or inspect one step by hand on the intermediate files of the last run. Bad input ends
+with ``costack: error: <parameter>: <problem>; <fix>`` and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from costack import __version__
+from costack.errors import CostackError
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--configfile", help="YAML config file (as for snakemake)")
+    p.add_argument(
+        "--input", dest="inputs", action="append", metavar="ITEM",
+        help="input product reference: path or URL of a calibrated dataset's STAC item; "
+        "repeat in order (dataset N is the N-th)",
+    )  # fmt: skip
+    p.add_argument(
+        "--assets",
+        help="list of single-band assets as comma-separated DATASET.BAND without spaces, "
+        "e.g. 1.nir,2.nir,3.s0_db_c_vv",
+    )
+    p.add_argument("--reference", help="reference asset in the list of assets, e.g. 1.nir")
+    p.add_argument("--aoi", help="area of interest in WKT (EPSG:4326); overrides the common area")
+    p.add_argument(
+        "--expression", dest="expressions", action="append", metavar="NAME:(EXPR)",
+        help="s-expression defined as 'new_asset_name:(expression)'; repeatable",
+    )  # fmt: skip
+
+
+def _config_from_args(args: argparse.Namespace) -> dict:
+    import yaml
+
+    raw: dict = {}
+    if args.configfile:
+        try:
+            raw = yaml.safe_load(Path(args.configfile).read_text(encoding="utf-8")) or {}
+        except OSError as err:
+            raise CostackError("--configfile", f"cannot read {args.configfile}", None) from err
+    for name in ("inputs", "assets", "reference", "aoi", "expressions"):
+        value = getattr(args, name, None)
+        if value is not None:
+            raw[name] = value
+    return raw
+
+
+def cmd_check(args: argparse.Namespace) -> None:
+    """Validate a configuration without running anything."""
+    from costack.steps import preflight
+
+    cfg, manifest, grid = preflight(_config_from_args(args))
+    print(
+        f"ok: {len(manifest)} assets in {len(cfg.datasets)} datasets; grid {grid.crs.to_string()}"
+        f" {grid.width}x{grid.height} px at {grid.transform.a:g} m"
+    )
+
+
+def cmd_discover(args: argparse.Namespace) -> None:
+    """Step discover."""
+    from costack.steps import run_discover
+
+    run_discover(_config_from_args(args), args.out)
+
+
+def cmd_grid(args: argparse.Namespace) -> None:
+    """Step grid."""
+    from costack.steps import run_grid
+
+    run_grid(args.manifest, args.reference, args.aoi, args.out)
+
+
+def cmd_colocate(args: argparse.Namespace) -> None:
+    """Step colocate."""
+    from costack.steps import run_colocate
+
+    run_colocate(
+        args.manifest, args.grid, args.key, args.out, args.resampling,
+        not args.gcp_corner, args.threads,
+    )  # fmt: skip
+
+
+def cmd_coregister(args: argparse.Namespace) -> None:
+    """Step coregister (identity until the dense-flow step lands)."""
+    from costack.steps import run_coregister_identity
+
+    run_coregister_identity(args.colocated, args.out)
+
+
+def cmd_cog(args: argparse.Namespace) -> None:
+    """Step cog."""
+    from costack.steps import run_cog
+
+    run_cog(args.src, args.out)
+
+
+def cmd_catalog(args: argparse.Namespace) -> None:
+    """Step catalog."""
+    from costack.steps import run_catalog
+
+    cogs = {}
+    for spec in args.asset:
+        key, sep, path = spec.partition("=")
+        if not sep:
+            raise CostackError("--asset", f"{spec!r} is not KEY=PATH", "write e.g. 1.nir=a.tif")
+        cogs[key] = path
+    run_catalog(
+        args.manifest, args.grid, cogs, args.reference, args.item_id, args.catalog, args.item
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for documentation and tests)."""
+    parser = argparse.ArgumentParser(
+        prog="costack",
+        description="Co-registered stacking of optical and SAR images: run or rerun one step "
+        "of the workflow by hand on the files of the previous step.",
+    )
+    parser.add_argument("--version", action="version", version=f"costack {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("check", help="validate the parameters (config, items, rasters, grid)")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("discover", help="resolve the listed assets into a manifest CSV")
+    _add_config_args(p)
+    p.add_argument("out", help="output manifest CSV (results/discover/manifest.csv)")
+    p.set_defaults(func=cmd_discover)
+
+    p = sub.add_parser("grid", help="compute the common grid from a manifest")
+    p.add_argument("manifest")
+    p.add_argument("reference", help="reference asset key, e.g. 1.nir")
+    p.add_argument("out", help="output grid JSON (results/grid/grid.json)")
+    p.add_argument("--aoi", help="area of interest in WKT (EPSG:4326)")
+    p.set_defaults(func=cmd_grid)
+
+    p = sub.add_parser("colocate", help="warp one asset onto the grid (GDAL warper)")
+    p.add_argument("manifest")
+    p.add_argument("grid")
+    p.add_argument("key", help="asset key, e.g. 2.nir")
+    p.add_argument("out", help="output GeoTIFF (results/colocated/KEY.tif)")
+    p.add_argument(
+        "--resampling", default="bilinear",
+        choices=["nearest", "bilinear", "cubic", "cubic_spline", "lanczos", "average"],
+    )  # fmt: skip
+    p.add_argument(
+        "--gcp-corner", action="store_true",
+        help="GCP pixel/line are GDAL area coordinates (default: pixel-centre indices, as S1 GRD)",
+    )  # fmt: skip
+    p.add_argument("--threads", type=int, default=2)
+    p.set_defaults(func=cmd_colocate)
+
+    p = sub.add_parser("coregister", help="co-register a colocated asset (identity for now)")
+    p.add_argument("colocated")
+    p.add_argument("out")
+    p.set_defaults(func=cmd_coregister)
+
+    p = sub.add_parser("cog", help="write a raster as a validated Cloud Optimized GeoTIFF")
+    p.add_argument("src")
+    p.add_argument("out")
+    p.set_defaults(func=cmd_cog)
+
+    p = sub.add_parser("catalog", help="write the STAC catalog and the stack's item")
+    p.add_argument("manifest")
+    p.add_argument("grid")
+    p.add_argument("reference")
+    p.add_argument("catalog", help="output catalog JSON")
+    p.add_argument("item", help="output item JSON (beside the COGs)")
+    p.add_argument("--asset", action="append", default=[], metavar="KEY=COG", required=True)
+    p.add_argument("--item-id", default="costack-stack")
+    p.set_defaults(func=cmd_catalog)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``costack`` command."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        args.func(args)
+    except CostackError as err:
+        print(f"costack: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""The workflow end to end: the demo run, reruns, and bad input stopping before any work."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pystac
+import pytest
+import rasterio
+from conftest import REPO, run_snakemake, scene, write_item, write_raster
+from rasterio.transform import Affine
+
+from costack.cog import is_valid_cog
+
+pytestmark = pytest.mark.workflow
+
+
+def test_demo_stack_is_valid_cogs_on_one_grid(demo_run: Path):
+    catalog = pystac.Catalog.from_file(str(demo_run / "results" / "catalog.json"))
+    items = list(catalog.get_items(recursive=True))
+    assert len(items) == 1
+    item = items[0]
+    expected = ["1.red", "1.nir", "2.red", "2.nir", "3.s0_db_c_vv", "3.s0_db_c_vh"]
+    data_keys = [k for k, a in item.assets.items() if "data" in (a.roles or [])]
+    assert data_keys == expected
+    grids = set()
+    for key in expected:
+        asset = item.assets[key]
+        path = asset.get_absolute_href()
+        assert is_valid_cog(path), key
+        with rasterio.open(path) as src:
+            assert src.count == 1 and src.dtypes[0] == "float32"
+            grids.add((src.crs.to_epsg(), tuple(src.transform), src.shape))
+        assert asset.extra_fields["raster:bands"][0]["data_type"] == "float32"
+        assert asset.extra_fields["file:checksum"].startswith("1220")
+    assert len(grids) == 1
+    epsg, transform, shape = grids.pop()
+    assert epsg == 32631 and transform[0] == 10.0 and transform[4] == -10.0
+    assert item.properties["proj:code"] == "EPSG:32631"
+    assert item.properties["proj:shape"] == list(shape)
+    assert [link.rel for link in item.links].count("derived_from") == 3
+    # the colocated 30 m asset lies on the reference's own pixel lattice
+    with rasterio.open(REPO / "resources/demo/s2/nir.tif") as ref:
+        col = (transform[2] - ref.transform.c) / 10.0
+        row = (ref.transform.f - transform[5]) / 10.0
+        assert col == int(col) and row == int(row)
+        window = rasterio.windows.Window(int(col), int(row), shape[1], shape[0])
+        ref_data = ref.read(1, window=window)
+    with rasterio.open(item.assets["1.nir"].get_absolute_href()) as out:
+        np.testing.assert_array_equal(out.read(1), ref_data)
+    assert item.assets["3.s0_db_c_vv"].extra_fields["sar:polarizations"] == ["VV"]
+
+
+def test_second_dry_run_has_nothing_to_do(demo_run: Path):
+    from conftest import demo_config
+
+    proc = run_snakemake(demo_run, demo_config(), "-n")
+    assert proc.returncode == 0
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def _files(root: Path) -> list[Path]:
+    return [p for p in (root / "results").rglob("*") if p.is_file()] if root.exists() else []
+
+
+def _bad(tmp: Path, kind: str) -> tuple[dict, str]:
+    """A bad configuration of ``kind`` and the start of the expected error line."""
+    t1 = Affine(10, 0, 500_000, 0, -10, 5_000_000)
+    write_raster(tmp / "d1" / "nir.tif", scene(64, 64, 1), transform=t1)
+    i1 = write_item(tmp / "d1", "d1", {"nir": {"href": "./nir.tif"}})
+    base = {"inputs": [str(i1)], "assets": "1.nir", "reference": "1.nir"}
+    if kind == "missing_key":
+        return dict(
+            base, assets="1.nir,1.swir16"
+        ), "assets: 1.swir16: item d1 (dataset 1) has no asset 'swir16'; its assets are nir"
+    if kind == "index_beyond":
+        return dict(base, assets="1.nir,2.nir"), "assets: asset 2.nir refers to dataset 2"
+    if kind == "reference_not_listed":
+        return dict(base, reference="1.red"), "reference: 1.red is not in the asset list"
+    if kind == "malformed_token":
+        return dict(base, assets="1nir"), "assets: asset token '1nir' is malformed"
+    if kind == "trailing_dot":
+        return dict(base, assets="1."), "assets: asset token '1.' is malformed"
+    if kind == "spaces":
+        return dict(base, assets="1.nir, 1.nir"), "assets: asset token ' 1.nir' contains spaces"
+    if kind == "missing_href":
+        i2 = write_item(tmp / "d2", "d2", {"nir": {"href": "./gone.tif"}})
+        return dict(
+            base, inputs=[str(i1), str(i2)], assets="1.nir,2.nir"
+        ), "assets: 2.nir: cannot read"
+    if kind == "multiband":
+        write_raster(tmp / "d2" / "rgb.tif", np.stack([scene()] * 3), transform=t1)
+        i2 = write_item(tmp / "d2", "d2", {"rgb": {"href": "./rgb.tif"}})
+        return dict(base, inputs=[str(i1), str(i2)], assets="1.nir,2.rgb"), "assets: 2.rgb: "
+    if kind == "complex":
+        write_raster(tmp / "d2" / "slc.tif", (scene() + 1j).astype(np.complex64), transform=t1)
+        i2 = write_item(tmp / "d2", "d2", {"s0_vv": {"href": "./slc.tif"}})
+        return dict(base, inputs=[str(i1), str(i2)], assets="1.nir,2.s0_vv"), "assets: 2.s0_vv: "
+    if kind == "bad_wkt":
+        return dict(base, aoi="POLYGON((1 2, 3"), "aoi: cannot parse WKT"
+    if kind == "aoi_outside":
+        return dict(
+            base, aoi="POLYGON((10 10, 11 10, 11 11, 10 11, 10 10))"
+        ), "aoi: the AOI does not overlap"
+    if kind == "no_common_area":
+        t2 = Affine(10, 0, 600_000, 0, -10, 5_000_000)
+        write_raster(tmp / "d2" / "nir.tif", scene(), transform=t2)
+        i2 = write_item(tmp / "d2", "d2", {"nir": {"href": "./nir.tif"}})
+        return dict(
+            base, inputs=[str(i1), str(i2)], assets="1.nir,2.nir"
+        ), "assets: the footprints of the listed assets have no common area"
+    if kind == "unknown_key":
+        return dict(base, referense="1.nir"), "config key 'referense': does not exist"
+    raise AssertionError(kind)
+
+
+BAD = [
+    "missing_key", "index_beyond", "reference_not_listed", "malformed_token", "trailing_dot",
+    "spaces", "missing_href", "multiband", "complex", "bad_wkt", "aoi_outside",
+    "no_common_area", "unknown_key",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", BAD)
+def test_bad_input_stops_with_one_line_and_no_output(tmp_path, kind):
+    config, expected = _bad(tmp_path / "data", kind)
+    workdir = tmp_path / "run"
+    proc = run_snakemake(workdir, config)
+    assert proc.returncode != 0
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("costack: error:")]
+    assert len(lines) == 1, proc.stderr[-2000:]
+    assert lines[0].startswith(f"costack: error: {expected}"), lines[0]
+    if kind == "complex":
+        assert "SAR complex data is not supported" in lines[0]
+    if kind == "multiband":
+        assert "only single-band assets" in lines[0]
+    assert "Traceback" not in proc.stderr
+    assert _files(workdir) == []
+
+
+def test_catalog_json_links_item(demo_run: Path):
+    data = json.loads((demo_run / "results" / "catalog.json").read_text())
+    assert data["type"] == "Catalog"
+    assert any(link["rel"] == "item" for link in data["links"])
