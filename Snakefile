@@ -13,6 +13,7 @@ include: "workflow/rules/discover.smk"
 include: "workflow/rules/grid.smk"
 include: "workflow/rules/colocate.smk"
 include: "workflow/rules/coregister.smk"
+include: "workflow/rules/bandmath.smk"
 include: "workflow/rules/catalog.smk"
 
 

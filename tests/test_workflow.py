@@ -24,7 +24,20 @@ def test_demo_stack_is_valid_cogs_on_one_grid(demo_run: Path):
     item = items[0]
     expected = ["1.red", "1.nir", "2.red", "2.nir", "3.s0_db_c_vv", "3.s0_db_c_vh"]
     data_keys = [k for k, a in item.assets.items() if "data" in (a.roles or [])]
-    assert data_keys == expected
+    assert data_keys == [*expected, "ndvi", "sar_water_mask"]
+    ndvi = item.assets["ndvi"]
+    assert ndvi.extra_fields["costack:expression"] == "(norm_diff 1.nir 1.red)"
+    assert is_valid_cog(ndvi.get_absolute_href())
+    with (
+        rasterio.open(ndvi.get_absolute_href()) as n,
+        rasterio.open(item.assets["1.nir"].get_absolute_href()) as a,
+        rasterio.open(item.assets["1.red"].get_absolute_href()) as b,
+    ):
+        nir, red = a.read(1, masked=True), b.read(1, masked=True)
+        np.testing.assert_allclose(n.read(1), (nir - red) / (nir + red), rtol=1e-5)
+    with rasterio.open(item.assets["sar_water_mask"].get_absolute_href()) as m:
+        mask = m.read(1, masked=True)
+        assert set(np.unique(mask.compressed())) == {0.0, 1.0}
     grids = set()
     for key in expected:
         asset = item.assets[key]
@@ -111,6 +124,14 @@ def _bad(tmp: Path, kind: str) -> tuple[dict, str]:
         return dict(
             base, inputs=[str(i1), str(i2)], assets="1.nir,2.nir"
         ), "assets: the footprints of the listed assets have no common area"
+    if kind == "bad_expression":
+        return dict(
+            base, expressions=["ndvi:(norm_diff 1.nir"]
+        ), "expressions: 'ndvi:(norm_diff 1.nir': unbalanced brackets"
+    if kind == "expression_unknown_asset":
+        return dict(
+            base, expressions=["a:(+ 1.nir 2.nir)"]
+        ), "expressions: 'a:(+ 1.nir 2.nir)': asset 2.nir is not in the asset list"
     if kind == "unknown_key":
         return dict(base, referense="1.nir"), "config key 'referense': does not exist"
     raise AssertionError(kind)
@@ -119,7 +140,7 @@ def _bad(tmp: Path, kind: str) -> tuple[dict, str]:
 BAD = [
     "missing_key", "index_beyond", "reference_not_listed", "malformed_token", "trailing_dot",
     "spaces", "missing_href", "multiband", "complex", "bad_wkt", "aoi_outside",
-    "no_common_area", "unknown_key",
+    "no_common_area", "unknown_key", "bad_expression", "expression_unknown_asset",
 ]  # fmt: skip
 
 

@@ -95,6 +95,19 @@ def cmd_coregister(args: argparse.Namespace) -> None:
     run_coregister_identity(args.colocated, args.out)
 
 
+def cmd_bandmath(args: argparse.Namespace) -> None:
+    """Band math on rasters given by hand."""
+    from costack.steps import run_bandmath
+
+    rasters = {}
+    for spec in args.asset:
+        key, sep, path = spec.partition("=")
+        if not sep:
+            raise CostackError("--asset", f"{spec!r} is not KEY=PATH", "write e.g. 1.nir=a.tif")
+        rasters[key] = path
+    run_bandmath(args.expression, rasters, args.out, grid_json=args.grid)
+
+
 def cmd_cog(args: argparse.Namespace) -> None:
     """Step cog."""
     from costack.steps import run_cog
@@ -164,6 +177,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("colocated")
     p.add_argument("out")
     p.set_defaults(func=cmd_coregister)
+
+    p = sub.add_parser(
+        "bandmath",
+        help="evaluate one s-expression 'name:(expression)' on co-registered rasters",
+        description="Functions: + - * / < <= == != >= > & | asarray interp mean norm_diff "
+        "where log10 sqrt abs min max. Nodata in any operand is nodata in the result.",
+    )
+    p.add_argument("expression", help="e.g. 'ndvi:(norm_diff 1.nir 1.red)'")
+    p.add_argument(
+        "--asset",
+        action="append",
+        default=[],
+        metavar="KEY=PATH",
+        help="raster of an asset of the expression, e.g. 1.nir=nir.tif; repeat",
+    )
+    p.add_argument("--grid", help="grid JSON (only for expressions that read no asset)")
+    p.add_argument("out", help="output Float32 GeoTIFF")
+    p.set_defaults(func=cmd_bandmath)
 
     p = sub.add_parser("cog", help="write a raster as a validated Cloud Optimized GeoTIFF")
     p.add_argument("src")

@@ -12,14 +12,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
+from costack.bandmath import ParsedExpression, evaluate, parse
 from costack.cog import write_cog
 from costack.colocate import colocate_asset
 from costack.config import RunConfig, parse_config
+from costack.errors import CostackError
 from costack.grid import Grid, compute_grid
 from costack.items import discover, read_manifest, write_manifest
-from costack.rasterio_io import atomic_path
+from costack.rasterio_io import atomic_path, read_float32, write_float32
 from costack.stac import StackAsset, build_item, write_catalog
 
 log = logging.getLogger(__name__)
@@ -32,9 +35,16 @@ def preflight(raw_config: dict[str, Any]) -> tuple[RunConfig, pd.DataFrame, Grid
         CostackError: the first problem found, as one line naming the parameter and the fix.
     """
     cfg = parse_config(raw_config)
+    parse_expressions(cfg)
     manifest = discover(cfg)
     grid = compute_grid(manifest, cfg.reference.key, cfg.aoi)
     return cfg, manifest, grid
+
+
+def parse_expressions(cfg: RunConfig) -> dict[str, ParsedExpression]:
+    """Parse every band-math expression against the asset list (name -> parsed)."""
+    keys = set(cfg.keys)
+    return {e.name: parse(e.source, keys) for e in cfg.expressions}
 
 
 def run_discover(raw_config: dict[str, Any], out_csv: str | Path) -> pd.DataFrame:
@@ -91,6 +101,38 @@ def run_coregister_identity(colocated: str | Path, out_tif: str | Path) -> None:
         shutil.copyfile(colocated, tmp)
 
 
+def run_bandmath(
+    source: str,
+    rasters: dict[str, str | Path],
+    out_tif: str | Path,
+    grid_json: str | Path | None = None,
+    listed: set[str] | None = None,
+) -> None:
+    """Band math: evaluate ``name:(expr)`` on co-registered rasters into a Float32 GeoTIFF.
+
+    Args:
+        source: the expression as written, ``name:(s-expression)``.
+        rasters: asset key -> raster path (at least every asset the expression reads).
+        out_tif: output GeoTIFF (NaN is nodata).
+        grid_json: grid of the run (gives the shape of constant expressions).
+        listed: keys of the asset list (default: the keys of ``rasters``).
+    """
+    parsed = parse(source, set(listed) if listed is not None else set(rasters))
+    grid = Grid.load(grid_json) if grid_json else None
+    arrays = {}
+    for key in parsed.assets:
+        data, g, _ = read_float32(rasters[key])
+        grid = grid or g
+        arrays[key] = data
+    if grid is None:
+        raise CostackError("expressions", f"{source!r} reads no asset and no grid was given",
+                           "pass the grid JSON")  # fmt: skip
+    result = evaluate(parsed, arrays, grid.shape)
+    log.info("%s: %d of %d pixels valid", parsed.name, int(np.isfinite(result).sum()),
+             result.size)  # fmt: skip
+    write_float32(out_tif, result, grid, tags={"costack_expression": parsed.source})
+
+
 def run_cog(src: str | Path, dst: str | Path) -> None:
     """Step 5a: convert a co-registered raster to a validated COG."""
     write_cog(src, dst)
@@ -104,12 +146,10 @@ def run_catalog(
     item_id: str,
     catalog_json: str | Path,
     item_json: str | Path,
-    extra_assets: list[StackAsset] | None = None,
+    expressions: dict[str, str | Path] | None = None,
     properties: dict[str, Any] | None = None,
 ) -> None:
     """Step 5b: the STAC catalog and the stack's item."""
-    from costack.rasterio_io import read_float32
-
     manifest = read_manifest(manifest_csv)
     grid = Grid.load(grid_json)
     assets: list[StackAsset] = []
@@ -131,7 +171,18 @@ def run_catalog(
                 sar=sar,
             )
         )
-    assets += extra_assets or []
+    for source, path in (expressions or {}).items():
+        name, _, text = source.partition(":")
+        _, _, nodata = read_float32(path)
+        assets.append(
+            StackAsset(
+                key=name.strip(),
+                path=Path(path),
+                title=f"{name.strip()}: band math {text.strip()}",
+                nodata=nodata,
+                extra={"costack:expression": text.strip()},
+            )
+        )
     item = build_item(item_id, grid, manifest, reference, assets, properties)
     Path(item_json).parent.mkdir(parents=True, exist_ok=True)
     write_catalog(item, catalog_json, item_json)

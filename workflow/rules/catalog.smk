@@ -20,6 +20,7 @@ rule build_catalog:
         manifest="results/discover/manifest.csv",
         grid="results/grid/grid.json",
         cogs=expand("results/stack/{key}.tif", key=KEYS),
+        expression_cogs=expand("results/stack/{name}.tif", name=EXPRESSION_NAMES),
     output:
         catalog="results/catalog.json",
         item=f"results/stack/{config['item_id']}.json",
@@ -27,6 +28,7 @@ rule build_catalog:
         asset_keys=KEYS,
         reference=config["reference"],
         item_id=config["item_id"],
+        expressions=[EXPRESSIONS[n].source for n in EXPRESSION_NAMES],
     log:
         "logs/build_catalog/catalog.log",
     threads: 1

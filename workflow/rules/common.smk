@@ -6,7 +6,7 @@ from snakemake.utils import validate
 
 from costack.config import schema_path
 from costack.errors import CostackError
-from costack.steps import preflight
+from costack.steps import parse_expressions, preflight
 
 try:
     CFG, MANIFEST, GRID = preflight(config)
@@ -16,8 +16,11 @@ except CostackError as err:
 validate(config, schema=str(schema_path()), set_default=True)
 
 KEYS = CFG.keys
+EXPRESSIONS = parse_expressions(CFG)
+EXPRESSION_NAMES = list(EXPRESSIONS)
 ENV = "../../envs/costack.yaml"
 
 
 wildcard_constraints:
     key=r"[0-9]+\.[A-Za-z0-9_\-]+",
+    name=r"[A-Za-z_][A-Za-z0-9_]*",

@@ -13,5 +13,8 @@ run_step(
         snakemake.params.item_id,
         snakemake.output.catalog,
         snakemake.output.item,
+        expressions=dict(
+            zip(snakemake.params.expressions, snakemake.input.expression_cogs, strict=True)
+        ),
     ),
 )

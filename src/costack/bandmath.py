@@ -1,0 +1,432 @@
+"""Band math with s-expressions: new assets from the co-registered stack.
+
+The language is the Charter Mapper Co-Register service's: prefix s-expressions such as
+``(norm_diff 1.nir 1.red)`` or ``(where (<= 1.s0_db_c_hh -23) 1 0)`` over the listed assets
+(``N.band``) and numbers, with the operators ``+ - * /``, the comparisons
+``< <= == != >= >``, the logical ``& |`` and the service's functions (its Table 2) ``asarray``,
+``interp``, ``mean``, ``norm_diff``, ``where``, plus ``log10``, ``sqrt``, ``abs``, ``min`` and
+``max``.
+
+It is a closed vocabulary on purpose. snuggs (behind ``rio calc``) resolves any unknown name to
+any NumPy function, so a configuration could call functions that read or write files; here the
+parser only ever produces nodes from :data:`FUNCTIONS`, and anything else is an
+:class:`ExpressionError` before any data is read.
+
+Semantics: results are Float32 on the common grid; a pixel that is nodata (NaN) in any raster
+operand of an element-wise operation is nodata in its result; division by zero and other
+non-finite results are nodata (never inf); comparisons and logical results are 0/1.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from costack.errors import CostackError
+
+MAX_DEPTH = 64
+MAX_LENGTH = 10_000
+
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?", re.ASCII)
+_ASSET = re.compile(r"[1-9][0-9]*\.[A-Za-z_][A-Za-z0-9_\-]*", re.ASCII)
+
+
+class ExpressionError(CostackError):
+    """A malformed or unsafe s-expression: names the expression, the position and the fix."""
+
+    def __init__(self, source: str, problem: str, position: int | None, fix: str) -> None:
+        where = f" at position {position}" if position is not None else ""
+        super().__init__("expressions", f"{source!r}: {problem}{where}", fix)
+
+
+# ---------------------------------------------------------------------------------------------
+# Syntax tree
+
+
+@dataclass(frozen=True)
+class Num:
+    """A number literal."""
+
+    value: float
+    pos: int
+
+
+@dataclass(frozen=True)
+class Asset:
+    """A reference to a listed asset, ``N.band``."""
+
+    key: str
+    pos: int
+
+
+@dataclass(frozen=True)
+class Call:
+    """A function or operator applied to its operands."""
+
+    name: str
+    args: tuple[Node, ...]
+    pos: int
+
+
+Node = Num | Asset | Call
+
+
+# ---------------------------------------------------------------------------------------------
+# Values: a float, a 1-D array (asarray), or a raster with its invalid mask.
+
+
+@dataclass
+class Value:
+    """An evaluated node: ``data`` (scalar, 1-D or 2-D) and the raster's invalid-pixel mask."""
+
+    data: Any
+    invalid: np.ndarray | None = None
+    is_array: bool = False  # a 1-D array made by asarray
+
+
+def _union(*values: Value) -> np.ndarray | None:
+    masks = [v.invalid for v in values if v.invalid is not None]
+    if not masks:
+        return None
+    out = masks[0].copy()
+    for m in masks[1:]:
+        out |= m
+    return out
+
+
+def _elementwise(fn: Callable[..., Any]) -> Callable[..., Value]:
+    def apply(*values: Value) -> Value:
+        with np.errstate(all="ignore"):
+            data = fn(*(v.data for v in values))
+        return Value(data, _union(*values))
+
+    return apply
+
+
+def _nary(fn: Callable[[Any, Any], Any]) -> Callable[..., Value]:
+    def apply(*values: Value) -> Value:
+        with np.errstate(all="ignore"):
+            data = values[0].data
+            for v in values[1:]:
+                data = fn(data, v.data)
+        return Value(data, _union(*values))
+
+    return apply
+
+
+def _as_float(x: Any) -> Any:
+    return np.asarray(x, dtype=np.float64) if isinstance(x, np.ndarray) else float(x)
+
+
+def _bool(fn: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+    def apply(a: Any, b: Any) -> Any:
+        out = fn(a, b)
+        return out.astype(np.float32) if isinstance(out, np.ndarray) else float(out)
+
+    return apply
+
+
+def _minus(*values: Value) -> Value:
+    if len(values) == 1:
+        return _elementwise(np.negative)(*values)
+    return _elementwise(np.subtract)(*values)
+
+
+def _asarray(*values: Value) -> Value:
+    return Value(np.array([float(v.data) for v in values], dtype=np.float64), is_array=True)
+
+
+def _mean(value: Value) -> Value:
+    data = np.asarray(value.data, dtype=np.float64)
+    valid = np.isfinite(data)
+    if value.invalid is not None:
+        valid &= ~value.invalid
+    return Value(float(data[valid].mean()) if valid.any() else float("nan"))
+
+
+def _interp(x: Value, xp: Value, fp: Value) -> Value:
+    with np.errstate(all="ignore"):
+        data = np.interp(x.data, np.atleast_1d(xp.data), np.atleast_1d(fp.data))
+    return Value(data, x.invalid)
+
+
+def _norm_diff(x: Value, y: Value) -> Value:
+    with np.errstate(all="ignore"):
+        data = (x.data - y.data) / (x.data + y.data)
+    return Value(data, _union(x, y))
+
+
+def _where(cond: Value, x: Value, y: Value) -> Value:
+    data = np.where(np.asarray(cond.data) != 0, x.data, y.data)
+    return Value(data, _union(cond, x, y))
+
+
+def _logical(fn: Callable[[Any, Any], Any]) -> Callable[..., Value]:
+    return _elementwise(lambda a, b: _bool(fn)(np.asarray(a) != 0, np.asarray(b) != 0))
+
+
+#: name -> (minimum operands, maximum operands or None, implementation, usage)
+FUNCTIONS: dict[str, tuple[int, int | None, Callable[..., Value], str]] = {
+    "+": (2, None, _nary(np.add), "(+ a b ...)"),
+    "*": (2, None, _nary(np.multiply), "(* a b ...)"),
+    "-": (1, 2, _minus, "(- a b) or (- a)"),
+    "/": (2, 2, _elementwise(np.true_divide), "(/ a b)"),
+    "<": (2, 2, _elementwise(_bool(np.less)), "(< a b)"),
+    "<=": (2, 2, _elementwise(_bool(np.less_equal)), "(<= a b)"),
+    "==": (2, 2, _elementwise(_bool(np.equal)), "(== a b)"),
+    "!=": (2, 2, _elementwise(_bool(np.not_equal)), "(!= a b)"),
+    ">=": (2, 2, _elementwise(_bool(np.greater_equal)), "(>= a b)"),
+    ">": (2, 2, _elementwise(_bool(np.greater)), "(> a b)"),
+    "&": (2, 2, _logical(np.logical_and), "(& a b)"),
+    "|": (2, 2, _logical(np.logical_or), "(| a b)"),
+    "asarray": (1, None, _asarray, "(asarray 0 10000)"),
+    "interp": (3, 3, _interp, "(interp x (asarray ...) (asarray ...))"),
+    "mean": (1, 1, _mean, "(mean x)"),
+    "norm_diff": (2, 2, _norm_diff, "(norm_diff x y)"),
+    "where": (3, 3, _where, "(where condition x y)"),
+    "log10": (1, 1, _elementwise(np.log10), "(log10 x)"),
+    "sqrt": (1, 1, _elementwise(np.sqrt), "(sqrt x)"),
+    "abs": (1, 1, _elementwise(np.abs), "(abs x)"),
+    "min": (2, 2, _elementwise(np.fmin), "(min a b)"),
+    "max": (2, 2, _elementwise(np.fmax), "(max a b)"),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Parsing
+
+
+def _tokens(text: str) -> list[tuple[str, int]]:
+    out: list[tuple[str, int]] = []
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if ch.isspace():
+            i += 1
+        elif ch in "()":
+            out.append((ch, i))
+            i += 1
+        else:
+            j = i
+            while j < len(text) and not text[j].isspace() and text[j] not in "()":
+                j += 1
+            out.append((text[i:j], i))
+            i = j
+    return out
+
+
+@dataclass(frozen=True)
+class ParsedExpression:
+    """A checked expression: its name, text, syntax tree and the asset keys it reads."""
+
+    name: str
+    text: str
+    tree: Node
+    assets: tuple[str, ...]
+
+    @property
+    def source(self) -> str:
+        """``name:text`` as the user wrote it."""
+        return f"{self.name}:{self.text}"
+
+
+def _atom(source: str, atom: str, pos: int, assets: set[str] | None) -> Node:
+    if assets is not None and atom in assets:
+        return Asset(atom, pos)
+    if _NUMBER.fullmatch(atom):
+        value = float(atom)
+        if not np.isfinite(value) or abs(value) > np.finfo(np.float32).max:
+            raise ExpressionError(
+                source, f"number {atom} is out of the Float32 range", pos, "use a smaller number"
+            )
+        return Num(value, pos)
+    if _ASSET.fullmatch(atom):
+        if assets is None:
+            return Asset(atom, pos)
+        raise ExpressionError(
+            source,
+            f"asset {atom} is not in the asset list",
+            pos,
+            f"use one of {', '.join(sorted(assets)) or 'the listed assets'}",
+        )
+    if atom in FUNCTIONS:
+        raise ExpressionError(
+            source, f"{atom!r} is a function and must follow '('", pos, f"write ({atom} ...)"
+        )
+    raise ExpressionError(
+        source,
+        f"unknown name {atom[:40]!r}",
+        pos,
+        "operands are numbers or listed assets written N.band (e.g. 1.nir)",
+    )
+
+
+def parse(source: str, assets: set[str] | None = None) -> ParsedExpression:
+    """Parse and check ``name:(s-expression)`` against the listed asset keys.
+
+    Args:
+        source: the user's string, e.g. ``"ndvi:(norm_diff 1.nir 1.red)"``.
+        assets: keys of the asset list (``{"1.nir", "1.red"}``); None accepts any ``N.band``.
+
+    Raises:
+        ExpressionError: with the expression, the position (0-based, in ``source``) and
+            the fix.
+    """
+    from costack.config import split_expression
+
+    if len(source) > MAX_LENGTH:
+        raise ExpressionError(
+            source[:60] + "...", f"longer than {MAX_LENGTH} characters", None, "shorten it"
+        )
+    expr = split_expression(source)
+    text = expr.text
+    offset = source.index(":") + 1
+    offset += len(source[offset:]) - len(source[offset:].lstrip())
+    tokens = [(tok, pos + offset) for tok, pos in _tokens(text)]
+    if not tokens:
+        raise ExpressionError(source, "the expression is empty", None, "write (op operands...)")
+    if tokens[0][0] != "(":
+        raise ExpressionError(
+            source,
+            "the expression must be given within brackets",
+            tokens[0][1],
+            f"write {expr.name}:({text})",
+        )
+    # Iterative parse with an explicit stack: no recursion, so no RecursionError.
+    stack: list[tuple[int, list[Any]]] = []
+    result: Node | None = None
+    for index, (tok, pos) in enumerate(tokens):
+        if result is not None:
+            raise ExpressionError(
+                source, f"text {tok!r} after the end of the expression", pos,
+                "remove it, or wrap everything in one (op ...)",
+            )  # fmt: skip
+        if tok == "(":
+            if len(stack) >= MAX_DEPTH:
+                raise ExpressionError(
+                    source, f"nesting deeper than {MAX_DEPTH} levels", pos, "simplify it"
+                )
+            stack.append((pos, []))
+            nxt = tokens[index + 1][0] if index + 1 < len(tokens) else None
+            if nxt is None:
+                break
+            if nxt in "()":
+                raise ExpressionError(
+                    source,
+                    "'(' must be followed by a function or operator name",
+                    pos,
+                    f"use one of {' '.join(FUNCTIONS)}",
+                )
+            if nxt not in FUNCTIONS:
+                raise ExpressionError(
+                    source,
+                    f"unknown function {nxt[:40]!r}",
+                    tokens[index + 1][1],
+                    f"use one of {' '.join(FUNCTIONS)}",
+                )
+        elif tok == ")":
+            if not stack:
+                raise ExpressionError(
+                    source, "unbalanced brackets: ')' has no matching '('", pos, "remove it"
+                )
+            open_pos, items = stack.pop()
+            name, args = items[0], tuple(items[1:])
+            lo, hi, _, usage = FUNCTIONS[name]
+            if len(args) < lo or (hi is not None and len(args) > hi):
+                expected = f"{lo}" if hi == lo else (f"{lo} to {hi}" if hi else f"{lo} or more")
+                raise ExpressionError(
+                    source,
+                    f"{name} takes {expected} operand(s), got {len(args)}",
+                    open_pos,
+                    f"write {usage}",
+                )
+            if name == "asarray" and not all(isinstance(a, Num) for a in args):
+                raise ExpressionError(
+                    source, "asarray takes numbers only", open_pos, "write (asarray 0 10000)"
+                )
+            node = Call(name, args, open_pos)
+            if stack:
+                stack[-1][1].append(node)
+            else:
+                result = node
+        else:
+            if stack and not stack[-1][1]:
+                stack[-1][1].append(tok)  # the function name, checked above
+            else:
+                stack[-1][1].append(_atom(source, tok, pos, assets))
+    if stack:
+        raise ExpressionError(
+            source,
+            "unbalanced brackets: '(' is never closed",
+            stack[-1][0],
+            f"add {len(stack)} closing bracket(s) and any missing operands",
+        )
+    assert result is not None
+    used = tuple(dict.fromkeys(_asset_keys(result)))
+    return ParsedExpression(expr.name, text, result, used)
+
+
+def _asset_keys(node: Node) -> list[str]:
+    out: list[str] = []
+    todo = [node]
+    while todo:
+        n = todo.pop()
+        if isinstance(n, Asset):
+            out.append(n.key)
+        elif isinstance(n, Call):
+            todo.extend(reversed(n.args))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation
+
+
+def evaluate(
+    parsed: ParsedExpression,
+    rasters: Mapping[str, np.ndarray],
+    shape: tuple[int, int] | None = None,
+) -> np.ndarray:
+    """Evaluate on rasters (NaN = nodata) of one shape; return Float32 with NaN as nodata.
+
+    Args:
+        parsed: from :func:`parse`.
+        rasters: asset key -> 2-D array; every key in ``parsed.assets`` must be present.
+        shape: output shape when the expression reads no raster (a constant).
+    """
+    for key in parsed.assets:
+        if key not in rasters:
+            raise ExpressionError(parsed.source, f"no raster given for {key}", None,
+                                  f"pass {key}")  # fmt: skip
+        if shape is None:
+            shape = rasters[key].shape
+        elif rasters[key].shape != shape:
+            raise ExpressionError(parsed.source, f"{key} is not on the same grid", None,
+                                  "co-locate the assets first")  # fmt: skip
+
+    def value_of(node: Node) -> Value:
+        if isinstance(node, Num):
+            return Value(node.value)
+        if isinstance(node, Asset):
+            data = np.asarray(rasters[node.key], dtype=np.float64)
+            return Value(data, ~np.isfinite(data))
+        return FUNCTIONS[node.name][2](*(value_of(a) for a in node.args))
+
+    out = value_of(parsed.tree)
+    if out.is_array:
+        raise ExpressionError(
+            parsed.source, "the result is an asarray list, not a raster", None,
+            "use asarray inside interp",
+        )  # fmt: skip
+    data = np.asarray(out.data, dtype=np.float64)
+    if shape is not None and data.shape != tuple(shape):
+        data = np.broadcast_to(data, shape)
+    result = data.astype(np.float32)
+    bad = ~np.isfinite(result)
+    if out.invalid is not None:
+        bad |= out.invalid
+    return np.where(bad, np.float32(np.nan), result)

@@ -1,0 +1,52 @@
+"""The costack command line: steps by hand on the files of the last, one-line errors."""
+
+import subprocess
+import sys
+
+import numpy as np
+from conftest import demo_config
+
+from costack.cli import main
+from costack.rasterio_io import read_float32
+
+
+def test_steps_by_hand_reproduce_the_workflow(demo_run, tmp_path, capsys):
+    cfg = demo_config()
+    assert main(["check", "--input", cfg["inputs"][0], "--input", cfg["inputs"][1],
+                 "--assets", "1.nir,2.nir", "--reference", "1.nir"]) == 0  # fmt: skip
+    assert "ok: 2 assets in 2 datasets" in capsys.readouterr().out
+    res = demo_run / "results"
+    assert (
+        main(["grid", str(res / "discover/manifest.csv"), "1.nir", str(tmp_path / "g.json")]) == 0
+    )
+    assert (tmp_path / "g.json").read_text() == (res / "grid/grid.json").read_text()
+    out = tmp_path / "2.nir.tif"
+    assert main(["colocate", str(res / "discover/manifest.csv"), str(res / "grid/grid.json"),
+                 "2.nir", str(out)]) == 0  # fmt: skip
+    a, _, _ = read_float32(out)
+    b, _, _ = read_float32(res / "colocated/2.nir.tif")
+    np.testing.assert_array_equal(a, b)
+
+
+def test_bandmath_by_hand(demo_run, tmp_path):
+    res = demo_run / "results" / "coregistered"
+    out = tmp_path / "ndvi.tif"
+    code = main(["bandmath", "ndvi:(norm_diff 1.nir 1.red)", "--asset",
+                 f"1.nir={res / '1.nir.tif'}", "--asset", f"1.red={res / '1.red.tif'}",
+                 str(out)])  # fmt: skip
+    assert code == 0
+    ndvi, _, _ = read_float32(out)
+    expected, _, _ = read_float32(demo_run / "results" / "bandmath" / "ndvi.tif")
+    np.testing.assert_array_equal(ndvi, expected)
+
+
+def test_error_is_one_line_exit_2(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "costack.cli", "bandmath", "ndvi:(norm_diff 1.nir", "--asset",
+         "1.nir=a.tif", str(tmp_path / "o.tif")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0
+    assert proc.stderr.startswith("costack: error: expressions: 'ndvi:(norm_diff 1.nir': ")
+    assert not (tmp_path / "o.tif").exists()

@@ -1,0 +1,16 @@
+"""Rule evaluate_expression: one band-math s-expression into results/bandmath/{name}.tif."""
+
+from costack.steps import run_bandmath
+from costack.workflow import run_step
+
+rasters = {key: snakemake.input[f"asset_{i}"] for i, key in enumerate(snakemake.params.asset_keys)}
+run_step(
+    snakemake,
+    lambda: run_bandmath(
+        snakemake.params.expression,
+        rasters,
+        snakemake.output[0],
+        grid_json=snakemake.input.grid,
+        listed=set(snakemake.params.listed),
+    ),
+)
