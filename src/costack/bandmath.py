@@ -118,10 +118,6 @@ def _nary(fn: Callable[[Any, Any], Any]) -> Callable[..., Value]:
     return apply
 
 
-def _as_float(x: Any) -> Any:
-    return np.asarray(x, dtype=np.float64) if isinstance(x, np.ndarray) else float(x)
-
-
 def _bool(fn: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
     def apply(a: Any, b: Any) -> Any:
         out = fn(a, b)
@@ -145,7 +141,7 @@ def _mean(value: Value) -> Value:
     valid = np.isfinite(data)
     if value.invalid is not None:
         valid &= ~value.invalid
-    return Value(float(data[valid].mean()) if valid.any() else float("nan"))
+    return Value(np.float64(data[valid].mean()) if valid.any() else np.float64("nan"))
 
 
 def _interp(x: Value, xp: Value, fp: Value) -> Value:
@@ -410,7 +406,7 @@ def evaluate(
 
     def value_of(node: Node) -> Value:
         if isinstance(node, Num):
-            return Value(node.value)
+            return Value(np.float64(node.value))  # NumPy scalars: 1/0 is inf, not an exception
         if isinstance(node, Asset):
             data = np.asarray(rasters[node.key], dtype=np.float64)
             return Value(data, ~np.isfinite(data))

@@ -91,6 +91,11 @@ class RunConfig:
     resampling: str = "bilinear"
     gcp_pixel_center: bool = True
     item_id: str = "costack-stack"
+    flow_mode: str = "auto"
+    flow_radii: tuple[int, ...] = (32, 16)
+    max_displacement: float = 16.0
+    warp_resampling: str = "bilinear"
+    matching_assets: dict[int, str] = field(default_factory=dict)
 
     @property
     def keys(self) -> list[str]:
@@ -130,6 +135,11 @@ def _schema_error_line(error: jsonschema.ValidationError) -> CostackError:
 def validate_schema(config: dict[str, Any]) -> dict[str, Any]:
     """Validate ``config`` against the schema; return a copy with defaults filled in."""
     schema = load_schema()
+    if isinstance(config.get("matching_assets"), dict):
+        config = {
+            **config,
+            "matching_assets": {str(k): v for k, v in config["matching_assets"].items()},
+        }
     validator = jsonschema.Draft202012Validator(schema)
     error = jsonschema.exceptions.best_match(validator.iter_errors(config))
     if error is not None:
@@ -220,6 +230,11 @@ def parse_config(config: dict[str, Any]) -> RunConfig:
         resampling=raw["resampling"],
         gcp_pixel_center=raw["gcp_pixel_center"],
         item_id=raw["item_id"],
+        flow_mode=raw["flow_mode"],
+        flow_radii=tuple(raw["flow_radii"]),
+        max_displacement=float(raw["max_displacement"]),
+        warp_resampling=raw["warp_resampling"],
+        matching_assets={int(k): v for k, v in raw["matching_assets"].items()},
     )
 
 

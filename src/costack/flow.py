@@ -75,6 +75,7 @@ class FlowParams:
     interpolation: str = "bspline"
     smooth: float = 0.0
     symmetric_gradient: bool = True
+    global_search: bool = True
 
     def to_dict(self) -> dict:
         """JSON-able parameters (recorded in the STAC item)."""
@@ -117,9 +118,7 @@ def _clahe(img: np.ndarray, valid: np.ndarray, kernel: int, clip: float) -> np.n
     return exposure.equalize_adapthist(scaled, kernel_size=k, clip_limit=0.01).astype(np.float32)
 
 
-def preprocess(
-    img: np.ndarray, valid: np.ndarray, mode: str, params: FlowParams
-) -> np.ndarray:
+def preprocess(img: np.ndarray, valid: np.ndarray, mode: str, params: FlowParams) -> np.ndarray:
     """The image the flow is computed on, for ``mode`` (Brigot et al. 2016, section III)."""
     img = np.where(valid, img, 0).astype(np.float32)
     if mode == "folki":
@@ -206,6 +205,8 @@ def _lk_level(
             else:
                 ix, iy, wt = ix1, iy1, wg1 * ok
             if invert:
+                # GEFolki: per pixel, the secondary or its inverted contrast, whichever
+                # correlates positively with the reference in the window
                 s = K.box_sums(np.stack([wt, wt * i1, wt * i2w, wt * i1 * i2w]), r)
                 n = np.maximum(s[0], 1e-6)
                 m1, m2 = s[1] / n, s[2] / n
@@ -312,6 +313,11 @@ def estimate_flow(
         hh, ww = pyr[lvl][0].shape
         u = 0.5 * _pool2(u)[:hh, :ww]
         v = 0.5 * _pool2(v)[:hh, :ww]
+    shift = (0, 0)
+    if p.global_search and model is None and init is None:
+        shift = global_shift(pyr, p.max_displacement, p.mode == "gefolki")
+        u += shift[0]
+        v += shift[1]
     support = np.zeros(pyr[-1][0].shape, np.float32)
     for lvl in range(levels - 1, -1, -1):
         a, wa, b, wb = pyr[lvl]
@@ -329,8 +335,99 @@ def estimate_flow(
     dx = np.where(unknown, np.nan, u).astype(np.float32)
     dy = np.where(unknown, np.nan, v).astype(np.float32)
     conf[unknown] = 0
-    stats = {"levels": levels, "seconds": time.perf_counter() - t0, "preprocess_s": t_pre}
+    stats = {
+        "global_shift_coarse": shift,
+        "levels": levels,
+        "seconds": time.perf_counter() - t0,
+        "preprocess_s": t_pre,
+    }
     return FlowResult(dx, dy, conf, p, stats)
+
+
+def _shift_score(
+    a: np.ndarray,
+    wa: np.ndarray,
+    b: np.ndarray,
+    wb: np.ndarray,
+    dx: int,
+    dy: int,
+    multimodal: bool,
+    radius: int,
+) -> float:
+    """Mean local correlation of ``a`` with ``b`` shifted by (dx, dy) (|corr| if multimodal)."""
+    h, w = a.shape
+    if abs(dx) >= w - 2 * radius or abs(dy) >= h - 2 * radius:
+        return -np.inf
+    ys, yd = (slice(dy, h), slice(0, h - dy)) if dy >= 0 else (slice(0, h + dy), slice(-dy, h))
+    xs, xd = (slice(dx, w), slice(0, w - dx)) if dx >= 0 else (slice(0, w + dx), slice(-dx, w))
+    bs = np.zeros_like(b)
+    ws = np.zeros_like(wb)
+    bs[yd, xd] = b[ys, xs]
+    ws[yd, xd] = wb[ys, xs]
+    wt = wa * ws
+    s = K.box_sums(np.stack([wt, wt * a, wt * bs, wt * a * a, wt * bs * bs, wt * a * bs]), radius)
+    n = np.maximum(s[0], 1e-6)
+    m1, m2 = s[1] / n, s[2] / n
+    cov = s[5] / n - m1 * m2
+    var = np.maximum(s[3] / n - m1 * m1, 1e-12) * np.maximum(s[4] / n - m2 * m2, 1e-12)
+    corr = cov / np.sqrt(var)
+    good = s[0] > 0.5 * (2 * radius + 1) ** 2
+    if good.sum() < 16:
+        return -np.inf
+    return float(np.mean(np.abs(corr[good]) if multimodal else corr[good]))
+
+
+def global_shift(
+    pyr: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]],
+    max_displacement: float,
+    multimodal: bool,
+    radius: int = 6,
+) -> tuple[float, float]:
+    """Translation (in pixels of the coarsest level) that best aligns the two images.
+
+    An exhaustive search at the coarsest level over shifts up to ``max_displacement`` (full
+    resolution pixels) of the mean local correlation of the two images (its absolute value in
+    multimodal mode, where contrast may be inverted), refined at finer levels (down to half
+    resolution) within one pixel, and to a fraction of a pixel by a parabola through the
+    scores. It starts Lucas-Kanade inside its capture range, as the correlation stage of area
+    matching does (Yan et al. 2016, section 2.3).
+    """
+    top = len(pyr) - 1
+    rmax = int(math.ceil(max_displacement / 2**top)) + 1
+    a, wa, b, wb = pyr[top]
+    scores = {
+        (dx, dy): _shift_score(a, wa, b, wb, dx, dy, multimodal, radius)
+        for dy in range(-rmax, rmax + 1)
+        for dx in range(-rmax, rmax + 1)
+    }
+    best = max(scores, key=scores.get)
+    if not np.isfinite(scores[best]):
+        return 0.0, 0.0
+    lvl = top
+    while lvl > min(1, top):
+        lvl -= 1
+        a, wa, b, wb = pyr[lvl]
+        cx, cy = 2 * best[0], 2 * best[1]
+        scores = {
+            (cx + i, cy + j): _shift_score(a, wa, b, wb, cx + i, cy + j, multimodal, radius)
+            for j in (-1, 0, 1)
+            for i in (-1, 0, 1)
+        }
+        best = max(scores, key=scores.get)
+    a, wa, b, wb = pyr[lvl]
+
+    def parabola(sm: float, s0: float, sp: float) -> float:
+        den = sm - 2 * s0 + sp
+        if not (np.isfinite(den) and den < 0):
+            return 0.0
+        return float(np.clip(0.5 * (sm - sp) / den, -0.5, 0.5))
+
+    sc = lambda i, j: _shift_score(a, wa, b, wb, i, j, multimodal, radius)  # noqa: E731
+    s0 = sc(*best)
+    fx = parabola(sc(best[0] - 1, best[1]), s0, sc(best[0] + 1, best[1]))
+    fy = parabola(sc(best[0], best[1] - 1), s0, sc(best[0], best[1] + 1))
+    factor = 2.0 ** (lvl - top)
+    return (best[0] + fx) * factor, (best[1] + fy) * factor
 
 
 def _masked_blur(img: np.ndarray, valid: np.ndarray, sigma: float) -> np.ndarray:

@@ -6,6 +6,7 @@ from snakemake.utils import validate
 
 from costack.config import schema_path
 from costack.errors import CostackError
+from costack.coregister import choose_mode, matching_asset
 from costack.steps import parse_expressions, preflight
 
 try:
@@ -13,6 +14,8 @@ try:
 except CostackError as err:
     sys.exit(f"costack: error: {err}")
 
+if isinstance(config.get("matching_assets"), dict):
+    config["matching_assets"] = {str(k): v for k, v in config["matching_assets"].items()}
 validate(config, schema=str(schema_path()), set_default=True)
 
 KEYS = CFG.keys
@@ -20,7 +23,23 @@ EXPRESSIONS = parse_expressions(CFG)
 EXPRESSION_NAMES = list(EXPRESSIONS)
 ENV = "../../envs/costack.yaml"
 
+REF = CFG.reference.key
+SECONDARY = CFG.secondary_datasets
+MATCH = {n: matching_asset(CFG, n, CFG.matching_assets) for n in SECONDARY}
+KIND = dict(zip(MANIFEST["key"], MANIFEST["kind"]))
+DB = dict(zip(MANIFEST["key"], MANIFEST["db"]))
+RES_RATIO = {
+    k: round(float(max(rx, ry)) / abs(GRID.transform.a), 3)
+    for k, rx, ry in zip(MANIFEST["key"], MANIFEST["res_x"], MANIFEST["res_y"])
+}
+FLOW_MODE = {n: choose_mode(CFG.flow_mode, KIND[REF], KIND[MATCH[n]]) for n in SECONDARY}
+
+
+def dataset_of(key):
+    return int(key.split(".", 1)[0])
+
 
 wildcard_constraints:
     key=r"[0-9]+\.[A-Za-z0-9_\-]+",
     name=r"[A-Za-z_][A-Za-z0-9_]*",
+    n=r"[0-9]+",

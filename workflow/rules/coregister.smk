@@ -1,15 +1,28 @@
-# Backbone: identity co-registration (colocated = coregistered). The dense-flow step replaces
-# the computation and keeps the rule and file names.
+# Each asset of a secondary dataset is warped with its dataset's flow; the reference
+# dataset's assets are not moved.
+
+
+def coregister_inputs(wildcards):
+    n = dataset_of(wildcards.key)
+    inputs = {"colocated": f"results/colocated/{wildcards.key}.tif"}
+    if n in SECONDARY:
+        inputs["flow"] = f"results/flow/{n}.tif"
+    return inputs
+
+
 rule coregister_asset:
     input:
-        "results/colocated/{key}.tif",
+        unpack(coregister_inputs),
     output:
         "results/coregistered/{key}.tif",
+    params:
+        resampling=config["warp_resampling"],
+        db=lambda wc: bool(DB[wc.key]),
     log:
         "logs/coregister_asset/{key}.log",
-    threads: 1
+    threads: 2
     resources:
-        mem_mb=1024,
+        mem_mb=2048,
         runtime=30,
     conda:
         ENV

@@ -1,6 +1,17 @@
-"""Rule coregister_asset: identity co-registration (backbone)."""
+"""Rule coregister_asset: warp a secondary asset with its dataset's flow (reference: copy)."""
 
+from costack.coregister import run_warp
 from costack.steps import run_coregister_identity
 from costack.workflow import run_step
 
-run_step(snakemake, lambda: run_coregister_identity(snakemake.input[0], snakemake.output[0]))
+if "flow" in snakemake.input.keys():
+    step = lambda: run_warp(  # noqa: E731
+        snakemake.input.colocated,
+        snakemake.input.flow,
+        snakemake.output[0],
+        resampling=snakemake.params.resampling,
+        db=snakemake.params.db,
+    )
+else:
+    step = lambda: run_coregister_identity(snakemake.input.colocated, snakemake.output[0])  # noqa: E731
+run_step(snakemake, step)

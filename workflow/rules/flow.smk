@@ -1,0 +1,27 @@
+# Dense flow: one job per secondary dataset, between the reference and its matching asset.
+
+
+rule estimate_flow:
+    input:
+        ref=f"results/colocated/{REF}.tif",
+        sec=lambda wc: f"results/colocated/{MATCH[int(wc.n)]}.tif",
+    output:
+        flow="results/flow/{n}.tif",
+        confidence="results/flow/{n}.confidence.tif",
+        stats="results/flow/{n}.json",
+    params:
+        mode=lambda wc: FLOW_MODE[int(wc.n)],
+        radii=config["flow_radii"],
+        max_displacement=config["max_displacement"],
+        matching=lambda wc: MATCH[int(wc.n)],
+        resolution_ratio=lambda wc: RES_RATIO[MATCH[int(wc.n)]],
+    log:
+        "logs/estimate_flow/{n}.log",
+    threads: 2
+    resources:
+        mem_mb=4096,
+        runtime=60,
+    conda:
+        ENV
+    script:
+        "../scripts/estimate_flow.py"

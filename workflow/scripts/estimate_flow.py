@@ -1,0 +1,23 @@
+"""Rule estimate_flow: dense flow between the reference and a secondary dataset."""
+
+from costack.coregister import run_flow
+from costack.flow import FlowParams
+from costack.workflow import run_step
+
+params = FlowParams(
+    mode=snakemake.params.mode,
+    radii=tuple(snakemake.params.radii),
+    max_displacement=float(snakemake.params.max_displacement),
+)
+run_step(
+    snakemake,
+    lambda: run_flow(
+        snakemake.input.ref,
+        snakemake.input.sec,
+        snakemake.output.flow,
+        snakemake.output.confidence,
+        params,
+        stats_json=snakemake.output.stats,
+        resolution_ratio=float(snakemake.params.resolution_ratio),
+    ),
+)
