@@ -108,6 +108,33 @@ def cmd_bandmath(args: argparse.Namespace) -> None:
     run_bandmath(args.expression, rasters, args.out, grid_json=args.grid)
 
 
+def cmd_flow(args: argparse.Namespace) -> None:
+    """Dense flow between two co-located rasters."""
+    from costack.coregister import run_flow
+    from costack.flow import FlowParams
+
+    for path in (args.ref, args.sec):
+        if not Path(path).exists():
+            raise CostackError("flow", f"{path} does not exist", "give two co-located rasters")
+    params = FlowParams(
+        mode=args.mode, radii=tuple(args.radii), max_displacement=args.max_displacement
+    )
+    conf = args.confidence or str(Path(args.out).with_suffix("")) + ".confidence.tif"
+    stats = run_flow(args.ref, args.sec, args.out, conf, params, stats_json=args.stats,
+                     resolution_ratio=args.resolution_ratio)  # fmt: skip
+    print(f"flow written to {args.out} (confidence {conf}) in {stats['seconds']:.2f} s")
+
+
+def cmd_warp(args: argparse.Namespace) -> None:
+    """Warp a co-located raster with a flow."""
+    from costack.coregister import run_warp
+
+    for path in (args.sec, args.flow):
+        if not Path(path).exists():
+            raise CostackError("warp", f"{path} does not exist", "give the raster and its flow")
+    run_warp(args.sec, args.flow, args.out, args.resampling, args.db)
+
+
 def cmd_cog(args: argparse.Namespace) -> None:
     """Step cog."""
     from costack.steps import run_cog
@@ -195,6 +222,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grid", help="grid JSON (only for expressions that read no asset)")
     p.add_argument("out", help="output Float32 GeoTIFF")
     p.set_defaults(func=cmd_bandmath)
+
+    p = sub.add_parser(
+        "flow", help="dense GeFolki-family flow between two co-located single-band rasters"
+    )
+    p.add_argument("ref", help="reference raster")
+    p.add_argument("sec", help="secondary raster on the same grid")
+    p.add_argument("out", help="output 2-band Float32 GeoTIFF: dx, dy in grid pixels")
+    p.add_argument(
+        "--mode",
+        default="efolki",
+        choices=["folki", "efolki", "gefolki"],
+        help="efolki: same kind of sensor; gefolki: SAR against optical",
+    )
+    p.add_argument("--radii", type=int, nargs="+", default=[32, 16], help="window radii")
+    p.add_argument(
+        "--max-displacement",
+        type=float,
+        default=16.0,
+        help="largest displacement expected (pixels)",
+    )
+    p.add_argument(
+        "--resolution-ratio",
+        type=float,
+        default=1.0,
+        help="secondary's native pixel size over the grid's (blurs the reference)",
+    )
+    p.add_argument("--confidence", help="confidence GeoTIFF (default OUT.confidence.tif)")
+    p.add_argument("--stats", help="JSON file for the run's parameters and statistics")
+    p.set_defaults(func=cmd_flow)
+
+    p = sub.add_parser("warp", help="warp a co-located raster with a flow (nodata outside)")
+    p.add_argument("sec")
+    p.add_argument("flow")
+    p.add_argument("out")
+    p.add_argument("--resampling", default="bilinear", choices=["bilinear", "nearest"])
+    p.add_argument("--db", action="store_true", help="data in dB: warp linear power")
+    p.set_defaults(func=cmd_warp)
 
     p = sub.add_parser("cog", help="write a raster as a validated Cloud Optimized GeoTIFF")
     p.add_argument("src")

@@ -47,6 +47,7 @@ class StackAsset:
     unit: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     sar: dict[str, Any] | None = None
+    band_count: int = 1
 
 
 def sha256_multihash(path: str | Path) -> str:
@@ -119,6 +120,7 @@ def build_item(
             RasterBand.create(
                 nodata=_nodata_field(sa.nodata), data_type=DataType.FLOAT32, unit=sa.unit
             )
+            for _ in range(sa.band_count)
         ]
         if sa.band_name is not None:
             common = sa.band_name if sa.band_name in EO_COMMON_NAMES else None

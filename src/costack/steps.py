@@ -6,6 +6,7 @@ rerun by hand on the files of the previous one.
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import time
@@ -148,6 +149,7 @@ def run_catalog(
     item_json: str | Path,
     expressions: dict[str, str | Path] | None = None,
     properties: dict[str, Any] | None = None,
+    flows: dict[int, tuple[str | Path, str | Path, str | Path]] | None = None,
 ) -> None:
     """Step 5b: the STAC catalog and the stack's item."""
     manifest = read_manifest(manifest_csv)
@@ -183,6 +185,31 @@ def run_catalog(
                 extra={"costack:expression": text.strip()},
             )
         )
+    properties = dict(properties or {})
+    registration = {}
+    for n, (disp, conf, stats_json) in sorted((flows or {}).items()):
+        stats = json.loads(Path(stats_json).read_text(encoding="utf-8"))
+        registration[str(n)] = stats
+        assets.append(
+            StackAsset(
+                key=f"{n}.displacement", path=Path(disp), nodata=float("nan"), roles=["metadata"],
+                title=f"Dense displacement of dataset {n} (band 1 dx, band 2 dy, grid pixels)",
+                unit="pixel", band_count=2,
+                extra={"costack:flow_mode": stats["mode"]},
+            )
+        )  # fmt: skip
+        assets.append(
+            StackAsset(
+                key=f"{n}.confidence", path=Path(conf), nodata=float("nan"), roles=["metadata"],
+                title=f"Confidence of the displacement of dataset {n} (0 to 1)",
+            )
+        )  # fmt: skip
+    if registration:
+        properties["costack:registration"] = {
+            "algorithm": "GeFolki family dense optical flow (Plyer et al. 2015; Brigot et al. "
+            "2016), costack implementation",
+            "datasets": registration,
+        }
     item = build_item(item_id, grid, manifest, reference, assets, properties)
     Path(item_json).parent.mkdir(parents=True, exist_ok=True)
     write_catalog(item, catalog_json, item_json)

@@ -15,12 +15,34 @@ rule convert_cog:
         "../scripts/convert_cog.py"
 
 
+rule convert_flow_cog:
+    input:
+        flow="results/flow/{n}.tif",
+        confidence="results/flow/{n}.confidence.tif",
+    output:
+        displacement="results/stack/{n}-displacement.tif",
+        confidence="results/stack/{n}-confidence.tif",
+    log:
+        "logs/convert_flow_cog/{n}.log",
+    threads: 1
+    resources:
+        mem_mb=1024,
+        runtime=10,
+    conda:
+        ENV
+    script:
+        "../scripts/convert_flow_cog.py"
+
+
 rule build_catalog:
     input:
         manifest="results/discover/manifest.csv",
         grid="results/grid/grid.json",
         cogs=expand("results/stack/{key}.tif", key=KEYS),
         expression_cogs=expand("results/stack/{name}.tif", name=EXPRESSION_NAMES),
+        displacements=expand("results/stack/{n}-displacement.tif", n=SECONDARY),
+        confidences=expand("results/stack/{n}-confidence.tif", n=SECONDARY),
+        flow_stats=expand("results/flow/{n}.json", n=SECONDARY),
     output:
         catalog="results/catalog.json",
         item=f"results/stack/{config['item_id']}.json",
@@ -29,6 +51,7 @@ rule build_catalog:
         reference=config["reference"],
         item_id=config["item_id"],
         expressions=[EXPRESSIONS[n].source for n in EXPRESSION_NAMES],
+        secondary=SECONDARY,
     log:
         "logs/build_catalog/catalog.log",
     threads: 1

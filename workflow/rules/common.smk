@@ -39,6 +39,14 @@ def dataset_of(key):
     return int(key.split(".", 1)[0])
 
 
+def coregister_inputs(wildcards):
+    n = dataset_of(wildcards.key)
+    inputs = {"colocated": f"results/colocated/{wildcards.key}.tif"}
+    if n in SECONDARY:
+        inputs["flow"] = f"results/flow/{n}.tif"
+    return inputs
+
+
 wildcard_constraints:
     key=r"[0-9]+\.[A-Za-z0-9_\-]+",
     name=r"[A-Za-z_][A-Za-z0-9_]*",

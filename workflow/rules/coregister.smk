@@ -2,14 +2,6 @@
 # dataset's assets are not moved.
 
 
-def coregister_inputs(wildcards):
-    n = dataset_of(wildcards.key)
-    inputs = {"colocated": f"results/colocated/{wildcards.key}.tif"}
-    if n in SECONDARY:
-        inputs["flow"] = f"results/flow/{n}.tif"
-    return inputs
-
-
 rule coregister_asset:
     input:
         unpack(coregister_inputs),

@@ -16,5 +16,15 @@ run_step(
         expressions=dict(
             zip(snakemake.params.expressions, snakemake.input.expression_cogs, strict=True)
         ),
+        flows={
+            n: (d, c, s)
+            for n, d, c, s in zip(
+                snakemake.params.secondary,
+                snakemake.input.displacements,
+                snakemake.input.confidences,
+                snakemake.input.flow_stats,
+                strict=True,
+            )
+        },
     ),
 )

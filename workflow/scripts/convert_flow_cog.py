@@ -1,0 +1,12 @@
+"""Rule convert_flow_cog: the displacement and confidence rasters as COGs for the item."""
+
+from costack.steps import run_cog
+from costack.workflow import run_step
+
+
+def step() -> None:
+    run_cog(snakemake.input.flow, snakemake.output.displacement)
+    run_cog(snakemake.input.confidence, snakemake.output.confidence)
+
+
+run_step(snakemake, step)
