@@ -197,13 +197,7 @@ def _lk_level(
     for r in radii:
         for _ in range(iterations):
             i2w, ok = warp(i2, w2u8, u, v)
-            if symmetric:
-                # efficient second-order minimisation: the mean of both images' gradients
-                gx2, gy2, wg2 = _gradient(i2w, ok)
-                ix, iy = 0.5 * (ix1 + gx2), 0.5 * (iy1 + gy2)
-                wt = wg1 * wg2
-            else:
-                ix, iy, wt = ix1, iy1, wg1 * ok
+            wt = wg1 * ok
             if invert:
                 # GEFolki: per pixel, the secondary or its inverted contrast, whichever
                 # correlates positively with the reference in the window
@@ -212,7 +206,15 @@ def _lk_level(
                 m1, m2 = s[1] / n, s[2] / n
                 cov = s[3] / n - m1 * m2
                 sign = np.where(cov < 0, -1.0, 1.0).astype(np.float32)
-                i2w = sign * (i2w - m2) + m1
+                i2w = (sign * (i2w - m2) + m1) * ok
+            if symmetric:
+                # efficient second-order minimisation: the mean of both images' gradients
+                # (the secondary's after any contrast inversion)
+                gx2, gy2, wg2 = _gradient(i2w, ok)
+                ix, iy = 0.5 * (ix1 + gx2), 0.5 * (iy1 + gy2)
+                wt = wt * wg2
+            else:
+                ix, iy = ix1, iy1
             # Folki (Plyer et al. 2015, eq. 3): solve for u itself, linearised around u0
             it = i2w - i1 - ix * u - iy * v
             wix, wiy = wt * ix, wt * iy
