@@ -1,0 +1,243 @@
+"""Dense-flow benchmark: costack beside scikit-image's iLK and the PyPI ``gefolki`` in one run.
+
+Prints, for each case, mean/median end-point error (EPE, pixels) and wall time of every method
+on the same inputs:
+
+1. same sensor: a real image under a known field (affine + sinusoid), EFolki-type methods;
+2. inverted contrast: the same with the secondary's contrast inverted (GEFolki-type);
+3. radar/optical (shared UAVSAR pair): consistency EPE of a known field added to the radar;
+4. nodata: a NaN strip in the secondary, passed as it is; EPE change outside a 16 px margin;
+5. speed: a 2000x2000 pair (GEFolki mode for costack), wall time on this machine;
+6. the demo run's flows against their stored truth (if results/ exists).
+
+Real images come from ../shared/data when present, else from scikit-image's bundled images.
+Usage: ``python bench/flow_bench.py [--quick]`` (needs ``pip install -e ".[bench]"``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import tracemalloc
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+from skimage import data
+from skimage.registration import optical_flow_ilk
+
+from costack.evaluation import affine_sinusoid, displace, epe, interior
+from costack.flow import FlowParams, estimate_flow
+
+warnings.filterwarnings("ignore")
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+UAVSAR = (
+    SHARED / "radar_optical_uavsar" / "lngley_05521_09059_000_090813_L090_CX_01_pauli_x016_y020"
+)
+
+Method = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+def load_images() -> dict[str, np.ndarray]:
+    """Real single-band images: UAVSAR optical/radar luminance and LIDAR, or skimage's."""
+    out = {}
+    if UAVSAR.with_name(UAVSAR.name + "_optique.tif").exists():
+        import rasterio
+
+        with rasterio.open(f"{UAVSAR}_optique.tif") as s:
+            out["optical"] = s.read().astype(np.float32).mean(0)
+        with rasterio.open(f"{UAVSAR}_radar.tif") as s:
+            out["radar"] = s.read().astype(np.float32).mean(0)
+        import imageio.v3 as iio
+
+        out["lidar"] = iio.imread(SHARED / "gefolki_misc" / "lidar_georef.png").astype(np.float32)
+    else:
+        out["optical"] = data.camera().astype(np.float32)
+        out["lidar"] = data.moon().astype(np.float32)
+    return out
+
+
+def costack(mode: str, radii=(16, 8)) -> Method:
+    def run(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        r = estimate_flow(a, b, FlowParams(mode=mode, radii=radii))
+        return r.dx, r.dy
+
+    return run
+
+
+def ilk(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    v, u = optical_flow_ilk(a, b, radius=8, num_warp=10)
+    return u, v
+
+
+def gefolki_method(name: str) -> Method | None:
+    try:
+        import gefolki
+    except ImportError:
+        return None
+    fn = getattr(gefolki, name)
+
+    def run(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        kw = {"iteration": 2, "radius": list(range(32, 4, -4)), "levels": 5}
+        if name != "Folki":
+            kw["rank"] = 4
+        u, v = fn(a, b, **kw)
+        return np.asarray(u, np.float32), np.asarray(v, np.float32)
+
+    return run
+
+
+def timed(method: Method, a: np.ndarray, b: np.ndarray):
+    t0 = time.perf_counter()
+    try:
+        dx, dy = method(a, b)
+        return dx, dy, time.perf_counter() - t0, None
+    except Exception as err:  # a peer failing is a result to print
+        return None, None, time.perf_counter() - t0, f"{type(err).__name__}: {str(err)[:60]}"
+
+
+def report(case: str, rows: list[tuple[str, str]]) -> None:
+    print(f"\n## {case}")
+    for name, text in rows:
+        print(f"  {name:<22} {text}")
+
+
+def score(method: Method, a, b, truth, mask) -> str:
+    dx, dy, dt, err = timed(method, a, b)
+    if err:
+        return f"failed ({err}) after {dt:.1f} s"
+    e = epe(dx, dy, truth, mask)
+    return f"mean EPE {e.mean():.4f} px  median {np.median(e):.4f} px  time {dt:.2f} s"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="smaller images, no 2000x2000")
+    args = parser.parse_args()
+    size = 512 if args.quick else 1024
+    imgs = load_images()
+    field = {"shift": (2.3, -1.6), "amplitude": 1.5, "wavelength": 400.0}
+    print("field: affine (shift 2.3, -1.6 px; linear terms 1e-3) + sinusoid 1.5 px / 400 px;")
+    print("secondary made with a quintic spline; EPE over pixels >= 16 px from the border")
+    estimate_flow(imgs["optical"][:64, :64], imgs["optical"][:64, :64])  # compile kernels
+
+    peers_same = [("costack EFolki", costack("efolki")), ("skimage iLK", ilk),
+                  ("gefolki EFolki", gefolki_method("EFolki"))]  # fmt: skip
+    for name in ("optical", "lidar"):
+        img = imgs[name][:size, :size]
+        sec, truth = displace(img, affine_sinusoid(img.shape, **field), order=5)
+        mask = interior(img.shape, 16) & np.isfinite(sec)
+        sec_filled = np.where(np.isfinite(sec), sec, 0).astype(np.float32)
+        report(
+            f"1. same sensor, {name} {size}x{size}",
+            [(n, score(m, img, sec_filled, truth, mask)) for n, m in peers_same if m],
+        )
+        inv = (img.max() - sec_filled).astype(np.float32)
+        peers_inv = [("costack GEFolki", costack("gefolki")), ("skimage iLK", ilk),
+                     ("gefolki EFolki", gefolki_method("EFolki")),
+                     ("gefolki GEFolki", gefolki_method("GEFolki"))]  # fmt: skip
+        report(
+            f"2. inverted contrast, {name} {size}x{size}",
+            [(n, score(m, img, inv, truth, mask)) for n, m in peers_inv if m],
+        )
+
+    if "radar" in imgs:
+        opt, radar = imgs["optical"][:size, :size], imgs["radar"][:size, :size]
+        moved, truth = displace(radar, affine_sinusoid(opt.shape, **field), order=5)
+        moved = np.where(np.isfinite(moved), moved, 0).astype(np.float32)
+        mask = interior(opt.shape, 32)
+        rows = []
+        for n, m in [("costack GEFolki", costack("gefolki")), ("skimage iLK", ilk),
+                     ("gefolki GEFolki", gefolki_method("GEFolki"))]:  # fmt: skip
+            if m is None:
+                continue
+            d0 = timed(m, opt, radar)
+            d1 = timed(m, opt, moved)
+            if d0[3] or d1[3]:
+                rows.append((n, f"failed ({d0[3] or d1[3]})"))
+                continue
+            err = np.hypot(d1[0] - d0[0] - truth[0], d1[1] - d0[1] - truth[1])[mask]
+            err = err[np.isfinite(err)]
+            rows.append((n, f"consistency EPE median {np.median(err):.4f} px  mean "
+                            f"{err.mean():.4f} px  time {d1[2]:.2f} s"))  # fmt: skip
+        report(f"3. radar/optical UAVSAR {size}x{size}, known field added to the radar", rows)
+
+    img = imgs["optical"][:size, :size]
+    sec, truth = displace(img, affine_sinusoid(img.shape, **field), order=5)
+    sec = np.where(np.isfinite(sec), sec, 0).astype(np.float32)
+    strip = np.zeros(img.shape, bool)
+    strip[:, size // 2 : size // 2 + 12] = True
+    far = interior(img.shape, 16) & ~ndimage.binary_dilation(strip, iterations=16)
+    holed = sec.copy()
+    holed[strip] = np.nan
+    filled = sec.copy()
+    filled[strip] = -9999.0
+    rows = []
+    for n, m in peers_same:
+        if m is None:
+            continue
+        base = timed(m, img, sec)
+        e0 = epe(base[0], base[1], truth, far).mean()
+        for label, arr in (("NaN", holed), ("-9999", filled)):
+            if n.startswith("costack") and label == "-9999":
+                p = FlowParams(mode="efolki", radii=(16, 8))
+                r = estimate_flow(img, arr, p, sec_nodata=-9999.0)
+                got = (r.dx, r.dy, 0.0, None)
+            else:
+                got = timed(m, img, arr)
+            if got[3]:
+                rows.append((f"{n} {label}", f"failed ({got[3]})"))
+                continue
+            e1 = epe(got[0], got[1], truth, far)
+            e1m = float(e1.mean()) if e1.size else float("nan")
+            rows.append((f"{n} {label}", f"EPE outside the strip {e0:.4f} -> {e1m:.4f} px "
+                                         f"(change {e1m - e0:+.4f})"))  # fmt: skip
+    report("4. nodata strip in the secondary, passed as it is", rows)
+
+    if not args.quick:
+        big = imgs["lidar"][:2000, :2000]
+        if big.shape != (2000, 2000):
+            big = np.tile(big, (4, 4))[:2000, :2000]
+        sec, truth = displace(big, affine_sinusoid(big.shape, **field), order=3)
+        sec = np.where(np.isfinite(sec), sec, 0).astype(np.float32)
+        mask = interior(big.shape, 16)
+        rows = []
+        for n, m in [("costack GEFolki", costack("gefolki")),
+                     ("costack EFolki", costack("efolki")), ("skimage iLK", ilk),
+                     ("gefolki EFolki", gefolki_method("EFolki"))]:  # fmt: skip
+            if m is None:
+                continue
+            tracemalloc.start()
+            rows.append(
+                (
+                    n,
+                    score(m, big, sec, truth, mask)
+                    + f"  peak traced {tracemalloc.get_traced_memory()[1] / 2**20:.0f} MiB",
+                )
+            )
+            tracemalloc.stop()
+        report("5. speed, 2000x2000 pair on 2 cores", rows)
+
+    demo = Path("results/flow")
+    if demo.exists():
+        from costack.coregister import flow_metrics
+
+        rows = []
+        for n, truth_tif in (("2", "resources/demo/l8/truth.tif"),
+                             ("3", "resources/demo/s1/truth.tif")):  # fmt: skip
+            if (demo / f"{n}.tif").exists():
+                m = flow_metrics(demo / f"{n}.tif", truth_tif)
+                rows.append(
+                    (
+                        f"dataset {n}",
+                        f"mean EPE {m['mean_epe']:.3f} px  median "
+                        f"{m['median_epe']:.3f} px  p90 {m['p90_epe']:.3f}",
+                    )
+                )
+        report("6. demo run (results/flow) against resources/demo/*/truth.tif", rows)
+
+
+if __name__ == "__main__":
+    main()
