@@ -98,32 +98,35 @@ def box_sums(stack, r):  # pragma: no cover - compiled
     return out
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, fastmath=True)
 def rank_transform(img, valid, r):  # pragma: no cover - compiled
     """Local rank: share of the valid pixels of the (2r+1)^2 window below the centre.
 
     The rank filter of EFolki (Brigot et al. 2016): any monotonic radiometric change between
     two images leaves it unchanged. Ties count one half. Invalid pixels get 0.
+    Branch-free inner loop (vectorised by LLVM).
     """
     h, w = img.shape
     out = np.zeros((h, w), np.float32)
+    vf = valid.astype(np.float32)
     for i in prange(h):
+        a0 = max(0, i - r)
+        a1 = min(h, i + r + 1)
         for j in range(w):
-            if valid[i, j] == 0:
+            if vf[i, j] == 0:
                 continue
             c = img[i, j]
-            below = 0.0
-            n = 0.0
-            for a in range(max(0, i - r), min(h, i + r + 1)):
-                for b in range(max(0, j - r), min(w, j + r + 1)):
-                    if valid[a, b] != 0:
-                        n += 1.0
-                        x = img[a, b]
-                        if x < c:
-                            below += 1.0
-                        elif x == c:
-                            below += 0.5
-            out[i, j] = (below - 0.5) / max(n - 1.0, 1.0)
+            b0 = max(0, j - r)
+            b1 = min(w, j + r + 1)
+            below = np.float32(0.0)
+            n = np.float32(0.0)
+            for a in range(a0, a1):
+                for b in range(b0, b1):
+                    x = img[a, b]
+                    v = vf[a, b]
+                    n += v
+                    below += v * (np.float32(x < c) + np.float32(0.5) * np.float32(x == c))
+            out[i, j] = (below - np.float32(0.5)) / max(n - np.float32(1.0), np.float32(1.0))
     return out
 
 
@@ -262,3 +265,75 @@ def warp_bspline(coef, valid, u, v):  # pragma: no cover - compiled
             out[i, j] = acc
             ok[i, j] = 1.0
     return out, ok
+
+
+@njit(parallel=True, cache=True)
+def lk_planes(i1, i2w, ix, iy, wt, u, v):  # pragma: no cover - compiled
+    """The 8 weighted planes whose window sums make the Folki system (Plyer et al. 2015):
+    w Ix^2, w IxIy, w Iy^2, w Ix It, w Iy It, w, w u, w v with It = I2w - I1 - grad.u."""
+    h, w = i1.shape
+    out = np.empty((8, h, w), np.float32)
+    for i in prange(h):
+        for j in range(w):
+            g = wt[i, j]
+            gx = ix[i, j]
+            gy = iy[i, j]
+            it = i2w[i, j] - i1[i, j] - gx * u[i, j] - gy * v[i, j]
+            out[0, i, j] = g * gx * gx
+            out[1, i, j] = g * gx * gy
+            out[2, i, j] = g * gy * gy
+            out[3, i, j] = g * gx * it
+            out[4, i, j] = g * gy * it
+            out[5, i, j] = g
+            out[6, i, j] = g * u[i, j]
+            out[7, i, j] = g * v[i, j]
+    return out
+
+
+@njit(parallel=True, cache=True)
+def lk_solve(sums, u, v, eps, step, nmin, support):  # pragma: no cover - compiled
+    """Solve the regularised 2x2 Folki system at every pixel and update (u, v) in place.
+
+    (A + eps I) u_new = -b + eps mean(u) (A, b normalised by the window's valid weight); the
+    update is limited to ``step`` pixels; windows with less than ``nmin`` valid weight keep u.
+    """
+    _, h, w = sums.shape
+    for i in prange(h):
+        for j in range(w):
+            n = sums[5, i, j]
+            if n <= nmin:
+                continue
+            inv = 1.0 / n
+            a11 = sums[0, i, j] * inv + eps
+            a12 = sums[1, i, j] * inv
+            a22 = sums[2, i, j] * inv + eps
+            r1 = -sums[3, i, j] * inv + eps * sums[6, i, j] * inv
+            r2 = -sums[4, i, j] * inv + eps * sums[7, i, j] * inv
+            det = a11 * a22 - a12 * a12
+            if not det > 0:
+                continue
+            du = (a22 * r1 - a12 * r2) / det - u[i, j]
+            dv = (a11 * r2 - a12 * r1) / det - v[i, j]
+            mag = np.sqrt(du * du + dv * dv)
+            if mag > step:
+                du *= step / mag
+                dv *= step / mag
+            u[i, j] += du
+            v[i, j] += dv
+            support[i, j] = 1.0
+
+
+@njit(parallel=True, cache=True)
+def mean_trace(sums, nmin):  # pragma: no cover - compiled
+    """Mean over well-supported windows of the normalised structure-tensor trace."""
+    _, h, w = sums.shape
+    acc = np.zeros(h)
+    cnt = np.zeros(h)
+    for i in prange(h):
+        for j in range(w):
+            n = sums[5, i, j]
+            if n > nmin:
+                acc[i] += (sums[0, i, j] + sums[2, i, j]) / n
+                cnt[i] += 1.0
+    c = cnt.sum()
+    return acc.sum() / c if c > 0 else 1.0

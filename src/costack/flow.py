@@ -191,6 +191,8 @@ def _lk_level(
     """Iterative Lucas-Kanade at one pyramid level; returns (u, v, support weight)."""
     ix1, iy1, wg1 = _gradient(i1, w1)
     support = np.zeros_like(i1)
+    u = np.ascontiguousarray(u, dtype=np.float32)
+    v = np.ascontiguousarray(v, dtype=np.float32)
     w2u8 = (w2 > 0).astype(np.uint8)
     if warp is K.warp_bspline:
         i2 = spline_coefficients(i2, w2 > 0)
@@ -216,30 +218,10 @@ def _lk_level(
             else:
                 ix, iy = ix1, iy1
             # Folki (Plyer et al. 2015, eq. 3): solve for u itself, linearised around u0
-            it = i2w - i1 - ix * u - iy * v
-            wix, wiy = wt * ix, wt * iy
-            sums = K.box_sums(
-                np.stack([wix * ix, wix * iy, wiy * iy, wix * it, wiy * it, wt, wt * u, wt * v]),
-                r,
-            )
-            a11, a12, a22, b1, b2, n, su, sv = sums
-            nn = np.maximum(n, 1e-6)
-            a11, a12, a22, b1, b2 = a11 / nn, a12 / nn, a22 / nn, b1 / nn, b2 / nn
-            mu, mv = su / nn, sv / nn
-            ok_n = n > 0.25 * (2 * r + 1) ** 2
-            tr = a11 + a22
-            eps = np.float32(reg * max(float(np.mean(tr[ok_n])) if ok_n.any() else 1.0, 1e-12))
-            a11e, a22e = a11 + eps, a22 + eps
-            det = a11e * a22e - a12 * a12
-            rhs1 = -b1 + eps * mu
-            rhs2 = -b2 + eps * mv
-            du = (a22e * rhs1 - a12 * rhs2) / det - u
-            dv = (a11e * rhs2 - a12 * rhs1) / det - v
-            mag = np.sqrt(du * du + dv * dv)
-            scale = np.where(mag > step, step / np.maximum(mag, 1e-12), 1.0)
-            u = np.where(ok_n, u + du * scale, u).astype(np.float32)
-            v = np.where(ok_n, v + dv * scale, v).astype(np.float32)
-            support = np.maximum(support, ok_n.astype(np.float32))
+            sums = K.box_sums(K.lk_planes(i1, i2w, ix, iy, wt, u, v), r)
+            nmin = 0.25 * (2 * r + 1) ** 2
+            eps = reg * max(K.mean_trace(sums, nmin), 1e-12)
+            K.lk_solve(sums, u, v, np.float32(eps), np.float32(step), nmin, support)
     return u, v, support
 
 
@@ -394,6 +376,11 @@ def global_shift(
     scores. It starts Lucas-Kanade inside its capture range, as the correlation stage of area
     matching does (Yan et al. 2016, section 2.3).
     """
+    levels_in = pyr
+    pyr = list(pyr)
+    while min(pyr[-1][0].shape) > 256:  # search on a small image, refine upwards
+        a, wa, b, wb = pyr[-1]
+        pyr.append((*_down(a, wa), *_down(b, wb)))
     top = len(pyr) - 1
     rmax = int(math.ceil(max_displacement / 2**top)) + 1
     a, wa, b, wb = pyr[top]
@@ -406,7 +393,8 @@ def global_shift(
     if not np.isfinite(scores[best]):
         return 0.0, 0.0
     lvl = top
-    while lvl > min(1, top):
+    # refine down to the first level over ~600 px (finer levels cost more than they add)
+    while lvl > min(1, top) and min(pyr[lvl - 1][0].shape) <= 600:
         lvl -= 1
         a, wa, b, wb = pyr[lvl]
         cx, cy = 2 * best[0], 2 * best[1]
@@ -428,7 +416,7 @@ def global_shift(
     s0 = sc(*best)
     fx = parabola(sc(best[0] - 1, best[1]), s0, sc(best[0] + 1, best[1]))
     fy = parabola(sc(best[0], best[1] - 1), s0, sc(best[0], best[1] + 1))
-    factor = 2.0 ** (lvl - top)
+    factor = 2.0 ** (lvl - (len(levels_in) - 1))
     return (best[0] + fx) * factor, (best[1] + fy) * factor
 
 

@@ -103,6 +103,13 @@ def read_georef(src: rasterio.io.DatasetReader, pixel_center: bool = True) -> So
     gcps, gcp_crs = src.gcps
     if src.crs is not None and not src.transform.is_identity:
         return SourceGeoref(src.crs, src.transform, None, src.width, src.height)
+    if not gcps:
+        # a Sentinel-1 SAFE measurement without GCPs in the TIFF: its annotation's grid
+        from costack.safe import annotation_for, read_geolocation_grid
+
+        annotation = annotation_for(src.name)
+        if annotation is not None:
+            gcps, gcp_crs = read_geolocation_grid(annotation), WGS84
     if gcps and gcp_crs is not None:
         return SourceGeoref(gcp_crs, None, gdal_gcps(gcps, pixel_center), src.width, src.height)
     return None
