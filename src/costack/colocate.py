@@ -44,6 +44,29 @@ def linear_to_db(power: np.ndarray) -> np.ndarray:
     return out.astype(np.float32)
 
 
+#: Largest GCP-georeferenced source warped through exact geolocation arrays (2 float64 arrays
+#: of the source's size); larger ones use GDAL's GCP transformer, approximated to 0.125 px.
+GEOLOC_MAX_PIXELS = 64_000_000
+
+
+def geolocation_arrays(georef) -> np.ndarray:
+    """Map coordinates of every source pixel from the GCP grid (thin-plate spline).
+
+    rasterio's ``reproject`` approximates GDAL's transformation to 0.125 source pixels, which
+    left 0.06 px mean errors on a curved GCP grid; with geolocation arrays GDAL uses no
+    approximation (errors under 2e-4 px on the same test). GDAL reads element (i, j) of the
+    arrays as the position of area coordinate (line i, pixel j), i.e. the pixel's upper-left
+    corner, so the arrays are evaluated there (the GCPs being already in GDAL's convention).
+    """
+    from rasterio.transform import GCPTransformer
+
+    rows, cols = np.mgrid[0 : georef.height, 0 : georef.width].astype(np.float64)
+    with GCPTransformer(georef.gcps, tps=True) as tr:
+        xs, ys = tr.xy(rows.ravel(), cols.ravel(), offset="ul")
+    shape = (georef.height, georef.width)
+    return np.stack([np.asarray(xs).reshape(shape), np.asarray(ys).reshape(shape)])
+
+
 def colocate_array(
     path: str,
     grid: Grid,
@@ -78,7 +101,11 @@ def colocate_array(
     data[invalid] = np.nan
     out = np.full(grid.shape, np.nan, dtype=np.float32)
     kwargs: dict = {}
-    if georef.gcps:
+    if georef.gcps and data.size <= GEOLOC_MAX_PIXELS:
+        kwargs.update(src_geoloc_array=geolocation_arrays(georef))
+    elif georef.gcps:
+        log.warning("%s: %d px is too large for geolocation arrays; GCP warp approximated to "
+                    "0.125 px by GDAL", path, data.size)  # fmt: skip
         kwargs.update(gcps=georef.gcps, **GCP_WARP_OPTIONS)
     else:
         kwargs.update(src_transform=georef.transform)
