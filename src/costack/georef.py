@@ -87,10 +87,19 @@ class SourceGeoref:
         return shape(transform_geom(self.crs, crs, mapping(geom)))
 
     def pixel_size(self) -> tuple[float, float]:
-        """Approximate (x, y) pixel size in CRS units (exact for a geotransform)."""
+        """(x, y) pixel size in CRS units; for GCPs in a geographic CRS, metres (local UTM)."""
         if self.transform is not None and not self.gcps:
             return abs(self.transform.a), abs(self.transform.e)
         b = self.boundary(densify=1)
+        if self.crs.is_geographic:
+            from pyproj.aoi import AreaOfInterest
+            from pyproj.database import query_utm_crs_info
+
+            c = b.centroid
+            code = query_utm_crs_info(
+                datum_name="WGS 84", area_of_interest=AreaOfInterest(c.x, c.y, c.x, c.y)
+            )[0].code
+            b = shape(transform_geom(self.crs, CRS.from_epsg(int(code)), mapping(b)))
         (x0, y0), (x1, y1), _, (x3, y3) = list(b.exterior.coords)[:4]
         return (
             float(np.hypot(x1 - x0, y1 - y0) / self.width),

@@ -31,7 +31,8 @@ NOT_COMPLEX = "SAR complex data is not supported"
 MANIFEST_COLUMNS = [
     "key", "dataset", "band", "asset_key", "item_id", "item_href", "datetime", "platform",
     "href", "gdal_path", "crs", "res_x", "res_y", "width", "height", "footprint", "nodata",
-    "dtype", "georef", "kind", "db", "common_name", "polarization",
+    "dtype", "georef", "kind", "db", "common_name", "polarization", "sar_frequency_band",
+    "sar_instrument_mode", "sar_product_type", "sar_center_frequency",
 ]  # fmt: skip
 
 
@@ -199,6 +200,10 @@ def describe_asset(
         "db": _is_db(ref.band, asset),
         "common_name": ",".join(_common_names(asset)),
         "polarization": _polarization(ref.band) or "",
+        "sar_frequency_band": item.properties.get("sar:frequency_band", ""),
+        "sar_instrument_mode": item.properties.get("sar:instrument_mode", ""),
+        "sar_product_type": item.properties.get("sar:product_type", ""),
+        "sar_center_frequency": item.properties.get("sar:center_frequency", ""),
     }
 
 

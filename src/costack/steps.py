@@ -161,6 +161,11 @@ def run_catalog(
         sar = None
         if row["kind"] == "sar":
             sar = {"polarizations": [row["polarization"]] if row["polarization"] else []}
+            for field in ("frequency_band", "instrument_mode", "product_type"):
+                if row[f"sar_{field}"]:
+                    sar[field] = str(row[f"sar_{field}"])
+            if str(row["sar_center_frequency"]):
+                sar["center_frequency"] = float(row["sar_center_frequency"])
         assets.append(
             StackAsset(
                 key=key,
