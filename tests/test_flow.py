@@ -126,3 +126,28 @@ def test_radar_optical_pair_known_field():
     err = np.hypot(res.dx - native.dx - truth[0], res.dy - native.dy - truth[1])[m]
     # measured 0.31 px; the target is 0.3 px (see bench/flow_bench.py)
     assert np.nanmedian(err) < 0.4
+
+
+def test_tiled_flow_matches_in_memory(camera_pair, tmp_path):
+    from rasterio.crs import CRS
+    from rasterio.transform import Affine
+
+    from costack.grid import Grid
+    from costack.rasterio_io import read_float32, write_float32
+    from costack.tiled import flow_tiled, warp_tiled
+
+    img, sec, truth, mask = camera_pair
+    grid = Grid(CRS.from_epsg(32631), Affine(10, 0, 500_000, 0, -10, 5_000_000), 256, 256)
+    write_float32(tmp_path / "ref.tif", img, grid)
+    write_float32(tmp_path / "sec.tif", sec, grid)
+    params = FlowParams(mode="efolki", radii=(16, 8))
+    stats = flow_tiled(tmp_path / "ref.tif", tmp_path / "sec.tif", tmp_path / "f.tif",
+                       tmp_path / "c.tif", params, tile=96, coarse_factor=2)  # fmt: skip
+    assert stats["tiles"] == 9
+    flow, _, _ = read_float32(tmp_path / "f.tif", band=None)
+    tiled_epe = epe(flow[0], flow[1], truth, mask).mean()
+    whole = estimate_flow(img, sec, params)
+    assert tiled_epe < 0.09 and abs(tiled_epe - epe(whole.dx, whole.dy, truth, mask).mean()) < 0.02
+    warp_tiled(tmp_path / "sec.tif", tmp_path / "f.tif", tmp_path / "w.tif", warp_array, tile=96)
+    warped, _, _ = read_float32(tmp_path / "w.tif")
+    np.testing.assert_allclose(warped, warp_array(sec, flow[0], flow[1]), atol=1e-4)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import rasterio
 
 from costack import _kernels as K
 from costack.colocate import db_to_linear, linear_to_db
@@ -67,6 +68,12 @@ def run_flow(
     filter makes dB or linear scales irrelevant.
     """
     params = params or FlowParams()
+    with rasterio.open(ref_tif) as r:
+        n_pixels = r.width * r.height
+    if n_pixels > TILED_ABOVE:
+        return _run_flow_tiled(
+            ref_tif, sec_tif, out_tif, confidence_tif, params, stats_json, resolution_ratio
+        )
     ref, grid, ref_nd = read_float32(ref_tif)
     sec, grid2, sec_nd = read_float32(sec_tif)
     if grid2.shape != grid.shape or grid2.transform != grid.transform:
@@ -107,6 +114,29 @@ def run_flow(
         "model": None if model is None else np.asarray(model).tolist(),
     }
     log.info("flow %s -> %s: %s", sec_tif, out_tif, stats)
+    if stats_json:
+        Path(stats_json).write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
+    return stats
+
+
+#: Grids larger than this (pixels) are processed in tiles (bounded memory).
+TILED_ABOVE = 16_000_000
+
+
+def _run_flow_tiled(ref_tif, sec_tif, out_tif, confidence_tif, params, stats_json, ratio):
+    """:func:`run_flow` for scene-sized grids (see :mod:`costack.tiled`)."""
+    from costack.tiled import flow_tiled
+
+    blur = 0.0
+    ref_filter = None
+    if ratio > 1.5 and params.mode != "gefolki":
+        blur = 0.5 * float(np.sqrt(ratio**2 - 1.0))
+        ref_filter = lambda a: _blur_valid(a, blur)  # noqa: E731
+    params = adapt_to_resolution(params, ratio)
+    conf = confidence_tif or str(Path(out_tif).with_suffix("")) + ".confidence.tif"
+    tiled = flow_tiled(ref_tif, sec_tif, out_tif, conf, params, ref_filter=ref_filter)
+    stats = {"mode": params.mode, "params": params.to_dict(), "seconds": tiled["seconds"],
+             "tiled": tiled, "reference_blur_sigma": round(blur, 3)}  # fmt: skip
     if stats_json:
         Path(stats_json).write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
     return stats
@@ -168,6 +198,19 @@ def run_warp(
     db: bool = False,
 ) -> None:
     """Warp a colocated asset with a flow (dB data warped as linear power)."""
+    with rasterio.open(sec_tif) as r:
+        n_pixels = r.width * r.height
+    if n_pixels > TILED_ABOVE:
+        from costack.tiled import warp_tiled
+
+        def fn(data: np.ndarray, dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
+            if db:
+                data = db_to_linear(data)
+            out = warp_array(data, dx, dy, resampling)
+            return linear_to_db(out) if db else out
+
+        warp_tiled(sec_tif, flow_tif, out_tif, fn)
+        return
     data, grid, nodata = read_float32(sec_tif)
     flow, fgrid, _ = read_float32(flow_tif, band=None)
     if fgrid.shape != grid.shape:

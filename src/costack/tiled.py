@@ -1,0 +1,179 @@
+"""Scene-sized flow and warping in overlapping tiles, so memory stays bounded.
+
+The flow is first estimated on both images decimated by ``coarse_factor`` (GDAL average
+resampling, nodata excluded); that coarse field seeds every tile, which is then refined at
+full resolution on its own window plus a halo. Only the tile's core is written, so tiles join
+without seams as long as the halo exceeds the window radii. Warping reads, for each output
+tile, the source window its flow points into.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.enums import Resampling
+from rasterio.windows import Window
+from scipy import ndimage
+
+from costack.flow import FlowParams, estimate_flow
+from costack.rasterio_io import atomic_path
+
+log = logging.getLogger(__name__)
+
+
+def _read(src: rasterio.io.DatasetReader, window: Window) -> np.ndarray:
+    """A window as Float32 with NaN for nodata and outside the raster."""
+    data = src.read(1, window=window, boundless=True, fill_value=np.nan, masked=False)
+    data = data.astype(np.float32)
+    if src.nodata is not None and not np.isnan(src.nodata):
+        data[data == np.float32(src.nodata)] = np.nan
+    return data
+
+
+def _read_decimated(src: rasterio.io.DatasetReader, factor: int) -> np.ndarray:
+    """The raster averaged over factor x factor blocks (nodata excluded by GDAL)."""
+    shape = (max(1, src.height // factor), max(1, src.width // factor))
+    data = src.read(1, out_shape=shape, resampling=Resampling.average, masked=True)
+    return data.filled(np.nan).astype(np.float32)
+
+
+def tiles(height: int, width: int, size: int) -> Iterator[Window]:
+    """Core windows of ``size`` covering the raster, row by row."""
+    for r in range(0, height, size):
+        for c in range(0, width, size):
+            yield Window(c, r, min(size, width - c), min(size, height - r))
+
+
+def _upsample(coarse: np.ndarray, factor: int, window: Window) -> np.ndarray:
+    """Coarse field (coarse pixels) sampled at a window's full-resolution pixel centres."""
+    rows = (np.arange(window.row_off, window.row_off + window.height) + 0.5) / factor - 0.5
+    cols = (np.arange(window.col_off, window.col_off + window.width) + 0.5) / factor - 0.5
+    rr, cc = np.meshgrid(rows, cols, indexing="ij")
+    filled = coarse.copy()
+    bad = ~np.isfinite(filled)
+    if bad.all():
+        return np.zeros((window.height, window.width), np.float32)
+    if bad.any():
+        idx = ndimage.distance_transform_edt(bad, return_distances=False, return_indices=True)
+        filled = filled[tuple(idx)]
+    out = ndimage.map_coordinates(filled, [rr, cc], order=1, mode="nearest")
+    return (out * factor).astype(np.float32)
+
+
+def flow_tiled(
+    ref_tif: str | Path,
+    sec_tif: str | Path,
+    out_tif: str | Path,
+    confidence_tif: str | Path,
+    params: FlowParams,
+    tile: int = 1024,
+    halo: int | None = None,
+    coarse_factor: int = 4,
+    ref_filter=None,
+) -> dict:
+    """Flow of a scene-sized pair, tile by tile (peak memory set by ``tile``, not the scene).
+
+    Args:
+        ref_tif, sec_tif: co-located single-band rasters on one grid.
+        out_tif, confidence_tif: outputs (2-band dx, dy; 1-band confidence), tiled GeoTIFFs.
+        params: flow parameters for the full-resolution refinement.
+        tile: core tile size in pixels.
+        halo: overlap read around each tile (default 2 x the largest radius + 16).
+        coarse_factor: decimation of the seeding pass.
+        ref_filter: optional function applied to each reference window (resolution matching).
+    """
+    t0 = time.perf_counter()
+    halo = halo if halo is not None else 2 * max(params.radii) + 16
+    with rasterio.open(ref_tif) as ref, rasterio.open(sec_tif) as sec:
+        profile = ref.profile
+        h, w = ref.height, ref.width
+        ref_c = _read_decimated(ref, coarse_factor)
+        sec_c = _read_decimated(sec, coarse_factor)
+        if ref_filter is not None:
+            ref_c = ref_filter(ref_c)
+        coarse = estimate_flow(
+            ref_c, sec_c, replace(params, max_displacement=params.max_displacement / coarse_factor)
+        )
+        del ref_c, sec_c
+        log.info("coarse pass (1/%d) in %.1f s", coarse_factor, time.perf_counter() - t0)
+        fine = replace(params, levels=2, global_search=False)
+        out_profile = dict(
+            driver="GTiff", dtype="float32", count=2, height=h, width=w, crs=profile["crs"],
+            transform=profile["transform"], nodata=np.nan, tiled=True, blockxsize=256,
+            blockysize=256, compress="deflate", predictor=3, BIGTIFF="IF_SAFER",
+        )  # fmt: skip
+        windows = list(tiles(h, w, tile))
+        with atomic_path(out_tif) as tmp_flow, atomic_path(confidence_tif) as tmp_conf:
+            with (
+                rasterio.open(tmp_flow, "w", **out_profile) as dst,
+                rasterio.open(tmp_conf, "w", **dict(out_profile, count=1)) as cdst,
+            ):
+                dst.set_band_description(1, "dx (columns)")
+                dst.set_band_description(2, "dy (rows)")
+                for k, core in enumerate(windows, start=1):
+                    big = Window(core.col_off - halo, core.row_off - halo,
+                                 core.width + 2 * halo, core.height + 2 * halo)  # fmt: skip
+                    a = _read(ref, big)
+                    b = _read(sec, big)
+                    if ref_filter is not None:
+                        a = ref_filter(a)
+                    ux = _upsample(coarse.dx, coarse_factor, big)
+                    uy = _upsample(coarse.dy, coarse_factor, big)
+                    if not np.isfinite(a).any() or not np.isfinite(b).any():
+                        res_dx = np.full(a.shape, np.nan, np.float32)
+                        res_dy, conf = res_dx, np.zeros(a.shape, np.float32)
+                    else:
+                        res = estimate_flow(a, b, fine, init=(ux, uy))
+                        res_dx, res_dy, conf = res.dx, res.dy, res.confidence
+                    sl = (slice(halo, halo + core.height), slice(halo, halo + core.width))
+                    dst.write(np.stack([res_dx[sl], res_dy[sl]]), window=core)
+                    cdst.write(conf[sl], 1, window=core)
+                    log.info("tile %d of %d done (%.1f s)", k, len(windows),
+                             time.perf_counter() - t0)  # fmt: skip
+    return {"tiles": len(windows), "tile": tile, "halo": halo, "coarse_factor": coarse_factor,
+            "seconds": time.perf_counter() - t0}  # fmt: skip
+
+
+def warp_tiled(
+    sec_tif: str | Path,
+    flow_tif: str | Path,
+    out_tif: str | Path,
+    warp_fn,
+    tile: int = 1024,
+) -> None:
+    """Warp a raster with a flow tile by tile (``warp_fn(data, dx, dy) -> array``)."""
+    from costack.coregister import warp_array  # noqa: F401  (documented default)
+
+    with rasterio.open(sec_tif) as src, rasterio.open(flow_tif) as flow:
+        profile = src.profile
+        nodata = src.nodata
+        out_profile = dict(
+            driver="GTiff", dtype="float32", count=1, height=src.height, width=src.width,
+            crs=src.crs, transform=src.transform,
+            nodata=np.nan if nodata is None else nodata, tiled=True, blockxsize=256,
+            blockysize=256, compress="deflate", predictor=3, BIGTIFF="IF_SAFER",
+        )  # fmt: skip
+        del profile
+        with atomic_path(out_tif) as tmp, rasterio.open(tmp, "w", **out_profile) as dst:
+            for core in tiles(src.height, src.width, tile):
+                f = flow.read(window=core).astype(np.float32)
+                reach = np.nanmax(np.abs(f)) if np.isfinite(f).any() else 0.0
+                m = int(math.ceil(reach)) + 2
+                big = Window(core.col_off - m, core.row_off - m, core.width + 2 * m,
+                             core.height + 2 * m)  # fmt: skip
+                data = _read(src, big)
+                dx = np.full(data.shape, np.nan, np.float32)
+                dy = np.full(data.shape, np.nan, np.float32)
+                dx[m : m + core.height, m : m + core.width] = f[0]
+                dy[m : m + core.height, m : m + core.width] = f[1]
+                out = warp_fn(data, dx, dy)[m : m + core.height, m : m + core.width]
+                if nodata is not None and not np.isnan(nodata):
+                    out = np.where(np.isnan(out), np.float32(nodata), out)
+                dst.write(out.astype(np.float32), 1, window=core)
