@@ -51,19 +51,28 @@ def tiles(height: int, width: int, size: int) -> Iterator[Window]:
             yield Window(c, r, min(size, width - c), min(size, height - r))
 
 
+def _fill_nearest(field: np.ndarray) -> np.ndarray:
+    """NaN replaced by the nearest finite value (zeros if there is none)."""
+    bad = ~np.isfinite(field)
+    if bad.all():
+        return np.zeros_like(field)
+    if not bad.any():
+        return field
+    idx = ndimage.distance_transform_edt(bad, return_distances=False, return_indices=True)
+    return field[tuple(idx)]
+
+
 def _upsample(coarse: np.ndarray, factor: int, window: Window) -> np.ndarray:
-    """Coarse field (coarse pixels) sampled at a window's full-resolution pixel centres."""
+    """Coarse field (coarse pixels, no NaN) at a window's full-resolution pixel centres."""
     rows = (np.arange(window.row_off, window.row_off + window.height) + 0.5) / factor - 0.5
     cols = (np.arange(window.col_off, window.col_off + window.width) + 0.5) / factor - 0.5
-    rr, cc = np.meshgrid(rows, cols, indexing="ij")
-    filled = coarse.copy()
-    bad = ~np.isfinite(filled)
-    if bad.all():
-        return np.zeros((window.height, window.width), np.float32)
-    if bad.any():
-        idx = ndimage.distance_transform_edt(bad, return_distances=False, return_indices=True)
-        filled = filled[tuple(idx)]
-    out = ndimage.map_coordinates(filled, [rr, cc], order=1, mode="nearest")
+    r0 = max(int(np.floor(rows[0])) - 1, 0)
+    c0 = max(int(np.floor(cols[0])) - 1, 0)
+    r1 = min(int(np.ceil(rows[-1])) + 2, coarse.shape[0])
+    c1 = min(int(np.ceil(cols[-1])) + 2, coarse.shape[1])
+    part = coarse[r0:r1, c0:c1]
+    rr, cc = np.meshgrid(rows - r0, cols - c0, indexing="ij")
+    out = ndimage.map_coordinates(part, [rr, cc], order=1, mode="nearest")
     return (out * factor).astype(np.float32)
 
 
@@ -73,7 +82,7 @@ def flow_tiled(
     out_tif: str | Path,
     confidence_tif: str | Path,
     params: FlowParams,
-    tile: int = 1024,
+    tile: int = 2048,
     halo: int | None = None,
     coarse_factor: int = 4,
     ref_filter=None,
@@ -102,8 +111,12 @@ def flow_tiled(
             ref_c, sec_c, replace(params, max_displacement=params.max_displacement / coarse_factor)
         )
         del ref_c, sec_c
+        coarse_dx = _fill_nearest(coarse.dx)
+        coarse_dy = _fill_nearest(coarse.dy)
         log.info("coarse pass (1/%d) in %.1f s", coarse_factor, time.perf_counter() - t0)
-        fine = replace(params, levels=2, global_search=False)
+        # the coarse seed is within a pixel: one full-resolution level suffices (same EPE as two
+        # levels on a 1120x1120 test window, 0.066 px, in 2/3 of the time)
+        fine = replace(params, levels=1, global_search=False)
         out_profile = dict(
             driver="GTiff", dtype="float32", count=2, height=h, width=w, crs=profile["crs"],
             transform=profile["transform"], nodata=np.nan, tiled=True, blockxsize=256,
@@ -124,8 +137,8 @@ def flow_tiled(
                     b = _read(sec, big)
                     if ref_filter is not None:
                         a = ref_filter(a)
-                    ux = _upsample(coarse.dx, coarse_factor, big)
-                    uy = _upsample(coarse.dy, coarse_factor, big)
+                    ux = _upsample(coarse_dx, coarse_factor, big)
+                    uy = _upsample(coarse_dy, coarse_factor, big)
                     if not np.isfinite(a).any() or not np.isfinite(b).any():
                         res_dx = np.full(a.shape, np.nan, np.float32)
                         res_dy, conf = res_dx, np.zeros(a.shape, np.float32)
