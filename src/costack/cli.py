@@ -108,6 +108,23 @@ def cmd_bandmath(args: argparse.Namespace) -> None:
     run_bandmath(args.expression, rasters, args.out, grid_json=args.grid)
 
 
+def cmd_tiepoints(args: argparse.Namespace) -> None:
+    """Tie points between two co-located rasters."""
+    from costack.tiepoints import TiePointParams, run_tiepoints
+
+    for path in (args.ref, args.sec):
+        if not Path(path).exists():
+            raise CostackError("tiepoints", f"{path} does not exist", "give two co-located rasters")
+    stem = str(Path(args.out).with_suffix(""))
+    params = TiePointParams(multimodal=args.multimodal)
+    model = run_tiepoints(
+        args.ref, args.sec, args.out, stem + ".model.json", stem + ".png", params,
+        label=Path(args.sec).stem,
+    )  # fmt: skip
+    print(f"{model.get('tiepoints', 0)} tie points in {args.out}; model {model['chosen']} in "
+          f"{stem}.model.json; vectors in {stem}.png")  # fmt: skip
+
+
 def cmd_flow(args: argparse.Namespace) -> None:
     """Dense flow between two co-located rasters."""
     from costack.coregister import run_flow
@@ -222,6 +239,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grid", help="grid JSON (only for expressions that read no asset)")
     p.add_argument("out", help="output Float32 GeoTIFF")
     p.set_defaults(func=cmd_bandmath)
+
+    p = sub.add_parser("tiepoints", help="sub-pixel tie points and global model (Yan et al. 2016)")
+    p.add_argument("ref", help="reference raster")
+    p.add_argument("sec", help="secondary raster on the same grid")
+    p.add_argument("out", help="output CSV (model JSON and PNG are written beside it)")
+    p.add_argument(
+        "--multimodal",
+        action="store_true",
+        help="SAR against optical: rank-transformed images, |NCC| similarity",
+    )
+    p.set_defaults(func=cmd_tiepoints)
 
     p = sub.add_parser(
         "flow", help="dense GeFolki-family flow between two co-located single-band rasters"

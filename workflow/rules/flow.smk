@@ -5,6 +5,7 @@ rule estimate_flow:
     input:
         ref=f"results/colocated/{REF}.tif",
         sec=lambda wc: f"results/colocated/{MATCH[int(wc.n)]}.tif",
+        model="results/tiepoints/{n}.model.json",
     output:
         flow="results/flow/{n}.tif",
         confidence="results/flow/{n}.confidence.tif",

@@ -19,5 +19,6 @@ run_step(
         params,
         stats_json=snakemake.output.stats,
         resolution_ratio=float(snakemake.params.resolution_ratio),
+        model_json=snakemake.input.model,
     ),
 )

@@ -1,0 +1,25 @@
+# Tie points (Yan et al. 2016) between the reference and each secondary dataset's matching
+# asset: the evidence a user inspects and the global model that seeds the dense flow.
+
+
+rule match_tiepoints:
+    input:
+        ref=f"results/colocated/{REF}.tif",
+        sec=lambda wc: f"results/colocated/{MATCH[int(wc.n)]}.tif",
+    output:
+        csv="results/tiepoints/{n}.csv",
+        model="results/tiepoints/{n}.model.json",
+        png="results/tiepoints/{n}.png",
+    params:
+        multimodal=lambda wc: FLOW_MODE[int(wc.n)] == "gefolki",
+        label=lambda wc: f"dataset {wc.n} ({MATCH[int(wc.n)]})",
+    log:
+        "logs/match_tiepoints/{n}.log",
+    threads: 1
+    resources:
+        mem_mb=2048,
+        runtime=30,
+    conda:
+        ENV
+    script:
+        "../scripts/match_tiepoints.py"
