@@ -53,6 +53,20 @@ def _config_from_args(args: argparse.Namespace) -> dict:
     return raw
 
 
+def cmd_run(args: argparse.Namespace) -> None:
+    """Run the whole workflow with the service's parameters."""
+    from costack.runner import run_workflow
+
+    catalog = run_workflow(
+        _config_from_args(args), args.out, cores=args.cores, profile=args.profile,
+        dryrun=args.dry_run, quiet=not args.verbose,
+    )  # fmt: skip
+    if not args.dry_run:
+        print(f"STAC catalog: {catalog}")
+        print(f"stack item and COGs: {catalog.parent / 'stack'}")
+        print(f"tie points and vectors: {catalog.parent / 'tiepoints'}")
+
+
 def cmd_check(args: argparse.Namespace) -> None:
     """Validate a configuration without running anything."""
     from costack.steps import preflight
@@ -184,6 +198,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"costack {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "run",
+        help="co-register and stack: run the whole workflow with the service's parameters",
+        description="Co-Registered Stacking: co-locate the listed assets of the input datasets "
+        "on the reference asset's grid, co-register every secondary dataset to the reference "
+        "(tie points and a dense GeFolki-family flow), evaluate the s-expressions, and write "
+        "single-band Float32 COGs described by a STAC item.",
+    )
+    _add_config_args(p)
+    p.add_argument("--out", default="costack-run", help="output folder (default costack-run)")
+    p.add_argument("--cores", type=int, default=2, help="cores to use (default 2)")
+    p.add_argument("--profile", help="Snakemake profile folder or name (default, slurm)")
+    p.add_argument("-n", "--dry-run", action="store_true", help="list the jobs, run nothing")
+    p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("check", help="validate the parameters (config, items, rasters, grid)")
     _add_config_args(p)

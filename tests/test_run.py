@@ -1,0 +1,88 @@
+"""costack run through Snakemake's API, the SLURM profile, and reruns."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import REPO, demo_config, run_snakemake
+
+from costack.cli import build_parser
+
+pytestmark = pytest.mark.workflow
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_costack_run_reproduces_snakemake(demo_run, tmp_path):
+    cfg = demo_config()
+    argv = [sys.executable, "-m", "costack.cli", "run", "--out", str(tmp_path / "out"),
+            "--cores", "2", "--assets", cfg["assets"], "--reference", cfg["reference"]]  # fmt: skip
+    for item in cfg["inputs"]:
+        argv += ["--input", item]
+    for expr in cfg["expressions"]:
+        argv += ["--expression", expr]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert f"STAC catalog: {tmp_path / 'out' / 'results' / 'catalog.json'}" in out
+    mine = sorted((tmp_path / "out" / "results" / "stack").glob("*.tif"))
+    theirs = sorted((demo_run / "results" / "stack").glob("*.tif"))
+    assert [p.name for p in mine] == [p.name for p in theirs] and len(mine) == 12
+    for a, b in zip(mine, theirs, strict=True):
+        assert _sha(a) == _sha(b), a.name
+
+
+def test_run_bad_input_is_one_line(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "costack.cli", "run", "--input", "nope.json", "--assets", "1.nir",
+         "--reference", "1.nir", "--out", str(tmp_path / "o")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (
+        "costack: error: inputs[1]: nope.json does not exist; give the path or URL of a STAC item"
+    )
+    assert not (tmp_path / "o").exists()
+
+
+def test_help_speaks_the_service_parameters():
+    text = build_parser()._subparsers._group_actions[0].choices["run"].format_help()
+    for phrase in ("input product reference", "list of single-band assets",
+                   "reference asset in the list", "area of interest in WKT",
+                   "new_asset_name:(expression)"):  # fmt: skip
+        assert phrase in " ".join(text.split()), phrase
+
+
+def test_slurm_profile_dry_run_lists_jobs_with_resources(demo_run):
+    pytest.importorskip("snakemake_executor_plugin_slurm")
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(demo_run),
+         "--configfile", str(demo_run / "config.yaml"), "--profile", str(REPO / "profiles/slurm"),
+         "-n", "--forceall"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text = proc.stdout + proc.stderr
+    assert re.search(r"rule estimate_flow:.*?mem_mb=4096.*?runtime=60", text, re.S)
+    assert re.search(r"rule colocate_asset:.*?mem_mb=2048", text, re.S)
+    assert re.search(r"estimate_flow\s+2\n", text)
+
+
+def test_changing_one_expression_reruns_only_it_and_the_catalog(demo_run):
+    cfg = yaml.safe_load((demo_run / "config.yaml").read_text())
+    cfg["expressions"][0] = "ndvi:(norm_diff 1.nir 2.red)"
+    proc = run_snakemake(demo_run, cfg, "-n")
+    text = proc.stdout + proc.stderr
+    stats = dict(re.findall(r"^(\w+)\s+(\d+)$", text, re.M))
+    assert stats == {"build_catalog": "1", "convert_expression_cog": "1", "all": "1",
+                     "evaluate_expression": "1", "total": "4"}, text[-1500:]  # fmt: skip
+    # restore the demo config so the other tests see an up-to-date run
+    run_snakemake(demo_run, demo_config(), "-n")
