@@ -15,6 +15,7 @@ include: "workflow/rules/colocate.smk"
 include: "workflow/rules/tiepoints.smk"
 include: "workflow/rules/flow.smk"
 include: "workflow/rules/coregister.smk"
+include: "workflow/rules/qc.smk"
 include: "workflow/rules/bandmath.smk"
 include: "workflow/rules/catalog.smk"
 

@@ -227,3 +227,17 @@ def test_demo_tiepoints_contract(demo_run: Path):
     # SAR against optical: matched on rank-transformed images, named in the model
     sar = json.loads((res / "3.model.json").read_text())
     assert sar["similarity"].startswith("abs NCC")
+
+
+def test_demo_qc_summary(demo_run: Path):
+    summary = json.loads((demo_run / "results/qc/summary.json").read_text())
+    optical = summary["2"]
+    assert optical["before"]["points"] > 50 and optical["after"]["points"] > 50
+    # the demo's misregistration is about 3 px before; co-registration removes most of it
+    assert optical["before"]["pixels"]["mean"] > 2.0
+    assert optical["after"]["pixels"]["mean"] < 0.5
+    assert optical["after"]["metres"]["mean"] == pytest.approx(
+        10 * optical["after"]["pixels"]["mean"], rel=1e-2
+    )
+    item = pystac.Item.from_file(str(demo_run / "results/stack/costack-demo.json"))
+    assert item.properties["costack:qc"]["2"]["after"] == optical["after"]

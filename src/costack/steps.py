@@ -150,6 +150,7 @@ def run_catalog(
     expressions: dict[str, str | Path] | None = None,
     properties: dict[str, Any] | None = None,
     flows: dict[int, tuple[str | Path, str | Path, str | Path]] | None = None,
+    qc_json: str | Path | None = None,
 ) -> None:
     """Step 5b: the STAC catalog and the stack's item."""
     manifest = read_manifest(manifest_csv)
@@ -209,6 +210,8 @@ def run_catalog(
                 title=f"Confidence of the displacement of dataset {n} (0 to 1)",
             )
         )  # fmt: skip
+    if qc_json and Path(qc_json).exists():
+        properties["costack:qc"] = json.loads(Path(qc_json).read_text(encoding="utf-8"))
     if registration:
         properties["costack:registration"] = {
             "algorithm": "GeFolki family dense optical flow (Plyer et al. 2015; Brigot et al. "

@@ -172,6 +172,9 @@ def lsm(
     gy_img = ndimage.sobel(sec, axis=0) / 8.0
     gx_img = ndimage.sobel(sec, axis=1) / 8.0
     best: tuple[tuple[float, float], float] | None = None
+    converged = False
+    halvings = 0
+    last_delta = np.zeros(6)
     for _ in range(max_iterations):
         rows = t[0] + a[0] * yy + a[1] * xx - 0.5
         cols = t[1] + a[2] * yy + a[3] * xx - 0.5
@@ -187,9 +190,21 @@ def lsm(
             return best
         g2 = ndimage.map_coordinates(sec, [rows, cols], order=1)
         sim = _similarity(g1, g2, multimodal)
-        if best is not None and sim <= best[1]:
+        # iterate while the similarity improves (ties within 1e-6 count as improving, so an
+        # already aligned patch still gets its sub-pixel refinement)
+        if best is not None and sim < best[1] - 1e-6:
+            # the step overshot: halve it (a backtracking line search), up to 4 times
+            if halvings >= 4:
+                return best
+            halvings += 1
+            last_delta = last_delta / 2
+            t -= last_delta[:2]
+            a -= last_delta[2:]
+            continue
+        halvings = 0
+        best = ((float(t[0]), float(t[1])), max(sim, best[1]) if best else sim)
+        if converged:
             return best
-        best = ((float(t[0]), float(t[1])), sim)
         gy = ndimage.map_coordinates(gy_img, [rows, cols], order=1)
         gx = ndimage.map_coordinates(gx_img, [rows, cols], order=1)
         # radiometry by linear regression of g1 on g2, then geometry by Gauss-Newton
@@ -204,6 +219,8 @@ def lsm(
             return best
         t += delta[:2]
         a += delta[2:]
+        last_delta = delta.copy()
+        converged = bool(np.hypot(delta[0], delta[1]) < 1e-3)
     return best
 
 

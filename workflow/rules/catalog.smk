@@ -43,6 +43,7 @@ rule build_catalog:
         displacements=expand("results/stack/{n}-displacement.tif", n=SECONDARY),
         confidences=expand("results/stack/{n}-confidence.tif", n=SECONDARY),
         flow_stats=expand("results/flow/{n}.json", n=SECONDARY),
+        qc="results/qc/summary.json",
     output:
         catalog="results/catalog.json",
         item=f"results/stack/{config['item_id']}.json",

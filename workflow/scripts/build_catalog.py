@@ -16,6 +16,7 @@ run_step(
         expressions=dict(
             zip(snakemake.params.expressions, snakemake.input.expression_cogs, strict=True)
         ),
+        qc_json=snakemake.input.qc,
         flows={
             n: (d, c, s)
             for n, d, c, s in zip(

@@ -1,0 +1,41 @@
+# Independent check: residual misregistration after co-registration, re-matched on a grid.
+
+
+rule assess_registration:
+    input:
+        ref=f"results/colocated/{REF}.tif",
+        colocated=lambda wc: f"results/colocated/{MATCH[int(wc.n)]}.tif",
+        coregistered=lambda wc: f"results/coregistered/{MATCH[int(wc.n)]}.tif",
+    output:
+        "results/qc/{n}.json",
+    params:
+        multimodal=lambda wc: FLOW_MODE[int(wc.n)] == "gefolki",
+    log:
+        "logs/assess_registration/{n}.log",
+    threads: 1
+    resources:
+        mem_mb=2048,
+        runtime=30,
+    conda:
+        ENV
+    script:
+        "../scripts/assess_registration.py"
+
+
+rule summarize_qc:
+    input:
+        expand("results/qc/{n}.json", n=SECONDARY),
+    output:
+        "results/qc/summary.json",
+    params:
+        datasets=SECONDARY,
+    log:
+        "logs/summarize_qc/summary.log",
+    threads: 1
+    resources:
+        mem_mb=256,
+        runtime=5,
+    conda:
+        ENV
+    script:
+        "../scripts/summarize_qc.py"

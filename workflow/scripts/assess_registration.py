@@ -1,0 +1,15 @@
+"""Rule assess_registration: residual misregistration before and after co-registration."""
+
+from costack.qc import run_qc
+from costack.workflow import run_step
+
+run_step(
+    snakemake,
+    lambda: run_qc(
+        snakemake.input.ref,
+        snakemake.input.colocated,
+        snakemake.input.coregistered,
+        snakemake.output[0],
+        multimodal=bool(snakemake.params.multimodal),
+    ),
+)
