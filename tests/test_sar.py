@@ -112,8 +112,10 @@ def test_safe_annotation_210_points_land_where_annotated(tmp_path):
     to_utm = Transformer.from_crs(4326, 32633, always_xy=True)
     errors = []
     for g in gcps:
-        c0 = int(min(max(g.col - 8, 0), 25788 - 16))
-        r0 = int(min(max(g.row - 8, 0), 16685 - 16))
+        # a window centred on the point (it may extend past the scene's edge: the index image
+        # only carries the geometry, which the spline defines there too)
+        c0 = int(g.col) - 8
+        r0 = int(g.row) - 8
         shifted = [
             GroundControlPoint(row=p.row - r0, col=p.col - c0, x=p.x, y=p.y, z=p.z) for p in gcps
         ]
@@ -137,10 +139,6 @@ def test_safe_annotation_210_points_land_where_annotated(tmp_path):
             )
         errors.append((got[0] - g.col, got[1] - g.row))
     err = np.abs(np.array(errors, dtype=float))
-    finite = np.isfinite(err).all(axis=1)
-    on_edge = np.array(
-        [g.col in (0, 25787) or g.row in (0, 16684) for g in gcps]
-    )  # half the bilinear footprint of an edge pixel centre lies outside the image
-    assert finite[~on_edge].all() and (~on_edge).sum() == 152
-    print(f"210 points, {finite.sum()} measurable, max error {err[finite].max():.4f} px")
-    assert err[finite].max() < 0.1
+    assert np.isfinite(err).all()
+    print(f"210 points, max error {err.max():.4f} px, mean {err.mean():.4f} px")
+    assert err.max() < 0.1

@@ -66,6 +66,7 @@ def test_demo_stack_is_valid_cogs_on_one_grid(demo_run: Path):
     sar = item.assets["3.s0_db_c_vv"].extra_fields
     assert sar["sar:polarizations"] == ["VV"] and sar["sar:frequency_band"] == "C"
     assert sar["sar:instrument_mode"] == "IW" and sar["sar:product_type"] == "GRD"
+    assert "linear power" in sar["costack:resampling"]
 
 
 def test_second_dry_run_has_nothing_to_do(demo_run: Path):

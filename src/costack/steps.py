@@ -175,7 +175,15 @@ def run_catalog(
                 nodata=nodata,
                 band_name=row["band"],
                 unit="dB" if row["db"] else None,
-                extra={"costack:source_href": row["href"]},
+                extra={"costack:source_href": row["href"]}
+                | (
+                    {
+                        "costack:resampling": "dB resampled as linear power 10^(dB/10) during "
+                        "co-location and co-registration, converted back to dB"
+                    }
+                    if row["db"]
+                    else {}
+                ),
                 sar=sar,
             )
         )
