@@ -8,6 +8,9 @@ min_version("8.10")
 configfile: "config/config.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/discover.smk"
 include: "workflow/rules/grid.smk"
@@ -16,6 +19,7 @@ include: "workflow/rules/tiepoints.smk"
 include: "workflow/rules/flow.smk"
 include: "workflow/rules/coregister.smk"
 include: "workflow/rules/qc.smk"
+include: "workflow/rules/report.smk"
 include: "workflow/rules/bandmath.smk"
 include: "workflow/rules/catalog.smk"
 
@@ -23,4 +27,5 @@ include: "workflow/rules/catalog.smk"
 rule all:
     input:
         "results/catalog.json",
+        expand("results/qc/{n}.composite.png", n=SECONDARY),
     default_target: True

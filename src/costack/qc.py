@@ -112,3 +112,116 @@ def merge_summaries(parts: dict[str, str | Path], out_json: str | Path) -> dict:
     with atomic_path(out_json) as tmp:
         Path(tmp).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return summary
+
+
+def _stretch(a: np.ndarray) -> np.ndarray:
+    finite = a[np.isfinite(a)]
+    if finite.size == 0:
+        return np.zeros_like(a)
+    lo, hi = np.percentile(finite, [2, 98])
+    return np.clip((np.nan_to_num(a, nan=lo) - lo) / max(hi - lo, 1e-12), 0, 1)
+
+
+def high_contrast_windows(ref: np.ndarray, size: int = 96, count: int = 3) -> list[tuple[int, int]]:
+    """Upper-left corners of ``count`` non-overlapping windows with the most gradient energy."""
+    from scipy import ndimage
+
+    g = ndimage.gaussian_gradient_magnitude(np.nan_to_num(ref), 1.0)
+    g[~np.isfinite(ref)] = 0
+    energy = ndimage.uniform_filter(g, size)
+    h, w = ref.shape
+    half = size // 2
+    out: list[tuple[int, int]] = []
+    e = energy.copy()
+    e[:half] = e[h - half :] = 0
+    e[:, :half] = e[:, w - half :] = 0
+    for _ in range(count):
+        r, c = np.unravel_index(np.argmax(e), e.shape)
+        if e[r, c] <= 0:
+            break
+        out.append((int(r - half), int(c - half)))
+        e[max(0, r - size) : r + size, max(0, c - size) : c + size] = 0
+    return out
+
+
+def plot_composites(
+    ref_tif: str | Path, before_tif: str | Path, after_tif: str | Path, png: str | Path,
+    label: str,
+) -> None:  # fmt: skip
+    """Red/cyan composites (reference red, secondary cyan) before and after co-registration on
+    high-contrast subsets, as the service's documentation and Yan et al. 2016 (Fig. 6) show
+    them: colour fringes are misregistration, grey is agreement."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ref, _, _ = read_float32(ref_tif)
+    before, _, _ = read_float32(before_tif)
+    after, _, _ = read_float32(after_tif)
+    size = int(min(96, min(ref.shape) // 3))
+    wins = high_contrast_windows(ref, size)
+    fig, axes = plt.subplots(2, max(1, len(wins)), figsize=(4 * max(1, len(wins)), 8.4),
+                             squeeze=False)  # fmt: skip
+    for j, (r, c) in enumerate(wins):
+        sl = (slice(r, r + size), slice(c, c + size))
+        for i, (name, sec) in enumerate((("before", before), ("after", after))):
+            red = _stretch(ref[sl])
+            cyan = _stretch(sec[sl])
+            axes[i, j].imshow(np.dstack([red, cyan, cyan]))
+            title = f"{name} co-registration, rows {r}-{r + size}, cols {c}-{c + size}"
+            axes[i, j].set_title(title, fontsize=8)
+            axes[i, j].set_axis_off()
+    fig.suptitle(f"{label}: reference (red) over secondary (cyan)")
+    with atomic_path(png) as tmp:
+        fig.savefig(tmp, dpi=90, bbox_inches="tight", format="png")
+    plt.close(fig)
+
+
+def plot_flow(
+    flow_tif: str | Path, confidence_tif: str | Path, png: str | Path, label: str
+) -> None:
+    """Maps of the displacement magnitude (pixels) and of the confidence."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    flow, _, _ = read_float32(flow_tif, band=None)
+    conf, _, _ = read_float32(confidence_tif)
+    mag = np.hypot(flow[0], flow[1])
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5.5))
+    im = axes[0].imshow(mag, cmap="viridis")
+    fig.colorbar(im, ax=axes[0], label="pixels")
+    axes[0].set_title(f"{label}: displacement magnitude")
+    im = axes[1].imshow(conf, cmap="magma", vmin=0, vmax=1)
+    fig.colorbar(im, ax=axes[1], label="confidence")
+    axes[1].set_title(f"{label}: confidence")
+    for ax in axes:
+        ax.set_axis_off()
+    with atomic_path(png) as tmp:
+        fig.savefig(tmp, dpi=90, bbox_inches="tight", format="png")
+    plt.close(fig)
+
+
+def models_table(model_json: str | Path, qc_json: str | Path, out_tsv: str | Path) -> None:
+    """One row per model: RMSE, tie points; plus the residual after co-registration."""
+    import pandas as pd
+
+    model = json.loads(Path(model_json).read_text(encoding="utf-8"))
+    qc = json.loads(Path(qc_json).read_text(encoding="utf-8"))
+    rows = [
+        {
+            "model": name,
+            "chosen": name == model.get("chosen"),
+            "rmse_px": round(m["rmse"], 4),
+            "tie_points": m["n"],
+        }  # fmt: skip
+        for name, m in model.get("models", {}).items()
+    ]
+    after = qc.get("after", {}).get("pixels", {})
+    rows.append({"model": "residual after co-registration (mean px)", "chosen": "",
+                 "rmse_px": after.get("mean", ""),
+                 "tie_points": qc.get("after", {}).get("points", 0)})  # fmt: skip
+    with atomic_path(out_tsv) as tmp:
+        pd.DataFrame(rows).to_csv(tmp, sep="\t", index=False)

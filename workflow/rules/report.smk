@@ -1,0 +1,54 @@
+# Figures for `snakemake --report report.html`: composites, tie-point vectors, flow maps, models.
+
+
+rule plot_registration:
+    input:
+        ref=f"results/colocated/{REF}.tif",
+        before=lambda wc: f"results/colocated/{MATCH[int(wc.n)]}.tif",
+        after=lambda wc: f"results/coregistered/{MATCH[int(wc.n)]}.tif",
+        flow="results/flow/{n}.tif",
+        confidence="results/flow/{n}.confidence.tif",
+        model="results/tiepoints/{n}.model.json",
+        qc="results/qc/{n}.json",
+        vectors="results/tiepoints/{n}.png",
+    output:
+        composite=report(
+            "results/qc/{n}.composite.png",
+            caption="../report/composite.rst",
+            category="Registration",
+            subcategory="dataset {n}",
+            labels={"dataset": "{n}", "figure": "red/cyan composites"},
+        ),
+        flowmap=report(
+            "results/qc/{n}.flow.png",
+            caption="../report/flow.rst",
+            category="Registration",
+            subcategory="dataset {n}",
+            labels={"dataset": "{n}", "figure": "displacement and confidence"},
+        ),
+        vectors=report(
+            "results/qc/{n}.vectors.png",
+            caption="../report/vectors.rst",
+            category="Registration",
+            subcategory="dataset {n}",
+            labels={"dataset": "{n}", "figure": "tie-point vectors"},
+        ),
+        models=report(
+            "results/qc/{n}.models.tsv",
+            caption="../report/models.rst",
+            category="Registration",
+            subcategory="dataset {n}",
+            labels={"dataset": "{n}", "figure": "models and residual"},
+        ),
+    params:
+        label=lambda wc: f"dataset {wc.n} ({MATCH[int(wc.n)]})",
+    log:
+        "logs/plot_registration/{n}.log",
+    threads: 1
+    resources:
+        mem_mb=2048,
+        runtime=10,
+    conda:
+        ENV
+    script:
+        "../scripts/plot_registration.py"

@@ -1,0 +1,17 @@
+"""Rule plot_registration: the report's figures and table for one secondary dataset."""
+
+import shutil
+
+from costack.qc import models_table, plot_composites, plot_flow
+from costack.workflow import run_step
+
+
+def step() -> None:
+    i, o, label = snakemake.input, snakemake.output, snakemake.params.label
+    plot_composites(i.ref, i.before, i.after, o.composite, label)
+    plot_flow(i.flow, i.confidence, o.flowmap, label)
+    shutil.copyfile(i.vectors, o.vectors)
+    models_table(i.model, i.qc, o.models)
+
+
+run_step(snakemake, step)
