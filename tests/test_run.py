@@ -86,3 +86,52 @@ def test_changing_one_expression_reruns_only_it_and_the_catalog(demo_run):
                      "evaluate_expression": "1", "total": "4"}, text[-1500:]  # fmt: skip
     # restore the demo config so the other tests see an up-to-date run
     run_snakemake(demo_run, demo_config(), "-n")
+
+
+def test_twelve_datasets_fan_out_as_parallel_branches(tmp_path):
+    demo = demo_config()
+    inputs = [demo["inputs"][i % 3] for i in range(12)]
+    bands = ["nir", "nir", "s0_db_c_vv"]
+    assets = ",".join(f"{i + 1}.{bands[i % 3]}" for i in range(12))
+    cfg = {"inputs": inputs, "assets": assets, "reference": "1.nir", "item_id": "twelve"}
+    proc = run_snakemake(tmp_path / "twelve", cfg, "--dag")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    dot = proc.stdout
+    labels = dict(re.findall(r'(\d+)\[label = "([a-z_]+)', dot))
+    edges = re.findall(r"(\d+) -> (\d+)", dot)
+    flows = [n for n, lab in labels.items() if lab == "estimate_flow"]
+    assert len(flows) == 11  # one per secondary dataset
+    colocs = {n for n, lab in labels.items() if lab == "colocate_asset"}
+    assert len(colocs) == 12  # one per asset
+    for f in flows:  # each flow waits only for its own inputs: independent branches
+        parents = {a for a, b in edges if b == f}
+        assert {labels[p] for p in parents} <= {"colocate_asset", "match_tiepoints"}
+    # the 11 flows do not depend on each other
+    assert not any(a in flows and b in flows for a, b in edges)
+
+
+def test_killed_run_resumes_to_identical_outputs(demo_run, tmp_path):
+    import os
+    import signal
+    import time
+
+    work = tmp_path / "killed"
+    work.mkdir()
+    (work / "config.yaml").write_text(yaml.safe_dump(demo_config()))
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(work),
+           "--configfile", str(work / "config.yaml"), "--cores", "2"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)  # fmt: skip
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not (work / "results/flow/2.tif").exists():
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (work / "results/catalog.json").exists()
+    # a SIGKILL leaves Snakemake's lock behind: unlock, then resume
+    subprocess.run([*cmd, "--unlock"], capture_output=True, check=True, timeout=300)
+    done = subprocess.run([*cmd, "--rerun-incomplete"], capture_output=True, text=True,
+                          timeout=900)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    for path in sorted((demo_run / "results" / "stack").glob("*.tif")):
+        assert _sha(work / "results" / "stack" / path.name) == _sha(path), path.name
