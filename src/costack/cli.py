@@ -57,8 +57,11 @@ def cmd_run(args: argparse.Namespace) -> None:
     """Run the whole workflow with the service's parameters."""
     from costack.runner import run_workflow
 
+    raw = _config_from_args(args)
+    if args.item_id:
+        raw["item_id"] = args.item_id
     catalog = run_workflow(
-        _config_from_args(args), args.out, cores=args.cores, profile=args.profile,
+        raw, args.out, cores=args.cores, profile=args.profile,
         dryrun=args.dry_run, quiet=not args.verbose,
     )  # fmt: skip
     if not args.dry_run:
@@ -209,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_args(p)
     p.add_argument("--out", default="costack-run", help="output folder (default costack-run)")
+    p.add_argument("--item-id", help="identifier of the output STAC item")
     p.add_argument("--cores", type=int, default=2, help="cores to use (default 2)")
     p.add_argument("--profile", help="Snakemake profile folder or name (default, slurm)")
     p.add_argument("-n", "--dry-run", action="store_true", help="list the jobs, run nothing")
