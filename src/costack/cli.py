@@ -106,23 +106,28 @@ def cmd_colocate(args: argparse.Namespace) -> None:
 
 
 def cmd_coregister(args: argparse.Namespace) -> None:
-    """Step coregister (identity until the dense-flow step lands)."""
+    """Step coregister for the reference dataset's assets, which are not moved (a copy)."""
     from costack.steps import run_coregister_identity
 
     run_coregister_identity(args.colocated, args.out)
+
+
+def _key_paths(specs: list[str]) -> dict[str, str]:
+    """``--asset KEY=PATH`` options as a mapping."""
+    out = {}
+    for spec in specs:
+        key, sep, path = spec.partition("=")
+        if not sep:
+            raise CostackError("--asset", f"{spec!r} is not KEY=PATH", "write e.g. 1.nir=a.tif")
+        out[key] = path
+    return out
 
 
 def cmd_bandmath(args: argparse.Namespace) -> None:
     """Band math on rasters given by hand."""
     from costack.steps import run_bandmath
 
-    rasters = {}
-    for spec in args.asset:
-        key, sep, path = spec.partition("=")
-        if not sep:
-            raise CostackError("--asset", f"{spec!r} is not KEY=PATH", "write e.g. 1.nir=a.tif")
-        rasters[key] = path
-    run_bandmath(args.expression, rasters, args.out, grid_json=args.grid)
+    run_bandmath(args.expression, _key_paths(args.asset), args.out, grid_json=args.grid)
 
 
 def cmd_tiepoints(args: argparse.Namespace) -> None:
@@ -180,12 +185,7 @@ def cmd_catalog(args: argparse.Namespace) -> None:
     """Step catalog."""
     from costack.steps import run_catalog
 
-    cogs = {}
-    for spec in args.asset:
-        key, sep, path = spec.partition("=")
-        if not sep:
-            raise CostackError("--asset", f"{spec!r} is not KEY=PATH", "write e.g. 1.nir=a.tif")
-        cogs[key] = path
+    cogs = _key_paths(args.asset)
     run_catalog(
         args.manifest, args.grid, cogs, args.reference, args.item_id, args.catalog, args.item
     )
@@ -250,7 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2)
     p.set_defaults(func=cmd_colocate)
 
-    p = sub.add_parser("coregister", help="co-register a colocated asset (identity for now)")
+    p = sub.add_parser(
+        "coregister", help="reference-dataset asset: copied unmoved (secondaries: use warp)"
+    )
     p.add_argument("colocated")
     p.add_argument("out")
     p.set_defaults(func=cmd_coregister)

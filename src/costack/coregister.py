@@ -15,14 +15,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import rasterio
 
 from costack import _kernels as K
 from costack.colocate import db_to_linear, linear_to_db
 from costack.config import RunConfig
 from costack.flow import FlowParams, estimate_flow
-from costack.grid import Grid
 from costack.rasterio_io import read_float32, write_float32
 
 log = logging.getLogger(__name__)
@@ -253,13 +251,3 @@ def flow_metrics(flow_tif: str | Path, truth_tif: str | Path, margin: int = 8) -
         "p90_epe": float(np.percentile(e, 90)),
         "n": int(e.size),
     }
-
-
-def grid_of(path: str | Path) -> Grid:
-    """The grid of a raster."""
-    return read_float32(path)[1]
-
-
-def manifest_kind(manifest: pd.DataFrame, key: str) -> str:
-    """``optical`` or ``sar``."""
-    return str(manifest.loc[key, "kind"])

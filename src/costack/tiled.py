@@ -161,11 +161,9 @@ def warp_tiled(
     warp_fn,
     tile: int = 1024,
 ) -> None:
-    """Warp a raster with a flow tile by tile (``warp_fn(data, dx, dy) -> array``)."""
-    from costack.coregister import warp_array  # noqa: F401  (documented default)
-
+    """Warp a raster with a flow tile by tile (``warp_fn(data, dx, dy) -> array``, e.g.
+    :func:`costack.coregister.warp_array`)."""
     with rasterio.open(sec_tif) as src, rasterio.open(flow_tif) as flow:
-        profile = src.profile
         nodata = src.nodata
         out_profile = dict(
             driver="GTiff", dtype="float32", count=1, height=src.height, width=src.width,
@@ -173,7 +171,6 @@ def warp_tiled(
             nodata=np.nan if nodata is None else nodata, tiled=True, blockxsize=256,
             blockysize=256, compress="deflate", predictor=3, BIGTIFF="IF_SAFER",
         )  # fmt: skip
-        del profile
         with atomic_path(out_tif) as tmp, rasterio.open(tmp, "w", **out_profile) as dst:
             for core in tiles(src.height, src.width, tile):
                 f = flow.read(window=core).astype(np.float32)
