@@ -97,7 +97,8 @@ def run_colocate(
 
 
 def run_coregister_identity(colocated: str | Path, out_tif: str | Path) -> None:
-    """Step 4 (backbone): the identity co-registration, a copy of the colocated raster."""
+    """Step 4 for the reference dataset, whose assets are not moved: a copy of the colocated
+    raster (secondary datasets are warped by :func:`costack.coregister.run_warp`)."""
     with atomic_path(out_tif) as tmp:
         shutil.copyfile(colocated, tmp)
 
