@@ -226,7 +226,17 @@ def test_random_trees_match_numpy(tree):
 ALPHABET = string.printable + "éλ∑中\u200b\x00()()(((" + "".join(FUNCTIONS)
 
 
-@settings(max_examples=500, deadline=None)
+@pytest.mark.parametrize(
+    "source",
+    ["x:(asarray 0)", "x:(+ 1.nir (asarray 1 2))", "x:(interp 1.red 0 1)",
+     "x:(interp 1.red (asarray 0 1) (asarray 0))"],
+)  # fmt: skip
+def test_asarray_only_inside_interp(source):
+    with pytest.raises(ExpressionError):
+        parse(source, KEYS)
+
+
+@settings(max_examples=1500, deadline=None)
 @given(st.text(alphabet=ALPHABET, max_size=80))
 def test_random_strings_raise_only_expression_errors(text):
     for source in (text, "x:" + text, "x:(" + text):
@@ -237,7 +247,7 @@ def test_random_strings_raise_only_expression_errors(text):
         evaluate(parsed, R, SHAPE)  # a string that parses must also evaluate
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(st.lists(st.sampled_from(["(", ")", "+", "1.nir", "1e308", "-1e-400", "asarray",
                                  "mean", "where", "interp", "9" * 400]), max_size=60))  # fmt: skip
 def test_random_token_soup(tokens):

@@ -344,6 +344,28 @@ def parse(source: str, assets: set[str] | None = None) -> ParsedExpression:
                 raise ExpressionError(
                     source, "asarray takes numbers only", open_pos, "write (asarray 0 10000)"
                 )
+            for k, arg in enumerate(args):
+                if (
+                    isinstance(arg, Call)
+                    and arg.name == "asarray"
+                    and not (name == "interp" and k >= 1)
+                ):
+                    raise ExpressionError(
+                        source, "asarray makes a list of values, usable only as the xp or fp of "
+                        "interp", arg.pos, "write (interp x (asarray ...) (asarray ...))",
+                    )  # fmt: skip
+            if name == "interp" and not all(
+                isinstance(a, Call) and a.name == "asarray" for a in args[1:]
+            ):
+                raise ExpressionError(
+                    source, "interp takes its xp and fp as (asarray ...)", open_pos,
+                    "write (interp x (asarray 0 10000) (asarray 0 1))",
+                )  # fmt: skip
+            if name == "interp" and len(args[1].args) != len(args[2].args):
+                raise ExpressionError(
+                    source, "interp's xp and fp have different lengths", open_pos,
+                    "give as many values to both asarray",
+                )  # fmt: skip
             node = Call(name, args, open_pos)
             if stack:
                 stack[-1][1].append(node)
@@ -362,6 +384,11 @@ def parse(source: str, assets: set[str] | None = None) -> ParsedExpression:
             f"add {len(stack)} closing bracket(s) and any missing operands",
         )
     assert result is not None
+    if result.name == "asarray":
+        raise ExpressionError(
+            source, "the result is an asarray list, not a raster", result.pos,
+            "use asarray inside interp",
+        )  # fmt: skip
     used = tuple(dict.fromkeys(_asset_keys(result)))
     return ParsedExpression(expr.name, text, result, used)
 
