@@ -30,7 +30,7 @@ def test_report_embeds_every_panel(report_html: Path, demo_run: Path):
     html = report_html.read_text(encoding="utf-8", errors="replace")
     assert report_html.stat().st_size > 500_000  # self-contained: figures embedded
     for n in ("2", "3"):
-        for name in ("composite.png", "flow.png", "vectors.png", "models.tsv"):
+        for name in ("composite.png", "flow.png", "vectors.png", "models.html"):
             assert (demo_run / "results" / "qc" / f"{n}.{name}").exists()
     for text in ("red/cyan composites", "tie-point vectors", "displacement and confidence",
                  "models and residual", "Registration"):  # fmt: skip
@@ -63,3 +63,46 @@ def test_report_opens_in_headless_chromium(report_html: Path, tmp_path: Path):
         if img.std() > 20 and (img < 128).mean() > 0.05:
             return
     pytest.fail(f"the report did not render in headless Chromium: {stats}")
+
+
+def test_report_panels_show_in_the_browser(report_html: Path, tmp_path: Path):
+    """Click through Results -> Registration -> dataset N and open every panel."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    playwright = pytest.importorskip("playwright.sync_api")
+    if browser is None:
+        pytest.skip("chromium not installed (.ci/run installs it)")
+    from PIL import Image
+
+    flags = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--disable-quic"]  # fmt: skip
+    shots = {}
+    with playwright.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=browser, args=flags)
+        page = b.new_page(viewport={"width": 1400, "height": 1000})
+        for n in ("2", "3"):
+            page.goto(report_html.as_uri())
+            page.wait_for_timeout(2000)
+            page.get_by_text("Results").first.click()
+            page.wait_for_timeout(300)
+            page.get_by_text("Registration").first.click()
+            page.wait_for_timeout(300)
+            page.get_by_text(f"dataset {n}").first.click()
+            page.wait_for_timeout(500)
+            for figure in ("red/cyan composites", "tie-point vectors",
+                           "displacement and confidence", "models and residual"):  # fmt: skip
+                row = page.locator("tr", has_text=figure).first
+                row.locator("a[iconname=eye]").first.click()
+                page.wait_for_timeout(800)
+                png = tmp_path / f"{n}-{figure.replace('/', '-').replace(' ', '_')}.png"
+                page.screenshot(path=str(png))
+                shots[(n, figure)] = np.asarray(Image.open(png).convert("L"), dtype=float)
+        b.close()
+    assert len(shots) == 8
+    for key, img in shots.items():
+        panel = img[:, 420:]  # right of the sidebar: the figure or table being shown
+        assert panel.std() > 10, key
+    # each panel shows something different
+    keys = list(shots)
+    pairs = zip(keys, keys[1:], strict=False)
+    diffs = {(a, b): float(np.abs(shots[a] - shots[b]).mean()) for a, b in pairs}
+    assert all(d > 1 for d in diffs.values()), diffs

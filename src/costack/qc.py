@@ -204,8 +204,9 @@ def plot_flow(
     plt.close(fig)
 
 
-def models_table(model_json: str | Path, qc_json: str | Path, out_tsv: str | Path) -> None:
-    """One row per model: RMSE, tie points; plus the residual after co-registration."""
+def models_table(model_json: str | Path, qc_json: str | Path, out_html: str | Path) -> None:
+    """One row per model: RMSE, tie points; plus the residual after co-registration (HTML,
+    which Snakemake's report shows inline)."""
     import pandas as pd
 
     model = json.loads(Path(model_json).read_text(encoding="utf-8"))
@@ -223,5 +224,12 @@ def models_table(model_json: str | Path, qc_json: str | Path, out_tsv: str | Pat
     rows.append({"model": "residual after co-registration (mean px)", "chosen": "",
                  "rmse_px": after.get("mean", ""),
                  "tie_points": qc.get("after", {}).get("points", 0)})  # fmt: skip
-    with atomic_path(out_tsv) as tmp:
-        pd.DataFrame(rows).to_csv(tmp, sep="\t", index=False)
+    table = pd.DataFrame(rows).to_html(index=False, border=0)
+    page = (
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><style>body{font-family:sans-serif}"
+        "td,th{padding:4px 12px;text-align:left}</style></head><body>"
+        f"<h3>Models fitted to the tie points, and residual after co-registration</h3>{table}"
+        "</body></html>"
+    )
+    with atomic_path(out_html) as tmp:
+        Path(tmp).write_text(page, encoding="utf-8")

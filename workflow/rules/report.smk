@@ -34,7 +34,7 @@ rule plot_registration:
             labels={"dataset": "{n}", "figure": "tie-point vectors"},
         ),
         models=report(
-            "results/qc/{n}.models.tsv",
+            "results/qc/{n}.models.html",
             caption="../report/models.rst",
             category="Registration",
             subcategory="dataset {n}",
