@@ -83,9 +83,8 @@ def run_flow(
             "flow", f"{sec_tif} is not on the grid of {ref_tif}", "co-locate both first"
         )
     t0 = time.perf_counter()
-    blur = 0.0
-    if resolution_ratio > 1.5 and params.mode != "gefolki":
-        blur = 0.5 * float(np.sqrt(resolution_ratio**2 - 1.0))
+    blur = reference_blur(params, resolution_ratio)
+    if blur:
         ref = _blur_valid(ref, blur)
     params = adapt_to_resolution(params, resolution_ratio)
     init = None
@@ -135,11 +134,8 @@ def _run_flow_tiled(ref_tif, sec_tif, out_tif, confidence_tif, params, stats_jso
     """:func:`run_flow` for scene-sized grids (see :mod:`costack.tiled`)."""
     from costack.tiled import flow_tiled
 
-    blur = 0.0
-    ref_filter = None
-    if ratio > 1.5 and params.mode != "gefolki":
-        blur = 0.5 * float(np.sqrt(ratio**2 - 1.0))
-        ref_filter = lambda a: _blur_valid(a, blur)  # noqa: E731
+    blur = reference_blur(params, ratio)
+    ref_filter = (lambda a: _blur_valid(a, blur)) if blur else None
     params = adapt_to_resolution(params, ratio)
     conf = confidence_tif or str(Path(out_tif).with_suffix("")) + ".confidence.tif"
     tiled = flow_tiled(ref_tif, sec_tif, out_tif, conf, params, ref_filter=ref_filter)
@@ -148,6 +144,14 @@ def _run_flow_tiled(ref_tif, sec_tif, out_tif, confidence_tif, params, stats_jso
     if stats_json:
         Path(stats_json).write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
     return stats
+
+
+def reference_blur(params: FlowParams, ratio: float) -> float:
+    """Gaussian sigma (grid px) bringing the reference to a coarse secondary's resolution:
+    0.5 sqrt(ratio^2 - 1) when the secondary is over 1.5x coarser (not in GEFolki mode)."""
+    if ratio > 1.5 and params.mode != "gefolki":
+        return 0.5 * float(np.sqrt(ratio**2 - 1.0))
+    return 0.0
 
 
 def adapt_to_resolution(params: FlowParams, ratio: float) -> FlowParams:
