@@ -141,7 +141,7 @@ def cmd_tiepoints(args: argparse.Namespace) -> None:
     params = TiePointParams(multimodal=args.multimodal)
     model = run_tiepoints(
         args.ref, args.sec, args.out, stem + ".model.json", stem + ".png", params,
-        label=Path(args.sec).stem,
+        label=Path(args.sec).stem, resolution_ratio=args.resolution_ratio,
     )  # fmt: skip
     print(f"{model.get('tiepoints', 0)} tie points in {args.out}; model {model['chosen']} in "
           f"{stem}.model.json; vectors in {stem}.png")  # fmt: skip
@@ -282,7 +282,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--multimodal",
         action="store_true",
-        help="SAR against optical: rank-transformed images, |NCC| similarity",
+        help="SAR against optical: CFOG descriptors (oriented gradients), NCC similarity",
+    )
+    p.add_argument(
+        "--resolution-ratio",
+        type=float,
+        default=1.0,
+        help="secondary's native pixel size over the grid's (blurs the reference)",
     )
     p.set_defaults(func=cmd_tiepoints)
 

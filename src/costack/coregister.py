@@ -20,7 +20,7 @@ import rasterio
 from costack import _kernels as K
 from costack.colocate import db_to_linear, linear_to_db
 from costack.config import RunConfig
-from costack.flow import FlowParams, estimate_flow
+from costack.flow import FlowParams, estimate_flow, masked_blur, resolution_sigma
 from costack.rasterio_io import read_float32, write_float32
 
 log = logging.getLogger(__name__)
@@ -149,9 +149,7 @@ def _run_flow_tiled(ref_tif, sec_tif, out_tif, confidence_tif, params, stats_jso
 def reference_blur(params: FlowParams, ratio: float) -> float:
     """Gaussian sigma (grid px) bringing the reference to a coarse secondary's resolution:
     0.5 sqrt(ratio^2 - 1) when the secondary is over 1.5x coarser (not in GEFolki mode)."""
-    if ratio > 1.5 and params.mode != "gefolki":
-        return 0.5 * float(np.sqrt(ratio**2 - 1.0))
-    return 0.0
+    return resolution_sigma(ratio) if params.mode != "gefolki" else 0.0
 
 
 def adapt_to_resolution(params: FlowParams, ratio: float) -> FlowParams:
@@ -174,14 +172,8 @@ def adapt_to_resolution(params: FlowParams, ratio: float) -> FlowParams:
 
 def _blur_valid(img: np.ndarray, sigma: float) -> np.ndarray:
     """Gaussian blur of the valid pixels (normalised convolution); nodata stays NaN."""
-    from scipy import ndimage
-
     valid = np.isfinite(img)
-    w = valid.astype(np.float32)
-    num = ndimage.gaussian_filter(np.where(valid, img, 0).astype(np.float32), sigma)
-    den = ndimage.gaussian_filter(w, sigma)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(valid, num / den, np.nan).astype(np.float32)
+    return np.where(valid, masked_blur(img, valid, sigma), np.nan).astype(np.float32)
 
 
 def warp_array(

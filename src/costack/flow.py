@@ -281,8 +281,8 @@ def estimate_flow(
     i1 = preprocess(ref, v1, p.mode, p)
     i2 = preprocess(sec, v2, p.mode, p)
     if p.smooth > 0:
-        i1 = _masked_blur(i1, v1, p.smooth)
-        i2 = _masked_blur(i2, v2, p.smooth)
+        i1 = masked_blur(i1, v1, p.smooth)
+        i2 = masked_blur(i2, v2, p.smooth)
     t_pre = time.perf_counter() - t0
     if init is not None:
         u0, w0 = init[0].astype(np.float32), init[1].astype(np.float32)
@@ -425,16 +425,24 @@ def global_shift(
     return (best[0] + fx) * factor, (best[1] + fy) * factor
 
 
-def _masked_blur(img: np.ndarray, valid: np.ndarray, sigma: float) -> np.ndarray:
-    """Gaussian blur by normalised convolution (invalid pixels neither used nor filled)."""
+def masked_blur(img: np.ndarray, valid: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian blur by normalised convolution (Knutsson and Westin 1993): invalid pixels are
+    neither used nor filled (0 there)."""
     w = valid.astype(np.float32)
-    num = ndimage.gaussian_filter(img * w, sigma, mode="constant", truncate=3.0)
+    num = ndimage.gaussian_filter(np.where(valid, img, 0), sigma, mode="constant", truncate=3.0)
     den = ndimage.gaussian_filter(w, sigma, mode="constant", truncate=3.0)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(valid, num / np.maximum(den, 1e-6), 0).astype(np.float32)
 
 
 WARPS = {"bspline": K.warp_bspline, "cubic": K.warp_cubic, "bilinear": K.warp_bilinear}
+
+
+def resolution_sigma(ratio: float) -> float:
+    """Gaussian sigma (grid px) that brings a sharp image to the resolution of one ``ratio``
+    times coarser: 0.5 sqrt(ratio^2 - 1) when the ratio exceeds 1.5, else 0 (the Gaussian
+    equivalents of the two point spread functions add in quadrature)."""
+    return 0.5 * float(np.sqrt(ratio**2 - 1.0)) if ratio > 1.5 else 0.0
 
 
 def spline_coefficients(img: np.ndarray, valid: np.ndarray) -> np.ndarray:

@@ -10,23 +10,15 @@ mean, median and 90th percentile in pixels and metres.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from costack import _kernels as K
+from costack.flow import masked_blur, resolution_sigma
 from costack.rasterio_io import atomic_path, read_float32
-from costack.tiepoints import lsm
-
-
-def _blur(img: np.ndarray, valid: np.ndarray, sigma: float = 1.0) -> np.ndarray:
-    from scipy import ndimage
-
-    w = valid.astype(np.float32)
-    num = ndimage.gaussian_filter(img * w, sigma)
-    den = ndimage.gaussian_filter(w, sigma)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(valid, num / np.maximum(den, 1e-6), 0).astype(np.float32)
+from costack.tiepoints import lsm, prepare
 
 
 def residual_misregistration(
@@ -36,8 +28,12 @@ def residual_misregistration(
     half: int = 17,
     multimodal: bool = False,
     min_similarity: float | None = None,
+    reference_blur: float = 0.0,
 ) -> np.ndarray:
-    """Residual shifts (dx, dy) at grid points where LSM succeeds; shape (n, 2)."""
+    """Residual shifts (dx, dy) at grid points where LSM succeeds; shape (n, 2).
+
+    ``reference_blur`` (grid px) brings a sharp reference to a coarser secondary's resolution
+    (see :func:`costack.flow.resolution_sigma`) before matching."""
     v1, v2 = np.isfinite(ref), np.isfinite(sec)
     a = np.where(v1, ref, 0).astype(np.float32)
     b = np.where(v2, sec, 0).astype(np.float32)
@@ -50,18 +46,19 @@ def residual_misregistration(
         if lo < 0:
             a, b = a - lo, b - lo
         threshold = 0.99 if min_similarity is None else min_similarity
-    # a light low-pass on both sides keeps bilinear patch interpolation from favouring the
-    # integer start position (pixel locking)
-    a = _blur(a, v1)
-    b = _blur(b, v2)
+    # a light low-pass on both sides keeps patch interpolation from favouring the integer
+    # start position (pixel locking)
+    a = masked_blur(a, v1, float(np.hypot(1.0, reference_blur)))
+    b = masked_blur(b, v2, 1.0)
+    m = replace(prepare(a, v1, b, v2, False), similarity="absncc" if multimodal else "sam")
     out = []
     for r in range(half + 2, ref.shape[0] - half - 2, spacing):
         for c in range(half + 2, ref.shape[1] - half - 2, spacing):
             p = (r + 0.5, c + 0.5)
-            m = lsm(a, v1, b, v2, p, p, half, multimodal, max_iterations=10)
-            if m is None or m[1] < threshold:
+            got = lsm(m, p, p, half, max_iterations=10)
+            if got is None or got[1] < threshold:
                 continue
-            (mr, mc), _ = m
+            (mr, mc), _ = got
             if abs(mr - p[0]) < 3 and abs(mc - p[1]) < 3:
                 out.append((mc - p[1], mr - p[0]))
     return np.array(out, dtype=float).reshape(-1, 2)
@@ -89,17 +86,25 @@ def run_qc(
     coregistered_tif: str | Path,
     out_json: str | Path,
     multimodal: bool = False,
+    resolution_ratio: float = 1.0,
 ) -> dict:
-    """Residual misregistration before (colocated) and after co-registration, as JSON."""
+    """Residual misregistration before (colocated) and after co-registration, as JSON.
+
+    ``resolution_ratio``: the secondary's native pixel over the grid's (a 30 m secondary is
+    compared with the reference blurred to 30 m: on the demo the residual after co-registration
+    then reads 0.11 px median, near the flow's true error, instead of 0.24 px)."""
     ref, grid, _ = read_float32(ref_tif)
     before, _, _ = read_float32(colocated_tif)
     after, _, _ = read_float32(coregistered_tif)
     size = abs(grid.transform.a)
+    blur = 0.0 if multimodal else resolution_sigma(resolution_ratio)
+    kw = {"multimodal": multimodal, "reference_blur": blur}
     result = {
         "method": "LSM re-matching on a regular grid (35x35 patches, every 24 px); "
         + ("|NCC| of rank-transformed patches" if multimodal else "SAM >= 0.99"),
-        "before": summarise(residual_misregistration(ref, before, multimodal=multimodal), size),
-        "after": summarise(residual_misregistration(ref, after, multimodal=multimodal), size),
+        "reference_blur_sigma": round(blur, 3),
+        "before": summarise(residual_misregistration(ref, before, **kw), size),
+        "after": summarise(residual_misregistration(ref, after, **kw), size),
     }
     with atomic_path(out_json) as tmp:
         Path(tmp).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

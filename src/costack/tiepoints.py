@@ -38,8 +38,8 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from costack import _kernels as K
 from costack.errors import CostackError
+from costack.flow import masked_blur, resolution_sigma
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +62,15 @@ class TiePointParams:
     roundness: float = 0.2
     max_iterations: int = 20
     multimodal: bool = False
-    min_similarity_multimodal: float = 0.5
-    rank_radius: int = 4
+    # SAR/optical: CFOG descriptors at a scale of cfog_sigma grid pixels (at least 1 level
+    # pixel), larger patches, NCC threshold
+    min_similarity_multimodal: float = 0.4
+    cfog_sigma: float = 4.0
+    patch_coarse_multimodal: int = 51
+    patch_fine_multimodal: int = 81
     outlier_sigma: float = 3.0
+    max_shift: float = 16.0  # grid pixels: search range of the global prior
+    reference_blur: float = 0.0  # Gaussian sigma (grid px) for a coarser secondary
 
 
 def pyramid_factors(factors: tuple[int, ...], size: int, patch: int) -> list[int]:
@@ -130,47 +136,162 @@ def feature_points(
     return np.column_stack([rows[sel], cols[sel]])
 
 
-def _similarity(a: np.ndarray, b: np.ndarray, multimodal: bool) -> float:
-    """SAM as the cosine of the angle between the patches (or |NCC| in multimodal mode)."""
-    if multimodal:
-        a0, b0 = a - a.mean(), b - b.mean()
-        den = math.sqrt(float((a0 * a0).sum() * (b0 * b0).sum()))
-        return abs(float((a0 * b0).sum()) / den) if den > 0 else 0.0
-    den = math.sqrt(float((a * a).sum() * (b * b).sum()))
-    return float((a * b).sum()) / den if den > 0 else 0.0
+#: orientations of the CFOG descriptor (multimodal matching)
+CFOG_ORIENTATIONS = 8
 
 
-def lsm(
+def _fill_nearest(img: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Nodata replaced by the nearest valid value, so that spline prefiltering does not ring."""
+    if valid.all() or not valid.any():
+        return img
+    idx = ndimage.distance_transform_edt(~valid, return_distances=False, return_indices=True)
+    return img[tuple(idx)]
+
+
+def cfog(
+    img: np.ndarray, valid: np.ndarray, sigma: float = 1.0, norm_sigma: float = 8.0
+) -> np.ndarray:
+    """Channel features of oriented gradients (Ye, Bruzzone, Shan, Bovolo, Zhu 2019, IEEE TGRS
+    57(11):9059, "Fast and robust matching for multimodal remote sensing image registration").
+
+    For orientations theta_i in [0, pi): g_i = |cos(theta_i) gx + sin(theta_i) gy| (eq. 3 with
+    the absolute value, so that inverted contrast between sensors does not matter), smoothed by a
+    Gaussian in space and by [1, 2, 1] across orientations (eq. 4), then divided by the local
+    mean gradient energy (Gaussian of ``norm_sigma``; the paper normalises every pixel).
+    Edges at the same place give the same descriptor whatever the two sensors' radiometry,
+    which SAM or correlation of intensities cannot offer for SAR/optical.
+    Returns (CFOG_ORIENTATIONS, H, W) float32, zero on nodata.
+    """
+    w = valid.astype(np.float32)
+    base = ndimage.gaussian_filter(np.where(valid, img, 0).astype(np.float32), sigma)
+    den = ndimage.gaussian_filter(w, sigma)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sm = np.where(den > 1e-3, base / den, 0).astype(np.float32)
+    gy, gx = np.gradient(sm)
+    theta = np.pi * np.arange(CFOG_ORIENTATIONS) / CFOG_ORIENTATIONS
+    ch = np.abs(np.cos(theta)[:, None, None] * gx + np.sin(theta)[:, None, None] * gy)
+    ch = ndimage.gaussian_filter(ch, (0, sigma, sigma))
+    ch = (2 * ch + np.roll(ch, 1, axis=0) + np.roll(ch, -1, axis=0)) / 4
+    # regional rather than per-pixel normalisation: per pixel, the speckle of a flat SAR field
+    # would weigh as much as an edge (measured: 73% of coarse matches within one pixel with a
+    # regional norm over 8 px, 18% with the per-pixel norm, on the demo's SAR/optical pair)
+    norm = ndimage.gaussian_filter(np.sqrt((ch * ch).sum(axis=0)), norm_sigma) + 1e-6
+    ok = ndimage.binary_erosion(valid, iterations=2, border_value=0)
+    return np.where(ok, ch / norm, 0).astype(np.float32)
+
+
+@dataclass
+class MatchImages:
+    """One pyramid level prepared for least-squares matching.
+
+    ``ref`` (C, H, W) patches are read at integer positions; the secondary is stored as cubic
+    B-spline coefficients (values and row/column derivatives, Unser 1999) so that resampling
+    it at sub-pixel positions during LSM is exact for the spline and cheap per iteration.
+    """
+
+    ref: np.ndarray
+    ref_ok: np.ndarray
+    sec: np.ndarray
+    sec_gy: np.ndarray
+    sec_gx: np.ndarray
+    sec_ok: np.ndarray
+    similarity: str  # "sam" (intensities), "ncc" (CFOG descriptors) or "absncc"
+    affine: bool = True  # affine patch geometry, else a translation
+
+
+def representation(
     ref: np.ndarray,
     ref_ok: np.ndarray,
     sec: np.ndarray,
     sec_ok: np.ndarray,
+    multimodal: bool,
+    sigma: float = 1.0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """What is matched: intensities (1, H, W) for SAM, or CFOG descriptors (C, H, W) for
+    SAR/optical; with the masks of pixels whose descriptor is valid."""
+    if multimodal:
+        r_ok = ndimage.binary_erosion(ref_ok, iterations=2, border_value=0)
+        s_ok = ndimage.binary_erosion(sec_ok, iterations=2, border_value=0)
+        return cfog(ref, ref_ok, sigma), r_ok, cfog(sec, sec_ok, sigma), s_ok
+    return ref[None].astype(np.float32), ref_ok, sec[None].astype(np.float32), sec_ok
+
+
+def prepare(
+    ref: np.ndarray,
+    ref_ok: np.ndarray,
+    sec: np.ndarray,
+    sec_ok: np.ndarray,
+    multimodal: bool,
+    sigma: float = 1.0,
+) -> MatchImages:
+    """A co-located pair (nodata anywhere) made ready for :func:`lsm`."""
+    r, r_ok, s, s_ok = representation(ref, ref_ok, sec, sec_ok, multimodal, sigma)
+    if not multimodal:
+        s = _fill_nearest(s[0], s_ok)[None]
+
+    def spline(a: np.ndarray) -> np.ndarray:
+        return np.stack([ndimage.spline_filter(c, 3, output=np.float32, mode="mirror") for c in a])
+
+    gy = np.stack([np.gradient(c, axis=0) for c in s])
+    gx = np.stack([np.gradient(c, axis=1) for c in s])
+    # descriptor patches are matched by translation: the 6-parameter affine drifts on them
+    # (jumps between levels of 0.73 coarse px median with it, 0.37 without, SAR/optical demo)
+    return MatchImages(r, r_ok, spline(s), spline(gy), spline(gx), s_ok.astype(np.float32),
+                       "ncc" if multimodal else "sam", affine=not multimodal)  # fmt: skip
+
+
+def _similarity(a: np.ndarray, b: np.ndarray, kind: str) -> float:
+    """SAM as the cosine of the angle between the patches (Yan et al. 2016, eq. 4), or the
+    normalised correlation of the patches (means removed per channel; "absncc": its absolute
+    value, for locally inverted contrast)."""
+    if kind != "sam":
+        a = a - a.mean(axis=1, keepdims=True)
+        b = b - b.mean(axis=1, keepdims=True)
+    den = math.sqrt(float((a * a).sum() * (b * b).sum()))
+    r = float((a * b).sum()) / den if den > 0 else 0.0
+    return abs(r) if kind == "absncc" else r
+
+
+def _sample(coef: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Cubic B-spline interpolation of every channel at (rows, cols); (C, n) float64."""
+    out = [
+        ndimage.map_coordinates(c, [rows, cols], order=3, prefilter=False, mode="mirror")
+        for c in coef
+    ]
+    return np.stack(out).astype(np.float64)
+
+
+def lsm(
+    m: MatchImages,
     p_ref: tuple[float, float],
     p_sec: tuple[float, float],
     half: int,
-    multimodal: bool,
     max_iterations: int = 20,
 ) -> tuple[tuple[float, float], float] | None:
-    """Least-squares matching of the patch of ``ref`` centred at ``p_ref`` (row, col).
+    """Least-squares matching of the patch of the reference centred at ``p_ref`` (row, col).
 
     Model (Gruen 1985): ref(x) = r0 + r1 sec(A x + t) over the patch, x relative to the patch
-    centre, A = I at start and t = p_sec; Gauss-Newton on the 8 parameters, kept while the
-    similarity improves. Returns ((row, col) in ``sec``, similarity) or None.
+    centre, A = I at start and t = p_sec; Gauss-Newton on the geometric parameters with the
+    linear radiometry re-fitted at each step, kept while the similarity improves (a step that
+    lowers it is halved, up to 4 times). Returns ((row, col) in the secondary, similarity) or
+    None when the patch leaves the valid data.
     """
     r0i, c0i = int(round(p_ref[0] - 0.5)), int(round(p_ref[1] - 0.5))
-    if r0i - half < 0 or c0i - half < 0 or r0i + half >= ref.shape[0] or c0i + half >= ref.shape[1]:
+    h, w = m.ref_ok.shape
+    if r0i - half < 0 or c0i - half < 0 or r0i + half >= h or c0i + half >= w:
         return None
     sl = (slice(r0i - half, r0i + half + 1), slice(c0i - half, c0i + half + 1))
-    if not ref_ok[sl].all():
+    if not m.ref_ok[sl].all():
         return None
-    g1 = ref[sl].astype(np.float64).ravel()
+    nch = m.ref.shape[0]
+    g1 = m.ref[(slice(None), *sl)].reshape(nch, -1).astype(np.float64)
+    g1_flat = g1.ravel()
     yy, xx = np.mgrid[-half : half + 1, -half : half + 1].astype(np.float64)
     yy, xx = yy.ravel(), xx.ravel()
-    # affine geometry: sec position = t + A (x, y); pixel-centre index = position - 0.5
+    yyc, xxc = np.tile(yy, nch), np.tile(xx, nch)
+    # affine geometry: sec position = t + A (y, x); pixel-centre index = position - 0.5
     a = np.array([1.0, 0.0, 0.0, 1.0])  # a11 a12 a21 a22 (row/col)
     t = np.array(p_sec, dtype=np.float64) + np.array([r0i + 0.5 - p_ref[0], c0i + 0.5 - p_ref[1]])
-    gy_img = ndimage.sobel(sec, axis=0) / 8.0
-    gx_img = ndimage.sobel(sec, axis=1) / 8.0
     best: tuple[tuple[float, float], float] | None = None
     converged = False
     halvings = 0
@@ -178,18 +299,13 @@ def lsm(
     for _ in range(max_iterations):
         rows = t[0] + a[0] * yy + a[1] * xx - 0.5
         cols = t[1] + a[2] * yy + a[3] * xx - 0.5
-        if (
-            rows.min() < 0
-            or cols.min() < 0
-            or rows.max() > sec.shape[0] - 1
-            or cols.max() > sec.shape[1] - 1
-        ):
+        if rows.min() < 0 or cols.min() < 0 or rows.max() > h - 1 or cols.max() > w - 1:
             return best
-        okw = ndimage.map_coordinates(sec_ok.astype(np.float32), [rows, cols], order=1)
+        okw = ndimage.map_coordinates(m.sec_ok, [rows, cols], order=1)
         if (okw < 0.999).any():
             return best
-        g2 = ndimage.map_coordinates(sec, [rows, cols], order=1)
-        sim = _similarity(g1, g2, multimodal)
+        g2 = _sample(m.sec, rows, cols)
+        sim = _similarity(g1, g2, m.similarity)
         # iterate while the similarity improves (ties within 1e-6 count as improving, so an
         # already aligned patch still gets its sub-pixel refinement)
         if best is not None and sim < best[1] - 1e-6:
@@ -205,16 +321,22 @@ def lsm(
         best = ((float(t[0]), float(t[1])), max(sim, best[1]) if best else sim)
         if converged:
             return best
-        gy = ndimage.map_coordinates(gy_img, [rows, cols], order=1)
-        gx = ndimage.map_coordinates(gx_img, [rows, cols], order=1)
+        gy = _sample(m.sec_gy, rows, cols).ravel()
+        gx = _sample(m.sec_gx, rows, cols).ravel()
+        g2f = g2.ravel()
         # radiometry by linear regression of g1 on g2, then geometry by Gauss-Newton
-        design = np.column_stack([np.ones_like(g2), g2])
-        rad, *_ = np.linalg.lstsq(design, g1, rcond=None)
+        design = np.column_stack([np.ones_like(g2f), g2f])
+        rad, *_ = np.linalg.lstsq(design, g1_flat, rcond=None)
         if abs(rad[1]) < 1e-9:
             return best
-        resid = g1 - (rad[0] + rad[1] * g2)
-        j = rad[1] * np.column_stack([gy, gx, gy * yy, gy * xx, gx * yy, gx * xx])
-        delta, *_ = np.linalg.lstsq(j, resid, rcond=None)
+        resid = g1_flat - (rad[0] + rad[1] * g2f)
+        if m.affine:
+            j = rad[1] * np.column_stack([gy, gx, gy * yyc, gy * xxc, gx * yyc, gx * xxc])
+            delta, *_ = np.linalg.lstsq(j, resid, rcond=None)
+        else:
+            j = rad[1] * np.column_stack([gy, gx])
+            delta = np.zeros(6)
+            delta[:2] = np.linalg.lstsq(j, resid, rcond=None)[0]
         if not np.all(np.isfinite(delta)) or np.hypot(delta[0], delta[1]) > half / 2:
             return best
         t += delta[:2]
@@ -222,6 +344,57 @@ def lsm(
         last_delta = delta.copy()
         converged = bool(np.hypot(delta[0], delta[1]) < 1e-3)
     return best
+
+
+def prior_shift(
+    ref: np.ndarray, ref_ok: np.ndarray, sec: np.ndarray, sec_ok: np.ndarray, max_shift: float
+) -> tuple[float, float]:
+    """Global translation (row, col) of the secondary, by masked cross-correlation.
+
+    The zero-mean images (or descriptor channels) are correlated by FFT and the sum of
+    products is divided by the overlap of the two masks at every shift (a normalised
+    cross-correlation in the sense of Padfield 2012, IEEE TIP 21(5)); the best shift within
+    ``max_shift`` pixels is returned. It seeds the coarsest level, where the paper assumes
+    the misregistration below one coarse pixel; the check is then made against this prior.
+    """
+    ok1 = ref_ok.astype(np.float64)
+    ok2 = sec_ok
+    h, w = ok1.shape
+    r = int(min(max(1, math.ceil(max_shift)), h // 3, w // 3))
+    shape = (h + r, w + r)
+    f = np.fft.rfft2
+    acc = np.zeros(shape)
+    for a, b in zip(ref, sec, strict=True):
+        a0 = np.where(ok1 > 0, a - a[ok1 > 0].mean(), 0)
+        b0 = np.where(ok2, b - b[ok2].mean(), 0)
+        acc += np.fft.irfft2(f(b0, shape) * np.conj(f(a0, shape)), shape)
+    cnt = np.fft.irfft2(f(ok2.astype(float), shape) * np.conj(f(ok1, shape)), shape)
+    best, arg = -np.inf, (0, 0)
+    min_overlap = 0.25 * ok1.sum()
+    for dy in range(-r, r + 1):
+        for dx in range(-r, r + 1):
+            if dx * dx + dy * dy > max_shift * max_shift + 1e-9:
+                continue
+            n = cnt[dy % shape[0], dx % shape[1]]
+            if n < min_overlap:
+                continue
+            v = acc[dy % shape[0], dx % shape[1]] / n
+            if v > best:
+                best, arg = v, (dy, dx)
+
+    def score(dy: int, dx: int) -> float:
+        n = cnt[dy % shape[0], dx % shape[1]]
+        return acc[dy % shape[0], dx % shape[1]] / n if n >= min_overlap else -np.inf
+
+    def vertex(sm: float, s0: float, sp: float) -> float:  # parabola through three scores
+        den = sm - 2 * s0 + sp
+        if not np.isfinite(den) or den >= 0:
+            return 0.0
+        return float(np.clip(0.5 * (sm - sp) / den, -0.5, 0.5))
+
+    dy, dx = arg
+    return (dy + vertex(score(dy - 1, dx), best, score(dy + 1, dx)),
+            dx + vertex(score(dy, dx - 1), best, score(dy, dx + 1)))  # fmt: skip
 
 
 def _fit(src: np.ndarray, dst: np.ndarray, name: str) -> np.ndarray:
@@ -315,7 +488,15 @@ def match_tiepoints(
     params: TiePointParams | None = None,
     label: str = "secondary",
 ) -> pd.DataFrame:
-    """Tie points between two co-located images (NaN = nodata); one row per tie point."""
+    """Tie points between two co-located images (NaN = nodata); one row per tie point.
+
+    Section 3.5 of Yan et al. (2016): each Förstner point is matched at the coarsest level
+    and followed down the pyramid; it survives only if every level matches (similarity above
+    the threshold) and the match stays within ``max_jump`` pixels of the position projected
+    from the level above. At the coarsest level the match must lie within one coarse pixel of
+    the global prior (:func:`prior_shift`; the paper's prior is zero, which holds while the
+    misregistration is below one coarse pixel).
+    """
     p = params or TiePointParams()
     v1 = np.isfinite(ref)
     v2 = np.isfinite(sec)
@@ -325,44 +506,58 @@ def match_tiepoints(
         )
     a = np.where(v1, ref, 0).astype(np.float32)
     b = np.where(v2, sec, 0).astype(np.float32)
-    if p.multimodal:
-        a = K.rank_transform(a, v1.astype(np.uint8), p.rank_radius)
-        b = K.rank_transform(b, v2.astype(np.uint8), p.rank_radius)
-    elif min(a[v1].min(), b[v2].min()) < 0:  # SAM needs a common non-negative origin
-        lo = min(a[v1].min(), b[v2].min())
-        a, b = a - lo, b - lo
+    if not p.multimodal and min(a[v1].min(), b[v2].min()) < 0:
+        lo = min(a[v1].min(), b[v2].min())  # SAM needs a common non-negative origin
+        a, b = np.where(v1, a - lo, 0), np.where(v2, b - lo, 0)
+    if p.reference_blur > 0:  # bring a sharp reference to a coarse secondary's resolution
+        a = masked_blur(a, v1, p.reference_blur)
     factors = pyramid_factors(p.factors, min(ref.shape), p.patch_coarse)
     if tuple(factors) != tuple(p.factors):
         log.info("%s: image too small for factors %s, using %s", label, p.factors, factors)
     p = replace(p, factors=tuple(factors))
-    levels = [(_masked_level(a, v1, f), _masked_level(b, v2, f)) for f in p.factors]
+    raw = [(_masked_level(a, v1, f), _masked_level(b, v2, f)) for f in p.factors]
     threshold = p.min_similarity_multimodal if p.multimodal else p.min_similarity
-    (ca, cv), _ = levels[-1]
-    pts = feature_points(ca, cv, p.cell, p.roundness, margin=p.patch_coarse // 2 + 2)
-    log.info("%s: %d Förstner points at the coarsest level", label, len(pts))
-    rows = []
+    patches = (
+        (p.patch_fine_multimodal, p.patch_coarse_multimodal)
+        if p.multimodal
+        else (p.patch_fine, p.patch_coarse)
+    )
+    (ca, cv), (cb, cw) = raw[-1]
+    pts = feature_points(ca, cv, p.cell, p.roundness, margin=patches[1] // 2 + 2)
     top = len(p.factors) - 1
+    prior = prior_shift(
+        *representation(ca, cv, cb, cw, p.multimodal, max(1.0, p.cfog_sigma / p.factors[top])),
+        p.max_shift / p.factors[top],
+    )
+    log.info("%s: %d Förstner points at the coarsest level (%d m pixels in grid units: x%d); "
+             "global prior shift (col, row) %.1f, %.1f grid px", label, len(pts), p.factors[top],
+             p.factors[top], prior[1] * p.factors[top], prior[0] * p.factors[top])  # fmt: skip
+    levels = [
+        prepare(la, lv, lb, lw, p.multimodal, max(1.0, p.cfog_sigma / f))
+        for f, ((la, lv), (lb, lw)) in zip(p.factors, raw, strict=True)
+    ]
+    del raw
+    rows = []
     for r, c in pts:
         p_ref = (r + 0.5, c + 0.5)
-        d = (0.0, 0.0)
+        d = prior
         ok = True
         sim = 0.0
         for k in range(top, -1, -1):
-            (la, lv), (lb, lw) = levels[k]
             if k < top:  # project the coarser level's match to this level
                 scale = p.factors[k + 1] / p.factors[k]
                 p_ref = (math.floor(p_ref[0] * scale) + 0.5, math.floor(p_ref[1] * scale) + 0.5)
                 d = (d[0] * scale, d[1] * scale)
-            half = (p.patch_fine if k == 0 else p.patch_coarse) // 2
+            half = patches[0 if k == 0 else 1] // 2
             guess = (p_ref[0] + d[0], p_ref[1] + d[1])
-            m = lsm(la, lv, lb, lw, p_ref, guess, half, p.multimodal, p.max_iterations)
+            m = lsm(levels[k], p_ref, guess, half, p.max_iterations)
             if m is None or m[1] < threshold:
                 ok = False
                 break
             (mr, mc), sim = m
             nd = (mr - p_ref[0], mc - p_ref[1])
             jump = math.hypot(nd[0] - d[0], nd[1] - d[1])
-            if (k == top and math.hypot(*nd) > 1.0) or (k < top and jump > p.max_jump):
+            if jump > (1.0 if k == top else p.max_jump):
                 ok = False
                 break
             d = nd
@@ -381,11 +576,20 @@ def run_tiepoints(
     png: str | Path | None = None,
     params: TiePointParams | None = None,
     label: str = "secondary",
+    resolution_ratio: float = 1.0,
 ) -> dict:
-    """The tie-point step on two co-located rasters: CSV, model JSON and vector plot."""
+    """The tie-point step on two co-located rasters: CSV, model JSON and vector plot.
+
+    ``resolution_ratio``: the secondary's native pixel over the grid's. A secondary over 1.5x
+    coarser (30 m on a 10 m grid) is matched against the reference blurred to its resolution
+    (:func:`costack.flow.resolution_sigma`); on the demo's 30 m pair this took the tie points
+    from 77 to 127 and their error from 0.28 to 0.19 px RMSE.
+    """
     from costack.rasterio_io import atomic_path, read_float32
 
     p = params or TiePointParams()
+    if not p.multimodal and p.reference_blur == 0:
+        p = replace(p, reference_blur=resolution_sigma(resolution_ratio))
     ref, grid, _ = read_float32(ref_tif)
     sec, _, _ = read_float32(sec_tif)
     df = match_tiepoints(ref, sec, p, label)
@@ -396,7 +600,9 @@ def run_tiepoints(
         df = df.assign(residual=np.nan, outlier=False)
     else:
         model, df = fit_models(df, p.outlier_sigma, label)
-    model["similarity"] = "abs NCC of rank-transformed patches" if p.multimodal else "SAM"
+    model["similarity"] = (
+        "NCC of CFOG descriptors (oriented-gradient channels)" if p.multimodal else "SAM"
+    )
     model["params"] = asdict(p)
     model["tiepoints"] = int(len(df))
     with atomic_path(out_csv) as tmp:

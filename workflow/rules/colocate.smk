@@ -2,6 +2,7 @@ rule colocate_asset:
     input:
         manifest="results/discover/manifest.csv",
         grid="results/grid/grid.json",
+        source=lambda wc: SOURCE.get(wc.key, []),
     output:
         "results/colocated/{key}.tif",
     params:

@@ -1,6 +1,7 @@
 # Validation before any job runs: config (schema and service syntax), STAC items, raster
 # headers, and the common grid. A problem stops the run with one line and leaves no output.
 import sys
+from pathlib import Path
 
 from snakemake.utils import validate
 
@@ -33,6 +34,13 @@ RES_RATIO = {
     for k, rx, ry in zip(MANIFEST["key"], MANIFEST["res_x"], MANIFEST["res_y"])
 }
 FLOW_MODE = {n: choose_mode(CFG.flow_mode, KIND[REF], KIND[MATCH[n]]) for n in SECONDARY}
+
+
+# Local source rasters are inputs of their colocation job, so that a changed file is
+# co-located again (remote hrefs are read once; rerun with -R colocate_asset to refresh them).
+SOURCE = {
+    k: g for k, g in zip(MANIFEST["key"], MANIFEST["gdal_path"]) if Path(str(g)).is_file()
+}
 
 
 def dataset_of(key):

@@ -10,6 +10,7 @@ rule assess_registration:
         "results/qc/{n}.json",
     params:
         multimodal=lambda wc: FLOW_MODE[int(wc.n)] == "gefolki",
+        resolution_ratio=lambda wc: RES_RATIO[MATCH[int(wc.n)]],
     log:
         "logs/assess_registration/{n}.log",
     threads: 1

@@ -13,6 +13,8 @@ rule match_tiepoints:
     params:
         multimodal=lambda wc: FLOW_MODE[int(wc.n)] == "gefolki",
         label=lambda wc: f"dataset {wc.n} ({MATCH[int(wc.n)]})",
+        resolution_ratio=lambda wc: RES_RATIO[MATCH[int(wc.n)]],
+        max_shift=config["max_displacement"],
     log:
         "logs/match_tiepoints/{n}.log",
     threads: 1

@@ -11,5 +11,6 @@ run_step(
         snakemake.input.coregistered,
         snakemake.output[0],
         multimodal=bool(snakemake.params.multimodal),
+        resolution_ratio=float(snakemake.params.resolution_ratio),
     ),
 )

@@ -11,7 +11,11 @@ run_step(
         snakemake.output.csv,
         snakemake.output.model,
         snakemake.output.png,
-        TiePointParams(multimodal=bool(snakemake.params.multimodal)),
+        TiePointParams(
+            multimodal=bool(snakemake.params.multimodal),
+            max_shift=float(snakemake.params.max_shift),
+        ),
         label=snakemake.params.label,
+        resolution_ratio=float(snakemake.params.resolution_ratio),
     ),
 )
