@@ -151,3 +151,35 @@ def test_tiled_flow_matches_in_memory(camera_pair, tmp_path):
     warp_tiled(tmp_path / "sec.tif", tmp_path / "f.tif", tmp_path / "w.tif", warp_array, tile=96)
     warped, _, _ = read_float32(tmp_path / "w.tif")
     np.testing.assert_allclose(warped, warp_array(sec, flow[0], flow[1]), atol=1e-4)
+
+
+def test_fused_window_solve_matches_box_sums():
+    """The fused kernel's window sums equal the plain running box sums (clipped borders)."""
+    from costack import _kernels as K
+
+    rng = np.random.default_rng(3)
+    h, w, r = 70, 53, 5
+    i1, i2w, ix, iy = (rng.normal(size=(h, w)).astype(np.float32) for _ in range(4))
+    wt = (rng.uniform(size=(h, w)) > 0.1).astype(np.float32)
+    u = rng.normal(size=(h, w)).astype(np.float32)
+    v = rng.normal(size=(h, w)).astype(np.float32)
+    # kind 1 (GEFolki's contrast choice) against the same formula on box sums
+    ok = np.ones((h, w), np.float32)
+    out = np.empty((h, w), np.float32)
+    K.window_solve(1, i1, i2w, ok, ok, wt, u, v, r, 0.0, 0.0, 0.0, out, out,
+                   np.zeros((h, w), np.float32), 3)  # fmt: skip
+    s = K.box_sums(np.stack([wt, wt * i1, wt * i2w, wt * i1 * i2w]), r)
+    n = np.maximum(s[0], 1e-6)
+    m1, m2 = s[1] / n, s[2] / n
+    sign = np.where(s[3] / n - m1 * m2 < 0, -1.0, 1.0)
+    assert np.allclose(out, sign * (i2w - m2) + m1, atol=1e-4)
+    # kind 0 (Folki's solve) with eps = 0 and no step limit: u_new solves A u = -b per pixel
+    u_new, v_new, sup = (np.zeros((h, w), np.float32) for _ in range(3))
+    K.window_solve(0, i1, i2w, ix, iy, wt, u, v, r, 0.0, 1e9, 0.0, u_new, v_new, sup, 4)
+    it = i2w - i1 - ix * u - iy * v
+    s = K.box_sums(np.stack([wt * ix * ix, wt * ix * iy, wt * iy * iy, wt * ix * it,
+                             wt * iy * it]), r)  # fmt: skip
+    det = s[0] * s[2] - s[1] ** 2
+    ue = (-s[2] * s[3] + s[1] * s[4]) / det
+    ve = (-s[0] * s[4] + s[1] * s[3]) / det
+    assert sup.all() and np.allclose(u_new, ue, atol=1e-3) and np.allclose(v_new, ve, atol=1e-3)

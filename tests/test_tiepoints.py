@@ -8,6 +8,7 @@ import logging
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import ndimage
 from skimage import data
 
 from costack.errors import CostackError
@@ -102,3 +103,47 @@ def test_flat_image_gives_no_points_not_a_crash(tmp_path, caplog):
 def test_all_nodata_is_an_error():
     with pytest.raises(CostackError, match="no valid pixel"):
         match_tiepoints(np.full((64, 64), np.nan), np.ones((64, 64)))
+
+
+def test_prior_shift_sign_and_masks():
+    """The prior is the (row, col) shift d with sec(p + d) = ref(p), nodata ignored."""
+    from costack.tiepoints import prior_shift
+
+    img = ndimage.gaussian_filter(np.random.default_rng(1).normal(size=(140, 150)), 2)
+    ref = img[20:120, 20:120].astype(np.float32)
+    sec = img[23:123, 15:115].astype(np.float32)  # sec(p + (-3, 5)) = ref(p)
+    ok = np.ones(ref.shape, bool)
+    sec_ok = ok.copy()
+    sec_ok[:, 60:70] = False  # a nodata strip with wild values must not matter
+    sec = np.where(sec_ok, sec, 1e6).astype(np.float32)
+    dy, dx = prior_shift(ref[None], ok, np.where(sec_ok, sec, 0)[None], sec_ok, 8)
+    assert abs(dy + 3) < 0.3 and abs(dx - 5) < 0.3
+
+
+def test_cfog_ignores_contrast_inversion_and_nodata():
+    from costack.tiepoints import cfog
+
+    img = data.camera().astype(np.float32)[:128, :128]
+    ok = np.ones(img.shape, bool)
+    ok[:, :10] = False
+    a = cfog(np.where(ok, img, 1e6), ok)
+    b = cfog(np.where(ok, 255 - img, -1e6), ok)
+    assert np.allclose(a, b, atol=1e-4)  # float32 rounding only
+    assert (a[:, :, :12] == 0).all() and a[:, 20:-20, 20:-20].std() > 0
+
+
+def test_lsm_subpixel_translation():
+    """Cubic-spline LSM recovers a sub-pixel shift of a smooth real image to 0.02 px."""
+    from costack.tiepoints import lsm, prepare
+
+    img = ndimage.gaussian_filter(data.camera().astype(np.float32), 1.5)[100:300, 100:300]
+    sec, truth = displace(img, lambda c, r: (0.37 + 0 * c, -0.61 + 0 * r), order=5)
+    ok1, ok2 = np.isfinite(img), np.isfinite(sec)
+    m = prepare(img, ok1, np.where(ok2, sec, 0), ok2, False)
+    errs = []
+    for r, c in [(60, 60), (100, 120), (140, 80)]:
+        got = lsm(m, (r + 0.5, c + 0.5), (r + 0.5, c + 0.5), 17)
+        assert got is not None and got[1] > 0.995
+        (mr, mc), _ = got
+        errs.append(np.hypot(mc - c - 0.5 - 0.37, mr - r - 0.5 + 0.61))
+    assert max(errs) < 0.02

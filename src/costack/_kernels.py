@@ -268,72 +268,164 @@ def warp_bspline(coef, valid, u, v):  # pragma: no cover - compiled
 
 
 @njit(parallel=True, cache=True)
-def lk_planes(i1, i2w, ix, iy, wt, u, v):  # pragma: no cover - compiled
-    """The 8 weighted planes whose window sums make the Folki system (Plyer et al. 2015):
-    w Ix^2, w IxIy, w Iy^2, w Ix It, w Iy It, w, w u, w v with It = I2w - I1 - grad.u."""
+def gradient5(img, valid):  # pragma: no cover - compiled
+    """5-tap central derivatives (img[j-2] - 8 img[j-1] + 8 img[j+1] - img[j+2]) / 12 along
+    columns (gx) and rows (gy), with ``ok`` = 1 where all taps of both are valid (0 within 2
+    pixels of the border); the derivatives are 0 where ``ok`` is 0. One pass, both cores."""
+    h, w = img.shape
+    gx = np.zeros((h, w), np.float32)
+    gy = np.zeros((h, w), np.float32)
+    ok = np.zeros((h, w), np.float32)
+    c = np.float32(1.0 / 12.0)
+    for i in prange(2, h - 2):
+        for j in range(2, w - 2):
+            if (
+                valid[i, j - 2] == 0 or valid[i, j - 1] == 0 or valid[i, j] == 0
+                or valid[i, j + 1] == 0 or valid[i, j + 2] == 0 or valid[i - 2, j] == 0
+                or valid[i - 1, j] == 0 or valid[i + 1, j] == 0 or valid[i + 2, j] == 0
+            ):  # fmt: skip
+                continue
+            gx[i, j] = c * (img[i, j - 2] - 8 * img[i, j - 1] + 8 * img[i, j + 1] - img[i, j + 2])
+            gy[i, j] = c * (img[i - 2, j] - 8 * img[i - 1, j] + 8 * img[i + 1, j] - img[i + 2, j])
+            ok[i, j] = 1.0
+    return gx, gy, ok
+
+
+@njit(cache=True, inline="always")
+def _row_planes(kind, i, i1, i2w, a, b, wt, u, v, buf):  # pragma: no cover - compiled
+    """Per-pixel planes of row ``i`` into ``buf`` (see :func:`window_solve`)."""
+    w = i1.shape[1]
+    for j in range(w):
+        g = wt[i, j]
+        if kind == 0:
+            gx = a[i, j]
+            gy = b[i, j]
+            it = i2w[i, j] - i1[i, j] - gx * u[i, j] - gy * v[i, j]
+            buf[0, j] = g * gx * gx
+            buf[1, j] = g * gx * gy
+            buf[2, j] = g * gy * gy
+            buf[3, j] = g * gx * it
+            buf[4, j] = g * gy * it
+            buf[5, j] = g
+            buf[6, j] = g * u[i, j]
+            buf[7, j] = g * v[i, j]
+        else:
+            buf[0, j] = g
+            buf[1, j] = g * i1[i, j]
+            buf[2, j] = g * i2w[i, j]
+            buf[3, j] = g * i1[i, j] * i2w[i, j]
+
+
+@njit(cache=True, inline="always")
+def _row_box(buf, k, r, out):  # pragma: no cover - compiled
+    """Running sums over [j - r, j + r] (clipped) of the first ``k`` rows of ``buf``."""
+    w = buf.shape[1]
+    for p in range(k):
+        acc = 0.0
+        for j in range(min(r, w - 1) + 1):
+            acc += buf[p, j]
+        for j in range(w):
+            out[p, j] = acc
+            if j + r + 1 < w:
+                acc += buf[p, j + r + 1]
+            if j - r >= 0:
+                acc -= buf[p, j - r]
+
+
+@njit(parallel=True, cache=True)
+def window_solve(
+    kind, i1, i2w, a, b, wt, u, v, r, eps, step, nmin, out1, out2, support, nbands
+):  # pragma: no cover - compiled
+    """Window sums over (2r+1)^2 (clipped at the borders) fused with what uses them.
+
+    The planes are made row by row, summed along the row by running sums and down the columns
+    through a ring buffer of the last 2r+1 row sums, so no full-size plane is ever stored
+    and the cost does not grow with r. Rows are split into ``nbands`` bands run in parallel.
+
+    ``kind`` 0, Folki (Plyer et al. 2015, eq. 3): a, b are the gradients Ix, Iy; the planes
+    w Ix^2, w IxIy, w Iy^2, w Ix It, w Iy It, w, w u, w v (It = I2w - I1 - grad.u) give at each
+    pixel the regularised system (A + eps I) u_new = -b + eps mean(u), solved into
+    (out1, out2) = (u_new, v_new) with the update limited to ``step`` pixels; windows with at
+    most ``nmin`` valid weight keep u, others get support 1.
+
+    ``kind`` 1, GEFolki's contrast choice (Brigot et al. 2016): a is the warp's validity; from
+    the window means and covariance of I1 and I2w, out1 = I2w where they correlate positively,
+    else its contrast inverted about the window mean, 2 m1 - ... (sign (I2w - m2) + m1).
+    """
     h, w = i1.shape
-    out = np.empty((8, h, w), np.float32)
+    nk = 8 if kind == 0 else 4
+    size = 2 * r + 1
+    band = (h + nbands - 1) // nbands
+    for bi in prange(nbands):
+        r0 = bi * band
+        r1 = min(h, r0 + band)
+        if r0 >= r1:
+            continue
+        ring = np.zeros((size, nk, w), np.float64)
+        acc = np.zeros((nk, w), np.float64)
+        buf = np.empty((nk, w), np.float64)
+        top = max(0, r0 - r)
+        for i in range(top, r1 + r):
+            slot = i % size
+            old = i - size
+            if old >= top and old < h:
+                for p in range(nk):
+                    for j in range(w):
+                        acc[p, j] -= ring[slot, p, j]
+            if i < h:
+                _row_planes(kind, i, i1, i2w, a, b, wt, u, v, buf)
+                _row_box(buf, nk, r, ring[slot])
+                for p in range(nk):
+                    for j in range(w):
+                        acc[p, j] += ring[slot, p, j]
+            c = i - r
+            if c < r0 or c >= r1:
+                continue
+            for j in range(w):
+                if kind == 1:
+                    n = max(acc[0, j], 1e-6)
+                    m1 = acc[1, j] / n
+                    m2 = acc[2, j] / n
+                    cov = acc[3, j] / n - m1 * m2
+                    s = -1.0 if cov < 0 else 1.0
+                    out1[c, j] = (s * (i2w[c, j] - m2) + m1) * a[c, j]
+                    continue
+                n = acc[5, j]
+                out1[c, j] = u[c, j]
+                out2[c, j] = v[c, j]
+                if n <= nmin:
+                    continue
+                inv = 1.0 / n
+                a11 = acc[0, j] * inv + eps
+                a12 = acc[1, j] * inv
+                a22 = acc[2, j] * inv + eps
+                q1 = -acc[3, j] * inv + eps * acc[6, j] * inv
+                q2 = -acc[4, j] * inv + eps * acc[7, j] * inv
+                det = a11 * a22 - a12 * a12
+                if not det > 0:
+                    continue
+                du = (a22 * q1 - a12 * q2) / det - u[c, j]
+                dv = (a11 * q2 - a12 * q1) / det - v[c, j]
+                mag = np.sqrt(du * du + dv * dv)
+                if mag > step:
+                    du *= step / mag
+                    dv *= step / mag
+                out1[c, j] = u[c, j] + du
+                out2[c, j] = v[c, j] + dv
+                support[c, j] = 1.0
+
+
+@njit(parallel=True, cache=True)
+def weighted_trace(wt, ix, iy):  # pragma: no cover - compiled
+    """sum(w (Ix^2 + Iy^2)) / sum(w): the structure tensor's mean trace, which sets the
+    regularisation weight of :func:`window_solve`."""
+    h, w = wt.shape
+    num = np.zeros(h)
+    den = np.zeros(h)
     for i in prange(h):
         for j in range(w):
             g = wt[i, j]
-            gx = ix[i, j]
-            gy = iy[i, j]
-            it = i2w[i, j] - i1[i, j] - gx * u[i, j] - gy * v[i, j]
-            out[0, i, j] = g * gx * gx
-            out[1, i, j] = g * gx * gy
-            out[2, i, j] = g * gy * gy
-            out[3, i, j] = g * gx * it
-            out[4, i, j] = g * gy * it
-            out[5, i, j] = g
-            out[6, i, j] = g * u[i, j]
-            out[7, i, j] = g * v[i, j]
-    return out
-
-
-@njit(parallel=True, cache=True)
-def lk_solve(sums, u, v, eps, step, nmin, support):  # pragma: no cover - compiled
-    """Solve the regularised 2x2 Folki system at every pixel and update (u, v) in place.
-
-    (A + eps I) u_new = -b + eps mean(u) (A, b normalised by the window's valid weight); the
-    update is limited to ``step`` pixels; windows with less than ``nmin`` valid weight keep u.
-    """
-    _, h, w = sums.shape
-    for i in prange(h):
-        for j in range(w):
-            n = sums[5, i, j]
-            if n <= nmin:
-                continue
-            inv = 1.0 / n
-            a11 = sums[0, i, j] * inv + eps
-            a12 = sums[1, i, j] * inv
-            a22 = sums[2, i, j] * inv + eps
-            r1 = -sums[3, i, j] * inv + eps * sums[6, i, j] * inv
-            r2 = -sums[4, i, j] * inv + eps * sums[7, i, j] * inv
-            det = a11 * a22 - a12 * a12
-            if not det > 0:
-                continue
-            du = (a22 * r1 - a12 * r2) / det - u[i, j]
-            dv = (a11 * r2 - a12 * r1) / det - v[i, j]
-            mag = np.sqrt(du * du + dv * dv)
-            if mag > step:
-                du *= step / mag
-                dv *= step / mag
-            u[i, j] += du
-            v[i, j] += dv
-            support[i, j] = 1.0
-
-
-@njit(parallel=True, cache=True)
-def mean_trace(sums, nmin):  # pragma: no cover - compiled
-    """Mean over well-supported windows of the normalised structure-tensor trace."""
-    _, h, w = sums.shape
-    acc = np.zeros(h)
-    cnt = np.zeros(h)
-    for i in prange(h):
-        for j in range(w):
-            n = sums[5, i, j]
-            if n > nmin:
-                acc[i] += (sums[0, i, j] + sums[2, i, j]) / n
-                cnt[i] += 1.0
-    c = cnt.sum()
-    return acc.sum() / c if c > 0 else 1.0
+            num[i] += g * (ix[i, j] * ix[i, j] + iy[i, j] * iy[i, j])
+            den[i] += g
+    d = den.sum()
+    return num.sum() / d if d > 0 else 1.0

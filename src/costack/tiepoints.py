@@ -162,20 +162,19 @@ def cfog(
     which SAM or correlation of intensities cannot offer for SAR/optical.
     Returns (CFOG_ORIENTATIONS, H, W) float32, zero on nodata.
     """
-    w = valid.astype(np.float32)
-    base = ndimage.gaussian_filter(np.where(valid, img, 0).astype(np.float32), sigma)
-    den = ndimage.gaussian_filter(w, sigma)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        sm = np.where(den > 1e-3, base / den, 0).astype(np.float32)
+    sm = masked_blur(img, valid, sigma)
+    gvalid = ndimage.binary_erosion(valid, iterations=1, border_value=0)
     gy, gx = np.gradient(sm)
     theta = np.pi * np.arange(CFOG_ORIENTATIONS) / CFOG_ORIENTATIONS
     ch = np.abs(np.cos(theta)[:, None, None] * gx + np.sin(theta)[:, None, None] * gy)
-    ch = ndimage.gaussian_filter(ch, (0, sigma, sigma))
+    # every smoothing is a normalised convolution over the pixels whose gradient is valid, so
+    # that the border of nodata (a false edge) never leaks into a valid pixel's descriptor
+    ch = np.stack([masked_blur(c, gvalid, sigma) for c in ch])
     ch = (2 * ch + np.roll(ch, 1, axis=0) + np.roll(ch, -1, axis=0)) / 4
     # regional rather than per-pixel normalisation: per pixel, the speckle of a flat SAR field
     # would weigh as much as an edge (measured: 73% of coarse matches within one pixel with a
     # regional norm over 8 px, 18% with the per-pixel norm, on the demo's SAR/optical pair)
-    norm = ndimage.gaussian_filter(np.sqrt((ch * ch).sum(axis=0)), norm_sigma) + 1e-6
+    norm = masked_blur(np.sqrt((ch * ch).sum(axis=0)), gvalid, norm_sigma) + 1e-6
     ok = ndimage.binary_erosion(valid, iterations=2, border_value=0)
     return np.where(ok, ch / norm, 0).astype(np.float32)
 
