@@ -183,3 +183,17 @@ def test_fused_window_solve_matches_box_sums():
     ue = (-s[2] * s[3] + s[1] * s[4]) / det
     ve = (-s[0] * s[4] + s[1] * s[3]) / det
     assert sup.all() and np.allclose(u_new, ue, atol=1e-3) and np.allclose(v_new, ve, atol=1e-3)
+
+
+def test_divergence_is_unknown_not_wild(camera_pair):
+    """Unrelated images: the estimate wanders; past 1.5 x max_displacement it is NaN."""
+    rng = np.random.default_rng(0)
+    a = ndimage.gaussian_filter(rng.normal(size=(256, 256)), 3).astype(np.float32)
+    b = ndimage.gaussian_filter(rng.normal(size=(256, 256)), 3).astype(np.float32)
+    p = FlowParams(mode="efolki", radii=(16, 8), max_displacement=2, global_search=False)
+    res = estimate_flow(a, b, p)
+    assert res.stats["diverged_fraction"] > 0.2  # measured 0.58
+    assert np.nanmax(np.hypot(res.dx, res.dy)) <= 3.0
+    assert (res.confidence[np.isnan(res.dx)] == 0).all()
+    img, sec, _, _ = camera_pair  # a related pair does not trip it
+    assert estimate_flow(img, sec, FlowParams(mode="efolki")).stats["diverged_fraction"] == 0

@@ -21,8 +21,9 @@ weighted by the joint validity of both images, so nodata, NaN and Inf neither dr
 into the estimate, and sums are normalised by the valid weight); a Tikhonov term that pulls the
 estimate towards the window mean of the previous one where the structure tensor is weak (flat
 areas, water) instead of towards zero; a per-iteration step limit and a divergence check that
-keeps, per pixel, whichever of the previous and the new estimate leaves the smaller residual;
-a start from a global model (the tie-point affine); and a confidence layer.
+marks as unknown (NaN) the pixels whose estimate ended over 1.5 x ``max_displacement`` from
+its start; a start from a global model (the tie-point affine) or a global shift search; and a
+confidence layer.
 """
 
 from __future__ import annotations
@@ -352,13 +353,22 @@ def estimate_flow(
             warp=WARPS[p.interpolation], symmetric=p.symmetric_gradient,
         )  # fmt: skip
     conf = confidence(i1, v1, i2, v2, u, v, min(p.fine_radii or p.radii))
-    unknown = support == 0
+    # divergence: an estimate that left the start (model or global shift) by more than 1.5x the
+    # largest displacement expected is unknown, not a wild value
+    scale = 2 ** (levels - 1)
+    away = np.hypot(u - u0 - shift[0] * scale, v - w0 - shift[1] * scale)
+    diverged = (support > 0) & (away > 1.5 * p.max_displacement)
+    if diverged.any():
+        log.warning("flow diverged on %.2f%% of the grid (moved over %.0f px from its start): "
+                    "marked unknown", 100 * diverged.mean(), 1.5 * p.max_displacement)  # fmt: skip
+    unknown = (support == 0) | diverged
     dx = np.where(unknown, np.nan, u).astype(np.float32)
     dy = np.where(unknown, np.nan, v).astype(np.float32)
     conf[unknown] = 0
     stats = {
         "global_shift_coarse": shift,
         "levels": levels,
+        "diverged_fraction": float(diverged.mean()),
         "seconds": time.perf_counter() - t0,
         "preprocess_s": t_pre,
     }
