@@ -309,11 +309,20 @@ def _row_planes(kind, i, i1, i2w, a, b, wt, u, v, buf):  # pragma: no cover - co
             buf[5, j] = g
             buf[6, j] = g * u[i, j]
             buf[7, j] = g * v[i, j]
-        else:
+        elif kind == 1:
             buf[0, j] = g
             buf[1, j] = g * i1[i, j]
             buf[2, j] = g * i2w[i, j]
             buf[3, j] = g * i1[i, j] * i2w[i, j]
+        else:
+            gx = a[i, j]
+            gy = b[i, j]
+            res = g * (i2w[i, j] - i1[i, j])
+            buf[0, j] = g * gx * gx
+            buf[1, j] = g * gx * gy
+            buf[2, j] = g * gy * gy
+            buf[3, j] = res * res
+            buf[4, j] = g
 
 
 @njit(cache=True, inline="always")
@@ -351,9 +360,13 @@ def window_solve(
     ``kind`` 1, GEFolki's contrast choice (Brigot et al. 2016): a is the warp's validity; from
     the window means and covariance of I1 and I2w, out1 = I2w where they correlate positively,
     else its contrast inverted about the window mean, 2 m1 - ... (sign (I2w - m2) + m1).
+
+    ``kind`` 2, confidence: a, b are Ix, Iy and wt the joint validity; out1 = the smaller
+    eigenvalue of the window's normalised structure tensor (Shi and Tomasi), out2 = the
+    window's mean squared residual I2w - I1, support = 1 where the window has valid weight.
     """
     h, w = i1.shape
-    nk = 8 if kind == 0 else 4
+    nk = 8 if kind == 0 else (4 if kind == 1 else 5)
     size = 2 * r + 1
     band = (h + nbands - 1) // nbands
     for bi in prange(nbands):
@@ -382,6 +395,19 @@ def window_solve(
             if c < r0 or c >= r1:
                 continue
             for j in range(w):
+                if kind == 2:
+                    n = acc[4, j]
+                    if n <= 0:
+                        out1[c, j] = 0.0
+                        out2[c, j] = 0.0
+                        continue
+                    a11 = acc[0, j] / n
+                    a12 = acc[1, j] / n
+                    a22 = acc[2, j] / n
+                    out1[c, j] = 0.5 * (a11 + a22) - np.sqrt(0.25 * (a11 - a22) ** 2 + a12 * a12)
+                    out2[c, j] = acc[3, j] / n
+                    support[c, j] = 1.0
+                    continue
                 if kind == 1:
                     n = max(acc[0, j], 1e-6)
                     m1 = acc[1, j] / n
