@@ -455,3 +455,29 @@ def weighted_trace(wt, ix, iy):  # pragma: no cover - compiled
             den[i] += g
     d = den.sum()
     return num.sum() / d if d > 0 else 1.0
+
+
+@njit(parallel=True, cache=True)
+def symmetric_gradient(i2w, ok, ix1, iy1, wg1):  # pragma: no cover - compiled
+    """The efficient-second-order gradient (mean of the reference's and the warped
+    secondary's 5-tap derivatives) and the joint weight wg1 * ok * (taps of i2w valid), in one
+    pass: (ix, iy, wt), zero where wt is zero."""
+    h, w = i2w.shape
+    ix = np.zeros((h, w), np.float32)
+    iy = np.zeros((h, w), np.float32)
+    wt = np.zeros((h, w), np.float32)
+    c = np.float32(1.0 / 12.0)
+    for i in prange(2, h - 2):
+        for j in range(2, w - 2):
+            if wg1[i, j] == 0 or (
+                ok[i, j - 2] == 0 or ok[i, j - 1] == 0 or ok[i, j] == 0 or ok[i, j + 1] == 0
+                or ok[i, j + 2] == 0 or ok[i - 2, j] == 0 or ok[i - 1, j] == 0
+                or ok[i + 1, j] == 0 or ok[i + 2, j] == 0
+            ):  # fmt: skip
+                continue
+            gx = c * (i2w[i, j - 2] - 8 * i2w[i, j - 1] + 8 * i2w[i, j + 1] - i2w[i, j + 2])
+            gy = c * (i2w[i - 2, j] - 8 * i2w[i - 1, j] + 8 * i2w[i + 1, j] - i2w[i + 2, j])
+            ix[i, j] = 0.5 * (ix1[i, j] + gx)
+            iy[i, j] = 0.5 * (iy1[i, j] + gy)
+            wt[i, j] = wg1[i, j]
+    return ix, iy, wt

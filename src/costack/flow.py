@@ -257,9 +257,7 @@ def _lk_level(
             if symmetric:
                 # efficient second-order minimisation: the mean of both images' gradients
                 # (the secondary's after any contrast inversion)
-                gx2, gy2, wg2 = _gradient(i2w, ok)
-                ix, iy = 0.5 * (ix1 + gx2), 0.5 * (iy1 + gy2)
-                wt = wt * wg2
+                ix, iy, wt = K.symmetric_gradient(i2w, ok, ix1, iy1, wg1)
             else:
                 ix, iy = ix1, iy1
             # Folki (Plyer et al. 2015, eq. 3): solve for u itself, linearised around u0
