@@ -196,6 +196,7 @@ class MatchImages:
     sec_ok: np.ndarray
     similarity: str  # "sam" (intensities), "ncc" (CFOG descriptors) or "absncc"
     affine: bool = True  # affine patch geometry, else a translation
+    order: int = 3  # 3: cubic B-spline coefficients are stored; 1: values, bilinear
 
 
 def representation(
@@ -228,7 +229,13 @@ def prepare(
     if not multimodal:
         s = _fill_nearest(s[0], s_ok)[None]
 
+    # descriptors are smooth (Gaussian of at least one pixel): bilinear sampling suffices for
+    # them and costs a quarter of the cubic spline's 16 taps per sample, on 8 channels (20 -> 14 s)
+    order = 1 if multimodal else 3
+
     def spline(a: np.ndarray) -> np.ndarray:
+        if order == 1:
+            return a.astype(np.float32)
         return np.stack([ndimage.spline_filter(c, 3, output=np.float32, mode="mirror") for c in a])
 
     gy = np.stack([np.gradient(c, axis=0) for c in s])
@@ -236,7 +243,8 @@ def prepare(
     # descriptor patches are matched by translation: the 6-parameter affine drifts on them
     # (jumps between levels of 0.73 coarse px median with it, 0.37 without, SAR/optical demo)
     return MatchImages(r, r_ok, spline(s), spline(gy), spline(gx), s_ok.astype(np.float32),
-                       "ncc" if multimodal else "sam", affine=not multimodal)  # fmt: skip
+                       "ncc" if multimodal else "sam", affine=not multimodal,
+                       order=order)  # fmt: skip
 
 
 def _similarity(a: np.ndarray, b: np.ndarray, kind: str) -> float:
@@ -251,10 +259,10 @@ def _similarity(a: np.ndarray, b: np.ndarray, kind: str) -> float:
     return abs(r) if kind == "absncc" else r
 
 
-def _sample(coef: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """Cubic B-spline interpolation of every channel at (rows, cols); (C, n) float64."""
+def _sample(coef: np.ndarray, rows: np.ndarray, cols: np.ndarray, order: int) -> np.ndarray:
+    """Cubic B-spline (or bilinear) interpolation of every channel at (rows, cols); (C, n)."""
     out = [
-        ndimage.map_coordinates(c, [rows, cols], order=3, prefilter=False, mode="mirror")
+        ndimage.map_coordinates(c, [rows, cols], order=order, prefilter=False, mode="mirror")
         for c in coef
     ]
     return np.stack(out).astype(np.float64)
@@ -303,7 +311,7 @@ def lsm(
         okw = ndimage.map_coordinates(m.sec_ok, [rows, cols], order=1)
         if (okw < 0.999).any():
             return best
-        g2 = _sample(m.sec, rows, cols)
+        g2 = _sample(m.sec, rows, cols, m.order)
         sim = _similarity(g1, g2, m.similarity)
         # iterate while the similarity improves (ties within 1e-6 count as improving, so an
         # already aligned patch still gets its sub-pixel refinement)
@@ -320,8 +328,8 @@ def lsm(
         best = ((float(t[0]), float(t[1])), max(sim, best[1]) if best else sim)
         if converged:
             return best
-        gy = _sample(m.sec_gy, rows, cols).ravel()
-        gx = _sample(m.sec_gx, rows, cols).ravel()
+        gy = _sample(m.sec_gy, rows, cols, m.order).ravel()
+        gx = _sample(m.sec_gx, rows, cols, m.order).ravel()
         g2f = g2.ravel()
         # radiometry by linear regression of g1 on g2, then geometry by Gauss-Newton
         design = np.column_stack([np.ones_like(g2f), g2f])
@@ -524,6 +532,9 @@ def match_tiepoints(
     (ca, cv), (cb, cw) = raw[-1]
     pts = feature_points(ca, cv, p.cell, p.roundness, margin=patches[1] // 2 + 2)
     top = len(p.factors) - 1
+    # descriptor matches (translation only) rarely settle below 1e-3 px and then run to the
+    # cap; 8 Gauss-Newton steps reach their best similarity (demo SAR pair: 14 -> 9 s)
+    iterations = min(p.max_iterations, 8) if p.multimodal else p.max_iterations
     prior = prior_shift(
         *representation(ca, cv, cb, cw, p.multimodal, max(1.0, p.cfog_sigma / p.factors[top])),
         p.max_shift / p.factors[top],
@@ -549,7 +560,7 @@ def match_tiepoints(
                 d = (d[0] * scale, d[1] * scale)
             half = patches[0 if k == 0 else 1] // 2
             guess = (p_ref[0] + d[0], p_ref[1] + d[1])
-            m = lsm(levels[k], p_ref, guess, half, p.max_iterations)
+            m = lsm(levels[k], p_ref, guess, half, iterations)
             if m is None or m[1] < threshold:
                 ok = False
                 break
