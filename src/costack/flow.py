@@ -487,6 +487,17 @@ def masked_blur(img: np.ndarray, valid: np.ndarray, sigma: float) -> np.ndarray:
 WARPS = {"bspline": K.warp_bspline, "cubic": K.warp_cubic, "bilinear": K.warp_bilinear}
 
 
+def fill_nearest(img: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """``img`` with every invalid pixel replaced by the nearest valid one (zeros if there is
+    none): a neutral extension before filters that would ring on a step or spread NaN."""
+    if valid.all():
+        return img
+    if not valid.any():
+        return np.zeros_like(img)
+    idx = ndimage.distance_transform_edt(~valid, return_distances=False, return_indices=True)
+    return img[tuple(idx)]
+
+
 def resolution_sigma(ratio: float) -> float:
     """Gaussian sigma (grid px) that brings a sharp image to the resolution of one ``ratio``
     times coarser: 0.5 sqrt(ratio^2 - 1) when the ratio exceeds 1.5, else 0 (the Gaussian

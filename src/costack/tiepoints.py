@@ -39,7 +39,7 @@ import pandas as pd
 from scipy import ndimage
 
 from costack.errors import CostackError
-from costack.flow import masked_blur, resolution_sigma
+from costack.flow import fill_nearest, masked_blur, resolution_sigma
 
 log = logging.getLogger(__name__)
 
@@ -140,14 +140,6 @@ def feature_points(
 CFOG_ORIENTATIONS = 8
 
 
-def _fill_nearest(img: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """Nodata replaced by the nearest valid value, so that spline prefiltering does not ring."""
-    if valid.all() or not valid.any():
-        return img
-    idx = ndimage.distance_transform_edt(~valid, return_distances=False, return_indices=True)
-    return img[tuple(idx)]
-
-
 def cfog(
     img: np.ndarray, valid: np.ndarray, sigma: float = 1.0, norm_sigma: float = 8.0
 ) -> np.ndarray:
@@ -227,7 +219,7 @@ def prepare(
     """A co-located pair (nodata anywhere) made ready for :func:`lsm`."""
     r, r_ok, s, s_ok = representation(ref, ref_ok, sec, sec_ok, multimodal, sigma)
     if not multimodal:
-        s = _fill_nearest(s[0], s_ok)[None]
+        s = fill_nearest(s[0], s_ok)[None]  # no ringing of the spline at nodata
 
     # descriptors are smooth (Gaussian of at least one pixel): bilinear sampling suffices for
     # them and costs a quarter of the cubic spline's 16 taps per sample, on 8 channels (20 -> 14 s)
