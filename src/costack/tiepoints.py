@@ -14,15 +14,18 @@ Imagery", Remote Sensing 8(6):520. The steps (section numbers of the paper):
   at the coarse levels and 35x35 at the finest;
 - 3.5 depth-first mismatch detection: a point matched at one level is projected to the next
   finer level and matched again; it is rejected when a match fails, when at the coarsest level
-  the shift exceeds one (coarse) pixel, or when at a finer level the match lands more than 1/3
-  pixel from its projected position;
+  the match lies over one (coarse) pixel from the global prior (:func:`prior_shift`; the paper
+  assumes a misregistration under one coarse pixel, i.e. a zero prior), or when at a finer
+  level the match lands more than 1/3 pixel from its projected position;
 - 3.6 transformation fitting: translation (eq. 1), affine (eq. 2) and second-order polynomial
   (eq. 3) by least squares, each with the paper's RMSE (eq. 5, squared residuals over n - t);
   residual outliers are rejected at 3 sigma, iterated.
 
-For SAR against optical, where SAM on raw intensities fails, both images are rank-transformed
-(local rank, EFolki's filter) and the similarity is the absolute normalised correlation (the
-radiometric gain of the LSM may then be negative: locally inverted contrast).
+Ours: the secondary is sampled through a cubic B-spline during LSM; a secondary much coarser
+than the grid is matched against the reference blurred to its resolution. For SAR against
+optical, where SAM on raw intensities fails, both images are described by CFOG channels of
+oriented gradients (:func:`cfog`) matched by translation with normalised correlation; on the
+demo's SAR/optical pair no point survives the depth-first check yet (see the closing notes).
 """
 
 from __future__ import annotations
