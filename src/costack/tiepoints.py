@@ -25,7 +25,8 @@ Ours: the secondary is sampled through a cubic B-spline during LSM; a secondary 
 than the grid is matched against the reference blurred to its resolution. For SAR against
 optical, where SAM on raw intensities fails, both images are described by CFOG channels of
 oriented gradients (:func:`cfog`) matched by translation with normalised correlation; on the
-demo's SAR/optical pair no point survives the depth-first check yet (see the closing notes).
+demo's SAR/optical pair no point survives the depth-first check yet, and the flow then starts
+from its own global shift search.
 """
 
 from __future__ import annotations
