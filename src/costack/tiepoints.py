@@ -181,7 +181,8 @@ class MatchImages:
 
     ``ref`` (C, H, W) patches are read at integer positions; the secondary is stored as cubic
     B-spline coefficients (values and row/column derivatives, Unser 1999) so that resampling
-    it at sub-pixel positions during LSM is exact for the spline and cheap per iteration.
+    it at sub-pixel positions during LSM is exact for the spline and cheap per iteration; smooth
+    descriptors are stored as values and sampled bilinearly (``order`` 1).
     """
 
     ref: np.ndarray
