@@ -269,6 +269,25 @@ def warp_bspline(coef, valid, u, v):  # pragma: no cover - compiled
     return out, ok
 
 
+@njit(cache=True, inline="always")
+def _taps_valid(valid, i, j):  # pragma: no cover - compiled
+    """All taps of the 5-tap derivatives at (i, j), along both axes, are valid."""
+    return not (
+        valid[i, j - 2] == 0 or valid[i, j - 1] == 0 or valid[i, j] == 0
+        or valid[i, j + 1] == 0 or valid[i, j + 2] == 0 or valid[i - 2, j] == 0
+        or valid[i - 1, j] == 0 or valid[i + 1, j] == 0 or valid[i + 2, j] == 0
+    )  # fmt: skip
+
+
+@njit(cache=True, inline="always")
+def _d5(img, i, j):  # pragma: no cover - compiled
+    """(d/dcol, d/drow) at (i, j): (img[j-2] - 8 img[j-1] + 8 img[j+1] - img[j+2]) / 12."""
+    c = np.float32(1.0 / 12.0)
+    gx = c * (img[i, j - 2] - 8 * img[i, j - 1] + 8 * img[i, j + 1] - img[i, j + 2])
+    gy = c * (img[i - 2, j] - 8 * img[i - 1, j] + 8 * img[i + 1, j] - img[i + 2, j])
+    return gx, gy
+
+
 @njit(parallel=True, cache=True)
 def gradient5(img, valid):  # pragma: no cover - compiled
     """5-tap central derivatives (img[j-2] - 8 img[j-1] + 8 img[j+1] - img[j+2]) / 12 along
@@ -278,17 +297,11 @@ def gradient5(img, valid):  # pragma: no cover - compiled
     gx = np.zeros((h, w), np.float32)
     gy = np.zeros((h, w), np.float32)
     ok = np.zeros((h, w), np.float32)
-    c = np.float32(1.0 / 12.0)
     for i in prange(2, h - 2):
         for j in range(2, w - 2):
-            if (
-                valid[i, j - 2] == 0 or valid[i, j - 1] == 0 or valid[i, j] == 0
-                or valid[i, j + 1] == 0 or valid[i, j + 2] == 0 or valid[i - 2, j] == 0
-                or valid[i - 1, j] == 0 or valid[i + 1, j] == 0 or valid[i + 2, j] == 0
-            ):  # fmt: skip
+            if not _taps_valid(valid, i, j):
                 continue
-            gx[i, j] = c * (img[i, j - 2] - 8 * img[i, j - 1] + 8 * img[i, j + 1] - img[i, j + 2])
-            gy[i, j] = c * (img[i - 2, j] - 8 * img[i - 1, j] + 8 * img[i + 1, j] - img[i + 2, j])
+            gx[i, j], gy[i, j] = _d5(img, i, j)
             ok[i, j] = 1.0
     return gx, gy, ok
 
@@ -469,17 +482,11 @@ def symmetric_gradient(i2w, ok, ix1, iy1, wg1):  # pragma: no cover - compiled
     ix = np.zeros((h, w), np.float32)
     iy = np.zeros((h, w), np.float32)
     wt = np.zeros((h, w), np.float32)
-    c = np.float32(1.0 / 12.0)
     for i in prange(2, h - 2):
         for j in range(2, w - 2):
-            if wg1[i, j] == 0 or (
-                ok[i, j - 2] == 0 or ok[i, j - 1] == 0 or ok[i, j] == 0 or ok[i, j + 1] == 0
-                or ok[i, j + 2] == 0 or ok[i - 2, j] == 0 or ok[i - 1, j] == 0
-                or ok[i + 1, j] == 0 or ok[i + 2, j] == 0
-            ):  # fmt: skip
+            if wg1[i, j] == 0 or not _taps_valid(ok, i, j):
                 continue
-            gx = c * (i2w[i, j - 2] - 8 * i2w[i, j - 1] + 8 * i2w[i, j + 1] - i2w[i, j + 2])
-            gy = c * (i2w[i - 2, j] - 8 * i2w[i - 1, j] + 8 * i2w[i + 1, j] - i2w[i + 2, j])
+            gx, gy = _d5(i2w, i, j)
             ix[i, j] = 0.5 * (ix1[i, j] + gx)
             iy[i, j] = 0.5 * (iy1[i, j] + gy)
             wt[i, j] = wg1[i, j]
