@@ -197,3 +197,51 @@ def test_divergence_is_unknown_not_wild(camera_pair):
     assert (res.confidence[np.isnan(res.dx)] == 0).all()
     img, sec, _, _ = camera_pair  # a related pair does not trip it
     assert estimate_flow(img, sec, FlowParams(mode="efolki")).stats["diverged_fraction"] == 0
+
+
+def test_clahe_kernel_masks_nodata_and_matches_skimage():
+    """Our CLAHE equals scikit-image's on a valid image up to interpolation details, and the
+    values under nodata (0 or 1) never change the equalised valid pixels (scikit-image's
+    counts them as data)."""
+    from skimage import exposure
+
+    from costack import _kernels as K
+
+    img = data.camera().astype(np.float32) / 255.0
+    ok = np.ones(img.shape, bool)
+    ours = K.clahe(img, ok, 64, 256, 0.01)
+    theirs = exposure.equalize_adapthist(img, kernel_size=64, clip_limit=0.01)
+    assert ours.min() >= 0 and ours.max() <= 1
+    assert np.corrcoef(ours.ravel(), theirs.ravel())[0, 1] > 0.98
+    ok[:, :100] = False
+    a = K.clahe(np.where(ok, img, 0).astype(np.float32), ok, 64, 256, 0.01)
+    b = K.clahe(np.where(ok, img, 1.0).astype(np.float32), ok, 64, 256, 0.01)
+    assert np.array_equal(a, b) and (a[~ok] == 0).all()
+
+
+def test_rank_transform_fast_and_masked_paths_agree():
+    """The integer path (windows without nodata) and the masked path give the same ranks."""
+    from costack import _kernels as K
+
+    rng = np.random.default_rng(5)
+    img = np.round(rng.normal(size=(60, 70)), 1).astype(np.float32)  # with ties
+    ok = np.ones(img.shape, np.uint8)
+    full = K.rank_transform(img, ok, 3)
+    # brute force for one interior pixel: share below, ties one half
+    win = img[17:24, 27:34].ravel()
+    c = img[20, 30]
+    expect = ((win < c).sum() + 0.5 * (win == c).sum() - 0.5) / (win.size - 1)
+    assert np.isclose(full[20, 30], expect)
+    ok[40, 50] = 0  # a hole sends its neighbours down the masked path
+    holed = K.rank_transform(img, ok, 3)
+    far = np.ones(img.shape, bool)
+    far[37:44, 47:54] = False
+    assert np.array_equal(holed[far], full[far]) and holed[40, 50] == 0
+    # (41, 51): its 7x7 window without the hole at (40, 50)
+    win = img[38:45, 48:55].copy()
+    valid = np.ones(win.shape, bool)
+    valid[40 - 38, 50 - 48] = False
+    c = img[41, 51]
+    vals = win[valid]
+    expect = ((vals < c).sum() + 0.5 * (vals == c).sum() - 0.5) / (vals.size - 1)
+    assert np.isclose(holed[41, 51], expect)

@@ -143,9 +143,8 @@ def preprocess(
     pair: list[tuple[np.ndarray, np.ndarray]], mode: str, params: FlowParams
 ) -> list[np.ndarray]:
     """The images the flow is computed on, for ``mode`` (Brigot et al. 2016, section III), from
-    (image, validity) pairs (the reference's and the secondary's). GEFolki's CLAHE is
-    single-threaded NumPy: the two images are equalised on two threads (0.95 -> 0.47 s for a
-    2000x2000 pair)."""
+    (image, validity) pairs (the reference's and the secondary's): EFolki's rank filter,
+    after GEFolki's CLAHE in that mode, or (Folki) the standardised intensities."""
     imgs = [np.where(valid, img, 0).astype(np.float32) for img, valid in pair]
     valids = [valid for _, valid in pair]
     if mode == "folki":
