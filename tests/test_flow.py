@@ -245,3 +245,19 @@ def test_rank_transform_fast_and_masked_paths_agree():
     vals = win[valid]
     expect = ((vals < c).sum() + 0.5 * (vals == c).sum() - 0.5) / (vals.size - 1)
     assert np.isclose(holed[41, 51], expect)
+
+
+def test_weak_tiepoint_model_does_not_seed_the_flow():
+    """A model on few points, or fitting them loosely, is refused as the flow's start."""
+    from costack.coregister import seed_refusal
+
+    p = FlowParams()
+    fit = {"chosen": "affine", "models": {"affine": {"n": 126, "rmse": 0.17}}}
+    assert seed_refusal(fit, p) is None
+    assert "fewer than seed_min_points" in seed_refusal(
+        {"chosen": "affine", "models": {"affine": {"n": 13, "rmse": 0.2}}}, p
+    )
+    assert "above seed_max_rmse" in seed_refusal(
+        {"chosen": "affine", "models": {"affine": {"n": 40, "rmse": 0.53}}}, p
+    )
+    assert seed_refusal({"chosen": "none", "models": {}}, p) == "no model"

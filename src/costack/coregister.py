@@ -88,10 +88,17 @@ def run_flow(
         ref = _blur_valid(ref, blur)
     params = adapt_to_resolution(params, resolution_ratio)
     init = None
+    seed_note = None
     if model_json is not None and Path(model_json).exists():
         from costack.tiepoints import model_init
 
-        init = model_init(json.loads(Path(model_json).read_text(encoding="utf-8")), ref.shape)
+        tp_model = json.loads(Path(model_json).read_text(encoding="utf-8"))
+        seed_note = seed_refusal(tp_model, params)
+        if seed_note:
+            log.warning("flow %s: tie-point model not used as the start (%s); the flow runs its "
+                        "own global search", sec_tif, seed_note)  # fmt: skip
+        else:
+            init = model_init(tp_model, ref.shape)
     if init is not None:
         params = replace(params, global_search=False)
     res = estimate_flow(ref, sec, params, model=model, init=init)
@@ -119,11 +126,26 @@ def run_flow(
         "mean_confidence": float(res.confidence[valid].mean()) if valid.any() else None,
         "model": None if model is None else np.asarray(model).tolist(),
         "tiepoint_model": str(model_json) if init is not None else None,
+        "tiepoint_model_refused": seed_note,
     }
     log.info("flow %s -> %s: %s", sec_tif, out_tif, stats)
     if stats_json:
         Path(stats_json).write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
     return stats
+
+
+def seed_refusal(model: dict, params: FlowParams) -> str | None:
+    """Why a tie-point model (``*.model.json``) is too weak to seed the flow, or None."""
+    chosen = model.get("chosen")
+    if chosen in (None, "none"):
+        return "no model"
+    fit = model.get("models", {}).get(chosen, {})
+    n, rmse = int(fit.get("n", 0)), float(fit.get("rmse", np.inf))
+    if n < params.seed_min_points:
+        return f"{n} tie points, fewer than seed_min_points = {params.seed_min_points}"
+    if not rmse <= params.seed_max_rmse:
+        return f"fit RMSE {rmse:.2f} px above seed_max_rmse = {params.seed_max_rmse:.2f}"
+    return None
 
 
 #: Grids larger than this (pixels) are processed in tiles (bounded memory).

@@ -24,9 +24,11 @@ Imagery", Remote Sensing 8(6):520. The steps (section numbers of the paper):
 Ours: the secondary is sampled through a cubic B-spline during LSM; a secondary much coarser
 than the grid is matched against the reference blurred to its resolution. For SAR against
 optical, where SAM on raw intensities fails, both images are described by CFOG channels of
-oriented gradients (:func:`cfog`) matched by translation with normalised correlation; on the
-demo's SAR/optical pair no point survives the depth-first check yet, and the flow then starts
-from its own global shift search.
+oriented gradients (:func:`cfog`) matched by translation with normalised correlation, and a
+match may land up to one pixel (``max_jump_multimodal``) from its projected position: on the
+demo's SAR/optical pair, 13 points survive with 0.87 px RMSE against the truth (none did with
+the 1/3 px tolerance and 4 px descriptor smoothing). Such local SAR/optical matches are fragile:
+neighbouring settings gave 8-23 points and 0.57-1.36 px.
 """
 
 from __future__ import annotations
@@ -67,11 +69,13 @@ class TiePointParams:
     max_iterations: int = 20
     multimodal: bool = False
     # SAR/optical: CFOG descriptors at a scale of cfog_sigma grid pixels (at least 1 level
-    # pixel), larger patches, NCC threshold
+    # pixel), larger patches, NCC threshold, and a depth-first tolerance of one pixel (SAR/optical
+    # matches are rarely consistent to 1/3 px between levels)
     min_similarity_multimodal: float = 0.4
-    cfog_sigma: float = 4.0
+    cfog_sigma: float = 1.0
     patch_coarse_multimodal: int = 51
     patch_fine_multimodal: int = 81
+    max_jump_multimodal: float = 1.0
     outlier_sigma: float = 3.0
     max_shift: float = 16.0  # grid pixels: search range of the global prior
     reference_blur: float = 0.0  # Gaussian sigma (grid px) for a coarser secondary
@@ -544,6 +548,7 @@ def match_tiepoints(
         for f, ((la, lv), (lb, lw)) in zip(p.factors, raw, strict=True)
     ]
     del raw
+    max_jump = p.max_jump_multimodal if p.multimodal else p.max_jump
     rows = []
     for r, c in pts:
         p_ref = (r + 0.5, c + 0.5)
@@ -564,7 +569,7 @@ def match_tiepoints(
             (mr, mc), sim = m
             nd = (mr - p_ref[0], mc - p_ref[1])
             jump = math.hypot(nd[0] - d[0], nd[1] - d[1])
-            if jump > (1.0 if k == top else p.max_jump):
+            if jump > (1.0 if k == top else max_jump):
                 ok = False
                 break
             d = nd
