@@ -10,7 +10,7 @@ rule colocate_asset:
         pixel_center=config["gcp_pixel_center"],
     log:
         "logs/colocate_asset/{key}.log",
-    threads: 2
+    threads: colocate_threads
     resources:
         mem_mb=2048,
         runtime=30,

@@ -12,7 +12,7 @@ rule coregister_asset:
         db=lambda wc: bool(DB[wc.key]),
     log:
         "logs/coregister_asset/{key}.log",
-    threads: 2
+    threads: warp_threads
     resources:
         mem_mb=2048,
         runtime=30,
