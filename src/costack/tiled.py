@@ -13,6 +13,7 @@ import logging
 import math
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -119,7 +120,8 @@ def flow_tiled(
             ):
                 dst.set_band_description(1, "dx (columns)")
                 dst.set_band_description(2, "dy (rows)")
-                for k, core in enumerate(windows, start=1):
+
+                def load(core: Window) -> tuple:
                     big = Window(core.col_off - halo, core.row_off - halo,
                                  core.width + 2 * halo, core.height + 2 * halo)  # fmt: skip
                     a = _read(ref, big)
@@ -128,17 +130,38 @@ def flow_tiled(
                         a = ref_filter(a)
                     ux = _upsample(coarse_dx, coarse_factor, big)
                     uy = _upsample(coarse_dy, coarse_factor, big)
-                    if not np.isfinite(a).any() or not np.isfinite(b).any():
-                        res_dx = np.full(a.shape, np.nan, np.float32)
-                        res_dy, conf = res_dx, np.zeros(a.shape, np.float32)
-                    else:
-                        res = estimate_flow(a, b, fine, init=(ux, uy))
-                        res_dx, res_dy, conf = res.dx, res.dy, res.confidence
-                    sl = (slice(halo, halo + core.height), slice(halo, halo + core.width))
-                    dst.write(np.stack([res_dx[sl], res_dy[sl]]), window=core)
-                    cdst.write(conf[sl], 1, window=core)
-                    log.info("tile %d of %d done (%.1f s)", k, len(windows),
-                             time.perf_counter() - t0)  # fmt: skip
+                    return a, b, ux, uy
+
+                def store(core: Window, dxy: np.ndarray, conf: np.ndarray) -> None:
+                    dst.write(dxy, window=core)
+                    cdst.write(conf, 1, window=core)
+
+                # reading and seeding the next tile, and compressing and writing the last one,
+                # run on two helper threads while a tile's flow is computed (GDAL and SciPy
+                # release the GIL): the scene costs about the flow alone
+                with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as writer:
+                    ahead = reader.submit(load, windows[0])
+                    pending = None
+                    for k, core in enumerate(windows, start=1):
+                        a, b, ux, uy = ahead.result()
+                        if k < len(windows):
+                            ahead = reader.submit(load, windows[k])
+                        if not np.isfinite(a).any() or not np.isfinite(b).any():
+                            res_dx = np.full(a.shape, np.nan, np.float32)
+                            res_dy, conf = res_dx, np.zeros(a.shape, np.float32)
+                        else:
+                            res = estimate_flow(a, b, fine, init=(ux, uy))
+                            res_dx, res_dy, conf = res.dx, res.dy, res.confidence
+                        sl = (slice(halo, halo + core.height), slice(halo, halo + core.width))
+                        if pending is not None:
+                            pending.result()
+                        pending = writer.submit(
+                            store, core, np.stack([res_dx[sl], res_dy[sl]]), conf[sl].copy()
+                        )
+                        log.info("tile %d of %d done (%.1f s)", k, len(windows),
+                                 time.perf_counter() - t0)  # fmt: skip
+                    if pending is not None:
+                        pending.result()
     return {"tiles": len(windows), "tile": tile, "halo": halo, "coarse_factor": coarse_factor,
             "seconds": time.perf_counter() - t0}  # fmt: skip
 
