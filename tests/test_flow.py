@@ -153,8 +153,15 @@ def test_tiled_flow_matches_in_memory(camera_pair, tmp_path):
     np.testing.assert_allclose(warped, warp_array(sec, flow[0], flow[1]), atol=1e-4)
 
 
+def _box_sums(planes: list[np.ndarray], r: int) -> np.ndarray:
+    """Sums over (2r+1)^2 windows clipped at the borders (SciPy's uniform filter, zero outside)."""
+    size = 2 * r + 1
+    return np.stack([ndimage.uniform_filter(p.astype(np.float64), size, mode="constant") * size**2
+                     for p in planes])  # fmt: skip
+
+
 def test_fused_window_solve_matches_box_sums():
-    """The fused kernel's window sums equal the plain running box sums (clipped borders)."""
+    """The fused kernel's window sums equal plain box sums (clipped borders)."""
     from costack import _kernels as K
 
     rng = np.random.default_rng(3)
@@ -168,7 +175,7 @@ def test_fused_window_solve_matches_box_sums():
     out = np.empty((h, w), np.float32)
     K.window_solve(1, i1, i2w, ok, ok, wt, u, v, r, 0.0, 0.0, 0.0, out, out,
                    np.zeros((h, w), np.float32), 3)  # fmt: skip
-    s = K.box_sums(np.stack([wt, wt * i1, wt * i2w, wt * i1 * i2w]), r)
+    s = _box_sums([wt, wt * i1, wt * i2w, wt * i1 * i2w], r)
     n = np.maximum(s[0], 1e-6)
     m1, m2 = s[1] / n, s[2] / n
     sign = np.where(s[3] / n - m1 * m2 < 0, -1.0, 1.0)
@@ -177,12 +184,21 @@ def test_fused_window_solve_matches_box_sums():
     u_new, v_new, sup = (np.zeros((h, w), np.float32) for _ in range(3))
     K.window_solve(0, i1, i2w, ix, iy, wt, u, v, r, 0.0, 1e9, 0.0, u_new, v_new, sup, 4)
     it = i2w - i1 - ix * u - iy * v
-    s = K.box_sums(np.stack([wt * ix * ix, wt * ix * iy, wt * iy * iy, wt * ix * it,
-                             wt * iy * it]), r)  # fmt: skip
+    s = _box_sums([wt * ix * ix, wt * ix * iy, wt * iy * iy, wt * ix * it, wt * iy * it], r)
     det = s[0] * s[2] - s[1] ** 2
     ue = (-s[2] * s[3] + s[1] * s[4]) / det
     ve = (-s[0] * s[4] + s[1] * s[3]) / det
     assert sup.all() and np.allclose(u_new, ue, atol=1e-3) and np.allclose(v_new, ve, atol=1e-3)
+    # kind 3 (the global search's local correlation) against the same formula on box sums
+    corr, good = np.zeros((h, w), np.float32), np.zeros((h, w), np.float32)
+    nmin = np.float32(0.5 * (2 * r + 1) ** 2)
+    K.window_solve(3, i1, i2w, i1, i1, wt, i1, i1, r, 0.0, 0.0, nmin, corr, corr, good, 3)
+    s = _box_sums([wt, wt * i1, wt * i2w, wt * i1 * i1, wt * i2w * i2w, wt * i1 * i2w], r)
+    m1, m2 = s[1] / s[0], s[2] / s[0]
+    var = (s[3] / s[0] - m1**2) * (s[4] / s[0] - m2**2)
+    expect = (s[5] / s[0] - m1 * m2) / np.sqrt(var)
+    ok = s[0] > nmin
+    assert np.array_equal(good > 0, ok) and np.allclose(corr[ok], expect[ok], atol=1e-4)
 
 
 def test_divergence_is_unknown_not_wild(camera_pair):

@@ -1,4 +1,5 @@
-"""Numba kernels of the dense flow: bilinear warping, masked box sums, rank transform.
+"""Numba kernels of the dense flow: warps, rank filter, CLAHE, pyramid reduction, gradients
+and the window sums fused with the Lucas-Kanade solve.
 
 Each is a whole-array loop parallelised over rows (``prange``), so both cores are used, and
 each works in float32 with float64 accumulators where sums run long.
@@ -47,55 +48,6 @@ def warp_bilinear(img, valid, u, v):  # pragma: no cover - compiled
             out[i, j] = (1 - fy) * ((1 - fx) * a + fx * b) + fy * ((1 - fx) * c + fx * d)
             ok[i, j] = 1.0
     return out, ok
-
-
-@njit(parallel=True, cache=True)
-def box_sums(stack, r):  # pragma: no cover - compiled
-    """Sums over (2r+1)^2 windows, clipped at the borders, of each plane of ``stack``.
-
-    Running sums make the cost independent of ``r``. ``stack`` is (k, h, w) float32.
-    """
-    k, h, w = stack.shape
-    tmp = np.empty((k, h, w), np.float32)
-    out = np.empty((k, h, w), np.float32)
-    # horizontal pass: one (plane, row) per task
-    for t in prange(k * h):
-        p = t // h
-        i = t % h
-        acc = 0.0
-        for j in range(min(r, w - 1) + 1):
-            acc += stack[p, i, j]
-        for j in range(w):
-            tmp[p, i, j] = acc
-            jn = j + r + 1
-            jo = j - r
-            if jn < w:
-                acc += stack[p, i, jn]
-            if jo >= 0:
-                acc -= stack[p, i, jo]
-    # vertical pass: one (plane, column block) per task, rows in order
-    bw = 64
-    nb = (w + bw - 1) // bw
-    for t in prange(k * nb):
-        p = t // nb
-        j0 = (t % nb) * bw
-        j1 = min(j0 + bw, w)
-        acc = np.zeros(j1 - j0, np.float64)
-        for i in range(min(r, h - 1) + 1):
-            for j in range(j0, j1):
-                acc[j - j0] += tmp[p, i, j]
-        for i in range(h):
-            for j in range(j0, j1):
-                out[p, i, j] = acc[j - j0]
-            inew = i + r + 1
-            iold = i - r
-            if inew < h:
-                for j in range(j0, j1):
-                    acc[j - j0] += tmp[p, inew, j]
-            if iold >= 0:
-                for j in range(j0, j1):
-                    acc[j - j0] -= tmp[p, iold, j]
-    return out
 
 
 @njit(parallel=True, cache=True, fastmath=True)

@@ -457,8 +457,9 @@ def global_shift(
     if not np.isfinite(scores[best]):
         return 0.0, 0.0
     lvl = top
-    # refine while the finer level stays small: the shift only has to bring Lucas-Kanade
-    # within its capture range (half a window), which a 256 px level with the parabola gives
+    # refine down to the first level over ~600 px (finer levels cost more than they add; a
+    # 256 px level alone left the 2000x2000 benchmark's start 0.5 px off and its EPE 0.071
+    # instead of 0.063 px after two Lucas-Kanade iterations per radius)
     while lvl > min(1, top) and min(pyr[lvl - 1][0].shape) <= 600:
         lvl -= 1
         a, wa, b, wb = pyr[lvl]
