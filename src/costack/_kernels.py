@@ -57,8 +57,8 @@ def rank_transform(img, valid, r):  # pragma: no cover - compiled
     The rank filter of EFolki (Brigot et al. 2016): any monotonic radiometric change between
     two images leaves it unchanged. Ties count one half. Invalid pixels get 0.
     A window without invalid pixels (known from per-column counts of invalid pixels over the
-    window's rows) is counted with integer comparisons only, 1.6x faster than the masked sum
-    the other windows take.
+    window's rows) is counted with integer comparisons only (2000x2000, best of 7 runs:
+    0.22 s against 0.25 s for the masked sum the other windows take).
     """
     h, w = img.shape
     out = np.zeros((h, w), np.float32)
@@ -108,8 +108,9 @@ def clahe(img, valid, tile, nbins, clip):  # pragma: no cover - compiled
     Zuiderveld's CLAHE (Graphics Gems IV, 1994), as GEFolki uses it (Brigot et al. 2016,
     section III-B): the image is cut into tiles of about ``tile`` pixels; each tile's histogram
     of ``nbins`` bins is clipped at ``clip`` times its pixel count (at least one) and the excess
-    spread evenly over the bins; its mid-rank cumulative histogram maps intensity to [0, 1];
-    each pixel's value is the bilinear blend of the mappings of the four nearest tile centres.
+    spread evenly over the bins; its cumulative histogram, interpolated linearly inside each
+    bin (so that pixels of one bin keep their order), maps intensity to [0, 1]; each pixel's
+    value is the bilinear blend of the mappings of the four nearest tile centres.
     Only valid pixels enter the histograms, and a tile without valid pixels drops out of the
     blend, so nodata does not pull the equalisation of the pixels beside it. Invalid pixels
     get 0.
