@@ -183,14 +183,29 @@ def warp_tiled(
             nodata=np.nan if nodata is None else nodata, tiled=True, blockxsize=256,
             blockysize=256, compress="deflate", predictor=3, BIGTIFF="IF_SAFER",
         )  # fmt: skip
-        with atomic_path(out_tif) as tmp, rasterio.open(tmp, "w", **out_profile) as dst:
-            for core in tiles(src.height, src.width, tile):
-                f = flow.read(window=core).astype(np.float32)
-                reach = np.nanmax(np.abs(f)) if np.isfinite(f).any() else 0.0
-                m = int(math.ceil(reach)) + 2
-                big = Window(core.col_off - m, core.row_off - m, core.width + 2 * m,
-                             core.height + 2 * m)  # fmt: skip
-                data = _read(src, big)
+
+        def load(core: Window) -> tuple:
+            f = flow.read(window=core).astype(np.float32)
+            reach = np.nanmax(np.abs(f)) if np.isfinite(f).any() else 0.0
+            m = int(math.ceil(reach)) + 2
+            big = Window(core.col_off - m, core.row_off - m, core.width + 2 * m,
+                         core.height + 2 * m)  # fmt: skip
+            return f, m, _read(src, big)
+
+        windows = list(tiles(src.height, src.width, tile))
+        with (
+            atomic_path(out_tif) as tmp,
+            rasterio.open(tmp, "w", **out_profile) as dst,
+            ThreadPoolExecutor(1) as reader,
+            ThreadPoolExecutor(1) as writer,
+        ):
+            # as in flow_tiled: the next tile is read and the last one written while one warps
+            ahead = reader.submit(load, windows[0])
+            pending = None
+            for k, core in enumerate(windows):
+                f, m, data = ahead.result()
+                if k + 1 < len(windows):
+                    ahead = reader.submit(load, windows[k + 1])
                 dx = np.full(data.shape, np.nan, np.float32)
                 dy = np.full(data.shape, np.nan, np.float32)
                 dx[m : m + core.height, m : m + core.width] = f[0]
@@ -198,4 +213,8 @@ def warp_tiled(
                 out = warp_fn(data, dx, dy)[m : m + core.height, m : m + core.width]
                 if nodata is not None and not np.isnan(nodata):
                     out = np.where(np.isnan(out), np.float32(nodata), out)
-                dst.write(out.astype(np.float32), 1, window=core)
+                if pending is not None:
+                    pending.result()
+                pending = writer.submit(dst.write, out.astype(np.float32), 1, window=core)
+            if pending is not None:
+                pending.result()
