@@ -68,12 +68,21 @@ def run_flow(
     filter makes dB or linear scales irrelevant.
     """
     params = params or FlowParams()
+    tp_model, seed_note = None, None
+    if model_json is not None and Path(model_json).exists():
+        tp_model = json.loads(Path(model_json).read_text(encoding="utf-8"))
+        seed_note = seed_refusal(tp_model, params)
+        if seed_note:
+            log.warning("flow %s: tie-point model not used as the start (%s); the flow runs its "
+                        "own global search", sec_tif, seed_note)  # fmt: skip
+            tp_model = None
     with rasterio.open(ref_tif) as r:
         n_pixels = r.width * r.height
     if n_pixels > TILED_ABOVE:
         return _run_flow_tiled(
-            ref_tif, sec_tif, out_tif, confidence_tif, params, stats_json, resolution_ratio
-        )
+            ref_tif, sec_tif, out_tif, confidence_tif, params, stats_json, resolution_ratio,
+            tp_model, model_json, seed_note,
+        )  # fmt: skip
     ref, grid, ref_nd = read_float32(ref_tif)
     sec, grid2, sec_nd = read_float32(sec_tif)
     if grid2.shape != grid.shape or grid2.transform != grid.transform:
@@ -88,17 +97,10 @@ def run_flow(
         ref = _blur_valid(ref, blur)
     params = adapt_to_resolution(params, resolution_ratio)
     init = None
-    seed_note = None
-    if model_json is not None and Path(model_json).exists():
+    if tp_model is not None:
         from costack.tiepoints import model_init
 
-        tp_model = json.loads(Path(model_json).read_text(encoding="utf-8"))
-        seed_note = seed_refusal(tp_model, params)
-        if seed_note:
-            log.warning("flow %s: tie-point model not used as the start (%s); the flow runs its "
-                        "own global search", sec_tif, seed_note)  # fmt: skip
-        else:
-            init = model_init(tp_model, ref.shape)
+        init = model_init(tp_model, ref.shape)
     if init is not None:
         params = replace(params, global_search=False)
     res = estimate_flow(ref, sec, params, model=model, init=init)
@@ -152,17 +154,24 @@ def seed_refusal(model: dict, params: FlowParams) -> str | None:
 TILED_ABOVE = 16_000_000
 
 
-def _run_flow_tiled(ref_tif, sec_tif, out_tif, confidence_tif, params, stats_json, ratio):
-    """:func:`run_flow` for scene-sized grids (see :mod:`costack.tiled`)."""
+def _run_flow_tiled(
+    ref_tif, sec_tif, out_tif, confidence_tif, params, stats_json, ratio, tp_model=None,
+    model_json=None, seed_note=None,
+):  # fmt: skip
+    """:func:`run_flow` for scene-sized grids (see :mod:`costack.tiled`); an accepted
+    tie-point model ``tp_model`` seeds the coarse pass."""
     from costack.tiled import flow_tiled
 
     blur = reference_blur(params, ratio)
     ref_filter = (lambda a: _blur_valid(a, blur)) if blur else None
     params = adapt_to_resolution(params, ratio)
     conf = confidence_tif or str(Path(out_tif).with_suffix("")) + ".confidence.tif"
-    tiled = flow_tiled(ref_tif, sec_tif, out_tif, conf, params, ref_filter=ref_filter)
+    tiled = flow_tiled(ref_tif, sec_tif, out_tif, conf, params, ref_filter=ref_filter,
+                       seed_model=tp_model)  # fmt: skip
     stats = {"mode": params.mode, "params": params.to_dict(), "seconds": tiled["seconds"],
-             "tiled": tiled, "reference_blur_sigma": round(blur, 3)}  # fmt: skip
+             "tiled": tiled, "reference_blur_sigma": round(blur, 3),
+             "tiepoint_model": str(model_json) if tp_model is not None else None,
+             "tiepoint_model_refused": seed_note}  # fmt: skip
     if stats_json:
         Path(stats_json).write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
     return stats

@@ -627,14 +627,20 @@ def run_tiepoints(
     return model
 
 
-def model_init(model: dict, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray] | None:
-    """The displacement field (dx, dy) of a fitted model on a grid, or None without a model."""
+def model_init(
+    model: dict, shape: tuple[int, int], scale: float = 1.0
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """The displacement field (dx, dy) of a fitted model on a grid, or None without a model.
+
+    ``scale``: grid pixels per pixel of ``shape`` (a decimated grid, e.g. 4 for the tiled
+    flow's coarse pass); the field is then in those coarser pixels.
+    """
     if not model or model.get("chosen") in (None, "none"):
         return None
     h, w = shape
-    col, row = np.meshgrid(np.arange(w) + 0.5, np.arange(h) + 0.5)
+    col, row = np.meshgrid((np.arange(w) + 0.5) * scale, (np.arange(h) + 0.5) * scale)
     px, py = apply_model(model["chosen"], np.asarray(model["coefficients"]), col, row)
-    return (px - col).astype(np.float32), (py - row).astype(np.float32)
+    return ((px - col) / scale).astype(np.float32), ((py - row) / scale).astype(np.float32)
 
 
 def plot_vectors(ref: np.ndarray, df: pd.DataFrame, png: str | Path, label: str) -> None:

@@ -76,6 +76,7 @@ def flow_tiled(
     halo: int | None = None,
     coarse_factor: int = 4,
     ref_filter=None,
+    seed_model: dict | None = None,
 ) -> dict:
     """Flow of a scene-sized pair, tile by tile (peak memory set by ``tile``, not the scene).
 
@@ -87,6 +88,8 @@ def flow_tiled(
         halo: overlap read around each tile (default 2 x the largest radius + 16).
         coarse_factor: decimation of the seeding pass.
         ref_filter: optional function applied to each reference window (resolution matching).
+        seed_model: optional tie-point model (``*.model.json`` content); the coarse pass starts
+            from it instead of its own global shift search.
     """
     t0 = time.perf_counter()
     halo = halo if halo is not None else 2 * max(params.radii) + 16
@@ -97,9 +100,15 @@ def flow_tiled(
         sec_c = _read_decimated(sec, coarse_factor)
         if ref_filter is not None:
             ref_c = ref_filter(ref_c)
+        init = None
+        if seed_model is not None:
+            from costack.tiepoints import model_init
+
+            init = model_init(seed_model, ref_c.shape, coarse_factor)
         coarse = estimate_flow(
-            ref_c, sec_c, replace(params, max_displacement=params.max_displacement / coarse_factor)
-        )
+            ref_c, sec_c,
+            replace(params, max_displacement=params.max_displacement / coarse_factor), init=init,
+        )  # fmt: skip
         del ref_c, sec_c
         coarse_dx = fill_nearest(coarse.dx, np.isfinite(coarse.dx))
         coarse_dy = fill_nearest(coarse.dy, np.isfinite(coarse.dy))
@@ -163,7 +172,7 @@ def flow_tiled(
                     if pending is not None:
                         pending.result()
     return {"tiles": len(windows), "tile": tile, "halo": halo, "coarse_factor": coarse_factor,
-            "seconds": time.perf_counter() - t0}  # fmt: skip
+            "seeded": init is not None, "seconds": time.perf_counter() - t0}  # fmt: skip
 
 
 def warp_tiled(
