@@ -74,6 +74,10 @@ def colocate_array(
     db: bool = False,
     pixel_center: bool = True,
     threads: int = 1,
+    scale: float = 1.0,
+    offset: float = 0.0,
+    nodata: float | None = None,
+    extra_nodata: float | None = None,
 ) -> tuple[np.ndarray, float]:
     """Warp a single-band raster onto ``grid``.
 
@@ -84,17 +88,36 @@ def colocate_array(
         db: the data are decibels; resample in the linear power domain.
         pixel_center: GCPs refer to pixel centres (see :mod:`costack.georef`).
         threads: warper threads.
+        scale, offset: physical value = stored value * scale + offset, applied before the
+            warp (see :mod:`costack.radiometry`); fill values are masked first.
+        nodata: the source's fill value when the file has no tag (the item's
+            ``raster:bands`` nodata); the file's own tag wins.
+        extra_nodata: a second fill value to mask (the item's, where it disagrees with the
+            file's).
 
     Returns:
-        (Float32 array with NaN where there is no data, output fill value).
+        (Float32 array with NaN where there is no data, output fill value). The fill value is
+        the source's when its numbers are kept, NaN when they were scaled (a fill value of 0
+        DN is a valid reflectance).
     """
     with rasterio.open(path) as src:
         georef = read_georef(src, pixel_center)
-        src_nodata = src.nodata
-        data = src.read(1, masked=False).astype(np.float32)
-    invalid = ~np.isfinite(data)
-    if src_nodata is not None and not np.isnan(src_nodata):
-        invalid |= data == np.float32(src_nodata)
+        src_nodata = src.nodata if src.nodata is not None else nodata
+        raw = src.read(1, masked=False)
+    invalid = np.zeros(raw.shape, dtype=bool)
+    for fill in (src_nodata, extra_nodata):
+        if fill is not None and not np.isnan(fill):
+            invalid |= raw == (np.float32(fill) if raw.dtype.kind == "f" else fill)
+    scaled = (scale, offset) != (1.0, 0.0)
+    if scaled:
+        data = raw.astype(np.float32)
+        data *= np.float32(scale)
+        data += np.float32(offset)
+        src_nodata = None
+    else:
+        data = raw.astype(np.float32)
+    del raw
+    invalid |= ~np.isfinite(data)
     if db:
         data = db_to_linear(data)
         invalid |= ~np.isfinite(data)
@@ -135,9 +158,14 @@ def colocate_asset(
     pixel_center: bool = True,
     threads: int = 1,
     tags: dict[str, str] | None = None,
+    **radiometry: float | None,
 ) -> None:
-    """Warp one asset onto the grid and write it as a Float32 GeoTIFF."""
-    data, nodata = colocate_array(path, grid, resampling, db, pixel_center, threads)
+    """Warp one asset onto the grid and write it as a Float32 GeoTIFF.
+
+    ``radiometry`` takes ``scale``, ``offset``, ``nodata`` and ``extra_nodata`` as in
+    :func:`colocate_array`.
+    """
+    data, nodata = colocate_array(path, grid, resampling, db, pixel_center, threads, **radiometry)
     valid = np.isfinite(data)
     log.info("colocated %s: %d of %d grid pixels valid", path, int(valid.sum()), data.size)
     meta = {"costack_resampling": resampling}

@@ -96,6 +96,7 @@ class RunConfig:
     max_displacement: float = 16.0
     warp_resampling: str = "bilinear"
     matching_assets: dict[int, str] = field(default_factory=dict)
+    physical_units: bool = True
 
     @property
     def keys(self) -> list[str]:
@@ -235,6 +236,7 @@ def parse_config(config: dict[str, Any]) -> RunConfig:
         max_displacement=float(raw["max_displacement"]),
         warp_resampling=raw["warp_resampling"],
         matching_assets={int(k): v for k, v in raw["matching_assets"].items()},
+        physical_units=raw["physical_units"],
     )
 
 

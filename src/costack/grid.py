@@ -139,6 +139,23 @@ def reference_lattice(row: pd.Series) -> tuple[CRS, float, float, float, float]:
     return crs, 0.0, 0.0, res, -res
 
 
+def native_footprint(row: pd.Series, crs: CRS) -> Polygon:
+    """An asset's outline in ``crs``, transformed once from the asset's own CRS.
+
+    Going through EPSG:4326 and back (as the manifest's ``footprint`` is stored) moves a
+    straight UTM edge by centimetres, enough to add a row to a grid snapped outward; an asset
+    already in ``crs`` keeps its exact outline.
+    """
+    text = str(row.get("footprint_native", "") or "")
+    if not text:
+        return _to_crs(shapely_wkt.loads(row["footprint"]), crs)
+    geom = shapely_wkt.loads(text)
+    src_crs = CRS.from_wkt(row["crs"])
+    if src_crs == crs:
+        return geom
+    return shape(transform_geom(src_crs, crs, mapping(geom)))
+
+
 def compute_grid(manifest: pd.DataFrame, reference: str, aoi: str | None = None) -> Grid:
     """The common grid for the manifest's assets.
 
@@ -151,7 +168,7 @@ def compute_grid(manifest: pd.DataFrame, reference: str, aoi: str | None = None)
     crs, x0, y0, rx, ry = reference_lattice(manifest.loc[reference])
     common = None
     for _, row in manifest.iterrows():
-        foot = _to_crs(shapely_wkt.loads(row["footprint"]), crs)
+        foot = native_footprint(row, crs)
         common = foot if common is None else common.intersection(foot)
     if common is None or common.is_empty or common.area == 0:
         raise CostackError(

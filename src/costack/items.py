@@ -9,6 +9,7 @@ item, absolute, ``file://`` or http(s) URLs, which GDAL reads through ``/vsicurl
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ import pystac
 import rasterio
 from rasterio.errors import RasterioIOError
 
+from costack import radiometry
 from costack.config import AssetRef, RunConfig
 from costack.errors import CostackError
 from costack.georef import WGS84, read_georef
@@ -28,11 +30,15 @@ from costack.georef import WGS84, read_georef
 COMPLEX_PRODUCT_TYPES = {"SLC", "SSC", "L1A", "SCS"}
 NOT_COMPLEX = "SAR complex data is not supported"
 
+log = logging.getLogger(__name__)
+
 MANIFEST_COLUMNS = [
     "key", "dataset", "band", "asset_key", "item_id", "item_href", "datetime", "platform",
     "href", "gdal_path", "crs", "res_x", "res_y", "width", "height", "footprint", "nodata",
     "dtype", "georef", "kind", "db", "common_name", "polarization", "sar_frequency_band",
-    "sar_instrument_mode", "sar_product_type", "sar_center_frequency",
+    "sar_instrument_mode", "sar_product_type", "sar_center_frequency", "href_given",
+    "constellation", "scale", "offset", "source_scale", "source_offset", "unit",
+    "radiometry", "footprint_native", "item_nodata",
 ]  # fmt: skip
 
 
@@ -78,26 +84,92 @@ def load_item(ref: str, index: int) -> pystac.Item:
         ) from err
 
 
+#: The service's common band names and the sensor-specific common names they stand for when an
+#: item has no exact match (Landsat OLI's near infrared is ``nir08``, its SWIR ``swir16``...).
+COMMON_NAME_ALIASES = {
+    "nir": ("nir08",),
+    "swir1": ("swir16",),
+    "swir2": ("swir22",),
+    "lwir": ("lwir11",),
+    "tir": ("lwir11", "lwir"),
+}
+
+
+def _band_fields(asset: pystac.Asset, field: str) -> list[str]:
+    """Values of ``field`` over the asset's bands (``eo:bands`` of STAC 1.0, ``bands`` of 1.1)."""
+    stac11 = "eo:common_name" if field == "common_name" else field
+    names = [b.get(field) for b in asset.extra_fields.get("eo:bands", []) or []]
+    names += [b.get(stac11) for b in asset.extra_fields.get("bands", []) or []]
+    return [str(n) for n in names if n]
+
+
 def _common_names(asset: pystac.Asset) -> list[str]:
-    names = [b.get("common_name") for b in asset.extra_fields.get("eo:bands", []) or []]
-    names += [b.get("eo:common_name") for b in asset.extra_fields.get("bands", []) or []]
-    return [n for n in names if n]
+    return _band_fields(asset, "common_name")
 
 
-def find_asset(item: pystac.Item, ref: AssetRef) -> tuple[str, pystac.Asset]:
-    """The item's asset for ``ref.band``: by key, else by common band name."""
-    if ref.band in item.assets:
-        return ref.band, item.assets[ref.band]
-    matches = [(k, a) for k, a in item.assets.items() if ref.band in _common_names(a)]
+def band_count(asset: pystac.Asset) -> int:
+    """Number of bands the asset declares (``eo:bands``, ``raster:bands`` or ``bands``)."""
+    fields = ("eo:bands", "raster:bands", "bands")
+    return max([len(asset.extra_fields.get(f) or []) for f in fields] + [1])
+
+
+def _is_cog(asset: pystac.Asset) -> bool:
+    return "cloud-optimized" in str(asset.media_type or "").lower()
+
+
+def _pick(
+    item: pystac.Item, ref: AssetRef, matches: list[tuple[str, pystac.Asset]], how: str
+) -> tuple[str, pystac.Asset] | None:
+    """The one match of a lookup stage: single-band assets first, then a COG over other
+    encodings of the same band (``nir`` over ``nir-jp2``); an ambiguity left is an error."""
+    single = [(k, a) for k, a in matches if band_count(a) == 1]
+    matches = single or matches
+    if len(matches) > 1 and sum(_is_cog(a) for _, a in matches) == 1:
+        matches = [(k, a) for k, a in matches if _is_cog(a)]
     if len(matches) == 1:
+        key = matches[0][0]
+        if key != ref.band:
+            log.info("%s: took asset %r of item %s (%s)", ref.key, key, item.id, how)
         return matches[0]
     if len(matches) > 1:
         raise CostackError(
             "assets",
-            f"{ref.key}: several assets of item {item.id} have common name {ref.band!r} "
+            f"{ref.key}: several assets of item {item.id} match {ref.band!r} by {how} "
             f"({', '.join(k for k, _ in matches)})",
             "name the asset by its key instead",
         )
+    return None
+
+
+def find_asset(item: pystac.Item, ref: AssetRef) -> tuple[str, pystac.Asset]:
+    """The item's asset for ``ref.band``.
+
+    Looked up, case-insensitively, in this order: asset key; common band name
+    (``eo:bands[].common_name``, STAC 1.1 ``bands[].eo:common_name``); band name
+    (``eo:bands[].name``, ``bands[].name``, e.g. ``B08``); then, when nothing matched, the
+    sensor-specific common names the service's name stands for (``nir`` -> ``nir08`` on
+    Landsat). At each stage a single-band asset wins over multi-band ones (``visual``, TCI),
+    which can never be stacked anyway.
+    """
+    if ref.band in item.assets:
+        return ref.band, item.assets[ref.band]
+    want = ref.band.lower()
+    stages = [
+        ("asset key", lambda k, a, w: k.lower() == w),
+        ("common band name", lambda k, a, w: w in [n.lower() for n in _common_names(a)]),
+        ("band name", lambda k, a, w: w in [n.lower() for n in _band_fields(a, "name")]),
+    ]
+    for how, test in stages:
+        found = _pick(item, ref, [(k, a) for k, a in item.assets.items() if test(k, a, want)], how)
+        if found:
+            return found
+    for alias in COMMON_NAME_ALIASES.get(want, ()):
+        how = f"common band name {alias!r}, which the service calls {ref.band!r}"
+        for test in (stages[1][1], stages[0][1]):
+            matches = [(k, a) for k, a in item.assets.items() if test(k, a, alias)]
+            found = _pick(item, ref, matches, how)
+            if found:
+                return found
     known = []
     for k, a in item.assets.items():
         cn = _common_names(a)
@@ -158,6 +230,8 @@ def describe_asset(
                     "list a single-band geophysical asset",
                 )
             georef = read_georef(src, cfg.gcp_pixel_center)
+            file_scale = float(src.scales[0]) if src.scales else 1.0
+            file_offset = float(src.offsets[0]) if src.offsets else 0.0
             if georef is None:
                 raise CostackError(
                     "assets",
@@ -172,8 +246,16 @@ def describe_asset(
             f"{ref.key}: cannot read {href} ({' '.join(str(err).split())[:160]})",
             "check the href in the item and that the file or URL is reachable",
         ) from err
+    radio = radiometry.resolve(item, asset_key, asset, file_scale, file_offset)
+    nodata = _reconcile_nodata(ref.key, href, nodata, radio.nodata)
+    scale, offset = (radio.scale, radio.offset) if cfg.physical_units else (1.0, 0.0)
+    if not radio.is_identity:
+        log.info("%s: physical value = DN x %g + %g (%s)%s", ref.key, radio.scale, radio.offset,
+                 radio.source, "" if cfg.physical_units else "; not applied (physical_units: "
+                 "false)")  # fmt: skip
     res_x, res_y = georef.pixel_size()
     footprint = georef.footprint(WGS84)
+    native = georef.footprint(georef.crs)
     if not footprint.is_valid:
         footprint = footprint.buffer(0)
     return {
@@ -204,7 +286,39 @@ def describe_asset(
         "sar_instrument_mode": item.properties.get("sar:instrument_mode", ""),
         "sar_product_type": item.properties.get("sar:product_type", ""),
         "sar_center_frequency": item.properties.get("sar:center_frequency", ""),
+        "href_given": asset.href,
+        "constellation": item.properties.get("constellation", ""),
+        "scale": scale,
+        "offset": offset,
+        "source_scale": radio.scale,
+        "source_offset": radio.offset,
+        "unit": radio.unit or ("dB" if _is_db(ref.band, asset) else ""),
+        "radiometry": radio.source,
+        "footprint_native": native.wkt,
+        "item_nodata": np.nan if radio.nodata is None else float(radio.nodata),
     }
+
+
+def _reconcile_nodata(
+    key: str, href: str, file_nodata: float | None, item_nodata: float | None
+) -> float | None:
+    """The fill value of an asset: the file's tag, else the item's ``raster:bands`` nodata.
+
+    When both exist and differ, the file's tag is kept (it is what the pixels use) and a
+    warning says so; the item's value is then masked as well by colocation (see
+    :func:`costack.colocate.colocate_array`, which reads ``item_nodata``).
+    """
+    if file_nodata is None:
+        if item_nodata is not None:
+            log.info("%s: nodata %g from the item's raster:bands (the file has no tag)", key,
+                     item_nodata)  # fmt: skip
+        return item_nodata
+    if item_nodata is not None and not (
+        file_nodata == item_nodata or (np.isnan(file_nodata) and np.isnan(item_nodata))
+    ):
+        log.warning("%s: the file %s says nodata %g but its item says %g; both are masked",
+                    key, href, file_nodata, item_nodata)  # fmt: skip
+    return file_nodata
 
 
 def discover(cfg: RunConfig) -> pd.DataFrame:
@@ -227,7 +341,10 @@ def write_manifest(manifest: pd.DataFrame, path: str | Path) -> None:
 
 def read_manifest(path: str | Path) -> pd.DataFrame:
     """Read a manifest written by :func:`write_manifest`."""
-    df = pd.read_csv(path, keep_default_na=False, na_values={"nodata": ["", "nan", "NaN"]})
-    df["nodata"] = df["nodata"].astype(float)
+    floats = ("nodata", "item_nodata", "scale", "offset", "source_scale", "source_offset")
+    df = pd.read_csv(path, keep_default_na=False, na_values={k: ["", "nan", "NaN"] for k in floats})
+    for k in floats:
+        if k in df:
+            df[k] = df[k].astype(float)
     df["db"] = df["db"].astype(str).str.lower().eq("true")
     return df.set_index("key", drop=False)

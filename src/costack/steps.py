@@ -89,10 +89,23 @@ def run_colocate(
     row = read_manifest(manifest_csv).loc[key]
     grid = Grid.load(grid_json)
     start = time.perf_counter()
-    tags = {"costack_key": key, "costack_source": str(row["href"])}
+    tags = {"costack_key": key, "costack_source": str(row["href_given"])}
+    file_nodata = row["nodata"]
+    item_nodata = row["item_nodata"]
+    radiometry = {
+        "scale": float(row["scale"]),
+        "offset": float(row["offset"]),
+        "nodata": None if np.isnan(file_nodata) else float(file_nodata),
+        "extra_nodata": None if np.isnan(item_nodata) else float(item_nodata),
+    }
+    if radiometry["scale"] != 1.0 or radiometry["offset"] != 0.0:
+        tags["costack_radiometry"] = (
+            f"physical = DN * {row['scale']:g} + {row['offset']:g} ({row['radiometry']})"
+        )
     colocate_asset(
-        row["gdal_path"], grid, out_tif, resampling, bool(row["db"]), pixel_center, threads, tags
-    )
+        row["gdal_path"], grid, out_tif, resampling, bool(row["db"]), pixel_center, threads,
+        tags, **radiometry,
+    )  # fmt: skip
     log.info("colocated %s in %.2f s", key, time.perf_counter() - start)
 
 

@@ -4,7 +4,10 @@ rule discover_assets:
     output:
         "results/discover/manifest.csv",
     params:
-        config={k: config[k] for k in ("inputs", "assets", "reference", "gcp_pixel_center")},
+        config={
+            k: config[k]
+            for k in ("inputs", "assets", "reference", "gcp_pixel_center", "physical_units")
+        },
     log:
         "logs/discover_assets/discover.log",
     threads: 1
