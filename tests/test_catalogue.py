@@ -3,6 +3,7 @@ values, nodata from the item, and the reference's exact lattice as the grid."""
 
 from __future__ import annotations
 
+import json
 import logging
 
 import numpy as np
@@ -172,3 +173,59 @@ def test_landsat_grid_on_s2_reference_is_the_s2_lattice(tmp_path):
     assert isinstance(grid, Grid)
     assert (grid.height, grid.width) == (150, 150)
     assert tuple(grid.transform)[:6] == tuple(t @ Affine.translation(6000, 5000))[:6]
+
+
+@pytest.mark.workflow
+def test_s2_and_landsat_stack_in_reflectance(tmp_path):
+    """Earth Search S2 L2A (offset already applied) and Landsat C2 L2 (scale 2.75e-5, offset
+    -0.2, key nir08) over the same ground: the stack is in reflectance, on the S2 lattice, and
+    its item is valid and portable."""
+    from conftest import run_snakemake
+    from stac_schemas import local_paths, validate_item
+
+    s2_win, ls_win = (5000, 6000, 240, 240), (4390, 350, 100, 100)
+    fields = {"nir": (0.224, 0.05, 1), "red": (0.06, 0.015, 2)}
+    s2_rasters, ls_rasters, truth = {}, {}, {}
+    for band, (mean, amp, seed) in fields.items():
+        _, t = lattice(load(ES_L2A_13TDE), band)
+        xs, ys = pixel_centres(t, s2_win)
+        truth[band] = ground(xs, ys, mean, amp, seed)
+        s2_rasters[band] = (s2_win, encode(ES_L2A_13TDE, truth[band]))
+        key = "nir08" if band == "nir" else band
+        _, t = lattice(load(ES_LANDSAT), key)
+        xs, ys = pixel_centres(t, ls_win)
+        ls_rasters[key] = (ls_win, encode(ES_LANDSAT, ground(xs, ys, mean, amp, seed)))
+    s2 = localise(ES_L2A_13TDE, tmp_path / "s2", s2_rasters)
+    ls = localise(ES_LANDSAT, tmp_path / "ls", ls_rasters, nodata_tag=False)
+    work = tmp_path / "run"
+    config = {
+        "inputs": [str(s2), str(ls)], "assets": "1.nir,1.red,2.nir,2.red", "reference": "1.nir",
+        "expressions": ["ndvi_s2:(norm_diff 1.nir 1.red)", "ndvi_ls:(norm_diff 2.nir 2.red)"],
+        "item_id": "s2-landsat",
+    }  # fmt: skip
+    proc = run_snakemake(work, config)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    stack = work / "results" / "stack"
+    read = {k: read_float32(stack / f"{k}.tif")[0] for k in
+            ("1.nir", "2.nir", "ndvi_s2", "ndvi_ls")}  # fmt: skip
+    inner = (slice(16, -16), slice(16, -16))
+    true_nir = float(np.median(truth["nir"][inner]))
+    med = {k: float(np.nanmedian(read[k][inner])) for k in read}
+    for k in ("1.nir", "2.nir"):
+        assert abs(med[k] - true_nir) / true_nir < 0.02, (k, med[k], true_nir)
+    assert abs(med["1.nir"] - med["2.nir"]) / true_nir < 0.02
+    true_ndvi = (truth["nir"] - truth["red"]) / (truth["nir"] + truth["red"])
+    for k in ("ndvi_s2", "ndvi_ls"):
+        assert abs(med[k] - float(np.median(true_ndvi[inner]))) < 0.01, (k, med[k])
+        assert float(np.nanmedian(np.abs(read[k] - true_ndvi)[inner])) < 0.01
+    doc = json.loads((stack / "s2-landsat.json").read_text())
+    assert validate_item(doc) == []
+    assert local_paths(doc) == []
+    assert doc["properties"]["proj:shape"] == [240, 240]
+    _, t = lattice(load(ES_L2A_13TDE), "nir")
+    assert doc["properties"]["proj:transform"] == list(t @ Affine.translation(6000, 5000))[:6]
+    ls_nir = doc["assets"]["2.nir"]
+    assert ls_nir["raster:bands"][0]["scale"] == 1.0 and ls_nir["raster:bands"][0]["offset"] == 0
+    assert ls_nir["costack:radiometry"]["source_scale"] == 2.75e-5
+    assert ls_nir["platform"] == "landsat-8" and "platform" not in doc["properties"]
+    assert ls_nir["eo:bands"][0]["common_name"] == "nir08"

@@ -52,6 +52,9 @@ def test_costack_run_reproduces_snakemake(demo_run, tmp_path):
         item["links"] = [lk for lk in item["links"] if lk["rel"] not in ("root", "parent", "self")]
         for lk in item["links"]:
             lk["href"] = Path(lk["href"]).name
+        for asset in item["assets"].values():
+            if "costack:source" in asset:
+                asset["costack:source"]["href"] = Path(asset["costack:source"]["href"]).name
         return item
 
     name = f"{cfg['item_id']}.json"

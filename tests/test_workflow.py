@@ -69,6 +69,27 @@ def test_demo_stack_is_valid_cogs_on_one_grid(demo_run: Path):
     assert "linear power" in sar["costack:resampling"]
 
 
+def test_demo_item_is_valid_stac_and_portable(demo_run: Path):
+    """Core and every declared extension (sar included: the demo has a SAR dataset) validate
+    offline; no absolute local path; every output's mode follows the umask (0644 under 022)."""
+    from stac_schemas import local_paths, validate_item
+
+    doc = json.loads((demo_run / "results" / "stack" / "costack-demo.json").read_text())
+    assert validate_item(doc) == []
+    assert "https://stac-extensions.github.io/sar/v1.3.0/schema.json" in doc["stac_extensions"]
+    assert local_paths(doc) == []
+    assert "platform" not in doc["properties"]  # three platforms: one per asset
+    assert doc["assets"]["2.nir"]["platform"] == "landsat-8"
+    for link in doc["links"]:
+        if link["rel"] == "derived_from":
+            target = (demo_run / "results" / "stack" / link["href"]).resolve()
+            assert target.is_file(), link
+    from costack.rasterio_io import current_umask
+
+    modes = {p.stat().st_mode & 0o777 for p in (demo_run / "results").rglob("*") if p.is_file()}
+    assert modes == {0o666 & ~current_umask()}
+
+
 def test_second_dry_run_has_nothing_to_do(demo_run: Path):
     from conftest import demo_config
 

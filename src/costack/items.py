@@ -25,6 +25,7 @@ from costack import radiometry
 from costack.config import AssetRef, RunConfig
 from costack.errors import CostackError
 from costack.georef import WGS84, read_georef
+from costack.remote import check_requester_pays, gdal_path, is_url
 
 #: Product types of complex (single-look complex) SAR products, refused by the service.
 COMPLEX_PRODUCT_TYPES = {"SLC", "SSC", "L1A", "SCS"}
@@ -38,25 +39,8 @@ MANIFEST_COLUMNS = [
     "dtype", "georef", "kind", "db", "common_name", "polarization", "sar_frequency_band",
     "sar_instrument_mode", "sar_product_type", "sar_center_frequency", "href_given",
     "constellation", "scale", "offset", "source_scale", "source_offset", "unit",
-    "radiometry", "footprint_native", "item_nodata",
+    "radiometry", "footprint_native", "item_nodata", "item_ref",
 ]  # fmt: skip
-
-
-def is_url(href: str) -> bool:
-    """True for http(s) URLs."""
-    return urlparse(href).scheme in {"http", "https"}
-
-
-def gdal_path(href: str) -> str:
-    """A path GDAL can open for an absolute href (local path, ``file://`` or http(s) URL)."""
-    parsed = urlparse(href)
-    if parsed.scheme in {"http", "https"}:
-        return f"/vsicurl/{href}"
-    if parsed.scheme == "file":
-        return unquote(parsed.path)
-    if parsed.scheme == "s3":
-        return f"/vsis3/{parsed.netloc}{parsed.path}"
-    return href
 
 
 def normalise_item_ref(ref: str) -> str:
@@ -206,6 +190,7 @@ def describe_asset(
     """One manifest row: the asset's item metadata and its raster header."""
     asset_key, asset = find_asset(item, ref)
     href = asset.get_absolute_href() or asset.href
+    check_requester_pays(ref.key, href, asset.extra_fields)
     path = gdal_path(href)
     product_type = str(item.properties.get("sar:product_type", "")).upper()
     if product_type in COMPLEX_PRODUCT_TYPES:
@@ -296,6 +281,7 @@ def describe_asset(
         "radiometry": radio.source,
         "footprint_native": native.wkt,
         "item_nodata": np.nan if radio.nodata is None else float(radio.nodata),
+        "item_ref": cfg.inputs[ref.dataset - 1],
     }
 
 

@@ -9,6 +9,7 @@ grid's footprint, and the source items are linked as ``derived_from``.
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -21,7 +22,6 @@ from pystac.extensions.eo import Band, EOExtension
 from pystac.extensions.file import FileExtension
 from pystac.extensions.projection import ProjectionExtension
 from pystac.extensions.raster import DataType, RasterBand, RasterExtension
-from pystac.extensions.sar import SarExtension
 from shapely.geometry import mapping
 
 from costack import __version__
@@ -48,6 +48,26 @@ class StackAsset:
     extra: dict[str, Any] = field(default_factory=dict)
     sar: dict[str, Any] | None = None
     band_count: int = 1
+    platform: str | None = None
+    constellation: str | None = None
+    scale: float | None = None
+    offset: float | None = None
+    common_name: str | None = None
+
+
+#: The SAR extension version declared: from v1.2 on, its fields may describe assets alone (a
+#: stack mixes optical and SAR assets, so the item's properties cannot say one instrument
+#: mode); v1.0/v1.1 require them in the item's properties. pystac's SarExtension writes v1.0.
+SAR_SCHEMA = "https://stac-extensions.github.io/sar/v1.3.0/schema.json"
+
+
+def portable_href(href: str, base: str | Path) -> str:
+    """``href`` as an output item should carry it: URLs as they are, local paths relative to
+    ``base`` (the item's folder), so the item stays valid when the folder moves."""
+    if "://" in href and not href.startswith("file://"):
+        return href
+    path = href[len("file://") :] if href.startswith("file://") else href
+    return Path(os.path.relpath(Path(path).resolve(), Path(base).resolve())).as_posix()
 
 
 def sha256_multihash(path: str | Path) -> str:
@@ -74,8 +94,14 @@ def build_item(
     reference: str,
     assets: list[StackAsset],
     properties: dict[str, Any] | None = None,
+    item_dir: str | Path | None = None,
 ) -> pystac.Item:
-    """The stack's STAC item (asset hrefs absolute; made relative when saved)."""
+    """The stack's STAC item (asset hrefs absolute; made relative when saved).
+
+    ``platform`` and ``constellation`` are item properties when every asset agrees, else
+    fields of each asset. ``derived_from`` links are the input references, relative to
+    ``item_dir`` for local files.
+    """
     footprint = grid.footprint()
     ref_row = manifest.set_index("key", drop=False).loc[reference]
     times = sorted(t for t in (_parse_dt(s) for s in manifest["datetime"]) if t is not None)
@@ -84,8 +110,12 @@ def build_item(
         "costack:version": __version__,
         "costack:reference": reference,
         "costack:assets": list(manifest["key"]),
-        "platform": ",".join(sorted({p for p in manifest["platform"] if p})) or None,
     }
+    shared: dict[str, str] = {}
+    for name in ("platform", "constellation"):
+        values = {getattr(sa, name) for sa in assets if sa.band_name is not None}
+        if len(values) == 1 and None not in values:
+            shared[name] = props[name] = values.pop()
     if times:
         props["start_datetime"] = times[0].isoformat()
         props["end_datetime"] = times[-1].isoformat()
@@ -115,15 +145,20 @@ def build_item(
             roles=sa.roles,
             extra_fields=dict(sa.extra),
         )
+        for name in ("platform", "constellation"):
+            if getattr(sa, name) and name not in shared:
+                asset.extra_fields[name] = getattr(sa, name)
         item.add_asset(sa.key, asset)
         RasterExtension.ext(asset, add_if_missing=True).bands = [
             RasterBand.create(
-                nodata=_nodata_field(sa.nodata), data_type=DataType.FLOAT32, unit=sa.unit
+                nodata=_nodata_field(sa.nodata), data_type=DataType.FLOAT32, unit=sa.unit,
+                scale=sa.scale, offset=sa.offset,
             )
             for _ in range(sa.band_count)
-        ]
+        ]  # fmt: skip
         if sa.band_name is not None:
-            common = sa.band_name if sa.band_name in EO_COMMON_NAMES else None
+            common = sa.common_name if sa.common_name in EO_COMMON_NAMES else None
+            common = common or (sa.band_name if sa.band_name in EO_COMMON_NAMES else None)
             EOExtension.ext(asset, add_if_missing=True).bands = [
                 Band.create(name=sa.key, common_name=common)
             ]
@@ -131,9 +166,12 @@ def build_item(
             checksum=sha256_multihash(sa.path), size=Path(sa.path).stat().st_size
         )
         if sa.sar:
-            SarExtension.ext(asset, add_if_missing=True)
+            if SAR_SCHEMA not in item.stac_extensions:
+                item.stac_extensions.append(SAR_SCHEMA)
             asset.extra_fields.update({f"sar:{k}": v for k, v in sa.sar.items()})
-    for href in dict.fromkeys(manifest["item_href"]):
+    refs = manifest["item_ref"] if "item_ref" in manifest else manifest["item_href"]
+    for ref in dict.fromkeys(refs):
+        href = portable_href(str(ref), item_dir) if item_dir is not None else str(ref)
         item.add_link(pystac.Link("derived_from", target=href, media_type=pystac.MediaType.JSON))
     return item
 

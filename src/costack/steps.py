@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from rasterio.errors import RasterioIOError
 
 from costack.bandmath import ParsedExpression, evaluate, parse
 from costack.cog import write_cog
@@ -24,7 +25,8 @@ from costack.errors import CostackError
 from costack.grid import Grid, compute_grid
 from costack.items import discover, read_manifest, write_manifest
 from costack.rasterio_io import atomic_path, read_float32, write_float32
-from costack.stac import StackAsset, build_item, write_catalog
+from costack.remote import gdal_path
+from costack.stac import StackAsset, build_item, portable_href, write_catalog
 
 log = logging.getLogger(__name__)
 
@@ -102,10 +104,17 @@ def run_colocate(
         tags["costack_radiometry"] = (
             f"physical = DN * {row['scale']:g} + {row['offset']:g} ({row['radiometry']})"
         )
-    colocate_asset(
-        row["gdal_path"], grid, out_tif, resampling, bool(row["db"]), pixel_center, threads,
-        tags, **radiometry,
-    )  # fmt: skip
+    try:
+        colocate_asset(
+            gdal_path(str(row["href"])), grid, out_tif, resampling, bool(row["db"]),
+            pixel_center, threads, tags, **radiometry,
+        )  # fmt: skip
+    except RasterioIOError as err:
+        raise CostackError(
+            "assets",
+            f"{key}: cannot read {row['href']} ({' '.join(str(err).split())[:160]})",
+            "check that the file or URL is reachable, then rerun",
+        ) from err
     log.info("colocated %s in %.2f s", key, time.perf_counter() - start)
 
 
@@ -181,6 +190,22 @@ def run_catalog(
                     sar[field] = str(row[f"sar_{field}"])
             if str(row["sar_center_frequency"]):
                 sar["center_frequency"] = float(row["sar_center_frequency"])
+        extra: dict[str, Any] = {"costack:source": {
+            "item": row["item_id"], "asset": row["asset_key"],
+            "href": portable_href(row["href"], Path(item_json).parent),
+        }}  # fmt: skip
+        if row["db"]:
+            extra["costack:resampling"] = (
+                "dB resampled as linear power 10^(dB/10) during co-location and "
+                "co-registration, converted back to dB"
+            )
+        applied = (row["scale"], row["offset"]) != (1.0, 0.0)
+        declared = (row["source_scale"], row["source_offset"]) != (1.0, 0.0)
+        if applied or declared:
+            extra["costack:radiometry"] = {
+                "source_scale": row["source_scale"], "source_offset": row["source_offset"],
+                "applied": bool(applied), "how": row["radiometry"],
+            }  # fmt: skip
         assets.append(
             StackAsset(
                 key=key,
@@ -188,17 +213,16 @@ def run_catalog(
                 title=f"{key}: {row['asset_key']} of {row['item_id']}, co-registered",
                 nodata=nodata,
                 band_name=row["band"],
-                unit="dB" if row["db"] else None,
-                extra={"costack:source_href": row["href"]}
-                | (
-                    {
-                        "costack:resampling": "dB resampled as linear power 10^(dB/10) during "
-                        "co-location and co-registration, converted back to dB"
-                    }
-                    if row["db"]
-                    else {}
-                ),
+                unit=row["unit"] or None,
+                extra=extra,
                 sar=sar,
+                platform=row["platform"] or None,
+                constellation=row["constellation"] or None,
+                scale=(1.0 if applied else float(row["source_scale"])) if declared else None,
+                offset=(0.0 if applied else float(row["source_offset"])) if declared else None,
+                common_name=(row["common_name"].split(",")[0] or None)
+                if row["common_name"]
+                else None,
             )
         )
     for source, path in (expressions or {}).items():
@@ -240,6 +264,8 @@ def run_catalog(
             "2016), costack implementation",
             "datasets": registration,
         }
-    item = build_item(item_id, grid, manifest, reference, assets, properties)
+    item = build_item(
+        item_id, grid, manifest, reference, assets, properties, Path(item_json).parent
+    )
     Path(item_json).parent.mkdir(parents=True, exist_ok=True)
     write_catalog(item, catalog_json, item_json)
