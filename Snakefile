@@ -5,7 +5,12 @@ from snakemake.utils import min_version
 min_version("8.10")
 
 
-configfile: "config/config.yaml"
+# The demo's configuration applies only when no --configfile is given: a user's config file
+# describes the user's run alone (no demo expression or item id leaks into it).
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
+
 
 
 report: "workflow/report/workflow.rst"

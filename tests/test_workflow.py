@@ -279,3 +279,49 @@ def test_demo_qc_summary(demo_run: Path):
     )
     item = pystac.Item.from_file(str(demo_run / "results/stack/costack-demo.json"))
     assert item.properties["costack:qc"]["2"]["after"] == optical["after"]
+
+
+def _fresh_checkout(tmp_path: Path) -> Path:
+    """The repository's workflow files as a fresh checkout has them: no results, no logs."""
+    import shutil
+
+    root = tmp_path / "checkout"
+    root.mkdir()
+    shutil.copy(REPO / "Snakefile", root)
+    for folder in ("workflow", "config", "resources", "profiles"):
+        shutil.copytree(REPO / folder, root / folder)
+    return root
+
+
+def _dry_run(cwd: Path, *extra: str):
+    import os
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "snakemake", "-n", "--cores", "2", *extra]
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
+
+
+def test_dry_run_on_a_fresh_checkout(tmp_path):
+    """`snakemake -n` before anything exists: every job planned with integer threads."""
+    root = _fresh_checkout(tmp_path)
+    proc = _dry_run(root)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout + proc.stderr
+    assert "colocate_asset" in out and "Threads must be given" not in out
+    assert not (root / "results").exists()
+
+
+def test_user_configfile_gets_no_demo_values(tmp_path):
+    """A user's --configfile is the whole run: the demo's expressions and item id stay out."""
+    root = _fresh_checkout(tmp_path)
+    (root / "my.yaml").write_text(
+        f"inputs: [{REPO}/resources/demo/s2/item.json, {REPO}/resources/demo/l8/item.json]\n"
+        "assets: 1.nir,2.nir\nreference: 1.nir\n"
+    )
+    proc = _dry_run(root, "--configfile", "my.yaml")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout + proc.stderr
+    assert "evaluate_expression" not in out and "ndvi" not in out
+    assert "results/stack/costack-stack.json" in out and "costack-demo" not in out
