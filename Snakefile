@@ -34,3 +34,18 @@ rule all:
         "results/catalog.json",
         expand("results/qc/{n}.composite.png", n=SECONDARY),
     default_target: True
+
+
+# The registration verdicts are the run's last lines (results/qc/summary.json has the evidence).
+onsuccess:
+    from costack.qc import verdict_lines
+
+    for line in verdict_lines("results/qc/summary.json"):
+        print(line, file=sys.stderr)
+
+
+onerror:
+    from costack.qc import verdict_lines
+
+    for line in verdict_lines("results/qc/summary.json"):
+        print(line, file=sys.stderr)

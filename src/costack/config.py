@@ -97,6 +97,9 @@ class RunConfig:
     warp_resampling: str = "bilinear"
     matching_assets: dict[int, str] = field(default_factory=dict)
     physical_units: bool = True
+    verdict: dict[str, float] = field(default_factory=dict)
+    on_failed_registration: str = "stop"
+    min_overlap_px: int = 64
 
     @property
     def keys(self) -> list[str]:
@@ -237,6 +240,9 @@ def parse_config(config: dict[str, Any]) -> RunConfig:
         warp_resampling=raw["warp_resampling"],
         matching_assets={int(k): v for k, v in raw["matching_assets"].items()},
         physical_units=raw["physical_units"],
+        verdict=dict(raw["verdict"]),
+        on_failed_registration=raw["on_failed_registration"],
+        min_overlap_px=int(raw["min_overlap_px"]),
     )
 
 

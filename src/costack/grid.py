@@ -156,19 +156,25 @@ def native_footprint(row: pd.Series, crs: CRS) -> Polygon:
     return shape(transform_geom(src_crs, crs, mapping(geom)))
 
 
-def compute_grid(manifest: pd.DataFrame, reference: str, aoi: str | None = None) -> Grid:
+def compute_grid(
+    manifest: pd.DataFrame, reference: str, aoi: str | None = None, min_overlap_px: int = 64
+) -> Grid:
     """The common grid for the manifest's assets.
 
     Args:
         manifest: discovery manifest (one row per asset, ``footprint`` as WKT in EPSG:4326).
         reference: key of the reference asset (``1.nir``).
         aoi: optional WKT in EPSG:4326 that overrides the common area.
+        min_overlap_px: the AOI's intersection with every listed asset must span at least this
+            many grid pixels along each axis (without an AOI, the common area at least 16); a
+            smaller one is refused with the sizes: the matching steps could not see a window.
     """
     manifest = manifest.set_index("key", drop=False)
     crs, x0, y0, rx, ry = reference_lattice(manifest.loc[reference])
     common = None
-    for _, row in manifest.iterrows():
-        foot = native_footprint(row, crs)
+    feet = {}
+    for key, row in manifest.iterrows():
+        foot = feet[key] = native_footprint(row, crs)
         common = foot if common is None else common.intersection(foot)
     if common is None or common.is_empty or common.area == 0:
         raise CostackError(
@@ -186,6 +192,21 @@ def compute_grid(manifest: pd.DataFrame, reference: str, aoi: str | None = None)
             )
     else:
         area = common
+    for key, foot in feet.items():
+        part = area.intersection(foot)
+        b = part.bounds if not part.is_empty else (0.0, 0.0, 0.0, 0.0)
+        w, h = (b[2] - b[0]) / abs(rx), (b[3] - b[1]) / abs(ry)
+        if min(w, h) < (min_overlap_px if aoi is not None else min(min_overlap_px, 16)):
+            what = "the AOI" if aoi is not None else "the common area of the listed assets"
+            raise CostackError(
+                "aoi" if aoi is not None else "assets",
+                f"{what} overlaps {key} over {w:.0f} x {h:.0f} grid pixels, under "
+                f"{min_overlap_px if aoi is not None else min(min_overlap_px, 16)} px along each "
+                "axis (min_overlap_px)"
+                + (f" (AOI {aoi[:60]!r})" if aoi is not None else ""),
+                "enlarge the AOI or move it onto the data" if aoi is not None
+                else "list assets that overlap more",
+            )  # fmt: skip
     left, bottom, right, top = area.bounds
     c0 = math.floor((left - x0) / rx + 1e-9)
     c1 = math.ceil((right - x0) / rx - 1e-9)

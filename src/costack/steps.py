@@ -40,8 +40,18 @@ def preflight(raw_config: dict[str, Any]) -> tuple[RunConfig, pd.DataFrame, Grid
     cfg = parse_config(raw_config)
     parse_expressions(cfg)
     manifest = discover(cfg)
-    grid = compute_grid(manifest, cfg.reference.key, cfg.aoi)
+    grid = compute_grid(manifest, cfg.reference.key, cfg.aoi, cfg.min_overlap_px)
     return cfg, manifest, grid
+
+
+def unused_inputs_warning(cfg: RunConfig) -> str | None:
+    """A warning naming the inputs that no listed asset uses, or None."""
+    unused = [i for i in range(1, len(cfg.inputs) + 1) if i not in cfg.datasets]
+    if not unused:
+        return None
+    names = ", ".join(f"inputs[{i}] ({cfg.inputs[i - 1]})" for i in unused)
+    return (f"costack: warning: {names} not used: no asset of the list ({','.join(cfg.keys)}) "
+            "is from that dataset; add its assets or remove it from inputs")  # fmt: skip
 
 
 def parse_expressions(cfg: RunConfig) -> dict[str, ParsedExpression]:
@@ -61,11 +71,15 @@ def run_discover(raw_config: dict[str, Any], out_csv: str | Path) -> pd.DataFram
 
 
 def run_grid(
-    manifest_csv: str | Path, reference: str, aoi: str | None, out_json: str | Path
+    manifest_csv: str | Path,
+    reference: str,
+    aoi: str | None,
+    out_json: str | Path,
+    min_overlap_px: int = 64,
 ) -> Grid:
     """Step 2: the common grid from the manifest (AOI, else the common area)."""
     manifest = read_manifest(manifest_csv)
-    grid = compute_grid(manifest, reference, aoi)
+    grid = compute_grid(manifest, reference, aoi, min_overlap_px)
     with atomic_path(out_json) as tmp:
         grid.save(tmp)
     log.info(
@@ -116,6 +130,12 @@ def run_colocate(
             "check that the file or URL is reachable, then rerun",
         ) from err
     log.info("colocated %s in %.2f s", key, time.perf_counter() - start)
+
+
+def registration_verdict(summary: dict) -> str:
+    """The worst verdict over the secondary datasets of a QC summary (``pass`` if none)."""
+    verdicts = {q.get("verdict", "pass") for q in summary.values()}
+    return "fail" if "fail" in verdicts else "warn" if "warn" in verdicts else "pass"
 
 
 def run_coregister_identity(colocated: str | Path, out_tif: str | Path) -> None:
@@ -174,8 +194,26 @@ def run_catalog(
     properties: dict[str, Any] | None = None,
     flows: dict[int, tuple[str | Path, str | Path, str | Path]] | None = None,
     qc_json: str | Path | None = None,
+    on_failed_registration: str = "stop",
 ) -> None:
-    """Step 5b: the STAC catalog and the stack's item."""
+    """Step 5b: the STAC catalog and the stack's item.
+
+    A secondary dataset whose verdict (``results/qc/summary.json``) is ``fail`` stops this step
+    before anything is written, unless ``on_failed_registration`` is ``publish``: the item is
+    then published flagged (``costack:verdict``: ``fail``)."""
+    qc = json.loads(Path(qc_json).read_text(encoding="utf-8")) if qc_json else {}
+    verdict = registration_verdict(qc)
+    failed = {n: q for n, q in qc.items() if q.get("verdict") == "fail"}
+    if failed and on_failed_registration != "publish":
+        n, q = next(iter(failed.items()))
+        label = f" ({q['label']})" if q.get("label") else ""
+        more = f"; {len(failed) - 1} more dataset(s) failed" if len(failed) > 1 else ""
+        raise CostackError(
+            "registration",
+            f"dataset {n}{label} failed: {q['reasons'][0]}{more}; no item was published",
+            f"inspect results/qc/{n}.json and the report (snakemake --report), fix the input "
+            "or set on_failed_registration: publish to publish it flagged",
+        )
     manifest = read_manifest(manifest_csv)
     grid = Grid.load(grid_json)
     assets: list[StackAsset] = []
@@ -256,8 +294,9 @@ def run_catalog(
                 title=f"Confidence of the displacement of dataset {n} (0 to 1)",
             )
         )  # fmt: skip
-    if qc_json and Path(qc_json).exists():
-        properties["costack:qc"] = json.loads(Path(qc_json).read_text(encoding="utf-8"))
+    if qc:
+        properties["costack:qc"] = qc
+        properties["costack:verdict"] = verdict
     if registration:
         properties["costack:registration"] = {
             "algorithm": "GeFolki family dense optical flow (Plyer et al. 2015; Brigot et al. "

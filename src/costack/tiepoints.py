@@ -354,6 +354,37 @@ def lsm(
     return best
 
 
+def multimodal_prior(ref: np.ndarray, sec: np.ndarray, max_shift: float) -> tuple[float, float]:
+    """Global translation (dx, dy) of a SAR/optical pair (NaN = nodata): :func:`prior_shift` on
+    CFOG descriptors at one-pixel scale (Ye et al. 2019), which survive inverted and
+    non-monotonic contrast between the sensors where intensity correlation does not."""
+    v1, v2 = np.isfinite(ref), np.isfinite(sec)
+    rep = representation(np.where(v1, ref, 0).astype(np.float32), v1,
+                         np.where(v2, sec, 0).astype(np.float32), v2, True, 1.0)  # fmt: skip
+    dy, dx = prior_shift(*rep, max_shift)
+    return dx, dy
+
+
+def multimodal_similarity(ref: np.ndarray, sec: np.ndarray) -> float:
+    """NCC of the CFOG descriptors of two co-located images over their common valid pixels
+    (channels' means removed; Ye et al. 2019, eq. 6 over the whole overlap): how well a
+    co-registered SAR image's structure lies on the optical reference's."""
+    v1, v2 = np.isfinite(ref), np.isfinite(sec)
+    a, a_ok, b, b_ok = representation(
+        np.where(v1, ref, 0).astype(np.float32), v1, np.where(v2, sec, 0).astype(np.float32), v2,
+        True, 1.0,
+    )  # fmt: skip
+    both = a_ok & b_ok
+    if both.sum() < 16:
+        return float("nan")
+    x = a[:, both].astype(np.float64)
+    y = b[:, both].astype(np.float64)
+    x -= x.mean(axis=1, keepdims=True)
+    y -= y.mean(axis=1, keepdims=True)
+    den = math.sqrt(float((x * x).sum() * (y * y).sum()))
+    return float((x * y).sum() / den) if den > 0 else float("nan")
+
+
 def prior_shift(
     ref: np.ndarray, ref_ok: np.ndarray, sec: np.ndarray, sec_ok: np.ndarray, max_shift: float
 ) -> tuple[float, float]:
@@ -602,9 +633,17 @@ def run_tiepoints(
     p = params or TiePointParams()
     if not p.multimodal and p.reference_blur == 0:
         p = replace(p, reference_blur=resolution_sigma(resolution_ratio))
+    from costack.overlap import overlap_window
+
     ref, grid, _ = read_float32(ref_tif)
     sec, _, _ = read_float32(sec_tif)
-    df = match_tiepoints(ref, sec, p, label)
+    # match on the valid overlap only (see costack.overlap); positions back in grid pixels
+    window = overlap_window(ref, sec, margin=0)
+    r0, c0 = (window[0].start, window[1].start) if window else (0, 0)
+    df = match_tiepoints(ref[window] if window else ref, sec[window] if window else sec, p,
+                         label)  # fmt: skip
+    df[["ref_col", "sec_col"]] += c0
+    df[["ref_row", "sec_row"]] += r0
     if len(df) == 0:
         log.warning("%s: 0 tie points survived the depth-first check; no global model (the "
                     "flow starts from its own global search)", label)  # fmt: skip
@@ -612,6 +651,8 @@ def run_tiepoints(
         df = df.assign(residual=np.nan, outlier=False)
     else:
         model, df = fit_models(df, p.outlier_sigma, label)
+        inliers = df[~df["outlier"].astype(bool)]
+        model["mean_shift"] = [float(inliers["dx"].mean()), float(inliers["dy"].mean())]
     model["similarity"] = (
         "NCC of CFOG descriptors (oriented-gradient channels)" if p.multimodal else "SAM"
     )

@@ -53,6 +53,7 @@ rule build_catalog:
         item_id=config["item_id"],
         expressions=[EXPRESSIONS[n].source for n in EXPRESSION_NAMES],
         secondary=SECONDARY,
+        on_failed_registration=config["on_failed_registration"],
     log:
         "logs/build_catalog/catalog.log",
     threads: 1

@@ -8,12 +8,14 @@ from snakemake.utils import validate
 from costack.config import schema_path
 from costack.errors import CostackError
 from costack.coregister import choose_mode, matching_asset
-from costack.steps import parse_expressions, preflight
+from costack.steps import parse_expressions, preflight, unused_inputs_warning
 
 try:
     CFG, MANIFEST, GRID = preflight(config)
 except CostackError as err:
     sys.exit(f"costack: error: {err}")
+if unused_inputs_warning(CFG):
+    print(unused_inputs_warning(CFG), file=sys.stderr)
 
 if isinstance(config.get("matching_assets"), dict):
     config["matching_assets"] = {str(k): v for k, v in config["matching_assets"].items()}
@@ -34,6 +36,13 @@ RES_RATIO = {
     for k, rx, ry in zip(MANIFEST["key"], MANIFEST["res_x"], MANIFEST["res_y"])
 }
 FLOW_MODE = {n: choose_mode(CFG.flow_mode, KIND[REF], KIND[MATCH[n]]) for n in SECONDARY}
+_ROW = MANIFEST.set_index("key", drop=False)
+# a dataset's label in the report and the verdict lines: platform and acquisition date
+LABEL = {}
+for _n in SECONDARY:
+    _platform = str(_ROW.loc[MATCH[_n], "platform"])
+    _date = str(_ROW.loc[MATCH[_n], "datetime"])[:10]
+    LABEL[_n] = " ".join(x for x in (_platform, _date) if x) or f"dataset {_n}"
 
 
 # Local source rasters are inputs of their colocation job, so that a changed file is

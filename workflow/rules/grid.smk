@@ -6,6 +6,7 @@ rule define_grid:
     params:
         reference=config["reference"],
         aoi=config["aoi"],
+        min_overlap_px=config["min_overlap_px"],
     log:
         "logs/define_grid/grid.log",
     threads: 1

@@ -25,11 +25,15 @@ rule assess_registration:
 
 rule summarize_qc:
     input:
-        expand("results/qc/{n}.json", n=SECONDARY),
+        qc=expand("results/qc/{n}.json", n=SECONDARY),
+        flows=expand("results/flow/{n}.json", n=SECONDARY),
+        models=expand("results/tiepoints/{n}.model.json", n=SECONDARY),
     output:
         "results/qc/summary.json",
     params:
         datasets=SECONDARY,
+        labels={str(n): LABEL[n] for n in SECONDARY},
+        thresholds=config["verdict"],
     log:
         "logs/summarize_qc/summary.log",
     threads: 1

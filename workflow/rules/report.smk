@@ -11,6 +11,7 @@ rule plot_registration:
         model="results/tiepoints/{n}.model.json",
         qc="results/qc/{n}.json",
         vectors="results/tiepoints/{n}.png",
+        summary="results/qc/summary.json",
     output:
         composite=report(
             "results/qc/{n}.composite.png",
@@ -38,10 +39,10 @@ rule plot_registration:
             caption="../report/models.rst",
             category="Registration",
             subcategory="dataset {n}",
-            labels={"dataset": "{n}", "figure": "models and residual"},
+            labels={"dataset": "{n}", "figure": "verdict, models and residual"},
         ),
     params:
-        label=lambda wc: f"dataset {wc.n} ({MATCH[int(wc.n)]})",
+        label=lambda wc: f"dataset {wc.n}, {LABEL[int(wc.n)]} ({MATCH[int(wc.n)]})",
     log:
         "logs/plot_registration/{n}.log",
     threads: 1

@@ -12,7 +12,7 @@ rule match_tiepoints:
         png="results/tiepoints/{n}.png",
     params:
         multimodal=lambda wc: FLOW_MODE[int(wc.n)] == "gefolki",
-        label=lambda wc: f"dataset {wc.n} ({MATCH[int(wc.n)]})",
+        label=lambda wc: f"dataset {wc.n}, {LABEL[int(wc.n)]} ({MATCH[int(wc.n)]})",
         resolution_ratio=lambda wc: RES_RATIO[MATCH[int(wc.n)]],
         max_shift=config["max_displacement"],
     log:

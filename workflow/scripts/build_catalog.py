@@ -17,6 +17,7 @@ run_step(
             zip(snakemake.params.expressions, snakemake.input.expression_cogs, strict=True)
         ),
         qc_json=snakemake.input.qc,
+        on_failed_registration=snakemake.params.on_failed_registration,
         flows={
             n: (d, c, s)
             for n, d, c, s in zip(

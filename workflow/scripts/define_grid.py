@@ -6,6 +6,10 @@ from costack.workflow import run_step
 run_step(
     snakemake,
     lambda: run_grid(
-        snakemake.input[0], snakemake.params.reference, snakemake.params.aoi, snakemake.output[0]
+        snakemake.input[0],
+        snakemake.params.reference,
+        snakemake.params.aoi,
+        snakemake.output[0],
+        min_overlap_px=snakemake.params.min_overlap_px,
     ),
 )

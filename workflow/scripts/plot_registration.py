@@ -11,7 +11,7 @@ def step() -> None:
     plot_composites(i.ref, i.before, i.after, o.composite, label)
     plot_flow(i.flow, i.confidence, o.flowmap, label)
     shutil.copyfile(i.vectors, o.vectors)
-    models_table(i.model, i.qc, o.models)
+    models_table(i.model, i.qc, o.models, i.summary, snakemake.wildcards.n, label)
 
 
 run_step(snakemake, step)

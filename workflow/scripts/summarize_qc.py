@@ -1,12 +1,18 @@
-"""Rule summarize_qc: results/qc/summary.json from the per-dataset checks."""
+"""Rule summarize_qc: results/qc/summary.json from the per-dataset checks, with each secondary
+dataset's verdict (pass, warn, fail) and its reasons (see costack.qc.judge)."""
 
-from costack.qc import merge_summaries
+from costack.qc import VerdictThresholds, merge_summaries
 from costack.workflow import run_step
 
+keys = list(map(str, snakemake.params.datasets))
 run_step(
     snakemake,
     lambda: merge_summaries(
-        dict(zip(map(str, snakemake.params.datasets), snakemake.input, strict=True)),
+        dict(zip(keys, snakemake.input.qc, strict=True)),
         snakemake.output[0],
+        flows=dict(zip(keys, snakemake.input.flows, strict=True)),
+        models=dict(zip(keys, snakemake.input.models, strict=True)),
+        labels=dict(snakemake.params.labels),
+        thresholds=VerdictThresholds(**snakemake.params.thresholds),
     ),
 )
