@@ -279,6 +279,23 @@ def test_demo_qc_summary(demo_run: Path):
     )
     item = pystac.Item.from_file(str(demo_run / "results/stack/costack-demo.json"))
     assert item.properties["costack:qc"]["2"]["after"] == optical["after"]
+    # no false alarm on the demo: both datasets pass, and the item says so
+    assert summary["2"]["verdict"] == summary["3"]["verdict"] == "pass"
+    assert summary["3"]["label"] == "sentinel-1a 2024-06-12"
+    assert item.properties["costack:verdict"] == "pass"
+    assert item.properties["costack:qc"]["3"]["verdict"] == "pass"
+
+
+def test_demo_sar_qc_is_within_a_factor_2_of_the_truth(demo_run: Path):
+    """The SAR/optical QC (CFOG re-matching) rests on >= 20 points and reads the residual
+    within [0.5x, 2x] of the true error of the co-registration (flow against the truth)."""
+    from costack.coregister import flow_metrics
+
+    sar = json.loads((demo_run / "results/qc/summary.json").read_text())["3"]
+    assert sar["after"]["figure"] == "measured" and sar["after"]["points"] >= 20
+    true = flow_metrics(demo_run / "results/flow/3.tif", REPO / "resources/demo/s1/truth.tif")
+    ratio = sar["after"]["pixels"]["mean"] / true["mean_epe"]
+    assert 0.5 <= ratio <= 2.0, (sar["after"], true)
 
 
 def _fresh_checkout(tmp_path: Path) -> Path:
