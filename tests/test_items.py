@@ -85,7 +85,12 @@ def http_server(tmp_path):
 def test_http_item_and_asset_over_loopback(tmp_path, http_server):
     write_raster(tmp_path / "nir.tif", scene(), transform=T)
     write_item(tmp_path, "remote", {"nir": {"href": "./nir.tif"}})
-    m = _discover({"inputs": [f"{http_server}/item.json"], "assets": "1.nir", "reference": "1.nir"})
+    cfg = {"inputs": [f"{http_server}/item.json"], "assets": "1.nir", "reference": "1.nir"}
+    # an item's href to a loopback address is refused unless the config allows that host
+    with pytest.raises(CostackError, match=r"points at a non-public address \(127.0.0.1\); "
+                       r"add '127.0.0.1' to allowed_sources"):  # fmt: skip
+        _discover(cfg)
+    m = _discover(dict(cfg, allowed_sources=["127.0.0.1"]))
     assert m.loc[0, "gdal_path"] == f"/vsicurl/{http_server}/nir.tif"
     assert m.loc[0, "width"] == 64
 
@@ -129,3 +134,16 @@ def test_manifest_roundtrip(two_datasets, tmp_path):
     back = read_manifest(tmp_path / "m.csv")
     assert np.isnan(back.loc["1.nir", "nodata"]) and back.loc["2.nir", "nodata"] == -9999.0
     assert back.loc["1.nir", "db"] is np.False_ or not back.loc["1.nir", "db"]
+
+
+@pytest.mark.parametrize("href", ["/vsizip//etc/x.zip/a.tif", "/vsicurl/http://169.254.169.254/x"])
+def test_gdal_virtual_paths_in_items_are_refused(tmp_path, href):
+    item = write_item(tmp_path, "x", {"nir": {"href": href}})
+    with pytest.raises(CostackError, match=r"is a GDAL virtual path .* to allowed_sources"):
+        _discover({"inputs": [str(item)], "assets": "1.nir", "reference": "1.nir"})
+
+
+def test_private_address_href_is_refused(tmp_path):
+    item = write_item(tmp_path, "x", {"nir": {"href": "http://10.0.0.7/data/nir.tif"}})
+    with pytest.raises(CostackError, match=r"non-public address \(10.0.0.7\)"):
+        _discover({"inputs": [str(item)], "assets": "1.nir", "reference": "1.nir"})

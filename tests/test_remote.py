@@ -69,7 +69,8 @@ def test_http_asset_read_with_one_retried_failure(tmp_path, flaky_server, monkey
     write_raster(root / "nir.tif", data, transform=T, nodata=0)
     item = write_item(tmp_path / "item", "remote", {"nir": {
         "href": f"{url}/nir.tif", "raster:bands": [{"scale": 1e-4, "offset": -0.1}]}})  # fmt: skip
-    cfg = {"inputs": [str(item)], "assets": "1.nir", "reference": "1.nir"}
+    cfg = {"inputs": [str(item)], "assets": "1.nir", "reference": "1.nir",
+           "allowed_sources": ["127.0.0.1"]}  # fmt: skip
     run_discover(cfg, tmp_path / "m.csv")
     run_grid(tmp_path / "m.csv", "1.nir", None, tmp_path / "g.json")
     run_colocate(tmp_path / "m.csv", tmp_path / "g.json", "1.nir", tmp_path / "out.tif")
@@ -92,7 +93,8 @@ def test_http_source_that_stays_down_is_one_line(tmp_path, monkeypatch):
             tmp_path / "i", "x", {"nir": {"href": f"http://127.0.0.1:{port}/nir.tif"}}
         )
         with pytest.raises(CostackError, match=r"^assets: 1.nir: cannot read http://127.0.0.1"):
-            discover(parse_config({"inputs": [str(item)], "assets": "1.nir", "reference": "1.nir"}))
+            discover(parse_config({"inputs": [str(item)], "assets": "1.nir", "reference": "1.nir",
+                                   "allowed_sources": ["127.0.0.1"]}))  # fmt: skip
     finally:
         proc.terminate()
         proc.wait(timeout=10)

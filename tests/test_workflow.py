@@ -208,10 +208,10 @@ def test_demo_flows_match_stored_truth(demo_run: Path):
 def test_demo_item_has_flow_metadata_assets(demo_run: Path):
     item = pystac.Item.from_file(str(demo_run / "results/stack/costack-demo.json"))
     for n in ("2", "3"):
-        disp = item.assets[f"{n}.displacement"]
+        disp = item.assets[f"displacement:{n}"]
         assert disp.roles == ["metadata"] and is_valid_cog(disp.get_absolute_href())
         assert len(disp.extra_fields["raster:bands"]) == 2
-        assert item.assets[f"{n}.confidence"].roles == ["metadata"]
+        assert item.assets[f"confidence:{n}"].roles == ["metadata"]
     reg = item.properties["costack:registration"]["datasets"]
     assert reg["2"]["mode"] == "efolki" and reg["3"]["mode"] == "gefolki"
     # the reference dataset's assets are not moved

@@ -30,6 +30,8 @@ from costack.errors import CostackError
 
 MAX_DEPTH = 64
 MAX_LENGTH = 10_000
+#: Most asset references in one expression (each is a raster operand in memory).
+MAX_OPERANDS = 64
 
 _NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?", re.ASCII)
 _ASSET = re.compile(r"[1-9][0-9]*\.[A-Za-z_][A-Za-z0-9_\-]*", re.ASCII)
@@ -145,8 +147,13 @@ def _mean(value: Value) -> Value:
 
 
 def _interp(x: Value, xp: Value, fp: Value) -> Value:
+    """Piecewise-linear interpolation (NumPy's ``interp``). ``xp`` may be given in decreasing
+    order: the (xp, fp) pairs are sorted together by xp first (NumPy silently gives wrong
+    values otherwise); repeated xp values are refused at parse time."""
+    xs, fs = np.atleast_1d(xp.data), np.atleast_1d(fp.data)
+    order = np.argsort(xs, kind="stable")
     with np.errstate(all="ignore"):
-        data = np.interp(x.data, np.atleast_1d(xp.data), np.atleast_1d(fp.data))
+        data = np.interp(x.data, xs[order], fs[order])
     return Value(data, x.invalid)
 
 
@@ -366,6 +373,11 @@ def parse(source: str, assets: set[str] | None = None) -> ParsedExpression:
                     source, "interp's xp and fp have different lengths", open_pos,
                     "give as many values to both asarray",
                 )  # fmt: skip
+            if name == "interp" and len({a.value for a in args[1].args}) != len(args[1].args):
+                raise ExpressionError(
+                    source, "interp's xp repeats a value", open_pos,
+                    "give distinct xp values (in any order: pairs are sorted by xp)",
+                )  # fmt: skip
             node = Call(name, args, open_pos)
             if stack:
                 stack[-1][1].append(node)
@@ -389,8 +401,28 @@ def parse(source: str, assets: set[str] | None = None) -> ParsedExpression:
             source, "the result is an asarray list, not a raster", result.pos,
             "use asarray inside interp",
         )  # fmt: skip
-    used = tuple(dict.fromkeys(_asset_keys(result)))
+    refs = _asset_keys(result)
+    if len(refs) > MAX_OPERANDS:
+        raise ExpressionError(
+            source, f"{len(refs)} asset operands, more than {MAX_OPERANDS}", None,
+            "split it into several expressions",
+        )  # fmt: skip
+    used = tuple(dict.fromkeys(refs))
     return ParsedExpression(expr.name, text, result, used)
+
+
+def memory_bytes(parsed: ParsedExpression, pixels: int) -> int:
+    """Peak memory of :func:`evaluate` on a grid of ``pixels``: each distinct raster read once
+    (float64 and its mask), plus the operands one call holds at a time (9 bytes per pixel
+    each), plus the Float32 result."""
+    widest = 1
+    todo: list[Node] = [parsed.tree]
+    while todo:
+        n = todo.pop()
+        if isinstance(n, Call):
+            widest = max(widest, len(n.args))
+            todo.extend(n.args)
+    return int(pixels * (9 * (len(parsed.assets) + widest + 1) + 4))
 
 
 def _asset_keys(node: Node) -> list[str]:
@@ -431,12 +463,16 @@ def evaluate(
             raise ExpressionError(parsed.source, f"{key} is not on the same grid", None,
                                   "co-locate the assets first")  # fmt: skip
 
+    cache: dict[str, Value] = {}
+
     def value_of(node: Node) -> Value:
         if isinstance(node, Num):
             return Value(np.float64(node.value))  # NumPy scalars: 1/0 is inf, not an exception
-        if isinstance(node, Asset):
-            data = np.asarray(rasters[node.key], dtype=np.float64)
-            return Value(data, ~np.isfinite(data))
+        if isinstance(node, Asset):  # each raster converted once, however often it is named
+            if node.key not in cache:
+                data = np.asarray(rasters[node.key], dtype=np.float64)
+                cache[node.key] = Value(data, ~np.isfinite(data))
+            return cache[node.key]
         return FUNCTIONS[node.name][2](*(value_of(a) for a in node.args))
 
     out = value_of(parsed.tree)

@@ -13,6 +13,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from rasterio.errors import RasterioError
+
 from costack import __version__
 from costack.errors import CostackError
 
@@ -45,7 +47,21 @@ def _config_from_args(args: argparse.Namespace) -> dict:
         try:
             raw = yaml.safe_load(Path(args.configfile).read_text(encoding="utf-8")) or {}
         except OSError as err:
-            raise CostackError("--configfile", f"cannot read {args.configfile}", None) from err
+            raise CostackError(
+                "--configfile", f"cannot read {args.configfile} ({err.strerror})", None
+            ) from err
+        except (yaml.YAMLError, UnicodeDecodeError) as err:
+            reason = " ".join(str(err).split())[:160]
+            raise CostackError(
+                "--configfile", f"{args.configfile} is not valid YAML ({reason})",
+                "fix the YAML syntax",
+            ) from err  # fmt: skip
+        if not isinstance(raw, dict):
+            raise CostackError(
+                "--configfile",
+                f"{args.configfile} holds a {type(raw).__name__}, not a mapping of keys to values",
+                "write it as 'key: value' lines (see config/config.yaml)",
+            )
     for name in ("inputs", "assets", "reference", "aoi", "expressions"):
         value = getattr(args, name, None)
         if value is not None:
@@ -81,6 +97,26 @@ def cmd_check(args: argparse.Namespace) -> None:
         f"ok: {len(manifest)} assets in {len(cfg.datasets)} datasets; grid {grid.crs.to_string()}"
         f" {grid.width}x{grid.height} px at {grid.transform.a:g} m"
     )
+
+
+def cmd_verify(args: argparse.Namespace) -> None:
+    """Check the published files of an item against its file:size and file:checksum."""
+    from costack.stac import verify_item
+
+    if not Path(args.item).is_file():
+        raise CostackError("item", f"{args.item} does not exist", "give the stack's item JSON")
+    try:
+        problems = verify_item(args.item)
+    except ValueError as err:
+        raise CostackError("item", f"{args.item} is not a STAC item JSON ({err})", None) from err
+    for line in problems:
+        print(f"costack: verify: {line}", file=sys.stderr)
+    if problems:
+        raise CostackError(
+            "item", f"{len(problems)} published file(s) differ from {args.item}",
+            "rerun the workflow to rebuild them (snakemake --forcerun convert_cog ...)",
+        )  # fmt: skip
+    print(f"ok: every file of {args.item} matches its checksum")
 
 
 def cmd_discover(args: argparse.Namespace) -> None:
@@ -224,6 +260,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=cmd_check)
 
+    p = sub.add_parser("verify", help="check published files against the item's checksums")
+    p.add_argument("item", help="the stack's item JSON (results/stack/ITEM_ID.json)")
+    p.set_defaults(func=cmd_verify)
+
     p = sub.add_parser("discover", help="resolve the listed assets into a manifest CSV")
     _add_config_args(p)
     p.add_argument("out", help="output manifest CSV (results/discover/manifest.csv)")
@@ -360,6 +400,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.func(args)
     except CostackError as err:
         print(f"costack: error: {err}", file=sys.stderr)
+        return 2
+    except (OSError, RasterioError, ValueError, KeyError) as err:
+        # a missing, unreadable or malformed file given to a step: one line, no traceback
+        text = " ".join(str(err).split())[:240] or type(err).__name__
+        print(f"costack: error: {args.command}: {text}; check the files given", file=sys.stderr)
         return 2
     return 0
 

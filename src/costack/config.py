@@ -9,6 +9,7 @@ The Charter Mapper Co-Register service takes an asset list written ``1.nir,2.nir
 from __future__ import annotations
 
 import copy
+import math
 import re
 from dataclasses import dataclass, field
 from importlib import resources
@@ -22,6 +23,9 @@ from costack.errors import CostackError
 
 _TOKEN = re.compile(r"^(?P<dataset>[1-9][0-9]*)\.(?P<band>[A-Za-z_][A-Za-z0-9_\-]*)$")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_ITEM_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+#: Longest expression name and item id: both become file names and Snakemake wildcards.
+MAX_NAME_LENGTH = 64
 
 
 def schema_path() -> Path:
@@ -60,7 +64,7 @@ class AssetRef:
                 "write the list as comma-separated DATASET.BAND tokens without spaces, "
                 "e.g. 1.nir,2.nir",
             )
-        match = _TOKEN.match(token)
+        match = _TOKEN.fullmatch(token)
         if not match:
             raise CostackError(
                 parameter,
@@ -100,6 +104,8 @@ class RunConfig:
     verdict: dict[str, float] = field(default_factory=dict)
     on_failed_registration: str = "stop"
     min_overlap_px: int = 64
+    max_job_memory_mb: int = 12000
+    allowed_sources: list[str] = field(default_factory=list)
 
     @property
     def keys(self) -> list[str]:
@@ -177,11 +183,23 @@ def split_expression(source: str) -> Expression:
             "write it as name:(s-expression), e.g. ndvi:(norm_diff 1.nir 1.red)",
         )
     name = name.strip()
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise CostackError(
             "expressions",
-            f"name {name!r} in {source!r} is not a valid identifier",
+            f"name {name[:80]!r} in {source[:120]!r} is not a valid identifier",
             "use letters, digits and underscores, starting with a letter",
+        )
+    if len(name) > MAX_NAME_LENGTH:
+        raise CostackError(
+            "expressions",
+            f"name {name[:20]}... is {len(name)} characters long (it names a file)",
+            f"use at most {MAX_NAME_LENGTH} characters",
+        )
+    if re.fullmatch(r"(.+?)\1{3,}", name):
+        raise CostackError(
+            "expressions",
+            f"name {name[:40]!r} repeats one pattern, which Snakemake takes for a runaway rule",
+            "give it a descriptive name, e.g. ndvi or water_mask",
         )
     if not text.strip():
         raise CostackError(
@@ -192,8 +210,28 @@ def split_expression(source: str) -> Expression:
     return Expression(name=name, text=text.strip(), source=source)
 
 
+def _check_finite(value: Any, where: str = "config") -> None:
+    """Refuse NaN and infinite numbers anywhere in the config (YAML's .nan and .inf pass the
+    schema's bounds, then fail deep in a job)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise CostackError(where, f"{value} is not a finite number", "give a finite value")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_finite(v, f"{where}.{k}" if where != "config" else str(k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_finite(v, f"{where}[{i}]")
+
+
 def parse_config(config: dict[str, Any]) -> RunConfig:
     """Validate a raw config mapping (schema, asset list, reference, expression names)."""
+    if not isinstance(config, dict):
+        raise CostackError(
+            "configfile",
+            f"the configuration is a {type(config).__name__}, not a mapping of keys to values",
+            "write it as 'key: value' lines (see config/config.yaml)",
+        )
+    _check_finite(config)
     raw = validate_schema(config)
     assets = parse_asset_list(raw["assets"])
     n_inputs = len(raw["inputs"])
@@ -225,6 +263,31 @@ def parse_config(config: dict[str, Any]) -> RunConfig:
     aoi = raw["aoi"]
     if aoi is not None and not aoi.strip():
         aoi = None
+    item_id = raw["item_id"]
+    if not _ITEM_ID.fullmatch(item_id) or len(item_id) > MAX_NAME_LENGTH:
+        raise CostackError(
+            "item_id",
+            f"{item_id[:80]!r} cannot name the item's file",
+            f"use up to {MAX_NAME_LENGTH} letters, digits, '.', '_' or '-', starting with a "
+            "letter or digit",
+        )
+    listed = {a.key for a in assets}
+    for k, band in raw["matching_assets"].items():
+        n = int(k) if str(k).isdigit() else None
+        if n is None or n == reference.dataset or n not in {a.dataset for a in assets}:
+            raise CostackError(
+                "matching_assets",
+                f"key {k!r} is not a secondary dataset of the asset list "
+                f"({','.join(sorted({str(a.dataset) for a in assets if a != reference}))})",
+                "key it by the index of a listed secondary dataset",
+            )
+        if f"{n}.{band}" not in listed:
+            raise CostackError(
+                "matching_assets",
+                f"{n}: {band!r} is not a listed asset of dataset {n} "
+                f"({','.join(a.key for a in assets if a.dataset == n)})",
+                "name one of that dataset's listed bands",
+            )
     return RunConfig(
         inputs=list(raw["inputs"]),
         assets=assets,
@@ -233,7 +296,7 @@ def parse_config(config: dict[str, Any]) -> RunConfig:
         expressions=expressions,
         resampling=raw["resampling"],
         gcp_pixel_center=raw["gcp_pixel_center"],
-        item_id=raw["item_id"],
+        item_id=item_id,
         flow_mode=raw["flow_mode"],
         flow_radii=tuple(raw["flow_radii"]),
         max_displacement=float(raw["max_displacement"]),
@@ -243,6 +306,8 @@ def parse_config(config: dict[str, Any]) -> RunConfig:
         verdict=dict(raw["verdict"]),
         on_failed_registration=raw["on_failed_registration"],
         min_overlap_px=int(raw["min_overlap_px"]),
+        max_job_memory_mb=int(raw["max_job_memory_mb"]),
+        allowed_sources=list(raw["allowed_sources"]),
     )
 
 
@@ -254,5 +319,6 @@ def load_config(path: str | Path) -> RunConfig:
     except OSError as err:
         raise CostackError("configfile", f"cannot read {path}: {err.strerror}", None) from err
     except yaml.YAMLError as err:
-        raise CostackError("configfile", f"{path} is not valid YAML ({err})", None) from err
+        reason = " ".join(str(err).split())[:160]
+        raise CostackError("configfile", f"{path} is not valid YAML ({reason})", None) from err
     return parse_config(raw)

@@ -105,6 +105,13 @@ def parse_aoi(text: str) -> Polygon:
             f"WKT {text[:80]!r} is outside longitude/latitude ranges",
             "give the AOI in EPSG:4326, longitude first",
         )
+    if 180 < maxx - minx < 359.9:
+        raise CostackError(
+            "aoi",
+            f"WKT {text[:80]!r} spans {maxx - minx:.0f} degrees of longitude: it crosses the "
+            "antimeridian (read as going the long way round) or covers most of the globe",
+            "split it at 180 degrees and run each side, or draw it within one side",
+        )
     return geom
 
 
@@ -121,6 +128,15 @@ def reference_lattice(row: pd.Series) -> tuple[CRS, float, float, float, float]:
     if row["georef"] == "transform":
         with rasterio.open(row["gdal_path"]) as src:
             t = src.transform
+            if src.crs.is_geographic:
+                raise CostackError(
+                    "reference",
+                    f"{row['key']} is in a geographic CRS ({src.crs.to_string()}), whose pixels "
+                    "are degrees, not metres: the grid, resolution ratios and flow windows "
+                    "would mix units",
+                    "pick a reference asset in a projected CRS (e.g. its UTM zone), or "
+                    "reproject it first (gdalwarp -t_srs EPSG:326NN)",
+                )
             if t.b != 0 or t.d != 0:
                 raise CostackError(
                     "reference",
@@ -183,7 +199,22 @@ def compute_grid(
             "list assets that overlap, or set aoi inside their overlap",
         )
     if aoi is not None:
-        area = _to_crs(parse_aoi(aoi), crs)
+        region = parse_aoi(aoi)
+        # an AOI beyond the reference CRS's area of use (a whole-world AOI in UTM) cannot be
+        # projected: clip it there first, in EPSG:4326
+        epsg = crs.to_epsg()
+        use = (ProjCRS.from_epsg(epsg) if epsg else ProjCRS.from_wkt(crs.to_wkt())).area_of_use
+        if use is not None:  # with a margin: the nominal area is narrower than what projects
+            margin = box(max(-180, use.west - 10), max(-90, use.south - 10),
+                         min(180, use.east + 10), min(90, use.north + 10))  # fmt: skip
+            region = region.intersection(margin)
+        if region.is_empty:
+            raise CostackError(
+                "aoi",
+                "the AOI does not overlap the common area of the listed assets",
+                "draw the AOI where all listed assets overlap",
+            )
+        area = _to_crs(region, crs)
         if not area.intersects(common) or area.intersection(common).area == 0:
             raise CostackError(
                 "aoi",

@@ -25,7 +25,7 @@ from costack import radiometry
 from costack.config import AssetRef, RunConfig
 from costack.errors import CostackError
 from costack.georef import WGS84, read_georef
-from costack.remote import check_requester_pays, gdal_path, is_url
+from costack.remote import check_requester_pays, check_source, gdal_path, is_url
 
 #: Product types of complex (single-look complex) SAR products, refused by the service.
 COMPLEX_PRODUCT_TYPES = {"SLC", "SSC", "L1A", "SCS"}
@@ -190,6 +190,7 @@ def describe_asset(
     """One manifest row: the asset's item metadata and its raster header."""
     asset_key, asset = find_asset(item, ref)
     href = asset.get_absolute_href() or asset.href
+    check_source(ref.key, href, cfg.allowed_sources)
     check_requester_pays(ref.key, href, asset.extra_fields)
     path = gdal_path(href)
     product_type = str(item.properties.get("sar:product_type", "")).upper()

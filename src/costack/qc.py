@@ -26,6 +26,8 @@ from costack.tiepoints import TiePointParams, lsm, prepare
 
 #: Half patch (px) of the multimodal QC matcher (51 px patches, as the tie points' coarse).
 MULTIMODAL_HALF = 25
+#: A QC residual after co-registration this much above the one before it: made worse (px).
+WORSE_BY_PX = 0.1
 #: Fewest re-matched points a residual figure rests on; below, the figure is "insufficient".
 QC_MIN_POINTS = 20
 
@@ -145,7 +147,7 @@ class VerdictThresholds:
 
     The defaults pass the demo's two datasets and fail or flag the cases that motivated them:
     a secondary of pure noise, an AOI that leaves a dataset a sliver of the grid, a residual
-    that is no better after co-registration than before.
+    that is worse after co-registration than before.
     """
 
     min_coverage: float = 0.25  # share of the grid holding the dataset's data; below: warn
@@ -163,8 +165,8 @@ def judge(qc: dict, flow: dict, model: dict, t: VerdictThresholds = VerdictThres
     points, residual after vs before), the flow's valid share of the overlap and its divergence,
     the agreement of the tie-point model with the flow, and the share of the grid the dataset
     covers. ``fail``: the run cannot vouch for the registration (no independent match at all,
-    residual above ``max_residual_px`` or no better than before, flow mostly unknown or
-    diverged). ``warn``: it holds, on thin evidence or a thin coverage.
+    residual above ``max_residual_px`` or worse than before, flow mostly unknown or diverged).
+    ``warn``: it holds, on thin evidence or a thin coverage.
     """
     fails: list[str] = []
     warns: list[str] = []
@@ -186,9 +188,10 @@ def judge(qc: dict, flow: dict, model: dict, t: VerdictThresholds = VerdictThres
         if med > t.max_residual_px:
             fails.append(f"QC residual {med:.2f} px (median of {after['points']} points) "
                          f"above max_residual_px {t.max_residual_px:g}")  # fmt: skip
-        if measured_before and med >= before["pixels"]["median"]:
-            fails.append(f"QC residual after co-registration {med:.2f} px is no better than "
-                         f"before ({before['pixels']['median']:.2f} px)")  # fmt: skip
+        was = before["pixels"]["median"] if measured_before else None
+        if was is not None and med > was + WORSE_BY_PX and med > 0.3:
+            fails.append(f"QC residual after co-registration {med:.2f} px is worse than before "
+                         f"({was:.2f} px)")  # fmt: skip
     overlap = float(qc.get("overlap", 1.0) or 0.0)
     valid = flow.get("valid_fraction")
     if valid is not None and overlap > 0:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import os
 import tempfile
 from collections.abc import Iterator
@@ -35,6 +36,10 @@ def atomic_path(path: str | Path) -> Iterator[str]:
     unreadable to the user's group whatever the umask)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # a job killed while writing (SIGKILL, OOM) leaves its temporary file: one job writes one
+    # output at a time, so any earlier temporary of this output is such a leftover
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:

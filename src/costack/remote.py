@@ -16,7 +16,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import socket
 from urllib.parse import unquote, urlparse
 
 from costack.errors import CostackError
@@ -88,4 +90,57 @@ def check_requester_pays(key: str, href: str, asset_fields: dict) -> None:
             f"{key}: {href[:100]} is in a requester-pays bucket (storage:requester_pays)",
             "set AWS_REQUEST_PAYER=requester and your AWS credentials (the reads are billed "
             "to you), or use another copy of the data",
+        )
+
+
+def _private_addresses(host: str) -> list[str]:
+    """The addresses ``host`` resolves to that are not public (loopback, private, link-local,
+    reserved...); [] when all are public or the name does not resolve (GDAL then fails with
+    its own error, naming the href)."""
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except (OSError, UnicodeError):
+        return []
+    bad = []
+    for info in infos:
+        addr = ipaddress.ip_address(info[4][0].split("%")[0])
+        if not addr.is_global:
+            bad.append(str(addr))
+    return sorted(set(bad))
+
+
+def check_source(key: str, href: str, allowed: list[str] | tuple[str, ...] = ()) -> None:
+    """Refuse an asset href that would make this host read what an item should not reach.
+
+    By default: local files, and http(s) URLs whose host resolves to public addresses only;
+    s3 hrefs go to the endpoint the user configured. Refused unless ``allowed`` lists them
+    (config ``allowed_sources``): hosts resolving to loopback, private, link-local or other
+    non-public addresses (a third-party item could point at internal services), and GDAL
+    virtual paths (``/vsicurl/``, ``/vsizip/``...) written into an item. An entry of
+    ``allowed`` is a host (``127.0.0.1``, ``data.internal``), ``host:port``, or a GDAL prefix
+    (``/vsizip/``).
+    """
+    allowed = tuple(allowed)
+    if href.startswith("/vsi"):
+        prefix = href.split("/", 2)[1]
+        if f"/{prefix}/" in allowed:
+            return
+        raise CostackError(
+            "assets",
+            f"{key}: href {href[:100]} is a GDAL virtual path (/{prefix}/), which an item may "
+            "not use to reach other sources",
+            f"add '/{prefix}/' to allowed_sources if you trust this item",
+        )
+    url = urlparse(href)
+    if url.scheme not in {"http", "https"}:
+        return
+    host = url.hostname or ""
+    if host in allowed or url.netloc in allowed:
+        return
+    bad = _private_addresses(host)
+    if bad:
+        raise CostackError(
+            "assets",
+            f"{key}: href {href[:100]} points at a non-public address ({', '.join(bad)})",
+            f"add {host!r} to allowed_sources if this item is yours",
         )

@@ -192,3 +192,32 @@ def write_catalog(
     catalog.make_all_asset_hrefs_relative()
     catalog.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)
     return catalog
+
+
+def verify_item(item_json: str | Path) -> list[str]:
+    """Check every asset of an output item against its ``file:size`` and ``file:checksum``.
+
+    Returns one line per problem (missing file, size or SHA-256 differing); [] when every file
+    is as published.
+    """
+    import json
+
+    path = Path(item_json)
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    problems = []
+    for key, asset in doc.get("assets", {}).items():
+        href = asset.get("href", "")
+        if "://" in href and not href.startswith("file://"):
+            continue  # a remote asset: not ours to fetch here
+        target = (path.parent / href.removeprefix("file://")).resolve()
+        if not target.is_file():
+            problems.append(f"{key}: {href} is missing")
+            continue
+        size = asset.get("file:size")
+        if size is not None and target.stat().st_size != size:
+            problems.append(f"{key}: {href} is {target.stat().st_size} bytes, the item says {size}")
+            continue
+        checksum = asset.get("file:checksum")
+        if checksum and sha256_multihash(target) != checksum:
+            problems.append(f"{key}: {href} does not match its file:checksum (SHA-256)")
+    return problems

@@ -6,8 +6,10 @@ rerun by hand on the files of the previous one.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
 import shutil
 import time
 from pathlib import Path
@@ -17,7 +19,7 @@ import numpy as np
 import pandas as pd
 from rasterio.errors import RasterioIOError
 
-from costack.bandmath import ParsedExpression, evaluate, parse
+from costack.bandmath import ParsedExpression, evaluate, memory_bytes, parse
 from costack.cog import write_cog
 from costack.colocate import colocate_asset
 from costack.config import RunConfig, parse_config
@@ -41,7 +43,111 @@ def preflight(raw_config: dict[str, Any]) -> tuple[RunConfig, pd.DataFrame, Grid
     parse_expressions(cfg)
     manifest = discover(cfg)
     grid = compute_grid(manifest, cfg.reference.key, cfg.aoi, cfg.min_overlap_px)
+    check_memory(cfg, manifest, grid)
     return cfg, manifest, grid
+
+
+#: Flows of grids up to this size run in memory (see costack.coregister.TILED_ABOVE); larger
+#: ones in tiles whose peak is about TILED_FLOW_BYTES whatever the scene.
+IN_MEMORY_FLOW_PIXELS = 16_000_000
+FLOW_BYTES_PER_PIXEL = 100
+TILED_FLOW_BYTES = 2_800_000_000
+
+
+def job_memory(cfg: RunConfig, manifest: pd.DataFrame, grid: Grid) -> dict[str, int]:
+    """Estimated peak memory (bytes) of the heaviest job of each kind on this grid.
+
+    Co-location: the source read as Float32 beside its stored values, geolocation arrays for
+    GCP sources (16 B per source pixel), and three grid-sized Float32 planes. Flow: about 100
+    B per grid pixel in memory up to 16 Mpx, tiled above. Warp: six grid planes. Band math:
+    :func:`costack.bandmath.memory_bytes`.
+    """
+    px = grid.width * grid.height
+    src = max(
+        int(r["width"]) * int(r["height"]) * (8 + (16 if r["georef"] == "gcps" else 0))
+        for _, r in manifest.iterrows()
+    )
+    out = {"colocate_asset": src + 12 * px, "coregister_asset": 24 * px}
+    if cfg.secondary_datasets:
+        out["estimate_flow"] = (
+            FLOW_BYTES_PER_PIXEL * px if px <= IN_MEMORY_FLOW_PIXELS else TILED_FLOW_BYTES
+        )
+    for name, parsed in parse_expressions(cfg).items():
+        out[f"evaluate_expression ({name})"] = memory_bytes(parsed, px)
+    return out
+
+
+def check_memory(cfg: RunConfig, manifest: pd.DataFrame, grid: Grid) -> None:
+    """Refuse, before any job, a run whose heaviest job would exceed ``max_job_memory_mb``."""
+    ceiling = cfg.max_job_memory_mb * 1_000_000
+    job, need = max(job_memory(cfg, manifest, grid).items(), key=lambda kv: kv[1])
+    if need > ceiling:
+        where = "aoi" if cfg.aoi else ("expressions" if job.startswith("evaluate") else "assets")
+        raise CostackError(
+            where,
+            f"the grid is {grid.width} x {grid.height} px ({grid.width * grid.height / 1e6:,.0f}"
+            f" Mpx): the {job} job would need about {need / 1e9:.1f} GB, above "
+            f"max_job_memory_mb = {cfg.max_job_memory_mb}",
+            "draw a smaller AOI (or simplify the expression), or raise max_job_memory_mb on a "
+            "machine with that much memory",
+        )
+
+
+def _fingerprint(paths) -> list[list]:
+    out = []
+    for p in paths:
+        try:
+            st = os.stat(p)
+            out.append([str(p), st.st_size, st.st_mtime_ns])
+        except OSError:
+            out.append([str(p), None, None])
+    return out
+
+
+def cached_preflight(
+    raw_config: dict[str, Any], cache_dir: str | Path = ".snakemake/costack"
+) -> tuple[RunConfig, pd.DataFrame, Grid]:
+    """:func:`preflight`, run once per configuration and set of local files.
+
+    Snakemake parses the workflow at every call (``-n``, ``--unlock``, ``--summary``) and again
+    in every job; the preflight opens every item and raster header (42 s for 10,000 assets) and
+    needs remote sources to answer. Its result (manifest and grid) is kept under
+    ``.snakemake/costack/`` keyed by the configuration and the local items' size and mtime,
+    and reused while no local item or raster it read has changed; so a lock left while a
+    remote source is down can still be removed, and jobs start without it.
+    """
+    cfg = parse_config(raw_config)
+    items = [p for p in cfg.inputs if "://" not in p]
+    key_text = json.dumps([raw_config, _fingerprint(items)], sort_keys=True, default=str)
+    key = hashlib.sha256(key_text.encode()).hexdigest()[:20]
+    folder = Path(cache_dir) / f"preflight-{key}"
+    manifest_csv = folder / "manifest.csv"
+    grid_json = folder / "grid.json"
+    sources_json = folder / "sources.json"
+    if sources_json.is_file() and manifest_csv.is_file() and grid_json.is_file():
+        try:
+            sources = json.loads(sources_json.read_text(encoding="utf-8"))
+            if _fingerprint([s[0] for s in sources]) == sources:
+                return cfg, read_manifest(manifest_csv), Grid.load(grid_json)
+        except (OSError, ValueError, KeyError):
+            pass
+    cfg, manifest, grid = preflight(raw_config)
+    rasters = [p for p in manifest["gdal_path"] if Path(str(p)).is_file()]
+    try:
+        with atomic_path(manifest_csv) as tmp:
+            write_manifest(manifest, tmp)
+        with atomic_path(grid_json) as tmp:
+            grid.save(tmp)
+        write_json(sources_json, _fingerprint(rasters))
+    except OSError:
+        pass  # a read-only working directory: no cache, the next call checks again
+    return cfg, read_manifest(manifest_csv) if manifest_csv.is_file() else manifest, grid
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    """Write JSON atomically (a reader never sees half a file)."""
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
 def unused_inputs_warning(cfg: RunConfig) -> str | None:
@@ -282,7 +388,7 @@ def run_catalog(
         registration[str(n)] = stats
         assets.append(
             StackAsset(
-                key=f"{n}.displacement", path=Path(disp), nodata=float("nan"), roles=["metadata"],
+                key=f"displacement:{n}", path=Path(disp), nodata=float("nan"), roles=["metadata"],
                 title=f"Dense displacement of dataset {n} (band 1 dx, band 2 dy, grid pixels)",
                 unit="pixel", band_count=2,
                 extra={"costack:flow_mode": stats["mode"]},
@@ -290,7 +396,7 @@ def run_catalog(
         )  # fmt: skip
         assets.append(
             StackAsset(
-                key=f"{n}.confidence", path=Path(conf), nodata=float("nan"), roles=["metadata"],
+                key=f"confidence:{n}", path=Path(conf), nodata=float("nan"), roles=["metadata"],
                 title=f"Confidence of the displacement of dataset {n} (0 to 1)",
             )
         )  # fmt: skip

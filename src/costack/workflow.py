@@ -7,6 +7,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from rasterio.errors import RasterioError
+
 from costack.errors import CostackError
 
 
@@ -14,7 +16,11 @@ def setup_logging(log_path: str | None = None, level: int = logging.INFO) -> Non
     """Log to ``log_path`` (the rule's ``log:``) and to stderr."""
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_path:
-        handlers.append(logging.FileHandler(log_path, mode="w", encoding="utf-8"))
+        try:
+            handlers.append(logging.FileHandler(log_path, mode="w", encoding="utf-8"))
+        except OSError as err:  # a read-only logs folder: log to stderr only
+            print(f"costack: warning: cannot write the log {log_path} ({err.strerror})",
+                  file=sys.stderr)  # fmt: skip
     logging.basicConfig(
         level=level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -29,6 +35,16 @@ def run_step(snakemake: Any, step: Callable[[], Any]) -> None:
     try:
         step()
     except CostackError as err:
-        logging.getLogger("costack").error("%s", err)
-        print(f"costack: error: {err}", file=sys.stderr)
-        sys.exit(1)
+        _fail(str(err))
+    except (OSError, RasterioError) as err:
+        # a read-only or full results folder, a vanished input: one line, and the job fails
+        # (Snakemake then removes its outputs, so nothing half-written is marked complete)
+        text = " ".join(str(err).split())[:240]
+        _fail(f"{snakemake.rule}: {text}; check that the input files are readable and that the "
+              "results and logs folders are writable and have free space, then rerun")  # fmt: skip
+
+
+def _fail(message: str) -> None:
+    logging.getLogger("costack").error("%s", message)
+    print(f"costack: error: {message}", file=sys.stderr)
+    sys.exit(1)

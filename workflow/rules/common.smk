@@ -1,5 +1,7 @@
 # Validation before any job runs: config (schema and service syntax), STAC items, raster
 # headers, and the common grid. A problem stops the run with one line and leaves no output.
+# The result is cached in .snakemake/costack/ (see costack.steps.cached_preflight): later
+# calls (-n, --unlock, every job) reuse it while no local item or raster has changed.
 import sys
 from pathlib import Path
 
@@ -8,10 +10,10 @@ from snakemake.utils import validate
 from costack.config import schema_path
 from costack.errors import CostackError
 from costack.coregister import choose_mode, matching_asset
-from costack.steps import parse_expressions, preflight, unused_inputs_warning
+from costack.steps import cached_preflight, parse_expressions, unused_inputs_warning
 
 try:
-    CFG, MANIFEST, GRID = preflight(config)
+    CFG, MANIFEST, GRID = cached_preflight(config)
 except CostackError as err:
     sys.exit(f"costack: error: {err}")
 if unused_inputs_warning(CFG):

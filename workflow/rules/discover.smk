@@ -6,7 +6,10 @@ rule discover_assets:
     params:
         config={
             k: config[k]
-            for k in ("inputs", "assets", "reference", "gcp_pixel_center", "physical_units")
+            for k in (
+                "inputs", "assets", "reference", "gcp_pixel_center", "physical_units",
+                "allowed_sources",
+            )
         },
     log:
         "logs/discover_assets/discover.log",

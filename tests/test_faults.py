@@ -1,0 +1,253 @@
+"""Bad input and faults fail loudly and cleanly: refused before any job with one line, or run
+correctly; bounded resources; nothing half-written; outputs that can be verified."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import yaml
+from conftest import REPO, demo_config, run_snakemake, scene, write_item, write_raster
+from rasterio.crs import CRS
+from rasterio.transform import Affine
+
+from costack.bandmath import evaluate, parse
+from costack.errors import CostackError
+from costack.rasterio_io import atomic_path
+from costack.steps import preflight
+
+T = Affine(10, 0, 500_000, 0, -10, 5_000_000)
+CLI = [sys.executable, "-m", "costack.cli"]
+
+
+def _one_line(proc) -> str:
+    lines = [x for x in proc.stderr.splitlines() if x.startswith("costack: error:")]
+    assert len(lines) == 1, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    return lines[0]
+
+
+BAD_CONFIG = {
+    "max_displacement_inf": ({"max_displacement": float("inf")}, r"^max_displacement: inf is"),
+    "max_displacement_nan": ({"max_displacement": float("nan")}, r"^max_displacement: nan is"),
+    "name_too_long": ({"expressions": ["a" * 240 + ":(+ 1.nir 1)"]}, r"240 characters long"),
+    "name_periodic": ({"expressions": ["xxxxxxxxxxxx:(+ 1.nir 1)"]}, r"repeats one pattern"),
+    "item_id_newline": ({"item_id": "stack\n"}, r"^item_id: 'stack\\n' cannot name"),
+    "item_id_slash": ({"item_id": "../stack"}, r"^item_id: '\.\./stack' does not match"),
+    "matching_unknown_band": ({"matching_assets": {2: "nonexistent"}},
+                              r"^matching_assets: 2: 'nonexistent' is not a listed asset"),
+    "matching_unknown_dataset": ({"matching_assets": {9: "nir"}},
+                                 r"^matching_assets: key '9' is not a secondary dataset"),
+    "matching_reference_dataset": ({"matching_assets": {1: "nir"}},
+                                   r"^matching_assets: key '1' is not a secondary dataset"),
+    "huge_sum": ({"expressions": ["s:(+ " + " ".join(["1.nir"] * 1600) + ")"]},
+                 r"1600 asset operands, more than 64"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", list(BAD_CONFIG))
+def test_bad_config_values_are_refused_in_a_second(kind):
+    change, message = BAD_CONFIG[kind]
+    cfg = dict(demo_config(), **change)
+    start = time.perf_counter()
+    with pytest.raises(CostackError, match=message):
+        preflight(cfg)
+    assert time.perf_counter() - start < 5  # no data is read
+
+
+@pytest.mark.parametrize(
+    ("aoi", "message"),
+    [
+        ("POLYGON((4 43, 8 43, 8 47, 4 47, 4 43))", r"^aoi: the grid is 33\d+ x 45\d+ px"),
+        ("POLYGON((179 0, -179 0, -179 1, 179 1, 179 0))", r"crosses the antimeridian"),
+        ("POLYGON((-180 -90, 180 -90, 180 90, -180 90, -180 -90))", r"above max_job_memory_mb"),
+    ],
+)
+def test_oversized_aois_are_refused_before_any_job(aoi, message):
+    """A 4x4 degree AOI (1.5 Gpx) was OOM-killed in colocation; the whole world was said not
+    to overlap; an antimeridian AOI asked for 4.31 TiB."""
+    start = time.perf_counter()
+    with pytest.raises(CostackError, match=message):
+        preflight(dict(demo_config(), aoi=aoi))
+    assert time.perf_counter() - start < 5
+
+
+def test_geographic_reference_is_refused(tmp_path):
+    write_raster(tmp_path / "a.tif", scene(), crs=CRS.from_epsg(4326),
+                 transform=Affine(0.0001, 0, 3.0, 0, -0.0001, 45.0))  # fmt: skip
+    item = write_item(tmp_path, "geo", {"nir": {"href": "./a.tif"}})
+    with pytest.raises(CostackError, match=r"^reference: 1.nir is in a geographic CRS"):
+        preflight({"inputs": [str(item)], "assets": "1.nir", "reference": "1.nir"})
+
+
+def test_interp_with_decreasing_xp_is_sorted_with_fp():
+    x = np.array([[0.0, 0.25, 1.0]])
+    parsed = parse("inv:(interp 1.a (asarray 1 0) (asarray 0 1))", {"1.a"})
+    np.testing.assert_allclose(evaluate(parsed, {"1.a": x}), 1 - x)
+    with pytest.raises(CostackError, match="repeats a value"):
+        parse("bad:(interp 1.a (asarray 1 1) (asarray 0 1))", {"1.a"})
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [("- a\n- b\n", "holds a list, not a mapping"), ("inputs: [a\nassets: :", "not valid YAML")],
+)
+def test_costack_check_on_a_yaml_list_or_invalid_yaml(tmp_path, content, message):
+    (tmp_path / "c.yaml").write_text(content)
+    proc = subprocess.run([*CLI, "check", "--configfile", str(tmp_path / "c.yaml")],
+                          capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 2 and message in _one_line(proc)
+
+
+@pytest.mark.parametrize("command", ["cog", "warp", "flow", "tiepoints", "colocate", "grid",
+                                     "bandmath", "verify"])  # fmt: skip
+def test_subcommands_on_missing_files_are_one_line(tmp_path, command):
+    missing = str(tmp_path / "missing.tif")
+    args = {
+        "cog": [missing, str(tmp_path / "o.tif")],
+        "warp": [missing, missing, str(tmp_path / "o.tif")],
+        "flow": [missing, missing, str(tmp_path / "o.tif")],
+        "tiepoints": [missing, missing, str(tmp_path / "o.csv")],
+        "colocate": [missing, missing, "1.nir", str(tmp_path / "o.tif")],
+        "grid": [missing, "1.nir", str(tmp_path / "g.json")],
+        "bandmath": ["n:(+ 1.nir 1)", str(tmp_path / "o.tif"), "--asset", f"1.nir={missing}"],
+        "verify": [str(tmp_path / "item.json")],
+    }[command]
+    proc = subprocess.run([*CLI, command, *args], capture_output=True, text=True)
+    assert proc.returncode == 2
+    _one_line(proc)
+
+
+def test_truncated_source_fails_colocation_with_one_line(tmp_path):
+    from costack.steps import run_colocate, run_discover, run_grid
+
+    tif = write_raster(tmp_path / "nir.tif", scene(256, 256), transform=T)
+    data = tif.read_bytes()
+    item = write_item(tmp_path, "x", {"nir": {"href": "./nir.tif"}})
+    cfg = {"inputs": [str(item)], "assets": "1.nir", "reference": "1.nir"}
+    run_discover(cfg, tmp_path / "m.csv")
+    run_grid(tmp_path / "m.csv", "1.nir", None, tmp_path / "g.json")
+    tif.write_bytes(data[: len(data) // 2])  # the header survives, the pixels do not
+    with pytest.raises(CostackError, match=r"^assets: 1.nir: cannot read .*nir.tif"):
+        run_colocate(tmp_path / "m.csv", tmp_path / "g.json", "1.nir", tmp_path / "o.tif")
+    assert not (tmp_path / "o.tif").exists()
+    assert not list(tmp_path.glob(".o.tif.*"))
+
+
+def test_temporaries_left_by_a_killed_job_are_removed(tmp_path):
+    """SIGKILL leaves .NAME.XXXX.tmp beside an output; the next write of it removes them."""
+    out = tmp_path / "flow" / "2.tif"
+    out.parent.mkdir()
+    stale = out.parent / ".2.tif.ab12cd.tmp"
+    stale.write_bytes(b"half a raster")
+    other = out.parent / ".3.tif.ab12cd.tmp"  # another output's: left alone
+    other.write_bytes(b"x")
+    with atomic_path(out) as tmp:
+        Path(tmp).write_bytes(b"whole")
+    assert out.read_bytes() == b"whole" and not stale.exists() and other.exists()
+
+
+def test_unwritable_results_fail_the_job_with_one_line(tmp_path, capsys):
+    """A results folder that cannot be written (here a path under the read-only sysfs): one
+    line and exit 1, whatever the user (root included)."""
+    from costack.rasterio_io import write_float32
+    from costack.workflow import run_step
+
+    grid = SimpleNamespace(height=4, width=4, crs=CRS.from_epsg(32631), transform=T)
+    fake = SimpleNamespace(log=[str(tmp_path / "job.log")], rule="colocate_asset")
+    with pytest.raises(SystemExit) as stop:
+        run_step(fake, lambda: write_float32("/sys/costack-test/o.tif", np.zeros((4, 4)), grid))
+    assert stop.value.code == 1
+    err = capsys.readouterr().err
+    assert err.count("costack: error: colocate_asset:") == 1 and "writable" in err
+
+
+@pytest.mark.workflow
+def test_demo_verify_and_a_corrupted_cog(demo_run, tmp_path):
+    stack = tmp_path / "stack"
+    shutil.copytree(demo_run / "results" / "stack", stack)
+    item = stack / "costack-demo.json"
+    ok = subprocess.run([*CLI, "verify", str(item)], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    cog = stack / "2.nir.tif"
+    data = bytearray(cog.read_bytes())
+    data[-100] ^= 0xFF  # one flipped byte in the pixels
+    cog.write_bytes(bytes(data))
+    bad = subprocess.run([*CLI, "verify", str(item)], capture_output=True, text=True)
+    assert bad.returncode == 2
+    assert "2.nir: ./2.nir.tif does not match its file:checksum" in bad.stderr
+    assert "1 published file(s) differ" in _one_line(bad)
+
+
+@pytest.mark.workflow
+def test_demo_bytes_do_not_depend_on_the_checkout_folder(demo_run, tmp_path):
+    """The demo run from a copy of the repository in another folder (relative inputs there)
+    gives byte-identical COGs."""
+    root = tmp_path / "elsewhere" / "checkout"
+    root.mkdir(parents=True)
+    shutil.copy(REPO / "Snakefile", root)
+    for folder in ("workflow", "config", "resources", "profiles"):
+        shutil.copytree(REPO / folder, root / folder)
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2"], cwd=root,
+                          capture_output=True, text=True, timeout=900, env=env)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    mine = sorted((root / "results" / "stack").glob("*.tif"))
+    assert len(mine) == 12
+    for path in mine:
+        theirs = demo_run / "results" / "stack" / path.name
+        assert path.read_bytes() == theirs.read_bytes(), path.name
+
+
+def test_dry_run_and_unlock_work_while_a_remote_source_is_down(tmp_path):
+    """The preflight is cached: once a run has seen the sources, -n and --unlock do not need
+    them (a lock left while the server is down can be removed)."""
+    import socket
+
+    www = tmp_path / "www"
+    write_raster(www / "nir.tif", scene(), transform=T)
+    write_raster(www / "red.tif", scene(seed=3), transform=T)
+    write_item(www, "remote", {"nir": {"href": "./nir.tif"}, "red": {"href": "./red.tif"}})
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, str(Path(__file__).parent / "range_server.py"), str(www), str(port),
+         str(tmp_path / "log.jsonl")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        cfg = {"inputs": [f"http://127.0.0.1:{port}/item.json"], "assets": "1.nir,1.red",
+               "reference": "1.nir", "allowed_sources": ["127.0.0.1"]}  # fmt: skip
+        first = run_snakemake(tmp_path / "run", cfg, "-n")
+        assert first.returncode == 0, first.stderr[-2000:]
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    for extra in (["-n"], ["--unlock"]):
+        proc = run_snakemake(tmp_path / "run", cfg, *extra)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_every_refusal_is_before_any_output(tmp_path):
+    """The workflow refuses a bad value at parse time: exit 1, one line, no results folder."""
+    cfg = dict(demo_config(), max_displacement=float("inf"))
+    proc = run_snakemake(tmp_path / "run", cfg)
+    assert proc.returncode != 0
+    assert _one_line(proc).startswith("costack: error: max_displacement: inf")
+    assert not (tmp_path / "run" / "results").exists()
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())  # the config we gave
+    assert json.dumps(cfg, default=str)
