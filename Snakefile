@@ -36,10 +36,16 @@ rule all:
     default_target: True
 
 
-# The registration verdicts are the run's last lines (results/qc/summary.json has the evidence).
+# A running workflow records its pid, so that `snakemake --unlock` refuses to remove a live
+# run's lock (see common.smk); the registration verdicts are the run's last lines.
+onstart:
+    record_run(RUN_PID)
+
+
 onsuccess:
     from costack.qc import verdict_lines
 
+    forget_run(RUN_PID)
     for line in verdict_lines("results/qc/summary.json"):
         print(line, file=sys.stderr)
 
@@ -47,5 +53,6 @@ onsuccess:
 onerror:
     from costack.qc import verdict_lines
 
+    forget_run(RUN_PID)
     for line in verdict_lines("results/qc/summary.json"):
         print(line, file=sys.stderr)

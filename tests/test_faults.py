@@ -251,3 +251,56 @@ def test_every_refusal_is_before_any_output(tmp_path):
     assert not (tmp_path / "run" / "results").exists()
     assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())  # the config we gave
     assert json.dumps(cfg, default=str)
+
+
+def test_unlock_refuses_to_remove_a_live_runs_lock(tmp_path):
+    import signal
+
+    work = tmp_path / "run"
+    work.mkdir()
+    (work / "config.yaml").write_text(yaml.safe_dump(demo_config()))
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(work),
+           "--configfile", str(work / "config.yaml"), "--cores", "1"]  # fmt: skip
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    run = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                           start_new_session=True)  # fmt: skip
+    try:
+        pid_file = work / ".snakemake" / "costack" / "run.pid"
+        deadline = time.monotonic() + 120
+        while not pid_file.exists() and time.monotonic() < deadline and run.poll() is None:
+            time.sleep(0.2)
+        assert pid_file.exists(), "the run did not start"
+        proc = subprocess.run([*cmd, "--unlock"], capture_output=True, text=True, env=env)
+        assert proc.returncode != 0
+        assert f"a run (pid {run.pid}) is still working" in _one_line(proc)
+    finally:
+        os.killpg(run.pid, signal.SIGKILL)
+        run.wait(timeout=30)
+    # killed, it holds the lock no more: unlock works
+    proc = subprocess.run([*cmd, "--unlock"], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_a_write_beyond_the_file_size_limit_is_one_line(tmp_path):
+    """The file-size limit (RLIMIT_FSIZE) makes writes fail as a full disk does: one line."""
+    script = f"""
+import resource, signal, sys
+import numpy as np
+from types import SimpleNamespace
+from rasterio.crs import CRS
+from rasterio.transform import Affine
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (65536, 65536))
+from costack.rasterio_io import write_float32
+from costack.workflow import run_step
+grid = SimpleNamespace(height=1024, width=1024, crs=CRS.from_epsg(32631),
+                       transform=Affine(10, 0, 500000, 0, -10, 5000000))
+data = np.random.default_rng(0).random((1024, 1024)).astype("float32")
+run_step(SimpleNamespace(log=[], rule="coregister_asset"),
+         lambda: write_float32({str(tmp_path / "big.tif")!r}, data, grid))
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    line = _one_line(proc)
+    assert line.startswith("costack: error: coregister_asset:") and "free space" in line
+    assert not (tmp_path / "big.tif").exists() and not list(tmp_path.glob(".big.tif.*"))

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from rasterio.errors import RasterioError
@@ -48,3 +50,25 @@ def _fail(message: str) -> None:
     logging.getLogger("costack").error("%s", message)
     print(f"costack: error: {message}", file=sys.stderr)
     sys.exit(1)
+
+
+def record_run(pid_file: str | Path) -> None:
+    """Note the pid of the running workflow (Snakefile ``onstart``)."""
+    Path(pid_file).parent.mkdir(parents=True, exist_ok=True)
+    Path(pid_file).write_text(str(os.getpid()), encoding="ascii")
+
+
+def forget_run(pid_file: str | Path) -> None:
+    """Remove the note when the run ends (``onsuccess`` / ``onerror``)."""
+    Path(pid_file).unlink(missing_ok=True)
+
+
+def live_run(pid_file: str | Path) -> int | None:
+    """The pid of a Snakemake run of this folder that is still alive (not this process), or
+    None: ``--unlock`` must not remove the lock of a run that is working."""
+    try:
+        pid = int(Path(pid_file).read_text(encoding="ascii"))
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return None
+    return pid if pid != os.getpid() and b"snakemake" in cmdline else None

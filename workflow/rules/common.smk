@@ -9,8 +9,18 @@ from snakemake.utils import validate
 
 from costack.config import schema_path
 from costack.errors import CostackError
+from costack.workflow import forget_run, live_run, record_run
 from costack.coregister import choose_mode, matching_asset
 from costack.steps import cached_preflight, parse_expressions, unused_inputs_warning
+
+RUN_PID = ".snakemake/costack/run.pid"
+
+
+if "--unlock" in sys.argv and live_run(RUN_PID):
+    sys.exit(
+        f"costack: error: --unlock: a run (pid {live_run(RUN_PID)}) is still working in this "
+        "folder and holds the lock; wait for it to end or stop it (kill it), then unlock"
+    )
 
 try:
     CFG, MANIFEST, GRID = cached_preflight(config)
