@@ -304,3 +304,39 @@ run_step(SimpleNamespace(log=[], rule="coregister_asset"),
     line = _one_line(proc)
     assert line.startswith("costack: error: coregister_asset:") and "free space" in line
     assert not (tmp_path / "big.tif").exists() and not list(tmp_path.glob(".big.tif.*"))
+
+
+def test_listed_assets_named_like_flow_outputs_keep_their_keys(tmp_path):
+    """Listed assets 2.confidence and 2.displacement and dataset 2's flow layers all reach the
+    item (the flow's are keyed confidence:2 and displacement:2)."""
+    from costack.cog import write_cog
+    from costack.rasterio_io import write_float32
+    from costack.steps import run_catalog, run_discover, run_grid
+
+    t2 = Affine(10, 0, 500_000, 0, -10, 5_000_000)
+    write_raster(tmp_path / "d1" / "nir.tif", scene(64, 64, 1), transform=T)
+    for name in ("confidence", "displacement"):
+        write_raster(tmp_path / "d2" / f"{name}.tif", scene(64, 64, 2), transform=t2)
+    i1 = write_item(tmp_path / "d1", "d1", {"nir": {"href": "./nir.tif"}})
+    i2 = write_item(tmp_path / "d2", "d2", {k: {"href": f"./{k}.tif"} for k in
+                                           ("confidence", "displacement")})  # fmt: skip
+    cfg = {"inputs": [str(i1), str(i2)], "assets": "1.nir,2.confidence,2.displacement",
+           "reference": "1.nir"}  # fmt: skip
+    run_discover(cfg, tmp_path / "m.csv")
+    grid = run_grid(tmp_path / "m.csv", "1.nir", None, tmp_path / "g.json")
+    cogs = {}
+    for key in ("1.nir", "2.confidence", "2.displacement"):
+        write_float32(tmp_path / f"{key}.g.tif", scene(64, 64, 3), grid)
+        write_cog(tmp_path / f"{key}.g.tif", tmp_path / "stack" / f"{key}.tif")
+        cogs[key] = tmp_path / "stack" / f"{key}.tif"
+    write_float32(tmp_path / "flow.tif", np.zeros((2, 64, 64)), grid)
+    write_cog(tmp_path / "flow.tif", tmp_path / "stack" / "2-displacement.tif")
+    write_float32(tmp_path / "conf.tif", np.ones((64, 64)), grid)
+    write_cog(tmp_path / "conf.tif", tmp_path / "stack" / "2-confidence.tif")
+    (tmp_path / "flow.json").write_text(json.dumps({"mode": "efolki"}))
+    stack = tmp_path / "stack"
+    flows = {2: (stack / "2-displacement.tif", stack / "2-confidence.tif", tmp_path / "flow.json")}
+    run_catalog(tmp_path / "m.csv", tmp_path / "g.json", cogs, "1.nir", "x",
+                tmp_path / "catalog.json", stack / "x.json", flows=flows)  # fmt: skip
+    keys = set(json.loads((tmp_path / "stack" / "x.json").read_text())["assets"])
+    assert keys == {"1.nir", "2.confidence", "2.displacement", "displacement:2", "confidence:2"}
