@@ -194,7 +194,7 @@ def test_demo_bytes_do_not_depend_on_the_checkout_folder(demo_run, tmp_path):
     root = tmp_path / "elsewhere" / "checkout"
     root.mkdir(parents=True)
     shutil.copy(REPO / "Snakefile", root)
-    for folder in ("workflow", "config", "resources", "profiles"):
+    for folder in ("workflow", "config", "resources", "profiles", "envs"):
         shutil.copytree(REPO / folder, root / folder)
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     proc = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2"], cwd=root,

@@ -305,7 +305,7 @@ def _fresh_checkout(tmp_path: Path) -> Path:
     root = tmp_path / "checkout"
     root.mkdir()
     shutil.copy(REPO / "Snakefile", root)
-    for folder in ("workflow", "config", "resources", "profiles"):
+    for folder in ("workflow", "config", "resources", "profiles", "envs"):
         shutil.copytree(REPO / folder, root / folder)
     return root
 
