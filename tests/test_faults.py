@@ -187,26 +187,6 @@ def test_demo_verify_and_a_corrupted_cog(demo_run, tmp_path):
     assert "1 published file(s) differ" in _one_line(bad)
 
 
-@pytest.mark.workflow
-def test_demo_bytes_do_not_depend_on_the_checkout_folder(demo_run, tmp_path):
-    """The demo run from a copy of the repository in another folder (relative inputs there)
-    gives byte-identical COGs."""
-    root = tmp_path / "elsewhere" / "checkout"
-    root.mkdir(parents=True)
-    shutil.copy(REPO / "Snakefile", root)
-    for folder in ("workflow", "config", "resources", "profiles", "envs"):
-        shutil.copytree(REPO / folder, root / folder)
-    env = dict(os.environ, PYTHONWARNINGS="ignore")
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2"], cwd=root,
-                          capture_output=True, text=True, timeout=900, env=env)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    mine = sorted((root / "results" / "stack").glob("*.tif"))
-    assert len(mine) == 12
-    for path in mine:
-        theirs = demo_run / "results" / "stack" / path.name
-        assert path.read_bytes() == theirs.read_bytes(), path.name
-
-
 def test_dry_run_and_unlock_work_while_a_remote_source_is_down(tmp_path):
     """The preflight is cached: once a run has seen the sources, -n and --unlock do not need
     them (a lock left while the server is down can be removed)."""

@@ -22,7 +22,14 @@ def _sha(path: Path) -> str:
 
 
 def test_costack_run_reproduces_snakemake(demo_run, tmp_path):
+    """`costack run` in another folder, on a copy of the demo data in yet another folder (so
+    that no absolute path is shared with the demo run), gives byte-identical COGs."""
+    import shutil
+
+    copy = tmp_path / "elsewhere" / "demo"
+    shutil.copytree(REPO / "resources" / "demo", copy)
     cfg = demo_config()
+    cfg["inputs"] = [str(copy / Path(p).parent.name / "item.json") for p in cfg["inputs"]]
     argv = [sys.executable, "-m", "costack.cli", "run", "--out", str(tmp_path / "out"),
             "--cores", "2", "--assets", cfg["assets"], "--reference", cfg["reference"],
             "--item-id", cfg["item_id"]]  # fmt: skip
