@@ -34,6 +34,7 @@ def setup_logging(log_path: str | None = None, level: int = logging.INFO) -> Non
 def run_step(snakemake: Any, step: Callable[[], Any]) -> None:
     """Run a rule's step with logging; a CostackError becomes one line and exit status 1."""
     setup_logging(snakemake.log[0] if len(snakemake.log) else None)
+    _inject_failure(snakemake.rule)
     try:
         step()
     except CostackError as err:
@@ -44,6 +45,22 @@ def run_step(snakemake: Any, step: Callable[[], Any]) -> None:
         text = " ".join(str(err).split())[:240]
         _fail(f"{snakemake.rule}: {text}; check that the input files are readable and that the "
               "results and logs folders are writable and have free space, then rerun")  # fmt: skip
+
+
+#: Fault injection for tests of retries (e.g. on SLURM): ``COSTACK_FAIL_ONCE=RULE`` makes the
+#: first job of RULE in this working directory fail, once.
+FAIL_ONCE = "COSTACK_FAIL_ONCE"
+
+
+def _inject_failure(rule: str) -> None:
+    if os.environ.get(FAIL_ONCE) != rule:
+        return
+    marker = Path(".snakemake") / "costack" / f"failed-once-{rule}"
+    if marker.exists():
+        return
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text("1", encoding="ascii")
+    _fail(f"{rule}: failure injected by {FAIL_ONCE} (the retry must succeed)")
 
 
 def _fail(message: str) -> None:
