@@ -1,0 +1,81 @@
+"""The demo through a real SLURM cluster (one node on this machine, cluster/local-slurm.sh):
+every stack COG byte-identical to the local run, jobs in the scheduler's accounting, and an
+injected job failure retried to success.
+
+Runs when the user is root and Debian's slurm packages are installed (`.ci/run` installs
+them); skipped otherwise, with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import REPO
+
+pytestmark = [pytest.mark.slurm, pytest.mark.workflow]
+SCRIPT = REPO / "cluster" / "local-slurm.sh"
+DAEMONS = ("slurmctld", "slurmd", "slurmdbd", "munged", "mariadbd", "sacctmgr", "sbatch")
+
+
+def _why_not() -> str | None:
+    if os.geteuid() != 0:
+        return "the local SLURM cluster needs root (its daemons run as root)"
+    missing = [d for d in DAEMONS if shutil.which(d) is None]
+    if missing:
+        return f"Debian's slurm packages are not installed ({', '.join(missing)} missing)"
+    if subprocess.run(["pgrep", "-x", "munged"], capture_output=True).returncode == 0:
+        return "a munged already runs on this host"
+    return None
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    reason = _why_not()
+    if reason:
+        pytest.skip(reason)
+    folder = tmp_path_factory.mktemp("slurm") / "cluster"
+    env = dict(os.environ, COSTACK_SLURM_DIR=str(folder))
+    start = subprocess.run(["bash", str(SCRIPT), "start"], capture_output=True, text=True,
+                           env=env, timeout=600)  # fmt: skip
+    assert start.returncode == 0, start.stdout[-2000:] + start.stderr[-2000:]
+    yield dict(env, SLURM_CONF=str(folder / "etc" / "slurm.conf"))
+    stop = subprocess.run(["bash", str(SCRIPT), "stop"], capture_output=True, text=True, env=env)
+    assert stop.returncode == 0, stop.stderr
+    assert not folder.exists()
+
+
+def test_demo_through_slurm_is_the_local_demo(cluster, demo_run, tmp_path):
+    root = tmp_path / "checkout"
+    root.mkdir()
+    shutil.copy(REPO / "Snakefile", root)
+    for folder in ("workflow", "config", "resources", "profiles", "envs"):
+        shutil.copytree(REPO / folder, root / folder)
+    env = dict(cluster, PYTHONWARNINGS="ignore", COSTACK_FAIL_ONCE="match_tiepoints")
+    cmd = [sys.executable, "-m", "snakemake", "--profile", "profiles/slurm",
+           "--default-resources", "slurm_account=costack", "slurm_partition=debug",
+           "--slurm-init-seconds-before-status-checks", "5",
+           "--seconds-between-status-checks", "5"]  # fmt: skip
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, env=env, timeout=1800)
+    seconds = time.perf_counter() - start
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    print(f"SLURM demo: {seconds:.0f} s")
+    mine = sorted((root / "results" / "stack").glob("*.tif"))
+    assert len(mine) == 12
+    for path in mine:
+        assert path.read_bytes() == (demo_run / "results" / "stack" / path.name).read_bytes()
+    # the scheduler's own records: every job, the injected failure and its retry
+    acct = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID,JobName,State,ExitCode"],
+                          capture_output=True, text=True, env=env, check=True).stdout  # fmt: skip
+    states = [line.split("|")[2] for line in acct.splitlines() if line]
+    assert states.count("COMPLETED") >= 36, acct
+    assert states.count("FAILED") == 1, acct
+    log = root / "logs" / "match_tiepoints"
+    assert log.is_dir()
+    marker = root / ".snakemake" / "costack" / "failed-once-match_tiepoints"
+    assert marker.exists()
