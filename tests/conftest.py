@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -97,6 +98,36 @@ def two_datasets(tmp_path: Path) -> dict:
     )  # fmt: skip
     config = {"inputs": [str(i1), str(i2)], "assets": "1.nir,1.red,2.nir", "reference": "1.nir"}
     return {"config": config, "root": tmp_path, "items": [i1, i2]}
+
+
+@contextlib.contextmanager
+def loopback_server(root: Path, fail_first: int = 0):
+    """A file server on 127.0.0.1 in its own process (``tests/range_server.py``: byte ranges,
+    the first ``fail_first`` GETs of each file answered 503, every request logged); yields
+    (base URL, log path). Its own process, since GDAL holds the GIL while it reads."""
+    import socket
+    import time
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log = root / "requests.jsonl"
+    proc = subprocess.Popen(
+        [sys.executable, str(Path(__file__).parent / "range_server.py"), str(root), str(port),
+         str(log), str(fail_first)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}", log
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
 
 
 def run_snakemake(workdir: Path, config: dict, *extra: str, timeout: int = 600):

@@ -15,7 +15,15 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import yaml
-from conftest import REPO, demo_config, run_snakemake, scene, write_item, write_raster
+from conftest import (
+    REPO,
+    demo_config,
+    loopback_server,
+    run_snakemake,
+    scene,
+    write_item,
+    write_raster,
+)
 from rasterio.crs import CRS
 from rasterio.transform import Affine
 
@@ -190,33 +198,15 @@ def test_demo_verify_and_a_corrupted_cog(demo_run, tmp_path):
 def test_dry_run_and_unlock_work_while_a_remote_source_is_down(tmp_path):
     """The preflight is cached: once a run has seen the sources, -n and --unlock do not need
     them (a lock left while the server is down can be removed)."""
-    import socket
-
     www = tmp_path / "www"
     write_raster(www / "nir.tif", scene(), transform=T)
     write_raster(www / "red.tif", scene(seed=3), transform=T)
     write_item(www, "remote", {"nir": {"href": "./nir.tif"}, "red": {"href": "./red.tif"}})
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = subprocess.Popen(
-        [sys.executable, str(Path(__file__).parent / "range_server.py"), str(www), str(port),
-         str(tmp_path / "log.jsonl")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.05)
-        cfg = {"inputs": [f"http://127.0.0.1:{port}/item.json"], "assets": "1.nir,1.red",
-               "reference": "1.nir", "allowed_sources": ["127.0.0.1"]}  # fmt: skip
+    with loopback_server(www) as (url, _):
+        cfg = {"inputs": [f"{url}/item.json"], "assets": "1.nir,1.red", "reference": "1.nir",
+               "allowed_sources": ["127.0.0.1"]}  # fmt: skip
         first = run_snakemake(tmp_path / "run", cfg, "-n")
         assert first.returncode == 0, first.stderr[-2000:]
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
     for extra in (["-n"], ["--unlock"]):
         proc = run_snakemake(tmp_path / "run", cfg, *extra)
         assert proc.returncode == 0, proc.stderr[-2000:]

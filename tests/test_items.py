@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import scene, write_item, write_raster
+from conftest import loopback_server, scene, write_item, write_raster
 from rasterio.transform import Affine
 
 from costack.config import parse_config
@@ -61,25 +57,9 @@ def test_href_forms(tmp_path, form):
 
 @pytest.fixture
 def http_server(tmp_path):
-    """A static file server on loopback, in its own process (GDAL holds the GIL in open)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
-         "--directory", str(tmp_path)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    proc.terminate()
-    proc.wait(timeout=10)
+    """tmp_path served on loopback."""
+    with loopback_server(tmp_path) as (url, _):
+        yield url
 
 
 def test_http_item_and_asset_over_loopback(tmp_path, http_server):

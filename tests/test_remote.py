@@ -5,15 +5,12 @@ requester-pays refusals."""
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import scene, write_item, write_raster
+from conftest import loopback_server, scene, write_item, write_raster
 from rasterio.transform import Affine
 
 from costack.config import parse_config
@@ -24,26 +21,6 @@ from costack.remote import needs_pc_signing
 from costack.steps import run_colocate, run_discover, run_grid
 
 T = Affine(10, 0, 500_000, 0, -10, 5_000_000)
-SERVER = Path(__file__).resolve().parent / "range_server.py"
-
-
-def _serve(root: Path, fail_first: int = 0):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    log = root / "requests.jsonl"
-    proc = subprocess.Popen(
-        [sys.executable, str(SERVER), str(root), str(port), str(log), str(fail_first)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.05)
-    return proc, port, log
 
 
 @pytest.fixture
@@ -51,10 +28,8 @@ def flaky_server(tmp_path):
     """Serves tmp_path/www; the first GET of every file answers 503."""
     root = tmp_path / "www"
     root.mkdir()
-    proc, port, log = _serve(root, fail_first=1)
-    yield root, f"http://127.0.0.1:{port}", log
-    proc.terminate()
-    proc.wait(timeout=10)
+    with loopback_server(root, fail_first=1) as (url, log):
+        yield root, url, log
 
 
 def _requests(log: Path) -> list[dict]:
@@ -85,19 +60,13 @@ def test_http_source_that_stays_down_is_one_line(tmp_path, monkeypatch):
     root = tmp_path / "www"
     root.mkdir()
     write_raster(root / "nir.tif", scene(), transform=T)
-    proc, port, _ = _serve(root, fail_first=1000)
     monkeypatch.setenv("GDAL_HTTP_MAX_RETRY", "2")
     monkeypatch.setenv("GDAL_HTTP_RETRY_DELAY", "0.05")
-    try:
-        item = write_item(
-            tmp_path / "i", "x", {"nir": {"href": f"http://127.0.0.1:{port}/nir.tif"}}
-        )
+    with loopback_server(root, fail_first=1000) as (url, _):
+        item = write_item(tmp_path / "i", "x", {"nir": {"href": f"{url}/nir.tif"}})
         with pytest.raises(CostackError, match=r"^assets: 1.nir: cannot read http://127.0.0.1"):
             discover(parse_config({"inputs": [str(item)], "assets": "1.nir", "reference": "1.nir",
                                    "allowed_sources": ["127.0.0.1"]}))  # fmt: skip
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def test_s3_href_through_vsis3_with_request_payer(tmp_path, monkeypatch):
@@ -106,26 +75,22 @@ def test_s3_href_through_vsis3_with_request_payer(tmp_path, monkeypatch):
     (root / "usgs-landsat" / "c2").mkdir(parents=True)
     data = (scene(64, 64, 7) * 500 + 15000).astype(np.uint16)
     write_raster(root / "usgs-landsat" / "c2" / "B5.TIF", data, transform=T, nodata=0)
-    proc, port, log = _serve(root)
     item = write_item(tmp_path / "i", "ls", {"nir08": {
         "href": "s3://usgs-landsat/c2/B5.TIF", "storage:requester_pays": True,
         "eo:bands": [{"name": "OLI_B5", "common_name": "nir08"}],
         "raster:bands": [{"nodata": 0, "scale": 2.75e-5, "offset": -0.2}]}})  # fmt: skip
     cfg = {"inputs": [str(item)], "assets": "1.nir", "reference": "1.nir"}
-    try:
+    with loopback_server(root) as (url, log):
         monkeypatch.delenv("AWS_REQUEST_PAYER", raising=False)
         with pytest.raises(CostackError, match=r"requester-pays .* set AWS_REQUEST_PAYER"):
             discover(parse_config(cfg))
-        for k, v in {"AWS_REQUEST_PAYER": "requester", "AWS_S3_ENDPOINT": f"127.0.0.1:{port}",
+        for k, v in {"AWS_REQUEST_PAYER": "requester", "AWS_S3_ENDPOINT": url.split("//")[1],
                      "AWS_HTTPS": "NO", "AWS_VIRTUAL_HOSTING": "FALSE",
                      "AWS_NO_SIGN_REQUEST": "YES"}.items():  # fmt: skip
             monkeypatch.setenv(k, v)
         run_discover(cfg, tmp_path / "m.csv")
         run_grid(tmp_path / "m.csv", "1.nir", None, tmp_path / "g.json")
         run_colocate(tmp_path / "m.csv", tmp_path / "g.json", "1.nir", tmp_path / "o.tif")
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
     out, _, _ = read_float32(tmp_path / "o.tif")
     np.testing.assert_allclose(out, data * 2.75e-5 - 0.2, atol=1e-6)
     got = [r for r in _requests(log) if "B5.TIF" in r["path"] and r["status"] in (200, 206)]
