@@ -50,3 +50,16 @@ def test_error_is_one_line_exit_2(tmp_path):
     assert proc.stderr.strip().count("\n") == 0
     assert proc.stderr.startswith("costack: error: expressions: 'ndvi:(norm_diff 1.nir': ")
     assert not (tmp_path / "o.tif").exists()
+
+
+def test_costack_flow_reproduces_the_rule(demo_run, tmp_path):
+    """`costack flow ... --model ... --resolution-ratio 3` gives the bytes of results/flow/2.tif."""
+    res = demo_run / "results"
+    out = tmp_path / "2.tif"
+    proc = subprocess.run(
+        [sys.executable, "-m", "costack.cli", "flow", str(res / "colocated/1.nir.tif"),
+         str(res / "colocated/2.nir.tif"), str(out), "--model", str(res / "tiepoints/2.model.json"),
+         "--resolution-ratio", "3"], capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert out.read_bytes() == (res / "flow" / "2.tif").read_bytes()

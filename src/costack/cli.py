@@ -197,8 +197,11 @@ def cmd_flow(args: argparse.Namespace) -> None:
         mode=args.mode, radii=tuple(args.radii), max_displacement=args.max_displacement
     )
     conf = args.confidence or str(Path(args.out).with_suffix("")) + ".confidence.tif"
+    if args.model and not Path(args.model).is_file():
+        raise CostackError("--model", f"{args.model} does not exist",
+                           "give the tie-point step's MODEL.json")  # fmt: skip
     stats = run_flow(args.ref, args.sec, args.out, conf, params, stats_json=args.stats,
-                     resolution_ratio=args.resolution_ratio)  # fmt: skip
+                     resolution_ratio=args.resolution_ratio, model_json=args.model)  # fmt: skip
     print(f"flow written to {args.out} (confidence {conf}) in {stats['seconds']:.2f} s")
 
 
@@ -359,6 +362,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=1.0,
         help="secondary's native pixel size over the grid's (blurs the reference)",
     )
+    p.add_argument(
+        "--model", metavar="MODEL.json",
+        help="the tie-point step's model (results/tiepoints/N.model.json): it seeds the flow "
+        "when it is strong enough, as in the workflow",
+    )  # fmt: skip
     p.add_argument("--confidence", help="confidence GeoTIFF (default OUT.confidence.tif)")
     p.add_argument("--stats", help="JSON file for the run's parameters and statistics")
     p.set_defaults(func=cmd_flow)
