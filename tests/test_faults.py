@@ -219,8 +219,6 @@ def test_every_refusal_is_before_any_output(tmp_path):
     assert proc.returncode != 0
     assert _one_line(proc).startswith("costack: error: max_displacement: inf")
     assert not (tmp_path / "run" / "results").exists()
-    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())  # the config we gave
-    assert json.dumps(cfg, default=str)
 
 
 def test_unlock_refuses_to_remove_a_live_runs_lock(tmp_path):

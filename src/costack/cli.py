@@ -91,8 +91,9 @@ def cmd_check(args: argparse.Namespace) -> None:
     from costack.steps import preflight, unused_inputs_warning
 
     cfg, manifest, grid = preflight(_config_from_args(args))
-    if unused_inputs_warning(cfg):
-        print(unused_inputs_warning(cfg), file=sys.stderr)
+    unused = unused_inputs_warning(cfg)
+    if unused:
+        print(unused, file=sys.stderr)
     print(
         f"ok: {len(manifest)} assets in {len(cfg.datasets)} datasets; grid {grid.crs.to_string()}"
         f" {grid.width}x{grid.height} px at {grid.transform.a:g} m"

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from costack.flow import masked_blur, resolution_sigma
-from costack.rasterio_io import atomic_path, read_float32
+from costack.rasterio_io import atomic_path, read_float32, write_json
 from costack.tiepoints import TiePointParams, lsm, prepare
 
 #: Half patch (px) of the multimodal QC matcher (51 px patches, as the tie points' coarse).
@@ -136,8 +136,7 @@ def run_qc(
         "before": summarise(residual_misregistration(ref, before, **kw), size),
         "after": summarise(residual_misregistration(ref, after, **kw), size),
     }
-    with atomic_path(out_json) as tmp:
-        Path(tmp).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    write_json(out_json, result)
     return result
 
 
@@ -259,8 +258,7 @@ def merge_summaries(
             qc.update(judge(qc, load(flows.get(n)), model, t))
             if labels and n in labels:
                 qc["label"] = labels[n]
-    with atomic_path(out_json) as tmp:
-        Path(tmp).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    write_json(out_json, summary)
     return summary
 
 

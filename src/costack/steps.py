@@ -26,7 +26,7 @@ from costack.config import RunConfig, parse_config
 from costack.errors import CostackError
 from costack.grid import Grid, compute_grid
 from costack.items import discover, read_manifest, write_manifest
-from costack.rasterio_io import atomic_path, read_float32, write_float32
+from costack.rasterio_io import atomic_path, read_float32, write_float32, write_json
 from costack.remote import gdal_path
 from costack.stac import StackAsset, build_item, portable_href, write_catalog
 
@@ -142,12 +142,6 @@ def cached_preflight(
     except OSError:
         pass  # a read-only working directory: no cache, the next call checks again
     return cfg, read_manifest(manifest_csv) if manifest_csv.is_file() else manifest, grid
-
-
-def write_json(path: str | Path, data: Any) -> None:
-    """Write JSON atomically (a reader never sees half a file)."""
-    with atomic_path(path) as tmp:
-        Path(tmp).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
 def unused_inputs_warning(cfg: RunConfig) -> str | None:

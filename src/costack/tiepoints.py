@@ -354,14 +354,19 @@ def lsm(
     return best
 
 
+def _cfog_pair(ref: np.ndarray, sec: np.ndarray):
+    """CFOG descriptors (one-pixel scale) of two co-located images with NaN as nodata, and the
+    masks where they are valid (see :func:`representation`)."""
+    v1, v2 = np.isfinite(ref), np.isfinite(sec)
+    return representation(np.where(v1, ref, 0).astype(np.float32), v1,
+                          np.where(v2, sec, 0).astype(np.float32), v2, True, 1.0)  # fmt: skip
+
+
 def multimodal_prior(ref: np.ndarray, sec: np.ndarray, max_shift: float) -> tuple[float, float]:
     """Global translation (dx, dy) of a SAR/optical pair (NaN = nodata): :func:`prior_shift` on
     CFOG descriptors at one-pixel scale (Ye et al. 2019), which survive inverted and
     non-monotonic contrast between the sensors where intensity correlation does not."""
-    v1, v2 = np.isfinite(ref), np.isfinite(sec)
-    rep = representation(np.where(v1, ref, 0).astype(np.float32), v1,
-                         np.where(v2, sec, 0).astype(np.float32), v2, True, 1.0)  # fmt: skip
-    dy, dx = prior_shift(*rep, max_shift)
+    dy, dx = prior_shift(*_cfog_pair(ref, sec), max_shift)
     return dx, dy
 
 
@@ -369,11 +374,7 @@ def multimodal_similarity(ref: np.ndarray, sec: np.ndarray) -> float:
     """NCC of the CFOG descriptors of two co-located images over their common valid pixels
     (channels' means removed; Ye et al. 2019, eq. 6 over the whole overlap): how well a
     co-registered SAR image's structure lies on the optical reference's."""
-    v1, v2 = np.isfinite(ref), np.isfinite(sec)
-    a, a_ok, b, b_ok = representation(
-        np.where(v1, ref, 0).astype(np.float32), v1, np.where(v2, sec, 0).astype(np.float32), v2,
-        True, 1.0,
-    )  # fmt: skip
+    a, a_ok, b, b_ok = _cfog_pair(ref, sec)
     both = a_ok & b_ok
     if both.sum() < 16:
         return float("nan")

@@ -26,8 +26,9 @@ try:
     CFG, MANIFEST, GRID = cached_preflight(config)
 except CostackError as err:
     sys.exit(f"costack: error: {err}")
-if unused_inputs_warning(CFG):
-    print(unused_inputs_warning(CFG), file=sys.stderr)
+UNUSED = unused_inputs_warning(CFG)
+if UNUSED:
+    print(UNUSED, file=sys.stderr)
 
 if isinstance(config.get("matching_assets"), dict):
     config["matching_assets"] = {str(k): v for k, v in config["matching_assets"].items()}
