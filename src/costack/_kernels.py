@@ -627,3 +627,70 @@ def pyramid_down(img, wgt, taps):  # pragma: no cover - compiled
                 out[ic, jc] = sn / sd
             pooled[ic, jc] = 0.5 * (pool_r[2 * ic, jc] + pool_r[2 * ic + 1, jc])
     return out, pooled
+
+
+@njit(cache=True, inline="always")
+def _mirror(i, n):  # pragma: no cover - compiled
+    """Index ``i`` folded into [0, n) by mirroring about the edge samples (d c b | a b c d |
+    c b a), SciPy's ``mode="mirror"``."""
+    if n == 1:
+        return 0
+    period = 2 * n - 2
+    i = abs(i) % period
+    return period - i if i >= n else i
+
+
+@njit(cache=True)
+def sample_channels(coef, rows, cols, order):  # pragma: no cover - compiled
+    """Every channel of ``coef`` (C, H, W) at the points (rows, cols) (array indices): (C, n).
+
+    ``order`` 3 reads ``coef`` as cubic B-spline coefficients (Unser 1999), ``order`` 1
+    interpolates bilinearly; indices beyond the edges mirror (SciPy's
+    ``map_coordinates(..., prefilter=False, mode="mirror")``, to rounding). The tap weights
+    of a point are computed once for all channels.
+    """
+    nch, h, w = coef.shape
+    n = rows.size
+    out = np.empty((nch, n))
+    wy = np.empty(4)
+    wx = np.empty(4)
+    iy = np.empty(4, np.int64)
+    ix = np.empty(4, np.int64)
+    for k in range(n):
+        y = rows[k]
+        x = cols[k]
+        y0 = int(np.floor(y))
+        x0 = int(np.floor(x))
+        ty = y - y0
+        tx = x - x0
+        if order == 1:
+            ntap = 2
+            wy[0] = 1.0 - ty
+            wy[1] = ty
+            wx[0] = 1.0 - tx
+            wx[1] = tx
+            for a in range(2):
+                iy[a] = _mirror(y0 + a, h)
+                ix[a] = _mirror(x0 + a, w)
+        else:
+            ntap = 4
+            wy[0] = (1 - ty) ** 3 / 6.0
+            wy[1] = (3 * ty**3 - 6 * ty**2 + 4) / 6.0
+            wy[2] = (-3 * ty**3 + 3 * ty**2 + 3 * ty + 1) / 6.0
+            wy[3] = ty**3 / 6.0
+            wx[0] = (1 - tx) ** 3 / 6.0
+            wx[1] = (3 * tx**3 - 6 * tx**2 + 4) / 6.0
+            wx[2] = (-3 * tx**3 + 3 * tx**2 + 3 * tx + 1) / 6.0
+            wx[3] = tx**3 / 6.0
+            for a in range(4):
+                iy[a] = _mirror(y0 - 1 + a, h)
+                ix[a] = _mirror(x0 - 1 + a, w)
+        for c in range(nch):
+            acc = 0.0
+            for a in range(ntap):
+                row = 0.0
+                for b in range(ntap):
+                    row += wx[b] * coef[c, iy[a], ix[b]]
+                acc += wy[a] * row
+            out[c, k] = acc
+    return out

@@ -44,6 +44,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
+from costack._kernels import sample_channels
 from costack.errors import CostackError
 from costack.flow import fill_nearest, masked_blur, resolution_sigma
 
@@ -262,11 +263,15 @@ def _similarity(a: np.ndarray, b: np.ndarray, kind: str) -> float:
 
 def _sample(coef: np.ndarray, rows: np.ndarray, cols: np.ndarray, order: int) -> np.ndarray:
     """Cubic B-spline (or bilinear) interpolation of every channel at (rows, cols); (C, n)."""
-    out = [
-        ndimage.map_coordinates(c, [rows, cols], order=order, prefilter=False, mode="mirror")
-        for c in coef
-    ]
-    return np.stack(out).astype(np.float64)
+    return sample_channels(coef, rows, cols, order)
+
+
+def _solve(j: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Least squares ``j x = y`` by the normal equations (a few well-posed columns), or NaN."""
+    try:
+        return np.linalg.solve(j.T @ j, j.T @ y)
+    except np.linalg.LinAlgError:
+        return np.full(j.shape[1], np.nan)
 
 
 def lsm(
@@ -309,7 +314,7 @@ def lsm(
         cols = t[1] + a[2] * yy + a[3] * xx - 0.5
         if rows.min() < 0 or cols.min() < 0 or rows.max() > h - 1 or cols.max() > w - 1:
             return best
-        okw = ndimage.map_coordinates(m.sec_ok, [rows, cols], order=1)
+        okw = sample_channels(m.sec_ok[None], rows, cols, 1)
         if (okw < 0.999).any():
             return best
         g2 = _sample(m.sec, rows, cols, m.order)
@@ -334,17 +339,17 @@ def lsm(
         g2f = g2.ravel()
         # radiometry by linear regression of g1 on g2, then geometry by Gauss-Newton
         design = np.column_stack([np.ones_like(g2f), g2f])
-        rad, *_ = np.linalg.lstsq(design, g1_flat, rcond=None)
-        if abs(rad[1]) < 1e-9:
+        rad = _solve(design, g1_flat)
+        if not abs(rad[1]) >= 1e-9:
             return best
         resid = g1_flat - (rad[0] + rad[1] * g2f)
         if m.affine:
             j = rad[1] * np.column_stack([gy, gx, gy * yyc, gy * xxc, gx * yyc, gx * xxc])
-            delta, *_ = np.linalg.lstsq(j, resid, rcond=None)
+            delta = _solve(j, resid)
         else:
             j = rad[1] * np.column_stack([gy, gx])
             delta = np.zeros(6)
-            delta[:2] = np.linalg.lstsq(j, resid, rcond=None)[0]
+            delta[:2] = _solve(j, resid)
         if not np.all(np.isfinite(delta)) or np.hypot(delta[0], delta[1]) > half / 2:
             return best
         t += delta[:2]
