@@ -40,6 +40,23 @@ def load_profile(profile: str | None) -> dict[str, Any]:
     return yaml.safe_load(cfg.read_text(encoding="utf-8")) or {}
 
 
+def _stale_lock(out: Path) -> bool:
+    """Whether ``out`` holds Snakemake's lock of a run that no longer lives (killed); a lock of a
+    run that is still working is an error."""
+    from costack.workflow import live_run
+
+    locks = out / ".snakemake" / "locks"
+    if not locks.is_dir() or not any(locks.iterdir()):
+        return False
+    pid = live_run(out / ".snakemake" / "costack" / "run.pid")
+    if pid:
+        raise CostackError(
+            "--out", f"another run (pid {pid}) is working in {out}",
+            "wait for it to end, or give another --out folder",
+        )  # fmt: skip
+    return True
+
+
 def run_workflow(
     raw_config: dict[str, Any],
     out: str | Path,
@@ -86,7 +103,12 @@ def run_workflow(
             snakefile=snakefile(),
             workdir=out,
         )
-        dag = workflow.dag(DAGSettings())
+        stale = _stale_lock(out)
+        if stale:
+            workflow.dag(DAGSettings()).unlock()
+            print(f"costack run: the last run in {out} was killed; unlocked, resuming it "
+                  "(its incomplete outputs are made again)")  # fmt: skip
+        dag = workflow.dag(DAGSettings(force_incomplete=True))
         dag.execute_workflow(
             executor="dryrun" if dryrun else prof.get("executor", "local"),
             execution_settings=ExecutionSettings(retries=int(prof.get("retries", 0))),

@@ -88,4 +88,5 @@ def live_run(pid_file: str | Path) -> int | None:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except (OSError, ValueError):
         return None
-    return pid if pid != os.getpid() and b"snakemake" in cmdline else None
+    alive = b"snakemake" in cmdline or b"costack" in cmdline  # snakemake or costack run
+    return pid if pid != os.getpid() and alive else None
