@@ -151,9 +151,30 @@ def demo_config() -> dict:
 
 
 @pytest.fixture(scope="session")
-def demo_run(tmp_path_factory) -> Path:
-    """Run the whole workflow once on the embedded demo; return its working directory."""
-    workdir = tmp_path_factory.mktemp("demo")
-    proc = run_snakemake(workdir, demo_config())
-    assert proc.returncode == 0, proc.stderr[-4000:]
+def demo_run(tmp_path_factory, worker_id) -> Path:
+    """Run the whole workflow once on the embedded demo; return its working directory.
+
+    Once for the whole test run: under pytest-xdist the first worker to need it runs it under
+    a file lock in the folder the workers share, and the others wait for it and reuse it.
+    Tests that run Snakemake inside it (dry runs, the report) share the xdist group
+    ``demo_dir``, so they never run at the same time.
+    """
+    if worker_id == "master":
+        workdir = tmp_path_factory.mktemp("demo")
+        proc = run_snakemake(workdir, demo_config())
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        return workdir
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp().parent
+    workdir = shared / "demo"
+    failed = shared / "demo.failed"
+    with FileLock(str(shared / "demo.lock")):
+        if failed.exists():
+            pytest.fail(f"the demo run failed (in another worker): {failed.read_text()[-4000:]}")
+        if not (workdir / "results" / "catalog.json").exists():
+            proc = run_snakemake(workdir, demo_config())
+            if proc.returncode != 0:
+                failed.write_text(proc.stderr)
+            assert proc.returncode == 0, proc.stderr[-4000:]
     return workdir

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import REPO
 
-pytestmark = pytest.mark.workflow
+pytestmark = [pytest.mark.workflow, pytest.mark.xdist_group("demo_dir")]
 
 
 @pytest.fixture(scope="module")

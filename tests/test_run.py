@@ -106,6 +106,7 @@ def test_help_speaks_the_service_parameters():
         assert phrase in " ".join(text.split()), phrase
 
 
+@pytest.mark.xdist_group("demo_dir")
 def test_slurm_profile_dry_run_lists_jobs_with_resources(demo_run):
     pytest.importorskip("snakemake_executor_plugin_slurm")
     proc = subprocess.run(
@@ -121,6 +122,7 @@ def test_slurm_profile_dry_run_lists_jobs_with_resources(demo_run):
     assert re.search(r"estimate_flow\s+2\n", text)
 
 
+@pytest.mark.xdist_group("demo_dir")
 def test_changing_one_expression_reruns_only_it_and_the_catalog(demo_run):
     cfg = yaml.safe_load((demo_run / "config.yaml").read_text())
     cfg["expressions"][0] = "ndvi:(norm_diff 1.nir 2.red)"

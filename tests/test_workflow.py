@@ -90,6 +90,7 @@ def test_demo_item_is_valid_stac_and_portable(demo_run: Path):
     assert modes == {0o666 & ~current_umask()}
 
 
+@pytest.mark.xdist_group("demo_dir")
 def test_second_dry_run_has_nothing_to_do(demo_run: Path):
     from conftest import demo_config
 
