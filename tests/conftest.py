@@ -178,3 +178,9 @@ def demo_run(tmp_path_factory, worker_id) -> Path:
                 failed.write_text(proc.stderr)
             assert proc.returncode == 0, proc.stderr[-4000:]
     return workdir
+
+
+def pytest_collection_modifyitems(config, items):
+    """The SLURM test first: it mostly waits on the scheduler, so under pytest-xdist it runs
+    beside the rest of the suite instead of after it."""
+    items.sort(key=lambda item: item.get_closest_marker("slurm") is None)
