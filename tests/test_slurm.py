@@ -1,9 +1,9 @@
-"""The demo through a real SLURM cluster (one node on this machine, cluster/local-slurm.sh):
-every stack COG byte-identical to the local run, jobs in the scheduler's accounting, and an
-injected job failure retried to success.
+"""The demo's registrations through a real SLURM cluster (one node on this machine,
+cluster/local-slurm.sh) as group jobs: their COGs byte-identical to the local run, the jobs in
+the scheduler's accounting, and an injected job failure retried to success.
 
 Runs when the user is root and Debian's slurm packages are installed (`.ci/run` installs
-them); skipped otherwise, with the reason.
+them with cluster/install-system-packages.sh); skipped otherwise, with the reason.
 """
 
 from __future__ import annotations
