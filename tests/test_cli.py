@@ -1,5 +1,6 @@
 """The costack command line: steps by hand on the files of the last, one-line errors."""
 
+import json
 import subprocess
 import sys
 
@@ -53,13 +54,26 @@ def test_error_is_one_line_exit_2(tmp_path):
 
 
 def test_costack_flow_reproduces_the_rule(demo_run, tmp_path):
-    """`costack flow ... --model ... --resolution-ratio 3` gives the bytes of results/flow/2.tif."""
+    """`costack flow REF SEC OUT --model MODEL.json` gives the bytes of results/flow/N.tif."""
     res = demo_run / "results"
     out = tmp_path / "2.tif"
     proc = subprocess.run(
         [sys.executable, "-m", "costack.cli", "flow", str(res / "colocated/1.nir.tif"),
-         str(res / "colocated/2.nir.tif"), str(out), "--model", str(res / "tiepoints/2.model.json"),
-         "--resolution-ratio", "3"], capture_output=True, text=True,
+         str(res / "colocated/2.nir.tif"), str(out), "--model", str(res / "tiepoints/2.model.json")],
+        capture_output=True, text=True,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert out.read_bytes() == (res / "flow" / "2.tif").read_bytes()
+    # the SAR dataset with no flag but the model: auto takes GEFolki from the rasters' kinds
+    # and the resolution ratio comes from the co-located raster's tag, as in the rule
+    out3 = tmp_path / "3.tif"
+    proc = subprocess.run(
+        [sys.executable, "-m", "costack.cli", "flow", str(res / "colocated/1.nir.tif"),
+         str(res / "colocated/3.s0_db_c_vv.tif"), str(out3), "--model",
+         str(res / "tiepoints/3.model.json"), "--stats", str(tmp_path / "3.json")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert out3.read_bytes() == (res / "flow" / "3.tif").read_bytes()
+    stats = json.loads((tmp_path / "3.json").read_text())
+    assert stats["mode"] == "gefolki" and stats["mode_choice"]["reason"] == "sar against optical"

@@ -10,7 +10,7 @@ from skimage import data
 
 from costack.coregister import warp_array
 from costack.evaluation import affine_sinusoid, displace, epe, interior
-from costack.flow import FlowParams, auto_levels, estimate_flow
+from costack.flow import FlowParams, auto_levels, estimate_flow, resolve_mode
 
 FIELD = {"shift": (1.3, -0.8), "amplitude": 0.8, "wavelength": 150.0}
 
@@ -39,6 +39,39 @@ def test_inverted_contrast_gefolki(camera_pair):
     # EFolki alone cannot follow an inverted contrast
     bad = estimate_flow(img, 255.0 - sec, FlowParams(mode="efolki", radii=(16, 8)))
     assert epe(bad.dx, bad.dy, truth, mask).mean() > 0.5
+
+
+def test_auto_mode_follows_an_inverted_contrast(camera_pair):
+    """No mode given: the local contrast decides (EFolki same way up, GEFolki inverted)."""
+    img, sec, truth, mask = camera_pair
+    assert resolve_mode("auto", img, sec)[0] == "efolki"
+    mode, why = resolve_mode("auto", img, 255.0 - sec)
+    assert mode == "gefolki" and why["contrast"]["negative"] > 0.9, why
+    res = estimate_flow(img, 255.0 - sec, FlowParams(mode="auto", radii=(16, 8)))
+    assert epe(res.dx, res.dy, truth, mask).mean() < 0.1
+
+
+UAVSAR = SHARED_DATA / "radar_optical_uavsar"
+
+
+@pytest.mark.skipif(not UAVSAR.exists(), reason="../shared/data (UAVSAR pair) absent")
+def test_auto_mode_on_the_real_radar_optical_pair():
+    """The real UAVSAR/orthophoto pair: the orthophoto against itself displaced stays EFolki,
+    inverted goes GEFolki, and the radar against the optical goes GEFolki from its contrast
+    alone (no sensor kinds given)."""
+    import rasterio
+
+    stem = next(UAVSAR.glob("*_optique.tif")).name[: -len("_optique.tif")]
+    with rasterio.open(UAVSAR / f"{stem}_optique.tif") as src:
+        opt = src.read().astype(np.float32).mean(0)[:512, :512]
+    with rasterio.open(UAVSAR / f"{stem}_radar.tif") as src:
+        radar = src.read().astype(np.float32).mean(0)[:512, :512]
+    sec, _ = displace(opt, affine_sinusoid(opt.shape, **FIELD), order=5)
+    sec = np.where(np.isfinite(sec), sec, np.nan).astype(np.float32)
+    assert resolve_mode("auto", opt, sec)[0] == "efolki"
+    assert resolve_mode("auto", opt, 255.0 - sec)[0] == "gefolki"
+    mode, why = resolve_mode("auto", opt, radar)
+    assert mode == "gefolki", why
 
 
 @pytest.mark.parametrize("kind", ["nan_secondary", "fill_reference", "inf_secondary"])

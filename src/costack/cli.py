@@ -169,6 +169,17 @@ def cmd_bandmath(args: argparse.Namespace) -> None:
     run_bandmath(args.expression, _key_paths(args.asset), args.out, grid_json=args.grid)
 
 
+def _resolution_ratio(args: argparse.Namespace) -> float:
+    """``--resolution-ratio``, else the secondary's ``costack_resolution_ratio`` tag (written by
+    co-location, as the workflow passes it), else 1."""
+    if args.resolution_ratio is not None:
+        return float(args.resolution_ratio)
+    import rasterio
+
+    with rasterio.open(args.sec) as src:
+        return float(src.tags().get("costack_resolution_ratio", 1.0))
+
+
 def cmd_tiepoints(args: argparse.Namespace) -> None:
     """Tie points between two co-located rasters."""
     from costack.tiepoints import TiePointParams, run_tiepoints
@@ -177,10 +188,11 @@ def cmd_tiepoints(args: argparse.Namespace) -> None:
         if not Path(path).exists():
             raise CostackError("tiepoints", f"{path} does not exist", "give two co-located rasters")
     stem = str(Path(args.out).with_suffix(""))
-    params = TiePointParams(multimodal=args.multimodal)
+    params = TiePointParams(max_shift=args.max_displacement)
     model = run_tiepoints(
         args.ref, args.sec, args.out, stem + ".model.json", stem + ".png", params,
-        label=Path(args.sec).stem, resolution_ratio=args.resolution_ratio,
+        label=Path(args.sec).stem, resolution_ratio=_resolution_ratio(args),
+        mode="gefolki" if args.multimodal else args.mode,
     )  # fmt: skip
     print(f"{model.get('tiepoints', 0)} tie points in {args.out}; model {model['chosen']} in "
           f"{stem}.model.json; vectors in {stem}.png")  # fmt: skip
@@ -202,7 +214,7 @@ def cmd_flow(args: argparse.Namespace) -> None:
         raise CostackError("--model", f"{args.model} does not exist",
                            "give the tie-point step's MODEL.json")  # fmt: skip
     stats = run_flow(args.ref, args.sec, args.out, conf, params, stats_json=args.stats,
-                     resolution_ratio=args.resolution_ratio, model_json=args.model)  # fmt: skip
+                     resolution_ratio=_resolution_ratio(args), model_json=args.model)  # fmt: skip
     print(f"flow written to {args.out} (confidence {conf}) in {stats['seconds']:.2f} s")
 
 
@@ -326,15 +338,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("sec", help="secondary raster on the same grid")
     p.add_argument("out", help="output CSV (model JSON and PNG are written beside it)")
     p.add_argument(
+        "--mode",
+        default="auto",
+        choices=["auto", "efolki", "gefolki"],
+        help="the pair's flow mode, as the flow step decides it (auto: from the rasters' kinds "
+        "and local contrast); gefolki pairs are matched on CFOG descriptors",
+    )
+    p.add_argument(
         "--multimodal",
         action="store_true",
-        help="SAR against optical: CFOG descriptors (oriented gradients), NCC similarity",
+        help="same as --mode gefolki: CFOG descriptors (oriented gradients), NCC similarity",
+    )
+    p.add_argument(
+        "--max-displacement",
+        type=float,
+        default=16.0,
+        help="search range of the global prior (pixels)",
     )
     p.add_argument(
         "--resolution-ratio",
         type=float,
-        default=1.0,
-        help="secondary's native pixel size over the grid's (blurs the reference)",
+        default=None,
+        help="secondary's native pixel size over the grid's (blurs the reference); default: "
+        "the costack_resolution_ratio tag co-location writes, else 1",
     )
     p.set_defaults(func=cmd_tiepoints)
 
@@ -346,9 +372,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", help="output 2-band Float32 GeoTIFF: dx, dy in grid pixels")
     p.add_argument(
         "--mode",
-        default="efolki",
-        choices=["folki", "efolki", "gefolki"],
-        help="efolki: same kind of sensor; gefolki: SAR against optical",
+        default="auto",
+        choices=["auto", "folki", "efolki", "gefolki"],
+        help="auto (the workflow's default): gefolki when the rasters' kinds differ (SAR "
+        "against optical) or their local contrast is inverted, else efolki",
     )
     p.add_argument("--radii", type=int, nargs="+", default=[32, 16], help="window radii")
     p.add_argument(
@@ -360,8 +387,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--resolution-ratio",
         type=float,
-        default=1.0,
-        help="secondary's native pixel size over the grid's (blurs the reference)",
+        default=None,
+        help="secondary's native pixel size over the grid's (blurs the reference); default: "
+        "the costack_resolution_ratio tag co-location writes, else 1",
     )
     p.add_argument(
         "--model", metavar="MODEL.json",

@@ -41,11 +41,43 @@ def matching_asset(cfg: RunConfig, dataset: int, overrides: dict | None = None) 
     return assets[0].key
 
 
-def choose_mode(requested: str, ref_kind: str, sec_kind: str) -> str:
-    """``auto``: GEFolki (multimodal) when the two assets are of different kinds, else EFolki."""
+def decide_mode(
+    requested: str, ref_tif: str | Path, sec_tif: str | Path, max_displacement: float = 16.0
+) -> tuple[str, dict]:
+    """The GeFolki-family mode for a co-located pair of rasters and the evidence for it.
+
+    ``auto`` follows :func:`costack.flow.resolve_mode`: GEFolki when the assets' kinds differ
+    (the ``costack_kind`` tags co-location writes; untagged rasters count as optical) or when
+    their local contrast is inverted in a quarter of the windows, else EFolki. Both rasters are
+    read reduced to at most 512 px (GDAL average of the valid pixels), so the tie-point, flow
+    and QC steps, which each call this on the same pair, take the same decision cheaply at any
+    raster size. Another mode is returned as asked."""
+    import math
+
+    from rasterio.enums import Resampling
+
+    from costack.flow import resolve_mode
+
+    def reduced(path: str | Path) -> tuple[np.ndarray, str, int]:
+        with rasterio.open(path) as src:
+            f = max(1, math.ceil(max(src.height, src.width) / 512))
+            shape = (math.ceil(src.height / f), math.ceil(src.width / f))
+            arr = src.read(1, out_shape=shape, resampling=Resampling.average, masked=True)
+            kind = src.tags().get("costack_kind", "optical")
+        return np.ma.filled(arr.astype(np.float32), np.nan), kind, f
+
     if requested != "auto":
-        return requested
-    return "gefolki" if ref_kind != sec_kind else "efolki"
+        return resolve_mode(requested, np.zeros((1, 1)), np.zeros((1, 1)))
+    ref, ref_kind, f = reduced(ref_tif)
+    sec, sec_kind, _ = reduced(sec_tif)
+    if ref.shape != sec.shape:
+        return resolve_mode(requested, ref, ref, ref_kind, sec_kind)
+    mode, evidence = resolve_mode(requested, ref, sec, ref_kind, sec_kind, max_displacement / f)
+    if "contrast" in evidence:
+        rel = evidence["contrast"]
+        rel["coarse_shift"] = [c * f for c in rel["coarse_shift"]]
+        rel["read_reduced_by"] = f
+    return mode, evidence
 
 
 def run_flow(
@@ -69,6 +101,10 @@ def run_flow(
     filter makes dB or linear scales irrelevant.
     """
     params = params or FlowParams()
+    mode, mode_choice = decide_mode(params.mode, ref_tif, sec_tif, params.max_displacement)
+    if mode != params.mode:
+        log.info("flow %s: mode %s (%s)", sec_tif, mode, mode_choice["reason"])
+    params = replace(params, mode=mode)
     tp_model, seed_note = None, None
     if model_json is not None and Path(model_json).exists():
         tp_model = json.loads(Path(model_json).read_text(encoding="utf-8"))
@@ -82,7 +118,7 @@ def run_flow(
     if n_pixels > TILED_ABOVE:
         return _run_flow_tiled(
             ref_tif, sec_tif, out_tif, confidence_tif, params, stats_json, resolution_ratio,
-            tp_model, model_json, seed_note,
+            tp_model, model_json, seed_note, mode_choice,
         )  # fmt: skip
     ref, grid, ref_nd = read_float32(ref_tif)
     sec, grid2, sec_nd = read_float32(sec_tif)
@@ -129,6 +165,7 @@ def run_flow(
     valid = np.isfinite(res.dx)
     stats = {
         "mode": params.mode,
+        "mode_choice": mode_choice,
         "params": params.to_dict(),
         "seconds": round(seconds, 3),
         "levels": res.stats.get("levels"),
@@ -215,7 +252,7 @@ TILED_ABOVE = 16_000_000
 
 def _run_flow_tiled(
     ref_tif, sec_tif, out_tif, confidence_tif, params, stats_json, ratio, tp_model=None,
-    model_json=None, seed_note=None,
+    model_json=None, seed_note=None, mode_choice=None,
 ):  # fmt: skip
     """:func:`run_flow` for scene-sized grids (see :mod:`costack.tiled`); an accepted
     tie-point model ``tp_model`` seeds the coarse pass."""
@@ -227,7 +264,8 @@ def _run_flow_tiled(
     conf = confidence_tif or str(Path(out_tif).with_suffix("")) + ".confidence.tif"
     tiled = flow_tiled(ref_tif, sec_tif, out_tif, conf, params, ref_filter=ref_filter,
                        seed_model=tp_model)  # fmt: skip
-    stats = {"mode": params.mode, "params": params.to_dict(), "seconds": tiled["seconds"],
+    stats = {"mode": params.mode, "mode_choice": mode_choice, "params": params.to_dict(),
+             "seconds": tiled["seconds"],
              "tiled": tiled, "reference_blur_sigma": round(blur, 3),
              "tiepoint_model": str(model_json) if tp_model is not None else None,
              "tiepoint_model_refused": seed_note}  # fmt: skip

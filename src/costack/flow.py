@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 from scipy import ndimage
@@ -48,8 +48,10 @@ class FlowParams:
     """Parameters of :func:`estimate_flow`.
 
     Attributes:
-        mode: ``folki`` (raw intensities), ``efolki`` (rank filter) or ``gefolki`` (CLAHE, rank
-            filter and local contrast inversion, for different sensors).
+        mode: ``folki`` (raw intensities), ``efolki`` (rank filter), ``gefolki`` (CLAHE, rank
+            filter and local contrast inversion, for different sensors) or ``auto``
+            (:func:`resolve_mode`: GEFolki where the local contrast is inverted, else EFolki;
+            the file-level step also takes GEFolki for SAR against optical).
         radii: window radii (pixels of the level), applied in turn at every level.
         iterations: Lucas-Kanade iterations per radius.
         levels: pyramid levels; None chooses from the image size and ``max_displacement``.
@@ -321,13 +323,17 @@ def estimate_flow(
         The field in pixels (NaN where no valid data supported it) and a confidence in [0, 1].
     """
     p = params or FlowParams()
-    if p.mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}")
+    if p.mode not in (*MODES, "auto"):
+        raise ValueError(f"mode must be one of {MODES} or auto")
     t0 = time.perf_counter()
     ref = np.asarray(ref, dtype=np.float32)
     sec = np.asarray(sec, dtype=np.float32)
     v1 = _valid(ref, ref_nodata)
     v2 = _valid(sec, sec_nodata)
+    if p.mode == "auto":  # both taken as of one kind: the local contrast decides
+        mode, _ = resolve_mode("auto", np.where(v1, ref, np.nan), np.where(v2, sec, np.nan),
+                               max_displacement=p.max_displacement)  # fmt: skip
+        p = replace(p, mode=mode)
     presmooth = p.presmooth if p.presmooth is not None else (0.7 if p.mode == "efolki" else 0.0)
     if presmooth > 0:
         ref, sec = _both(lambda x, ok: masked_blur(x, ok, presmooth), (ref, v1), (sec, v2))
@@ -415,14 +421,130 @@ def _shift_score(
     bs[yd, xd] = b[ys, xs]
     ws[yd, xd] = wb[ys, xs]
     wt = np.ascontiguousarray(wa * ws, np.float32)
-    corr, good = np.empty_like(wt), np.empty_like(wt)
-    a = np.ascontiguousarray(a, np.float32)
-    nmin = np.float32(0.5 * (2 * radius + 1) ** 2)
-    K.window_solve(3, a, bs, a, a, wt, a, a, radius, 0.0, 0.0, nmin, corr, corr, good, _bands(h))
-    good = good > 0
+    corr, good = _local_corr(a, bs, wt, radius)
     if good.sum() < 16:
         return -np.inf
     return float(np.mean(np.abs(corr[good]) if multimodal else corr[good]))
+
+
+def _local_corr(a: np.ndarray, b: np.ndarray, wt: np.ndarray, radius: int):
+    """Pearson correlation of ``a`` and ``b`` over each (2r+1)^2 window weighted by ``wt``, and
+    where it is defined (half the window valid, both with contrast)."""
+    corr, good = np.empty_like(wt), np.empty_like(wt)
+    a = np.ascontiguousarray(a, np.float32)
+    b = np.ascontiguousarray(b, np.float32)
+    nmin = np.float32(0.5 * (2 * radius + 1) ** 2)
+    K.window_solve(3, a, b, a, a, wt, a, a, radius, 0.0, 0.0, nmin, corr, corr, good,
+                   _bands(a.shape[0]))  # fmt: skip
+    return corr, good > 0
+
+
+#: share of anti-correlated windows above which ``auto`` takes the pair as locally inverted
+INVERTED_SHARE = 0.25
+
+
+def _signed_local_corr(
+    a: np.ndarray, wa: np.ndarray, b: np.ndarray, wb: np.ndarray, dx: int, dy: int, radius: int
+) -> np.ndarray:
+    """Correlation coefficient of ``a`` and ``b`` shifted by (dx, dy) over each (2r+1)^2
+    window, weighted by both validities (normalised convolution); NaN where either window
+    lacks contrast (variance under 1e-3 of the image's) or half its pixels."""
+    h, w = a.shape
+    ys, yd = (slice(dy, h), slice(0, h - dy)) if dy >= 0 else (slice(0, h + dy), slice(-dy, h))
+    xs, xd = (slice(dx, w), slice(0, w - dx)) if dx >= 0 else (slice(0, w + dx), slice(-dx, w))
+    bs, ws = np.zeros_like(b), np.zeros_like(wb)
+    bs[yd, xd], ws[yd, xd] = b[ys, xs], wb[ys, xs]
+    g = wa * ws
+    size = 2 * radius + 1
+
+    def box(x: np.ndarray) -> np.ndarray:
+        return ndimage.uniform_filter(x, size, mode="constant")
+
+    n = box(g)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        m1, m2 = box(g * a) / n, box(g * bs) / n
+        v1 = box(g * a * a) / n - m1 * m1
+        v2 = box(g * bs * bs) / n - m2 * m2
+        r = (box(g * a * bs) / n - m1 * m2) / np.sqrt(v1 * v2)
+    floor1 = 1e-3 * float(a[wa > 0].var()) if (wa > 0).any() else np.inf
+    floor2 = 1e-3 * float(b[wb > 0].var()) if (wb > 0).any() else np.inf
+    ok = (n >= 0.5) & (v1 > floor1) & (v2 > floor2)
+    return np.where(ok, np.clip(r, -1.0, 1.0), np.nan)
+
+
+def contrast_relation(
+    ref: np.ndarray, sec: np.ndarray, max_displacement: float = 16.0, radius: int = 4
+) -> dict:
+    """How the local contrasts of two co-located images relate, after a coarse alignment.
+
+    Both images (NaN = nodata) are reduced to at most 128 px; the translation that maximises
+    the sum of the absolute local correlations (within ``max_displacement``) aligns them, and the
+    signed correlation of every (2r+1)^2 window with contrast in both is then read: same-
+    sensor pairs correlate positively almost everywhere, a pair whose contrast is inverted in
+    places (SWIR against NIR over water, LIDAR against optical, SAR against optical) does
+    not. The sign of the local correlation is what GEFolki's contrast-inversion step adapts
+    to (Brigot et al. 2016, section III). Returns the shares of positively and negatively
+    correlated windows among those with |r| >= 0.2, their count, the mean |r| and the coarse
+    shift (full-resolution pixels).
+    """
+    va, vb = _valid(ref), _valid(sec)
+    a = np.where(va, ref, 0).astype(np.float32)
+    b = np.where(vb, sec, 0).astype(np.float32)
+    wa, wb = va.astype(np.float32), vb.astype(np.float32)
+    lvl = 0
+    while min(a.shape) > 128:
+        a, wa = _down(a, wa)
+        b, wb = _down(b, wb)
+        lvl += 1
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    wa, wb = wa.astype(np.float64), wb.astype(np.float64)
+    rmax = int(math.ceil(max_displacement / 2**lvl)) + 1
+    best, best_score, best_r = (0, 0), -np.inf, None
+    for dy in range(-rmax, rmax + 1):
+        for dx in range(-rmax, rmax + 1):
+            r = _signed_local_corr(a, wa, b, wb, dx, dy, radius)
+            good = np.isfinite(r)
+            if good.sum() < 16:
+                continue
+            score = float(np.abs(r[good]).sum()) / r.size  # windows lost to the shift count 0
+            if score > best_score:
+                best, best_score, best_r = (dx, dy), score, r
+    out = {"windows": 0, "positive": None, "negative": None, "mean_abs_corr": None,
+           "coarse_shift": [best[0] * 2**lvl, best[1] * 2**lvl], "level": lvl}  # fmt: skip
+    if best_r is None:
+        return out
+    r = best_r[np.isfinite(best_r)]
+    strong = r[np.abs(r) >= 0.2]
+    out.update(windows=int(strong.size), mean_abs_corr=round(float(np.abs(r).mean()), 4))
+    if strong.size:
+        out.update(positive=round(float((strong > 0).mean()), 4),
+                   negative=round(float((strong < 0).mean()), 4))  # fmt: skip
+    return out
+
+
+def resolve_mode(
+    requested: str,
+    ref: np.ndarray,
+    sec: np.ndarray,
+    ref_kind: str = "optical",
+    sec_kind: str = "optical",
+    max_displacement: float = 16.0,
+) -> tuple[str, dict]:
+    """The flow mode to run and why: ``auto`` takes GEFolki for SAR against optical (the kinds
+    differ) and for pairs whose local contrast is inverted in at least a quarter of the
+    correlated windows (:func:`contrast_relation`), else EFolki; another mode is kept as asked.
+    """
+    evidence: dict = {"requested": requested, "kinds": [ref_kind, sec_kind]}
+    if requested != "auto":
+        return requested, dict(evidence, reason="as requested")
+    if ref_kind != sec_kind:
+        return "gefolki", dict(evidence, reason=f"{sec_kind} against {ref_kind}")
+    rel = contrast_relation(ref, sec, max_displacement)
+    evidence["contrast"] = rel
+    if rel["negative"] is not None and rel["negative"] >= INVERTED_SHARE:
+        share = f"{100 * rel['negative']:.0f} %"
+        return "gefolki", dict(evidence, reason=f"contrast inverted in {share} of the windows")
+    return "efolki", dict(evidence, reason="same kind, contrast not inverted")
 
 
 def global_shift(

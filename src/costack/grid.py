@@ -248,3 +248,9 @@ def compute_grid(
         raise CostackError("aoi", "the common area is smaller than a pixel", "enlarge the AOI")
     transform = Affine(rx, 0.0, x0 + c0 * rx, 0.0, ry, y0 + r0 * ry)
     return Grid(crs, transform, width, height)
+
+
+def resolution_ratio(res_x: float, res_y: float, grid: Grid) -> float:
+    """An asset's native pixel size (the larger side) over the grid's, to 3 decimals: how much
+    coarser than the grid the asset really is (a 30 m asset on a 10 m grid: 3)."""
+    return round(float(max(res_x, res_y)) / abs(grid.transform.a), 3)

@@ -24,7 +24,7 @@ from costack.cog import write_cog
 from costack.colocate import colocate_asset
 from costack.config import RunConfig, parse_config
 from costack.errors import CostackError
-from costack.grid import Grid, compute_grid
+from costack.grid import Grid, compute_grid, resolution_ratio
 from costack.items import discover, read_manifest, write_manifest
 from costack.rasterio_io import atomic_path, read_float32, write_float32, write_json
 from costack.remote import gdal_path
@@ -205,7 +205,9 @@ def run_colocate(
     row = read_manifest(manifest_csv).loc[key]
     grid = Grid.load(grid_json)
     start = time.perf_counter()
-    tags = {"costack_key": key, "costack_source": str(row["href_given"])}
+    ratio = resolution_ratio(row["res_x"], row["res_y"], grid)
+    tags = {"costack_key": key, "costack_source": str(row["href_given"]),
+            "costack_kind": str(row["kind"]), "costack_resolution_ratio": str(ratio)}  # fmt: skip
     file_nodata = row["nodata"]
     item_nodata = row["item_nodata"]
     radiometry = {

@@ -626,8 +626,13 @@ def run_tiepoints(
     params: TiePointParams | None = None,
     label: str = "secondary",
     resolution_ratio: float = 1.0,
+    mode: str | None = "auto",
 ) -> dict:
     """The tie-point step on two co-located rasters: CSV, model JSON and vector plot.
+
+    ``mode``: the flow mode of the pair (:func:`costack.coregister.decide_mode`, ``auto`` by
+    default, as the flow step decides it); GEFolki's pairs (SAR against optical, locally
+    inverted contrast) are matched on CFOG descriptors. None keeps ``params.multimodal``.
 
     ``resolution_ratio``: the secondary's native pixel over the grid's. A secondary over 1.5x
     coarser (30 m on a 10 m grid) is matched against the reference blurred to its resolution
@@ -637,6 +642,12 @@ def run_tiepoints(
     from costack.rasterio_io import atomic_path, read_float32
 
     p = params or TiePointParams()
+    mode_choice = None
+    if mode is not None:
+        from costack.coregister import decide_mode
+
+        chosen, mode_choice = decide_mode(mode, ref_tif, sec_tif, p.max_shift)
+        p = replace(p, multimodal=chosen == "gefolki")
     if not p.multimodal and p.reference_blur == 0:
         p = replace(p, reference_blur=resolution_sigma(resolution_ratio))
     from costack.overlap import overlap_window
@@ -663,6 +674,7 @@ def run_tiepoints(
         "NCC of CFOG descriptors (oriented-gradient channels)" if p.multimodal else "SAM"
     )
     model["params"] = asdict(p)
+    model["mode_choice"] = mode_choice
     model["tiepoints"] = int(len(df))
     with atomic_path(out_csv) as tmp:
         df[CSV_COLUMNS].to_csv(tmp, index=False)

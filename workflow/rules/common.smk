@@ -10,7 +10,8 @@ from snakemake.utils import validate
 from costack.config import schema_path
 from costack.errors import CostackError
 from costack.workflow import forget_run, live_run, record_run
-from costack.coregister import choose_mode, matching_asset
+from costack.coregister import matching_asset
+from costack.grid import resolution_ratio
 from costack.steps import cached_preflight, parse_expressions, unused_inputs_warning
 
 RUN_PID = ".snakemake/costack/run.pid"
@@ -45,10 +46,9 @@ MATCH = {n: matching_asset(CFG, n, CFG.matching_assets) for n in SECONDARY}
 KIND = dict(zip(MANIFEST["key"], MANIFEST["kind"]))
 DB = dict(zip(MANIFEST["key"], MANIFEST["db"]))
 RES_RATIO = {
-    k: round(float(max(rx, ry)) / abs(GRID.transform.a), 3)
+    k: resolution_ratio(rx, ry, GRID)
     for k, rx, ry in zip(MANIFEST["key"], MANIFEST["res_x"], MANIFEST["res_y"])
 }
-FLOW_MODE = {n: choose_mode(CFG.flow_mode, KIND[REF], KIND[MATCH[n]]) for n in SECONDARY}
 _ROW = MANIFEST.set_index("key", drop=False)
 # a dataset's label in the report and the verdict lines: platform and acquisition date
 LABEL = {}

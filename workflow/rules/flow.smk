@@ -11,7 +11,7 @@ rule estimate_flow:
         confidence="results/flow/{n}.confidence.tif",
         stats="results/flow/{n}.json",
     params:
-        mode=lambda wc: FLOW_MODE[int(wc.n)],
+        mode=config["flow_mode"],
         radii=config["flow_radii"],
         max_displacement=config["max_displacement"],
         matching=lambda wc: MATCH[int(wc.n)],

@@ -9,7 +9,8 @@ rule assess_registration:
     output:
         "results/qc/{n}.json",
     params:
-        multimodal=lambda wc: FLOW_MODE[int(wc.n)] == "gefolki",
+        mode=config["flow_mode"],
+        max_displacement=config["max_displacement"],
         resolution_ratio=lambda wc: RES_RATIO[MATCH[int(wc.n)]],
     log:
         "logs/assess_registration/{n}.log",

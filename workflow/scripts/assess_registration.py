@@ -10,7 +10,8 @@ run_step(
         snakemake.input.colocated,
         snakemake.input.coregistered,
         snakemake.output[0],
-        multimodal=bool(snakemake.params.multimodal),
         resolution_ratio=float(snakemake.params.resolution_ratio),
+        mode=snakemake.params.mode,
+        max_displacement=float(snakemake.params.max_displacement),
     ),
 )

@@ -11,11 +11,9 @@ run_step(
         snakemake.output.csv,
         snakemake.output.model,
         snakemake.output.png,
-        TiePointParams(
-            multimodal=bool(snakemake.params.multimodal),
-            max_shift=float(snakemake.params.max_shift),
-        ),
+        TiePointParams(max_shift=float(snakemake.params.max_shift)),
         label=snakemake.params.label,
         resolution_ratio=float(snakemake.params.resolution_ratio),
+        mode=snakemake.params.mode,
     ),
 )
