@@ -59,8 +59,8 @@ def test_costack_flow_reproduces_the_rule(demo_run, tmp_path):
     out = tmp_path / "2.tif"
     proc = subprocess.run(
         [sys.executable, "-m", "costack.cli", "flow", str(res / "colocated/1.nir.tif"),
-         str(res / "colocated/2.nir.tif"), str(out), "--model", str(res / "tiepoints/2.model.json")],
-        capture_output=True, text=True,
+         str(res / "colocated/2.nir.tif"), str(out), "--model",
+         str(res / "tiepoints/2.model.json")], capture_output=True, text=True,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert out.read_bytes() == (res / "flow" / "2.tif").read_bytes()
