@@ -1,4 +1,5 @@
-"""Dense-flow benchmark: costack beside scikit-image's iLK and the PyPI ``gefolki`` in one run.
+"""Dense-flow benchmark: costack beside scikit-image's iLK, the PyPI ``gefolki`` and OpenCV's
+DeepFlow and DIS (medium preset; PyPI ``opencv-contrib-python-headless``) in one run.
 
 Prints, for each case, mean/median end-point error (EPE, pixels) and wall time of every method
 on the same inputs:
@@ -60,9 +61,40 @@ def load_images() -> dict[str, np.ndarray]:
 
 
 def costack(mode: str, radii=(16, 8)) -> Method:
-    def run(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        r = estimate_flow(a, b, FlowParams(mode=mode, radii=radii))
+    def run(a: np.ndarray, b: np.ndarray, **kw) -> tuple[np.ndarray, np.ndarray]:
+        r = estimate_flow(a, b, FlowParams(mode=mode, radii=radii), **kw)
         return r.dx, r.dy
+
+    return run
+
+
+#: `costack flow`'s defaults: mode auto (the local contrast decides), radii 32, 16
+costack_default = costack("auto", (32, 16))
+
+
+def _to_uint8(img: np.ndarray) -> np.ndarray:
+    """8-bit input for OpenCV: the image's own 0.5-99.5 percentile range, NaN as 0."""
+    finite = img[np.isfinite(img)]
+    lo, hi = np.percentile(finite, [0.5, 99.5]) if finite.size else (0.0, 1.0)
+    out = np.clip((img - lo) / max(hi - lo, 1e-12) * 255.0, 0, 255)
+    return np.nan_to_num(out, nan=0.0).astype(np.uint8)
+
+
+def opencv_method(name: str) -> Method | None:
+    """OpenCV DeepFlow (Weinzaepfel et al. 2013) or DIS (Kroeger et al. 2016, medium preset);
+    ``flow`` such that ``b`` at (x + flow) matches ``a`` at x, as costack's convention."""
+    try:
+        import cv2
+    except ImportError:
+        return None
+
+    def run(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if name == "deepflow":
+            algo = cv2.optflow.createOptFlow_DeepFlow()
+        else:
+            algo = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+        flow = algo.calc(_to_uint8(a), _to_uint8(b), None)
+        return flow[..., 0].astype(np.float32), flow[..., 1].astype(np.float32)
 
     return run
 
@@ -112,6 +144,62 @@ def score(method: Method, a, b, truth, mask) -> str:
     return f"mean EPE {e.mean():.4f} px  median {np.median(e):.4f} px  time {dt:.2f} s"
 
 
+DIS_SCRIPT = """
+import sys, numpy as np, rasterio, cv2
+def u8(p):
+    with rasterio.open(p) as s:
+        a = s.read(1).astype(np.float32); prof = s.profile
+    lo, hi = np.percentile(a, [0.5, 99.5])
+    return np.clip((a - lo) / (hi - lo) * 255, 0, 255).astype(np.uint8), prof
+a, prof = u8(sys.argv[1]); b, _ = u8(sys.argv[2])
+f = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM).calc(a, b, None)
+prof.update(count=2, dtype="float32")
+with rasterio.open(sys.argv[3], "w", **prof) as d:
+    d.write(np.moveaxis(f, -1, 0))
+"""
+
+
+def whole_process(ref: np.ndarray, sec: np.ndarray) -> list[tuple[str, str]]:
+    """Wall time of `costack flow` (defaults) and of a Python process running OpenCV DIS on the
+    same GeoTIFF pair, each start to end (imports, numba cache loading, reading, writing);
+    the median of three."""
+    import subprocess
+    import sys
+    import tempfile
+
+    import rasterio
+    from rasterio.transform import Affine
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        prof = dict(driver="GTiff", dtype="float32", count=1, height=ref.shape[0],
+                    width=ref.shape[1], crs="EPSG:32631", tiled=True,
+                    transform=Affine(10, 0, 500000, 0, -10, 5000000))  # fmt: skip
+        for name, arr in (("ref", ref), ("sec", sec)):
+            with rasterio.open(f"{tmp}/{name}.tif", "w", **prof) as dst:
+                dst.write(arr.astype(np.float32), 1)
+        commands = {
+            "costack flow": [sys.executable, "-m", "costack.cli", "flow", f"{tmp}/ref.tif",
+                             f"{tmp}/sec.tif", f"{tmp}/out.tif"],
+            "OpenCV DIS medium": [sys.executable, "-c", DIS_SCRIPT, f"{tmp}/ref.tif",
+                                  f"{tmp}/sec.tif", f"{tmp}/dis.tif"],
+        }  # fmt: skip
+        for name, cmd in commands.items():
+            times = []
+            for _ in range(3):
+                t0 = time.perf_counter()
+                proc = subprocess.run(cmd, capture_output=True, text=True)
+                times.append(time.perf_counter() - t0)
+                if proc.returncode != 0:
+                    rows.append((name, f"failed: {proc.stderr.strip().splitlines()[-1][:80]}"))
+                    break
+            else:
+                times.sort()
+                rows.append((name, f"process {times[1]:.2f} s (median of 3: "
+                                   f"{', '.join(f'{t:.2f}' for t in times)})"))  # fmt: skip
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="smaller images, no 2000x2000")
@@ -124,8 +212,11 @@ def main() -> None:
     for mode in ("efolki", "gefolki"):  # compile the kernels, import CLAHE
         estimate_flow(imgs["optical"][:64, :64], imgs["optical"][:64, :64], FlowParams(mode=mode))
 
-    peers_same = [("costack EFolki", costack("efolki")), ("skimage iLK", ilk),
-                  ("gefolki EFolki", gefolki_method("EFolki"))]  # fmt: skip
+    opencv = [("OpenCV DeepFlow", opencv_method("deepflow")),
+              ("OpenCV DIS medium", opencv_method("dis"))]  # fmt: skip
+    peers_same = [("costack defaults", costack_default), ("costack EFolki 16,8", costack("efolki")),
+                  ("skimage iLK", ilk), ("gefolki EFolki", gefolki_method("EFolki")),
+                  *opencv]  # fmt: skip
     for name in ("optical", "lidar"):
         img = imgs[name][:size, :size]
         sec, truth = displace(img, affine_sinusoid(img.shape, **field), order=5)
@@ -136,9 +227,10 @@ def main() -> None:
             [(n, score(m, img, sec_filled, truth, mask)) for n, m in peers_same if m],
         )
         inv = (img.max() - sec_filled).astype(np.float32)
-        peers_inv = [("costack GEFolki", costack("gefolki")), ("skimage iLK", ilk),
+        peers_inv = [("costack defaults", costack_default),
+                     ("costack GEFolki 16,8", costack("gefolki")), ("skimage iLK", ilk),
                      ("gefolki EFolki", gefolki_method("EFolki")),
-                     ("gefolki GEFolki", gefolki_method("GEFolki"))]  # fmt: skip
+                     ("gefolki GEFolki", gefolki_method("GEFolki")), *opencv]  # fmt: skip
         report(
             f"2. inverted contrast, {name} {size}x{size}",
             [(n, score(m, img, inv, truth, mask)) for n, m in peers_inv if m],
@@ -150,8 +242,9 @@ def main() -> None:
         moved = np.where(np.isfinite(moved), moved, 0).astype(np.float32)
         mask = interior(opt.shape, 32)
         rows = []
-        for n, m in [("costack GEFolki", costack("gefolki")), ("skimage iLK", ilk),
-                     ("gefolki GEFolki", gefolki_method("GEFolki"))]:  # fmt: skip
+        for n, m in [("costack defaults", costack_default),
+                     ("costack GEFolki 16,8", costack("gefolki")), ("skimage iLK", ilk),
+                     ("gefolki GEFolki", gefolki_method("GEFolki")), *opencv]:  # fmt: skip
             if m is None:
                 continue
             d0 = timed(m, opt, radar)
@@ -182,10 +275,8 @@ def main() -> None:
         base = timed(m, img, sec)
         e0 = epe(base[0], base[1], truth, far).mean()
         for label, arr in (("NaN", holed), ("-9999", filled)):
-            if n.startswith("costack") and label == "-9999":
-                p = FlowParams(mode="efolki", radii=(16, 8))
-                r = estimate_flow(img, arr, p, sec_nodata=-9999.0)
-                got = (r.dx, r.dy, 0.0, None)
+            if n.startswith("costack") and label == "-9999":  # told the fill value
+                got = (*m(img, arr, sec_nodata=-9999.0), 0.0, None)
             else:
                 got = timed(m, img, arr)
             if got[3]:
@@ -205,25 +296,28 @@ def main() -> None:
         sec = np.where(np.isfinite(sec), sec, 0).astype(np.float32)
         mask = interior(big.shape, 16)
         rows = []
-        for n, m in [("costack GEFolki", costack("gefolki")),
-                     ("costack EFolki", costack("efolki")), ("skimage iLK", ilk),
-                     ("gefolki EFolki", gefolki_method("EFolki"))]:  # fmt: skip
+        for n, m in [("costack defaults", costack_default),
+                     ("costack GEFolki 16,8", costack("gefolki")),
+                     ("costack EFolki 16,8", costack("efolki")), ("skimage iLK", ilk),
+                     ("gefolki EFolki", gefolki_method("EFolki")), *opencv]:  # fmt: skip
             if m is None:
                 continue
             text = score(m, big, sec, truth, mask)  # timed without tracing (it slows numpy)
-            if n.startswith("costack"):  # this host's speed drifts: three runs, the median
+            if n.startswith(("costack", "OpenCV DIS")):  # speed drifts: three runs, the median
                 times = sorted([timed(m, big, sec)[2] for _ in range(2)] +
                                [float(text.split("time ")[1].split(" s")[0])])  # fmt: skip
                 text = text.split("  time")[0] + (
                     f"  time {times[1]:.2f} s (median of 3: {', '.join(f'{t:.2f}' for t in times)})"
                 )
-            if not n.startswith("gefolki"):  # a second, traced run for the memory figure
+            if not n.startswith(("gefolki", "OpenCV")):  # a second, traced run for the memory
                 tracemalloc.start()
                 timed(m, big, sec)
                 text += f"  peak traced {tracemalloc.get_traced_memory()[1] / 2**20:.0f} MiB"
                 tracemalloc.stop()
             rows.append((n, text))
         report("5. speed, 2000x2000 pair on 2 cores (time untraced)", rows)
+        report("5b. whole process on the 2000x2000 pair as GeoTIFFs (read, flow, write)",
+               whole_process(big, sec))  # fmt: skip
 
     demo = Path("results/flow")
     if demo.exists():
