@@ -68,8 +68,8 @@ def costack(mode: str, radii=(16, 8)) -> Method:
     return run
 
 
-#: `costack flow`'s defaults: mode auto (the local contrast decides), radii 32, 16
-costack_default = costack("auto", (32, 16))
+#: `costack flow`'s defaults: mode auto (the local contrast decides), radii 16, 8
+costack_default = costack("auto", (16, 8))
 
 
 def _to_uint8(img: np.ndarray) -> np.ndarray:

@@ -377,7 +377,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="auto (the workflow's default): gefolki when the rasters' kinds differ (SAR "
         "against optical) or their local contrast is inverted, else efolki",
     )
-    p.add_argument("--radii", type=int, nargs="+", default=[32, 16], help="window radii")
+    p.add_argument(
+        "--radii",
+        type=int,
+        nargs="+",
+        default=[16, 8],
+        help="window radii at full resolution (widened for coarser secondaries)",
+    )
     p.add_argument(
         "--max-displacement",
         type=float,

@@ -96,7 +96,7 @@ class RunConfig:
     gcp_pixel_center: bool = True
     item_id: str = "costack-stack"
     flow_mode: str = "auto"
-    flow_radii: tuple[int, ...] = (32, 16)
+    flow_radii: tuple[int, ...] = (16, 8)
     max_displacement: float = 16.0
     warp_resampling: str = "bilinear"
     matching_assets: dict[int, str] = field(default_factory=dict)

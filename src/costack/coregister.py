@@ -283,15 +283,21 @@ def reference_blur(params: FlowParams, ratio: float) -> float:
 def adapt_to_resolution(params: FlowParams, ratio: float) -> FlowParams:
     """Widen the windows for a secondary coarser than the grid (native pixel / grid pixel).
 
-    A window must hold enough of the secondary's own pixels: radii are scaled by the ratio
-    (at most 2x), and so is EFolki's rank radius. On the demo (30 m and 20 m secondaries on a
-    10 m grid) this took the mean EPE from 0.16 to 0.13 px (optical) and 0.56 to 0.47 px (SAR).
+    A window must hold enough of the secondary's own detail: radii are scaled by the square of
+    the ratio (at most 4x), EFolki's rank radius by the ratio (at most 2x). The default radii
+    (16, 8) are the best of (32, 16), (24, 12), (16, 8) on full-resolution pairs (UAVSAR
+    orthophoto and LIDAR under a known field: 0.031 and 0.030 px against 0.041 and 0.034 with
+    (32, 16); the real radar/optical pair: 0.90 against 1.03 px), and on the demo's 30 m and
+    20 m secondaries (ratio 3 and 2.05) the widened (64, 32) is the best of those tried: mean
+    EPE 0.081 px optical and 0.455 px SAR, against 0.151 and 0.555 with (32, 16) and 0.103
+    and 0.467 with (48, 24).
     """
 
-    scale = float(np.clip(ratio, 1.0, 2.0))
-    if scale == 1.0:
+    if ratio <= 1.0:
         return params
-    radii = tuple(int(round(r * scale)) for r in params.radii)
+    scale = float(np.clip(ratio, 1.0, 2.0))
+    widen = float(np.clip(ratio * ratio, 1.0, 4.0))
+    radii = tuple(int(round(r * widen)) for r in params.radii)
     rank = (
         params.rank_radius if params.mode == "gefolki" else int(round(params.rank_radius * scale))
     )

@@ -77,7 +77,7 @@ class FlowParams:
     """
 
     mode: str = "efolki"
-    radii: tuple[int, ...] = (8, 4)
+    radii: tuple[int, ...] = (16, 8)
     iterations: int = 2
     levels: int | None = None
     max_displacement: float = 16.0
