@@ -226,6 +226,16 @@ def main() -> None:
             f"1. same sensor, {name} {size}x{size}",
             [(n, score(m, img, sec_filled, truth, mask)) for n, m in peers_same if m],
         )
+        if name == "optical":  # an affine alone (no sinusoid): the smooth case
+            sec_a, truth_a = displace(img, affine_sinusoid(img.shape, shift=field["shift"],
+                                                           amplitude=0.0), order=5)  # fmt: skip
+            mask_a = interior(img.shape, 16) & np.isfinite(sec_a)
+            sec_a = np.where(np.isfinite(sec_a), sec_a, 0).astype(np.float32)
+            report(
+                f"1b. affine only (shift 2.3, -1.6 px; linear terms 1e-3), {name} {size}x{size}",
+                [(n, score(m, img, sec_a, truth_a, mask_a))
+                 for n, m in [("costack defaults", costack_default), *opencv] if m],
+            )  # fmt: skip
         inv = (img.max() - sec_filled).astype(np.float32)
         peers_inv = [("costack defaults", costack_default),
                      ("costack GEFolki 16,8", costack("gefolki")), ("skimage iLK", ilk),
