@@ -104,7 +104,8 @@ def run_flow(
     mode, mode_choice = decide_mode(params.mode, ref_tif, sec_tif, params.max_displacement)
     if mode != params.mode:
         log.info("flow %s: mode %s (%s)", sec_tif, mode, mode_choice["reason"])
-    params = replace(params, mode=mode)
+    params = replace(params, mode=mode,
+                     invert_secondary=bool(mode_choice.get("invert_secondary")))  # fmt: skip
     tp_model, seed_note = None, None
     if model_json is not None and Path(model_json).exists():
         tp_model = json.loads(Path(model_json).read_text(encoding="utf-8"))

@@ -126,7 +126,8 @@ def run_qc(
     if mode is not None:
         from costack.coregister import decide_mode
 
-        multimodal = decide_mode(mode, ref_tif, colocated_tif, max_displacement)[0] == "gefolki"
+        chosen, why = decide_mode(mode, ref_tif, colocated_tif, max_displacement)
+        multimodal = chosen == "gefolki" or bool(why.get("invert_secondary"))
     ref, grid, _ = read_float32(ref_tif)
     before, _, _ = read_float32(colocated_tif)
     after, _, _ = read_float32(coregistered_tif)

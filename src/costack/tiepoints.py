@@ -647,7 +647,8 @@ def run_tiepoints(
         from costack.coregister import decide_mode
 
         chosen, mode_choice = decide_mode(mode, ref_tif, sec_tif, p.max_shift)
-        p = replace(p, multimodal=chosen == "gefolki")
+        # inverted contrast (local or everywhere) is matched on CFOG descriptors too
+        p = replace(p, multimodal=chosen == "gefolki" or bool(mode_choice.get("invert_secondary")))
     if not p.multimodal and p.reference_blur == 0:
         p = replace(p, reference_blur=resolution_sigma(resolution_ratio))
     from costack.overlap import overlap_window
