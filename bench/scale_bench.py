@@ -95,7 +95,7 @@ def main() -> None:
                            str(work / "warped.tif")])  # fmt: skip
     print(f"flow: {flow_s:.1f} s wall, peak RSS {flow_gb:.2f} GiB (children so far)")
     print(f"warp: {warp_s:.1f} s wall, peak RSS {warp_gb:.2f} GiB (children so far)")
-    print(f"flow + warp: {flow_s + warp_s:.1f} s wall (target <= 180 s, <= 3 GB)")
+    print(f"flow + warp: {flow_s + warp_s:.1f} s wall (target <= 90 s, <= 2.0 GiB)")
     # accuracy on a sample window of the tile
     field = affine_sinusoid((args.size, args.size), amplitude=1.5, wavelength=400.0,
                             linear=(2e-4, -1e-4, 1.5e-4, 1e-4))  # fmt: skip

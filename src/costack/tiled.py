@@ -28,6 +28,9 @@ from costack.rasterio_io import atomic_path
 
 log = logging.getLogger(__name__)
 
+#: GDAL block cache (MB) of the tiled flow and warp: the tiles are read once (with their halo)
+TILED_CACHE_MB = 128
+
 
 def _read(src: rasterio.io.DatasetReader, window: Window) -> np.ndarray:
     """A window as Float32 with NaN for nodata and outside the raster."""
@@ -94,7 +97,7 @@ def flow_tiled(
     params: FlowParams,
     tile: int = 2048,
     halo: int | None = None,
-    coarse_factor: int = 4,
+    coarse_factor: int = 8,
     ref_filter=None,
     seed_model: dict | None = None,
 ) -> dict:
@@ -113,7 +116,13 @@ def flow_tiled(
     """
     t0 = time.perf_counter()
     halo = halo if halo is not None else 2 * max(params.radii) + 16
-    with rasterio.open(ref_tif) as ref, rasterio.open(sec_tif) as sec:
+    # GDAL's block cache (5 % of the host's memory by default) would otherwise keep the tiles
+    # already read and written (10980x10980 flow: peak RSS 2.18 -> 1.83 GiB, same time)
+    with (
+        rasterio.Env(GDAL_CACHEMAX=TILED_CACHE_MB),
+        rasterio.open(ref_tif) as ref,
+        rasterio.open(sec_tif) as sec,
+    ):
         profile = ref.profile
         h, w = ref.height, ref.width
         ref_c = _read_decimated(ref, coarse_factor)
@@ -194,7 +203,11 @@ def warp_tiled(
 ) -> None:
     """Warp a raster with a flow tile by tile (``warp_fn(data, dx, dy) -> array``, e.g.
     :func:`costack.coregister.warp_array`)."""
-    with rasterio.open(sec_tif) as src, rasterio.open(flow_tif) as flow:
+    with (
+        rasterio.Env(GDAL_CACHEMAX=TILED_CACHE_MB),
+        rasterio.open(sec_tif) as src,
+        rasterio.open(flow_tif) as flow,
+    ):
         nodata = src.nodata
         out_profile = dict(
             driver="GTiff", dtype="float32", count=1, height=src.height, width=src.width,
