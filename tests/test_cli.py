@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import numpy as np
+import yaml
 from conftest import demo_config
 
 from costack.cli import main
@@ -77,3 +78,38 @@ def test_costack_flow_reproduces_the_rule(demo_run, tmp_path):
     assert out3.read_bytes() == (res / "flow" / "3.tif").read_bytes()
     stats = json.loads((tmp_path / "3.json").read_text())
     assert stats["mode"] == "gefolki" and stats["mode_choice"]["reason"] == "sar against optical"
+
+
+def test_costack_catalog_by_hand_is_the_rules_item(demo_run, tmp_path):
+    """`costack catalog` given what the rule build_catalog gets (assets, expressions, flows,
+    the QC summary) writes the workflow's item: same assets, flows, QC and verdict."""
+    import shutil
+
+    res = demo_run / "results"
+    stack = tmp_path / "stack"
+    shutil.copytree(res / "stack", stack)
+    theirs = json.loads((stack / "costack-demo.json").read_text())
+    (stack / "costack-demo.json").unlink()
+    cfg = yaml.safe_load((demo_run / "config.yaml").read_text())
+    argv = [sys.executable, "-m", "costack.cli", "catalog", str(res / "discover/manifest.csv"),
+            str(res / "grid/grid.json"), cfg["reference"], str(tmp_path / "catalog.json"),
+            str(stack / "costack-demo.json"), "--item-id", "costack-demo",
+            "--qc", str(res / "qc/summary.json")]  # fmt: skip
+    for key in cfg["assets"].split(","):
+        argv += ["--asset", f"{key}={stack / (key + '.tif')}"]
+    for expr in cfg["expressions"]:
+        name = expr.split(":", 1)[0]
+        argv += ["--expression", f"{name}={stack / (name + '.tif')}"]
+    for n in (2, 3):
+        argv += ["--flow", f"{n}={stack / f'{n}-displacement.tif'},"
+                           f"{stack / f'{n}-confidence.tif'},{res / f'flow/{n}.json'}"]  # fmt: skip
+    proc = subprocess.run(argv, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    mine = json.loads((stack / "costack-demo.json").read_text())
+    assert sorted(mine["assets"]) == sorted(theirs["assets"])
+    for key in ("costack:qc", "costack:verdict"):
+        assert mine["properties"][key] == theirs["properties"][key]
+    assert mine["properties"]["costack:registration"].keys() == theirs["properties"][
+        "costack:registration"].keys()  # fmt: skip
+    for key, asset in theirs["assets"].items():
+        assert mine["assets"][key].get("file:checksum") == asset.get("file:checksum"), key

@@ -151,13 +151,13 @@ def cmd_coregister(args: argparse.Namespace) -> None:
     run_coregister_identity(args.colocated, args.out)
 
 
-def _key_paths(specs: list[str]) -> dict[str, str]:
-    """``--asset KEY=PATH`` options as a mapping."""
+def _key_paths(specs: list[str], option: str = "--asset") -> dict[str, str]:
+    """``--asset KEY=PATH`` (or ``--expression NAME=PATH``) options as a mapping."""
     out = {}
     for spec in specs:
         key, sep, path = spec.partition("=")
         if not sep:
-            raise CostackError("--asset", f"{spec!r} is not KEY=PATH", "write e.g. 1.nir=a.tif")
+            raise CostackError(option, f"{spec!r} is not KEY=PATH", "write e.g. 1.nir=a.tif")
         out[key] = path
     return out
 
@@ -240,9 +240,20 @@ def cmd_catalog(args: argparse.Namespace) -> None:
     from costack.steps import run_catalog
 
     cogs = _key_paths(args.asset)
+    flows = {}
+    for spec in args.flow:
+        n, sep, rest = spec.partition("=")
+        parts = rest.split(",")
+        if not sep or not n.isdigit() or len(parts) != 3:
+            raise CostackError("--flow", f"{spec!r} is not N=DISPLACEMENT,CONFIDENCE,STATS",
+                               "write e.g. 2=results/stack/2-displacement.tif,"
+                               "results/stack/2-confidence.tif,results/flow/2.json")  # fmt: skip
+        flows[int(n)] = tuple(parts)
     run_catalog(
-        args.manifest, args.grid, cogs, args.reference, args.item_id, args.catalog, args.item
-    )
+        args.manifest, args.grid, cogs, args.reference, args.item_id, args.catalog, args.item,
+        expressions=_key_paths(args.expression, "--expression"), flows=flows or None,
+        qc_json=args.qc, on_failed_registration=args.on_failed_registration,
+    )  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -426,6 +437,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("catalog", help="output catalog JSON")
     p.add_argument("item", help="output item JSON (beside the COGs)")
     p.add_argument("--asset", action="append", default=[], metavar="KEY=COG", required=True)
+    p.add_argument(
+        "--expression",
+        action="append",
+        default=[],
+        metavar="NAME=COG",
+        help="an expression's COG (results/stack/NAME.tif); repeat",
+    )
+    p.add_argument(
+        "--flow",
+        action="append",
+        default=[],
+        metavar="N=DISPLACEMENT,CONFIDENCE,STATS",
+        help="dataset N's flow COGs and results/flow/N.json; repeat",
+    )
+    p.add_argument(
+        "--qc",
+        metavar="SUMMARY.json",
+        help="results/qc/summary.json: verdicts into the item (a fail stops)",
+    )
+    p.add_argument("--on-failed-registration", default="stop", choices=["stop", "publish"])
     p.add_argument("--item-id", default="costack-stack")
     p.set_defaults(func=cmd_catalog)
     return parser
