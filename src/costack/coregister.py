@@ -67,17 +67,31 @@ def decide_mode(
         return np.ma.filled(arr.astype(np.float32), np.nan), kind, f
 
     if requested != "auto":
-        return resolve_mode(requested, np.zeros((1, 1)), np.zeros((1, 1)))
+        return requested, {"requested": requested, "reason": "as requested"}
     ref, ref_kind, f = reduced(ref_tif)
     sec, sec_kind, _ = reduced(sec_tif)
     if ref.shape != sec.shape:
-        return resolve_mode(requested, ref, ref, ref_kind, sec_kind)
+        from costack.errors import CostackError
+
+        raise CostackError(
+            "flow", f"{sec_tif} is not on the grid of {ref_tif}", "co-locate both first"
+        )
     mode, evidence = resolve_mode(requested, ref, sec, ref_kind, sec_kind, max_displacement / f)
     if "contrast" in evidence:
         rel = evidence["contrast"]
         rel["coarse_shift"] = [c * f for c in rel["coarse_shift"]]
         rel["read_reduced_by"] = f
     return mode, evidence
+
+
+def matches_on_descriptors(
+    requested: str, ref_tif: str | Path, sec_tif: str | Path, max_displacement: float = 16.0
+) -> tuple[bool, dict]:
+    """Whether the tie points and the QC match this pair on CFOG descriptors rather than on
+    intensities: the pairs the flow runs in GEFolki mode and those whose contrast is inverted
+    (:func:`decide_mode`); with the decision's evidence."""
+    mode, why = decide_mode(requested, ref_tif, sec_tif, max_displacement)
+    return mode == "gefolki" or bool(why.get("invert_secondary")), why
 
 
 def run_flow(

@@ -419,29 +419,26 @@ def _shift_score(
     h, w = a.shape
     if abs(dx) >= w - 2 * radius or abs(dy) >= h - 2 * radius:
         return -np.inf
-    ys, yd = (slice(dy, h), slice(0, h - dy)) if dy >= 0 else (slice(0, h + dy), slice(-dy, h))
-    xs, xd = (slice(dx, w), slice(0, w - dx)) if dx >= 0 else (slice(0, w + dx), slice(-dx, w))
-    bs = np.zeros_like(b)
-    ws = np.zeros_like(wb)
-    bs[yd, xd] = b[ys, xs]
-    ws[yd, xd] = wb[ys, xs]
+    bs, ws = _shifted(b, wb, dx, dy)
     wt = np.ascontiguousarray(wa * ws, np.float32)
-    corr, good = _local_corr(a, bs, wt, radius)
+    corr, good = np.empty_like(wt), np.empty_like(wt)
+    a = np.ascontiguousarray(a, np.float32)
+    nmin = np.float32(0.5 * (2 * radius + 1) ** 2)
+    K.window_solve(3, a, bs, a, a, wt, a, a, radius, 0.0, 0.0, nmin, corr, corr, good, _bands(h))
+    good = good > 0
     if good.sum() < 16:
         return -np.inf
     return float(np.mean(np.abs(corr[good]) if multimodal else corr[good]))
 
 
-def _local_corr(a: np.ndarray, b: np.ndarray, wt: np.ndarray, radius: int):
-    """Pearson correlation of ``a`` and ``b`` over each (2r+1)^2 window weighted by ``wt``, and
-    where it is defined (half the window valid, both with contrast)."""
-    corr, good = np.empty_like(wt), np.empty_like(wt)
-    a = np.ascontiguousarray(a, np.float32)
-    b = np.ascontiguousarray(b, np.float32)
-    nmin = np.float32(0.5 * (2 * radius + 1) ** 2)
-    K.window_solve(3, a, b, a, a, wt, a, a, radius, 0.0, 0.0, nmin, corr, corr, good,
-                   _bands(a.shape[0]))  # fmt: skip
-    return corr, good > 0
+def _shifted(b: np.ndarray, wb: np.ndarray, dx: int, dy: int) -> tuple[np.ndarray, np.ndarray]:
+    """``b`` and its weights read at (col + dx, row + dy); zero weight where that falls out."""
+    h, w = b.shape
+    ys, yd = (slice(dy, h), slice(0, h - dy)) if dy >= 0 else (slice(0, h + dy), slice(-dy, h))
+    xs, xd = (slice(dx, w), slice(0, w - dx)) if dx >= 0 else (slice(0, w + dx), slice(-dx, w))
+    bs, ws = np.zeros_like(b), np.zeros_like(wb)
+    bs[yd, xd], ws[yd, xd] = b[ys, xs], wb[ys, xs]
+    return bs, ws
 
 
 #: share of anti-correlated windows above which ``auto`` takes the pair as locally inverted
@@ -456,11 +453,7 @@ def _signed_local_corr(
     """Correlation coefficient of ``a`` and ``b`` shifted by (dx, dy) over each (2r+1)^2
     window, weighted by both validities (normalised convolution); NaN where either window
     lacks contrast (variance under 1e-3 of the image's) or half its pixels."""
-    h, w = a.shape
-    ys, yd = (slice(dy, h), slice(0, h - dy)) if dy >= 0 else (slice(0, h + dy), slice(-dy, h))
-    xs, xd = (slice(dx, w), slice(0, w - dx)) if dx >= 0 else (slice(0, w + dx), slice(-dx, w))
-    bs, ws = np.zeros_like(b), np.zeros_like(wb)
-    bs[yd, xd], ws[yd, xd] = b[ys, xs], wb[ys, xs]
+    bs, ws = _shifted(b, wb, dx, dy)
     g = wa * ws
     size = 2 * radius + 1
 

@@ -124,10 +124,9 @@ def run_qc(
     compared with the reference blurred to 30 m: on the demo the residual after co-registration
     then reads 0.11 px median, near the flow's true error, instead of 0.24 px)."""
     if mode is not None:
-        from costack.coregister import decide_mode
+        from costack.coregister import matches_on_descriptors
 
-        chosen, why = decide_mode(mode, ref_tif, colocated_tif, max_displacement)
-        multimodal = chosen == "gefolki" or bool(why.get("invert_secondary"))
+        multimodal, _ = matches_on_descriptors(mode, ref_tif, colocated_tif, max_displacement)
     ref, grid, _ = read_float32(ref_tif)
     before, _, _ = read_float32(colocated_tif)
     after, _, _ = read_float32(coregistered_tif)

@@ -87,8 +87,8 @@ def write_float32(
         "nodata": nodata,
         # intermediates: ZSTD level 1 (2000x2000 flow, 2 bands: 0.1 s against 0.38 s for
         # DEFLATE level 6, files 0.2 % larger). Not GDAL's multithreaded compression: its
-        # worker threads' write errors (a full disk) do not reach rasterio, the file would be
-        # left truncated with exit status 0
+        # worker threads' write errors (a full disk) are only logged, the write does not raise
+        # (tests/test_faults.py's file-size-limit test fails with it)
         "compress": "zstd",
         "zstd_level": 1,
         "predictor": 3,

@@ -644,11 +644,10 @@ def run_tiepoints(
     p = params or TiePointParams()
     mode_choice = None
     if mode is not None:
-        from costack.coregister import decide_mode
+        from costack.coregister import matches_on_descriptors
 
-        chosen, mode_choice = decide_mode(mode, ref_tif, sec_tif, p.max_shift)
-        # inverted contrast (local or everywhere) is matched on CFOG descriptors too
-        p = replace(p, multimodal=chosen == "gefolki" or bool(mode_choice.get("invert_secondary")))
+        multimodal, mode_choice = matches_on_descriptors(mode, ref_tif, sec_tif, p.max_shift)
+        p = replace(p, multimodal=multimodal)
     if not p.multimodal and p.reference_blur == 0:
         p = replace(p, reference_blur=resolution_sigma(resolution_ratio))
     from costack.overlap import overlap_window

@@ -43,7 +43,6 @@ ENV = "../../envs/costack.yaml"
 REF = CFG.reference.key
 SECONDARY = CFG.secondary_datasets
 MATCH = {n: matching_asset(CFG, n, CFG.matching_assets) for n in SECONDARY}
-KIND = dict(zip(MANIFEST["key"], MANIFEST["kind"]))
 DB = dict(zip(MANIFEST["key"], MANIFEST["db"]))
 RES_RATIO = {
     k: resolution_ratio(rx, ry, GRID)
