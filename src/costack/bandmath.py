@@ -445,6 +445,7 @@ def evaluate(
     parsed: ParsedExpression,
     rasters: Mapping[str, np.ndarray],
     shape: tuple[int, int] | None = None,
+    means: Mapping[Call, float] | None = None,
 ) -> np.ndarray:
     """Evaluate on rasters (NaN = nodata) of one shape; return Float32 with NaN as nodata.
 
@@ -452,6 +453,8 @@ def evaluate(
         parsed: from :func:`parse`.
         rasters: asset key -> 2-D array; every key in ``parsed.assets`` must be present.
         shape: output shape when the expression reads no raster (a constant).
+        means: values of ``mean`` calls computed beforehand over the whole grid (how a grid
+            evaluated by windows keeps them global: :func:`evaluate_by_strips`).
     """
     for key in parsed.assets:
         if key not in rasters:
@@ -462,20 +465,7 @@ def evaluate(
         elif rasters[key].shape != shape:
             raise ExpressionError(parsed.source, f"{key} is not on the same grid", None,
                                   "co-locate the assets first")  # fmt: skip
-
-    cache: dict[str, Value] = {}
-
-    def value_of(node: Node) -> Value:
-        if isinstance(node, Num):
-            return Value(np.float64(node.value))  # NumPy scalars: 1/0 is inf, not an exception
-        if isinstance(node, Asset):  # each raster converted once, however often it is named
-            if node.key not in cache:
-                data = np.asarray(rasters[node.key], dtype=np.float64)
-                cache[node.key] = Value(data, ~np.isfinite(data))
-            return cache[node.key]
-        return FUNCTIONS[node.name][2](*(value_of(a) for a in node.args))
-
-    out = value_of(parsed.tree)
+    out = _value(parsed.tree, rasters, means or {})
     if out.is_array:
         raise ExpressionError(
             parsed.source, "the result is an asarray list, not a raster", None,
@@ -489,3 +479,76 @@ def evaluate(
     if out.invalid is not None:
         bad |= out.invalid
     return np.where(bad, np.float32(np.nan), result)
+
+
+def _value(tree: Node, rasters: Mapping[str, np.ndarray], means: Mapping[Call, float]) -> Value:
+    """The value of ``tree`` (each raster converted once, however often it is named)."""
+    cache: dict[str, Value] = {}
+
+    def value_of(node: Node) -> Value:
+        if isinstance(node, Num):
+            return Value(np.float64(node.value))  # NumPy scalars: 1/0 is inf, not an exception
+        if isinstance(node, Asset):
+            if node.key not in cache:
+                data = np.asarray(rasters[node.key], dtype=np.float64)
+                cache[node.key] = Value(data, ~np.isfinite(data))
+            return cache[node.key]
+        if node in means:
+            return Value(np.float64(means[node]))
+        return FUNCTIONS[node.name][2](*(value_of(a) for a in node.args))
+
+    return value_of(tree)
+
+
+def _mean_calls(tree: Node) -> list[Call]:
+    """The ``mean`` calls of ``tree`` that read a raster, innermost first."""
+    out: list[Call] = []
+
+    def visit(node: Node) -> None:
+        if isinstance(node, Call):
+            for a in node.args:
+                visit(a)
+            if node.name == "mean" and _asset_keys(node) and node not in out:
+                out.append(node)
+
+    visit(tree)
+    return out
+
+
+def evaluate_by_strips(
+    parsed: ParsedExpression,
+    read: Callable[[str, int, int], np.ndarray],
+    shape: tuple[int, int],
+    rows: int,
+    write: Callable[[np.ndarray, int, int], None],
+) -> int:
+    """:func:`evaluate` over a grid too large to hold, ``rows`` rows at a time.
+
+    Every operation is element-wise except ``mean``, a global reduction: each ``mean`` call
+    that reads a raster is first computed over the whole grid (a float64 sum and count of its
+    argument's valid pixels, strip by strip, innermost first), then every strip is evaluated
+    with those values. ``read(key, r0, r1)`` gives an asset's rows ``r0:r1`` (NaN = nodata);
+    ``write(result, r0, r1)`` takes them. Returns the number of valid pixels.
+    """
+    height, width = shape
+    bounds = [(r0, min(height, r0 + rows)) for r0 in range(0, height, rows)]
+    means: dict[Call, float] = {}
+    for call in _mean_calls(parsed.tree):
+        total, count = 0.0, 0
+        for r0, r1 in bounds:
+            part = {k: read(k, r0, r1) for k in dict.fromkeys(_asset_keys(call))}
+            v = _value(call.args[0], part, means)
+            data = np.broadcast_to(np.asarray(v.data, dtype=np.float64), (r1 - r0, width))
+            valid = np.isfinite(data)
+            if v.invalid is not None:
+                valid &= ~v.invalid
+            total += float(data[valid].sum())
+            count += int(valid.sum())
+        means[call] = total / count if count else float("nan")
+    n_valid = 0
+    for r0, r1 in bounds:
+        part = {k: read(k, r0, r1) for k in parsed.assets}
+        result = evaluate(parsed, part, (r1 - r0, width), means)
+        n_valid += int(np.isfinite(result).sum())
+        write(result, r0, r1)
+    return n_valid

@@ -10,16 +10,32 @@ kernel averages power rather than decibels.
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import rasterio
+from affine import Affine
+from rasterio.control import GroundControlPoint
 from rasterio.enums import Resampling
-from rasterio.warp import reproject
+from rasterio.errors import NotGeoreferencedWarning
+from rasterio.warp import reproject, transform
+from rasterio.windows import Window
 
 from costack.georef import GCP_WARP_OPTIONS, read_georef
 from costack.grid import Grid
-from costack.rasterio_io import write_float32
+from costack.rasterio_io import (
+    atomic_path,
+    float32_profile,
+    strip_rows,
+    strips,
+    to_nodata,
+    write_float32,
+)
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +65,9 @@ def linear_to_db(power: np.ndarray) -> np.ndarray:
 GEOLOC_MAX_PIXELS = 64_000_000
 
 
-def geolocation_arrays(georef) -> np.ndarray:
-    """Map coordinates of every source pixel from the GCP grid (thin-plate spline).
+def geolocation_arrays(georef, window: Window | None = None) -> np.ndarray:
+    """Map coordinates of every source pixel (of ``window``, else of the whole source) from the
+    GCP grid (thin-plate spline).
 
     rasterio's ``reproject`` approximates GDAL's transformation to 0.125 source pixels, which
     left 0.06 px mean errors on a curved GCP grid; with geolocation arrays GDAL uses no
@@ -60,11 +77,82 @@ def geolocation_arrays(georef) -> np.ndarray:
     """
     from rasterio.transform import GCPTransformer
 
-    rows, cols = np.mgrid[0 : georef.height, 0 : georef.width].astype(np.float64)
+    r0, c0, h, w = (
+        (0, 0, georef.height, georef.width)
+        if window is None
+        else (int(window.row_off), int(window.col_off), int(window.height), int(window.width))
+    )
+    rows, cols = np.mgrid[r0 : r0 + h, c0 : c0 + w].astype(np.float64)
     with GCPTransformer(georef.gcps, tps=True) as tr:
         xs, ys = tr.xy(rows.ravel(), cols.ravel(), offset="ul")
-    shape = (georef.height, georef.width)
+    shape = (h, w)
     return np.stack([np.asarray(xs).reshape(shape), np.asarray(ys).reshape(shape)])
+
+
+def _physical(
+    raw: np.ndarray,
+    src_nodata: float | None,
+    extra_nodata: float | None,
+    scale: float,
+    offset: float,
+    db: bool,
+) -> np.ndarray:
+    """Stored values to the Float32 values the warper resamples: fill values masked (NaN),
+    ``raw * scale + offset`` (see :mod:`costack.radiometry`), dB to linear power."""
+    invalid = np.zeros(raw.shape, dtype=bool)
+    for fill in (src_nodata, extra_nodata):
+        if fill is not None and not np.isnan(fill):
+            invalid |= raw == (np.float32(fill) if raw.dtype.kind == "f" else fill)
+    data = raw.astype(np.float32)
+    if (scale, offset) != (1.0, 0.0):
+        data *= np.float32(scale)
+        data += np.float32(offset)
+    invalid |= ~np.isfinite(data)
+    if db:
+        data = db_to_linear(data)
+        invalid |= ~np.isfinite(data)
+    data[invalid] = np.nan
+    return data
+
+
+def _warp(
+    data: np.ndarray,
+    georef,
+    window: Window | None,
+    dst_transform,
+    dst_crs,
+    shape: tuple[int, int],
+    resampling: str,
+    threads: int,
+    label: str,
+) -> np.ndarray:
+    """GDAL's warper from ``data`` (the source, or its ``window``) onto a destination of
+    ``shape`` at ``dst_transform``: NaN in and out for no data."""
+    r0, c0 = (int(window.row_off), int(window.col_off)) if window is not None else (0, 0)
+    out = np.full(shape, np.nan, dtype=np.float32)
+    kwargs: dict = {}
+    if georef.gcps and data.size <= GEOLOC_MAX_PIXELS:
+        kwargs.update(src_geoloc_array=geolocation_arrays(georef, window))
+    elif georef.gcps:
+        log.warning("%s: %d px is too large for geolocation arrays; GCP warp approximated to "
+                    "0.125 px by GDAL", label, data.size)  # fmt: skip
+        gcps = [GroundControlPoint(g.row - r0, g.col - c0, g.x, g.y, g.z) for g in georef.gcps]
+        kwargs.update(gcps=gcps, **GCP_WARP_OPTIONS)
+    else:
+        kwargs.update(src_transform=georef.transform * Affine.translation(c0, r0))
+    reproject(
+        source=data,
+        destination=out,
+        src_crs=georef.crs,
+        src_nodata=np.nan,
+        dst_transform=dst_transform,
+        dst_crs=dst_crs,
+        dst_nodata=np.nan,
+        resampling=Resampling[resampling],
+        num_threads=max(1, threads),
+        **kwargs,
+    )
+    return out
 
 
 def colocate_array(
@@ -79,7 +167,7 @@ def colocate_array(
     nodata: float | None = None,
     extra_nodata: float | None = None,
 ) -> tuple[np.ndarray, float]:
-    """Warp a single-band raster onto ``grid``.
+    """Warp a single-band raster onto ``grid``, in memory.
 
     Args:
         path: GDAL path of the source (``/vsicurl/`` for URLs).
@@ -104,49 +192,202 @@ def colocate_array(
         georef = read_georef(src, pixel_center)
         src_nodata = src.nodata if src.nodata is not None else nodata
         raw = src.read(1, masked=False)
-    invalid = np.zeros(raw.shape, dtype=bool)
-    for fill in (src_nodata, extra_nodata):
-        if fill is not None and not np.isnan(fill):
-            invalid |= raw == (np.float32(fill) if raw.dtype.kind == "f" else fill)
-    scaled = (scale, offset) != (1.0, 0.0)
-    if scaled:
-        data = raw.astype(np.float32)
-        data *= np.float32(scale)
-        data += np.float32(offset)
-        src_nodata = None
-    else:
-        data = raw.astype(np.float32)
+    data = _physical(raw, src_nodata, extra_nodata, scale, offset, db)
     del raw
-    invalid |= ~np.isfinite(data)
-    if db:
-        data = db_to_linear(data)
-        invalid |= ~np.isfinite(data)
-    data[invalid] = np.nan
-    out = np.full(grid.shape, np.nan, dtype=np.float32)
-    kwargs: dict = {}
-    if georef.gcps and data.size <= GEOLOC_MAX_PIXELS:
-        kwargs.update(src_geoloc_array=geolocation_arrays(georef))
-    elif georef.gcps:
-        log.warning("%s: %d px is too large for geolocation arrays; GCP warp approximated to "
-                    "0.125 px by GDAL", path, data.size)  # fmt: skip
-        kwargs.update(gcps=georef.gcps, **GCP_WARP_OPTIONS)
-    else:
-        kwargs.update(src_transform=georef.transform)
-    reproject(
-        source=data,
-        destination=out,
-        src_crs=georef.crs,
-        src_nodata=np.nan,
-        dst_transform=grid.transform,
-        dst_crs=grid.crs,
-        dst_nodata=np.nan,
-        resampling=Resampling[resampling],
-        num_threads=max(1, threads),
-        **kwargs,
-    )
+    out = _warp(data, georef, None, grid.transform, grid.crs, grid.shape, resampling, threads,
+                path)  # fmt: skip
     if db:
         out = linear_to_db(out)
-    return out, output_nodata(src_nodata)
+    return out, _fill_value(src_nodata, scale, offset)
+
+
+def _fill_value(src_nodata: float | None, scale: float, offset: float) -> float:
+    """The output's fill value: the source's when its numbers are kept, NaN when scaled."""
+    return output_nodata(None if (scale, offset) != (1.0, 0.0) else src_nodata)
+
+
+#: Co-locations whose in-memory peak (:func:`in_memory_bytes`) would pass this stream instead
+#: (:func:`_colocate_streamed`): GDAL's warper chunks the grid itself, file to file, with its
+#: block cache held to STREAM_CACHE_MB; our own passes go by strips of about STRIP_BYTES.
+IN_MEMORY_MAX_BYTES = 1_000_000_000
+STRIP_BYTES = 128_000_000
+STREAM_CACHE_MB = 128
+#: Bytes per pixel of the in-memory path: the output and GDAL's working planes per grid
+#: pixel; per source pixel its stored value and Float32 copy and, for GCP sources, the two
+#: float64 geolocation arrays.
+GRID_BYTES_PER_PIXEL = 12
+SOURCE_BYTES_PER_PIXEL = 8
+GEOLOC_BYTES_PER_PIXEL = 16
+
+
+def in_memory_bytes(source_pixels: int, gcps: bool, grid_pixels: int) -> int:
+    """Peak memory of co-locating a whole source in memory (what :func:`colocate_array` holds)."""
+    per_source = SOURCE_BYTES_PER_PIXEL + (GEOLOC_BYTES_PER_PIXEL if gcps else 0)
+    return source_pixels * per_source + GRID_BYTES_PER_PIXEL * grid_pixels
+
+
+def source_window(
+    georef, grid: Grid, rows: tuple[int, int], pad: int, samples: int = 32
+) -> Window | None:
+    """The source window that grid rows ``rows`` read, ``pad`` source pixels wider on every side
+    (the resampling kernel's reach), clipped to the source; None if it misses the source.
+
+    The strip's outline (``samples`` points per edge) is transformed to source pixels: through
+    the inverse geotransform, or the inverse thin-plate spline of the GCPs.
+    """
+    r0, r1 = rows
+    t = np.linspace(0.0, 1.0, samples + 1)
+    w = float(grid.width)
+    cols = np.concatenate([t * w, np.full_like(t, w), t * w, np.zeros_like(t)])
+    rws = np.concatenate([np.full_like(t, r0), r0 + t * (r1 - r0), np.full_like(t, r1),
+                          r0 + t * (r1 - r0)])  # fmt: skip
+    xs, ys = grid.transform * (cols, rws)
+    if grid.crs != georef.crs:
+        xs, ys = transform(grid.crs, georef.crs, xs, ys)
+    xs, ys = np.asarray(xs, float), np.asarray(ys, float)
+    if georef.gcps:
+        from rasterio.transform import GCPTransformer
+
+        with GCPTransformer(georef.gcps, tps=True) as tr:
+            src_rows, src_cols = tr.rowcol(xs, ys, op=lambda v: v)
+    else:
+        src_cols, src_rows = ~georef.transform * (xs, ys)
+    src_rows, src_cols = np.asarray(src_rows, float), np.asarray(src_cols, float)
+    ok = np.isfinite(src_rows) & np.isfinite(src_cols)
+    if not ok.any():
+        return None
+    top = max(0, int(np.floor(src_rows[ok].min())) - pad)
+    bottom = min(georef.height, int(np.ceil(src_rows[ok].max())) + pad)
+    left = max(0, int(np.floor(src_cols[ok].min())) - pad)
+    right = min(georef.width, int(np.ceil(src_cols[ok].max())) + pad)
+    if bottom <= top or right <= left:
+        return None
+    return Window(left, top, right - left, bottom - top)
+
+
+def kernel_pad(georef, grid: Grid) -> int:
+    """Source pixels a destination pixel's kernel can reach beyond its footprint: the widest of
+    GDAL's kernels (Lanczos, 3 px) scaled by the downsampling factor, plus a margin."""
+    src_res = min(georef.pixel_size())
+    dst_res = max(abs(grid.transform.a), abs(grid.transform.e))
+    factor = max(1.0, dst_res / src_res) if grid.crs.is_projected else 1.0
+    return int(np.ceil(3 * factor)) + 4
+
+
+def streamed_bytes(window_pixels: int, gcps: bool, strip_bytes: int = STRIP_BYTES) -> int:
+    """Peak memory of :func:`_colocate_streamed`: GDAL's cache and warp chunk, our strips and,
+    for GCP sources, the geolocation arrays of the source window."""
+    geoloc = GEOLOC_BYTES_PER_PIXEL * window_pixels if gcps else 0
+    return (STREAM_CACHE_MB + 64) * 1_000_000 + 2 * strip_bytes + geoloc
+
+
+@contextmanager
+def _scratch(beside: Path) -> Iterator[str]:
+    """A temporary file beside ``beside`` (named like :func:`atomic_path`'s, so a killed job's
+    leftover is removed by the next attempt), removed on exit."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{beside.name}.", suffix=".tmp", dir=beside.parent)
+    os.close(fd)
+    try:
+        yield tmp
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _colocate_streamed(
+    path: str,
+    grid: Grid,
+    out_path: Path,
+    tags: dict[str, str],
+    resampling: str,
+    db: bool,
+    pixel_center: bool,
+    threads: int,
+    scale: float = 1.0,
+    offset: float = 0.0,
+    nodata: float | None = None,
+    extra_nodata: float | None = None,
+    strip_bytes: int = STRIP_BYTES,
+) -> int:
+    """:func:`colocate_array` with bounded memory, for grids or sources too large to hold.
+
+    1. The source window the grid reads (:func:`source_window`) is converted to physical
+       Float32 values (:func:`_physical`) strip by strip into a scratch GeoTIFF;
+    2. GDAL's warper reprojects that file onto the grid file to file, chunking the grid itself
+       (the same chunks, hence the same bytes, as the in-memory warp: tested);
+    3. dB back from linear power and the fill value, strip by strip, into the output.
+
+    Returns the number of valid grid pixels.
+    """
+    with rasterio.open(path) as src:
+        georef = read_georef(src, pixel_center)
+        src_nodata = src.nodata if src.nodata is not None else nodata
+        fill = _fill_value(src_nodata, scale, offset)
+        window = source_window(georef, grid, (0, grid.height), kernel_pad(georef, grid))
+    valid = 0
+    with (
+        warnings.catch_warnings(),
+        rasterio.Env(GDAL_CACHEMAX=STREAM_CACHE_MB),
+        atomic_path(out_path) as final,
+        _scratch(out_path) as physical,
+        _scratch(out_path) as warped,
+    ):
+        # a scratch source on geolocation arrays has no geotransform of its own
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        out_grid = Grid(grid.crs, grid.transform, grid.width, grid.height)
+        kwargs: dict = {}
+        if window is not None:
+            src_grid = Grid(georef.crs, (georef.transform or Affine.identity())
+                            * Affine.translation(window.col_off, window.row_off),
+                            window.width, window.height)  # fmt: skip
+            profile = float32_profile(src_grid)
+            if georef.gcps:
+                del profile["transform"]
+                if window.width * window.height <= GEOLOC_MAX_PIXELS:
+                    kwargs["src_geoloc_array"] = geolocation_arrays(georef, window)
+                else:
+                    log.warning("%s: %d px is too large for geolocation arrays; GCP warp "
+                                "approximated to 0.125 px by GDAL", path,
+                                window.width * window.height)  # fmt: skip
+                    kwargs.update(GCP_WARP_OPTIONS)
+                    r0, c0 = window.row_off, window.col_off
+                    profile["gcps"] = [GroundControlPoint(g.row - r0, g.col - c0, g.x, g.y, g.z)
+                                       for g in georef.gcps]  # fmt: skip
+            rows = strip_rows(window.width, window.height, 16, strip_bytes)
+            with rasterio.open(path) as src, rasterio.open(physical, "w", **profile) as dst:
+                if "gcps" in profile:
+                    dst.gcps = (profile.pop("gcps"), georef.crs)
+                for r0, r1 in strips(window.height, rows):
+                    part = Window(window.col_off, window.row_off + r0, window.width, r1 - r0)
+                    raw = src.read(1, window=part, masked=False)
+                    data = _physical(raw, src_nodata, extra_nodata, scale, offset, db)
+                    dst.write(data, 1, window=Window(0, r0, window.width, r1 - r0))
+            with (
+                rasterio.open(physical) as src,
+                rasterio.open(warped, "w", **float32_profile(out_grid)) as dst,
+            ):
+                reproject(rasterio.band(src, 1), rasterio.band(dst, 1), src_crs=georef.crs,
+                          src_nodata=np.nan, dst_nodata=np.nan,
+                          resampling=Resampling[resampling], num_threads=max(1, threads),
+                          **kwargs)  # fmt: skip
+        rows = strip_rows(grid.width, grid.height, 12, strip_bytes)
+        with rasterio.open(final, "w", **float32_profile(out_grid, nodata=fill)) as dst:
+            src = rasterio.open(warped) if window is not None else None
+            try:
+                for r0, r1 in strips(grid.height, rows):
+                    part = Window(0, r0, grid.width, r1 - r0)
+                    if src is None:
+                        out = np.full((r1 - r0, grid.width), np.nan, dtype=np.float32)
+                    else:
+                        out = src.read(1, window=part)
+                        if db:
+                            out = linear_to_db(out)
+                    valid += int(np.isfinite(out).sum())
+                    dst.write(to_nodata(out, fill), 1, window=part)
+            finally:
+                if src is not None:
+                    src.close()
+            dst.update_tags(**tags)  # after the pixels, as write_float32 does (the same bytes)
+    return valid
 
 
 def colocate_asset(
@@ -158,18 +399,33 @@ def colocate_asset(
     pixel_center: bool = True,
     threads: int = 1,
     tags: dict[str, str] | None = None,
+    max_in_memory_bytes: int = IN_MEMORY_MAX_BYTES,
+    strip_bytes: int = STRIP_BYTES,
     **radiometry: float | None,
 ) -> None:
     """Warp one asset onto the grid and write it as a Float32 GeoTIFF.
 
     ``radiometry`` takes ``scale``, ``offset``, ``nodata`` and ``extra_nodata`` as in
-    :func:`colocate_array`.
+    :func:`colocate_array`. A co-location that would hold more than ``max_in_memory_bytes``
+    (:func:`in_memory_bytes`) streams instead (:func:`_colocate_streamed`, peak
+    :func:`streamed_bytes`), to the same bytes.
     """
-    data, nodata = colocate_array(path, grid, resampling, db, pixel_center, threads, **radiometry)
-    valid = np.isfinite(data)
-    log.info("colocated %s: %d of %d grid pixels valid", path, int(valid.sum()), data.size)
     meta = {"costack_resampling": resampling}
     if db:
         meta["costack_resampling_domain"] = "linear power (dB converted before and after)"
     meta.update(tags or {})
-    write_float32(out_path, data, grid, nodata, tags=meta)
+    with rasterio.open(path) as src:
+        georef = read_georef(src, pixel_center)
+        source_px = src.width * src.height
+    need = in_memory_bytes(source_px, bool(georef.gcps), grid.width * grid.height)
+    if need <= max_in_memory_bytes:
+        data, nodata = colocate_array(path, grid, resampling, db, pixel_center, threads,
+                                      **radiometry)  # fmt: skip
+        valid = int(np.isfinite(data).sum())
+        write_float32(out_path, data, grid, nodata, tags=meta)
+    else:
+        log.info("%s: streamed (in memory it would need %.1f GB)", path, need / 1e9)
+        valid = _colocate_streamed(path, grid, Path(out_path), meta, resampling, db,
+                                   pixel_center, threads, strip_bytes=strip_bytes,
+                                   **radiometry)  # fmt: skip
+    log.info("colocated %s: %d of %d grid pixels valid", path, valid, grid.width * grid.height)

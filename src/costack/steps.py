@@ -12,21 +12,31 @@ import logging
 import os
 import shutil
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import rasterio
 from rasterio.errors import RasterioIOError
+from rasterio.windows import Window
 
-from costack.bandmath import ParsedExpression, evaluate, memory_bytes, parse
+from costack.bandmath import ParsedExpression, evaluate, evaluate_by_strips, memory_bytes, parse
 from costack.cog import write_cog
 from costack.colocate import colocate_asset
 from costack.config import RunConfig, parse_config
 from costack.errors import CostackError
 from costack.grid import Grid, compute_grid, resolution_ratio
 from costack.items import discover, read_manifest, write_manifest
-from costack.rasterio_io import atomic_path, read_float32, write_float32, write_json
+from costack.rasterio_io import (
+    atomic_path,
+    open_float32,
+    read_float32,
+    strip_rows,
+    write_float32,
+    write_json,
+)
 from costack.remote import gdal_path
 from costack.stac import StackAsset, build_item, portable_href, write_catalog
 
@@ -247,12 +257,20 @@ def run_coregister_identity(colocated: str | Path, out_tif: str | Path) -> None:
         shutil.copyfile(colocated, tmp)
 
 
+#: Band math whose in-memory peak (:func:`costack.bandmath.memory_bytes`) would pass this runs
+#: by strips of about BANDMATH_STRIP_BYTES (:func:`costack.bandmath.evaluate_by_strips`).
+BANDMATH_IN_MEMORY_BYTES = 1_000_000_000
+BANDMATH_STRIP_BYTES = 256_000_000
+
+
 def run_bandmath(
     source: str,
     rasters: dict[str, str | Path],
     out_tif: str | Path,
     grid_json: str | Path | None = None,
     listed: set[str] | None = None,
+    max_in_memory_bytes: int = BANDMATH_IN_MEMORY_BYTES,
+    strip_bytes: int = BANDMATH_STRIP_BYTES,
 ) -> None:
     """Band math: evaluate ``name:(expr)`` on co-registered rasters into a Float32 GeoTIFF.
 
@@ -262,21 +280,44 @@ def run_bandmath(
         out_tif: output GeoTIFF (NaN is nodata).
         grid_json: grid of the run (gives the shape of constant expressions).
         listed: keys of the asset list (default: the keys of ``rasters``).
+        max_in_memory_bytes: above this estimated peak the grid is evaluated by strips of about
+            ``strip_bytes`` (same values; a ``mean`` is then summed strip by strip).
     """
     parsed = parse(source, set(listed) if listed is not None else set(rasters))
     grid = Grid.load(grid_json) if grid_json else None
-    arrays = {}
     for key in parsed.assets:
-        data, g, _ = read_float32(rasters[key])
-        grid = grid or g
-        arrays[key] = data
+        with rasterio.open(rasters[key]) as src:
+            grid = grid or Grid(src.crs, src.transform, src.width, src.height)
     if grid is None:
         raise CostackError("expressions", f"{source!r} reads no asset and no grid was given",
                            "pass the grid JSON")  # fmt: skip
-    result = evaluate(parsed, arrays, grid.shape)
-    log.info("%s: %d of %d pixels valid", parsed.name, int(np.isfinite(result).sum()),
-             result.size)  # fmt: skip
-    write_float32(out_tif, result, grid, tags={"costack_expression": parsed.source})
+    tags = {"costack_expression": parsed.source}
+    px = grid.width * grid.height
+    if memory_bytes(parsed, px) <= max_in_memory_bytes:
+        arrays = {key: read_float32(rasters[key])[0] for key in parsed.assets}
+        result = evaluate(parsed, arrays, grid.shape)
+        valid = int(np.isfinite(result).sum())
+        write_float32(out_tif, result, grid, tags=tags)
+    else:
+        rows = strip_rows(grid.width, grid.height, memory_bytes(parsed, 1), strip_bytes)
+        log.info("%s: by strips of %d rows (in memory it would need %.1f GB)", parsed.name,
+                 rows, memory_bytes(parsed, px) / 1e9)  # fmt: skip
+        with ExitStack() as stack:
+            srcs = {k: stack.enter_context(rasterio.open(rasters[k])) for k in parsed.assets}
+            dst = stack.enter_context(open_float32(out_tif, grid, tags=tags))
+
+            def read(key: str, r0: int, r1: int) -> np.ndarray:
+                src = srcs[key]
+                data = src.read(1, window=Window(0, r0, grid.width, r1 - r0)).astype(np.float32)
+                if src.nodata is not None and not np.isnan(src.nodata):
+                    data[data == np.float32(src.nodata)] = np.nan
+                return data
+
+            def write(result: np.ndarray, r0: int, r1: int) -> None:
+                dst.write(result, 1, window=Window(0, r0, grid.width, r1 - r0))
+
+            valid = evaluate_by_strips(parsed, read, grid.shape, rows, write)
+    log.info("%s: %d of %d pixels valid", parsed.name, valid, px)
 
 
 def run_cog(src: str | Path, dst: str | Path) -> None:
