@@ -256,3 +256,35 @@ def test_random_token_soup(tokens):
     except CostackError:
         return
     evaluate(parsed, R, SHAPE)
+
+
+def test_band_math_by_strips_gives_the_in_memory_values(tmp_path):
+    """A grid too large for memory is evaluated by strips; global ``mean`` calls (nested too)
+    are summed over the whole grid first, so the values are the in-memory ones."""
+    from conftest import write_raster
+    from rasterio.transform import Affine
+
+    from costack.rasterio_io import read_float32
+    from costack.steps import run_bandmath
+
+    rng = np.random.default_rng(3)
+    t = Affine(10, 0, 500_000, 0, -10, 5_000_000)
+    paths = {}
+    for key in ("1.nir", "1.red"):
+        a = rng.uniform(0.02, 0.5, (700, 300)).astype(np.float32)
+        a[rng.random(a.shape) < 0.05] = np.nan
+        a[600:] = np.nan  # a strip with no data at all
+        paths[key] = write_raster(tmp_path / f"{key}.tif", a, transform=t)
+    for source in (
+        "ndvi:(norm_diff 1.nir 1.red)",
+        "anomaly:(- 1.nir (mean 1.nir))",
+        "z:(/ (- 1.nir (mean 1.nir)) (mean (abs (- 1.nir (mean 1.red)))))",
+        "lut:(interp (mean 1.red) (asarray 0 1) (asarray 1 0))",
+    ):
+        whole, strips = tmp_path / "whole.tif", tmp_path / "strips.tif"
+        run_bandmath(source, paths, whole)
+        run_bandmath(source, paths, strips, max_in_memory_bytes=0, strip_bytes=1)
+        a, b = read_float32(whole)[0], read_float32(strips)[0]
+        np.testing.assert_allclose(b, a, rtol=1e-6, equal_nan=True)
+        if not source.startswith("lut"):  # a constant of the whole grid's mean elsewhere
+            assert np.isfinite(b[:600]).mean() > 0.85 and np.isnan(b[600:]).all()

@@ -62,3 +62,42 @@ def test_db_resampled_in_linear_power(tmp_path):
     out_naive, _ = colocate_array(str(path), grid, resampling="average", db=False)
     np.testing.assert_allclose(out_db, 10 * np.log10((0.1 + 0.01) / 2), atol=1e-4)
     np.testing.assert_allclose(out_naive, -15.0, atol=1e-4)
+
+
+def test_streamed_colocation_gives_the_in_memory_bytes(tmp_path):
+    """A co-location too large for memory streams (GDAL's warper file to file on the physical
+    source window); on the demo's sources (UTM 31 geotransform, UTM 32 reprojected, SAR dB on
+    GCPs) it writes the very bytes of the in-memory warp, and leaves no scratch file."""
+    import filecmp
+
+    from conftest import demo_config
+
+    from costack.steps import preflight
+
+    _, manifest, grid = preflight(demo_config())
+    manifest = manifest.set_index("key")
+    for key in ("1.nir", "2.nir", "3.s0_db_c_vv"):
+        row = manifest.loc[key]
+        kw = {"db": bool(row["db"]), "tags": {"costack_key": key}}
+        whole, streamed = tmp_path / f"{key}.whole.tif", tmp_path / f"{key}.streamed.tif"
+        colocate_asset(str(row["href"]), grid, whole, **kw)
+        colocate_asset(str(row["href"]), grid, streamed, max_in_memory_bytes=0, **kw)
+        assert filecmp.cmp(whole, streamed, shallow=False), key
+        assert np.isfinite(read_float32(streamed)[0]).mean() > 0.5
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_streamed_colocation_of_a_grid_beside_the_source(tmp_path):
+    """Grid rows that miss the source are nodata, not an error; fill values carried."""
+    src_t = Affine(10, 0, 500_000, 0, -10, 5_000_000)
+    data = _ramp(src_t, 300, 300)
+    data[:20] = -9999
+    path = write_raster(tmp_path / "a.tif", data, transform=src_t, nodata=-9999)
+    grid = Grid(UTM, Affine(10, 0, 501_000, 0, -10, 5_000_000), 300, 700)
+    colocate_asset(str(path), grid, tmp_path / "w.tif")
+    colocate_asset(str(path), grid, tmp_path / "s.tif", max_in_memory_bytes=0)
+    a, _, nd_a = read_float32(tmp_path / "w.tif")
+    b, _, nd_b = read_float32(tmp_path / "s.tif")
+    assert nd_a == nd_b == -9999
+    np.testing.assert_array_equal(a, b)
+    assert np.isnan(b[:20]).all() and np.isnan(b[300:]).all() and np.isfinite(b[25:290, :150]).all()

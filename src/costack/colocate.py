@@ -277,7 +277,9 @@ def kernel_pad(georef, grid: Grid) -> int:
 def streamed_bytes(window_pixels: int, gcps: bool, strip_bytes: int = STRIP_BYTES) -> int:
     """Peak memory of :func:`_colocate_streamed`: GDAL's cache and warp chunk, our strips and,
     for GCP sources, the geolocation arrays of the source window."""
-    geoloc = GEOLOC_BYTES_PER_PIXEL * window_pixels if gcps else 0
+    geoloc = (
+        GEOLOC_BYTES_PER_PIXEL * window_pixels if gcps and window_pixels <= GEOLOC_MAX_PIXELS else 0
+    )
     return (STREAM_CACHE_MB + 64) * 1_000_000 + 2 * strip_bytes + geoloc
 
 

@@ -24,12 +24,13 @@ from rasterio.windows import Window
 
 from costack.bandmath import ParsedExpression, evaluate, evaluate_by_strips, memory_bytes, parse
 from costack.cog import write_cog
-from costack.colocate import colocate_asset
+from costack.colocate import IN_MEMORY_MAX_BYTES, colocate_asset, in_memory_bytes, streamed_bytes
 from costack.config import RunConfig, parse_config
 from costack.errors import CostackError
 from costack.grid import Grid, compute_grid, resolution_ratio
 from costack.items import discover, read_manifest, write_manifest
 from costack.rasterio_io import (
+    BLOCK,
     atomic_path,
     open_float32,
     read_float32,
@@ -64,26 +65,42 @@ FLOW_BYTES_PER_PIXEL = 100
 TILED_FLOW_BYTES = 2_800_000_000
 
 
+#: Peak bytes per grid pixel of the jobs that read whole grids (measured on a 4096 x 4096
+#: pair: tie points, QC re-matching); the warp beyond TILED_ABOVE goes by tiles.
+TIEPOINT_BYTES_PER_PIXEL = 80
+QC_BYTES_PER_PIXEL = 40
+TILED_WARP_BYTES = 600_000_000
+
+
 def job_memory(cfg: RunConfig, manifest: pd.DataFrame, grid: Grid) -> dict[str, int]:
     """Estimated peak memory (bytes) of the heaviest job of each kind on this grid.
 
-    Co-location: the source read as Float32 beside its stored values, geolocation arrays for
-    GCP sources (16 B per source pixel), and three grid-sized Float32 planes. Flow: about 100
-    B per grid pixel in memory up to 16 Mpx, tiled above. Warp: six grid planes. Band math:
-    :func:`costack.bandmath.memory_bytes`.
+    Co-location: in memory, the source read as Float32 beside its stored values, geolocation
+    arrays for GCP sources and grid-sized planes (:func:`costack.colocate.in_memory_bytes`);
+    beyond 1 GB it streams (:func:`costack.colocate.streamed_bytes`). Flow: about 100 B per
+    grid pixel in memory up to 16 Mpx, tiled above; the warp likewise. Band math:
+    :func:`costack.bandmath.memory_bytes`, by strips beyond 1 GB. Tie points and QC read the
+    whole grid (tie points about 80 B per pixel, QC 40).
     """
     px = grid.width * grid.height
-    src = max(
-        int(r["width"]) * int(r["height"]) * (8 + (16 if r["georef"] == "gcps" else 0))
-        for _, r in manifest.iterrows()
-    )
-    out = {"colocate_asset": src + 12 * px, "coregister_asset": 24 * px}
+    coloc = 0
+    for _, r in manifest.iterrows():
+        src_px, gcps = int(r["width"]) * int(r["height"]), r["georef"] == "gcps"
+        need = in_memory_bytes(src_px, gcps, px)
+        coloc = max(coloc, need if need <= IN_MEMORY_MAX_BYTES else streamed_bytes(src_px, gcps))
+    out = {"colocate_asset": coloc}
     if cfg.secondary_datasets:
+        out["coregister_asset"] = 24 * px if px <= IN_MEMORY_FLOW_PIXELS else TILED_WARP_BYTES
         out["estimate_flow"] = (
             FLOW_BYTES_PER_PIXEL * px if px <= IN_MEMORY_FLOW_PIXELS else TILED_FLOW_BYTES
         )
+        out["match_tiepoints"] = TIEPOINT_BYTES_PER_PIXEL * px
+        out["assess_registration"] = QC_BYTES_PER_PIXEL * px
     for name, parsed in parse_expressions(cfg).items():
-        out[f"evaluate_expression ({name})"] = memory_bytes(parsed, px)
+        need = memory_bytes(parsed, px)
+        if need > BANDMATH_IN_MEMORY_BYTES:
+            need = max(BANDMATH_STRIP_BYTES, memory_bytes(parsed, grid.width * BLOCK))
+        out[f"evaluate_expression ({name})"] = need
     return out
 
 
