@@ -34,7 +34,6 @@ from costack.rasterio_io import (
     strip_rows,
     strips,
     to_nodata,
-    write_float32,
 )
 
 log = logging.getLogger(__name__)
@@ -206,24 +205,13 @@ def _fill_value(src_nodata: float | None, scale: float, offset: float) -> float:
     return output_nodata(None if (scale, offset) != (1.0, 0.0) else src_nodata)
 
 
-#: Co-locations whose in-memory peak (:func:`in_memory_bytes`) would pass this stream instead
-#: (:func:`_colocate_streamed`): GDAL's warper chunks the grid itself, file to file, with its
-#: block cache held to STREAM_CACHE_MB; our own passes go by strips of about STRIP_BYTES.
-IN_MEMORY_MAX_BYTES = 1_000_000_000
+#: Co-location streams (:func:`_colocate_streamed`): GDAL's warper chunks the grid itself, file
+#: to file, with its block cache held to STREAM_CACHE_MB; our own passes go by strips of about
+#: STRIP_BYTES.
 STRIP_BYTES = 128_000_000
 STREAM_CACHE_MB = 128
-#: Bytes per pixel of the in-memory path: the output and GDAL's working planes per grid
-#: pixel; per source pixel its stored value and Float32 copy and, for GCP sources, the two
-#: float64 geolocation arrays.
-GRID_BYTES_PER_PIXEL = 12
-SOURCE_BYTES_PER_PIXEL = 8
+#: Bytes per source pixel of the two float64 geolocation arrays of a GCP source's window.
 GEOLOC_BYTES_PER_PIXEL = 16
-
-
-def in_memory_bytes(source_pixels: int, gcps: bool, grid_pixels: int) -> int:
-    """Peak memory of co-locating a whole source in memory (what :func:`colocate_array` holds)."""
-    per_source = SOURCE_BYTES_PER_PIXEL + (GEOLOC_BYTES_PER_PIXEL if gcps else 0)
-    return source_pixels * per_source + GRID_BYTES_PER_PIXEL * grid_pixels
 
 
 def source_window(
@@ -310,12 +298,11 @@ def _colocate_streamed(
     extra_nodata: float | None = None,
     strip_bytes: int = STRIP_BYTES,
 ) -> int:
-    """:func:`colocate_array` with bounded memory, for grids or sources too large to hold.
+    """:func:`colocate_array` with bounded memory, into ``out_path``.
 
     1. The source window the grid reads (:func:`source_window`) is converted to physical
        Float32 values (:func:`_physical`) strip by strip into a scratch GeoTIFF;
-    2. GDAL's warper reprojects that file onto the grid file to file, chunking the grid itself
-       (the same chunks, hence the same bytes, as the in-memory warp: tested);
+    2. GDAL's warper reprojects that file onto the grid file to file, chunking the grid itself;
     3. dB back from linear power and the fill value, strip by strip, into the output.
 
     Returns the number of valid grid pixels.
@@ -401,33 +388,21 @@ def colocate_asset(
     pixel_center: bool = True,
     threads: int = 1,
     tags: dict[str, str] | None = None,
-    max_in_memory_bytes: int = IN_MEMORY_MAX_BYTES,
     strip_bytes: int = STRIP_BYTES,
     **radiometry: float | None,
 ) -> None:
-    """Warp one asset onto the grid and write it as a Float32 GeoTIFF.
+    """Warp one asset onto the grid and write it as a Float32 GeoTIFF, in bounded memory.
 
     ``radiometry`` takes ``scale``, ``offset``, ``nodata`` and ``extra_nodata`` as in
-    :func:`colocate_array`. A co-location that would hold more than ``max_in_memory_bytes``
-    (:func:`in_memory_bytes`) streams instead (:func:`_colocate_streamed`, peak
-    :func:`streamed_bytes`), to the same bytes.
+    :func:`colocate_array`, whose values it writes (the same bytes on the demo's sources; on
+    scene-sized grids GDAL chunks a file destination differently from an array, which moves
+    values within its 0.125 px transformer approximation). Peak memory:
+    :func:`streamed_bytes`, whatever the AOI.
     """
     meta = {"costack_resampling": resampling}
     if db:
         meta["costack_resampling_domain"] = "linear power (dB converted before and after)"
     meta.update(tags or {})
-    with rasterio.open(path) as src:
-        georef = read_georef(src, pixel_center)
-        source_px = src.width * src.height
-    need = in_memory_bytes(source_px, bool(georef.gcps), grid.width * grid.height)
-    if need <= max_in_memory_bytes:
-        data, nodata = colocate_array(path, grid, resampling, db, pixel_center, threads,
-                                      **radiometry)  # fmt: skip
-        valid = int(np.isfinite(data).sum())
-        write_float32(out_path, data, grid, nodata, tags=meta)
-    else:
-        log.info("%s: streamed (in memory it would need %.1f GB)", path, need / 1e9)
-        valid = _colocate_streamed(path, grid, Path(out_path), meta, resampling, db,
-                                   pixel_center, threads, strip_bytes=strip_bytes,
-                                   **radiometry)  # fmt: skip
+    valid = _colocate_streamed(path, grid, Path(out_path), meta, resampling, db, pixel_center,
+                               threads, strip_bytes=strip_bytes, **radiometry)  # fmt: skip
     log.info("colocated %s: %d of %d grid pixels valid", path, valid, grid.width * grid.height)

@@ -24,7 +24,11 @@ from rasterio.windows import Window
 
 from costack.bandmath import ParsedExpression, evaluate, evaluate_by_strips, memory_bytes, parse
 from costack.cog import write_cog
-from costack.colocate import IN_MEMORY_MAX_BYTES, colocate_asset, in_memory_bytes, streamed_bytes
+from costack.colocate import (
+    STREAM_CACHE_MB,
+    colocate_asset,
+    streamed_bytes,
+)
 from costack.config import RunConfig, parse_config
 from costack.errors import CostackError
 from costack.grid import Grid, compute_grid, resolution_ratio
@@ -68,26 +72,24 @@ TILED_FLOW_BYTES = 2_800_000_000
 #: Peak bytes per grid pixel of the jobs that read whole grids (measured on a 4096 x 4096
 #: pair: tie points, QC re-matching); the warp beyond TILED_ABOVE goes by tiles.
 TIEPOINT_BYTES_PER_PIXEL = 80
-QC_BYTES_PER_PIXEL = 40
+QC_BYTES_PER_PIXEL = 60
 TILED_WARP_BYTES = 600_000_000
 
 
 def job_memory(cfg: RunConfig, manifest: pd.DataFrame, grid: Grid) -> dict[str, int]:
     """Estimated peak memory (bytes) of the heaviest job of each kind on this grid.
 
-    Co-location: in memory, the source read as Float32 beside its stored values, geolocation
-    arrays for GCP sources and grid-sized planes (:func:`costack.colocate.in_memory_bytes`);
-    beyond 1 GB it streams (:func:`costack.colocate.streamed_bytes`). Flow: about 100 B per
+    Co-location streams (:func:`costack.colocate.streamed_bytes`: GDAL's cache and chunk, two
+    strips, geolocation arrays of a GCP source). Flow: about 100 B per
     grid pixel in memory up to 16 Mpx, tiled above; the warp likewise. Band math:
     :func:`costack.bandmath.memory_bytes`, by strips beyond 1 GB. Tie points and QC read the
-    whole grid (tie points about 80 B per pixel, QC 40).
+    whole grid (tie points about 80 B per pixel, QC 60).
     """
     px = grid.width * grid.height
     coloc = 0
     for _, r in manifest.iterrows():
         src_px, gcps = int(r["width"]) * int(r["height"]), r["georef"] == "gcps"
-        need = in_memory_bytes(src_px, gcps, px)
-        coloc = max(coloc, need if need <= IN_MEMORY_MAX_BYTES else streamed_bytes(src_px, gcps))
+        coloc = max(coloc, streamed_bytes(src_px, gcps))
     out = {"colocate_asset": coloc}
     if cfg.secondary_datasets:
         out["coregister_asset"] = 24 * px if px <= IN_MEMORY_FLOW_PIXELS else TILED_WARP_BYTES
@@ -320,6 +322,7 @@ def run_bandmath(
         log.info("%s: by strips of %d rows (in memory it would need %.1f GB)", parsed.name,
                  rows, memory_bytes(parsed, px) / 1e9)  # fmt: skip
         with ExitStack() as stack:
+            stack.enter_context(rasterio.Env(GDAL_CACHEMAX=STREAM_CACHE_MB))
             srcs = {k: stack.enter_context(rasterio.open(rasters[k])) for k in parsed.assets}
             dst = stack.enter_context(open_float32(out_tif, grid, tags=tags))
 
