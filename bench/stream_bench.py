@@ -110,15 +110,18 @@ def main() -> None:
                     f"{r['peak_mb']:7.0f} MB"
                 )
         for name in ("nir", "red"):
-            with rasterio.open(outs[(name, "in memory")]) as a, rasterio.open(
-                outs[(name, "streamed")]
-            ) as b:
+            with (
+                rasterio.open(outs[(name, "in memory")]) as a,
+                rasterio.open(outs[(name, "streamed")]) as b,
+            ):
                 x, y = a.read(1), b.read(1)
             same = np.array_equal(x, y, equal_nan=True)
             d = float(np.nanmax(np.abs(x - y)))
-            print(f"colocate {name}: streamed vs in memory: identical {same}, max |difference| "
-                  f"{d:.3g} (mean value {np.nanmean(x):.3f}), nodata masks equal "
-                  f"{bool((np.isnan(x) == np.isnan(y)).all())}")
+            print(
+                f"colocate {name}: streamed vs in memory: identical {same}, max |difference| "
+                f"{d:.3g} (mean value {np.nanmean(x):.3f}), nodata masks equal "
+                f"{bool((np.isnan(x) == np.isnan(y)).all())}"
+            )
         rasters = {"1.nir": str(outs[("nir", "streamed")]), "1.red": str(outs[("red", "streamed")])}
         expr = "nd:(/ (- 1.nir (mean 1.nir)) (+ 1.nir 1.red))"
         res = {}

@@ -74,8 +74,10 @@ def test_bad_config_values_are_refused_in_a_second(kind):
 @pytest.mark.parametrize(
     ("aoi", "message"),
     [
-        ("POLYGON((4 43, 8 43, 8 47, 4 47, 4 43))",
-         r"^aoi: the grid is 33\d+ x 45\d+ px.*match_tiepoints"),
+        (
+            "POLYGON((4 43, 8 43, 8 47, 4 47, 4 43))",
+            r"^aoi: the grid is 33\d+ x 45\d+ px.*match_tiepoints",
+        ),
         ("POLYGON((179 0, -179 0, -179 1, 179 1, 179 0))", r"crosses the antimeridian"),
         ("POLYGON((-180 -90, 180 -90, 180 90, -180 90, -180 -90))", r"above max_job_memory_mb"),
     ],

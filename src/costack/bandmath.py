@@ -497,7 +497,12 @@ def _value(tree: Node, rasters: Mapping[str, np.ndarray], means: Mapping[Call, f
             return Value(np.float64(means[node]))
         return FUNCTIONS[node.name][2](*(value_of(a) for a in node.args))
 
-    return value_of(tree)
+    try:
+        return value_of(tree)
+    finally:
+        # value_of refers to itself (a reference cycle the garbage collector frees late):
+        # release the rasters now, or evaluating strip after strip accumulates them
+        cache.clear()
 
 
 def _mean_calls(tree: Node) -> list[Call]:
