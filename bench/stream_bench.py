@@ -1,6 +1,7 @@
 """Streaming co-location and band math at scale: peak memory and time, in memory against
 streamed, on one synthetic Sentinel-2-like scene (UInt16 DN with a scale, a nodata border)
 reprojected from UTM 32 onto a UTM 31 grid, and an NDVI-like expression on the result.
+Peak memory is each step's own process's high-water mark (VmHWM).
 
 Run: ``python bench/stream_bench.py [--size 12000]``; each case runs in its own process so its
 peak RSS is its own. Prints one line per case and whether the outputs are the same bytes.
@@ -18,7 +19,7 @@ import time
 from pathlib import Path
 
 CHILD = r"""
-import json, sys, time, resource
+import json, sys, time
 from costack.grid import Grid
 from costack.colocate import colocate_array, colocate_asset
 from costack.rasterio_io import write_float32
@@ -34,8 +35,9 @@ if args["step"] == "colocate":
         colocate_asset(args["src"], grid, args["out"], **radiometry)
 else:
     run_bandmath(args["expr"], args["rasters"], args["out"], max_in_memory_bytes=args["max"])
-print(json.dumps({"seconds": time.perf_counter() - t0,
-                  "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+# VmHWM: this process's own peak (ru_maxrss would carry the parent's over fork and exec)
+hwm = next(int(x.split()[1]) for x in open("/proc/self/status") if x.startswith("VmHWM"))
+print(json.dumps({"seconds": time.perf_counter() - t0, "peak_mb": hwm / 1024}))
 """
 
 
