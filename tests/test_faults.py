@@ -311,3 +311,41 @@ def test_listed_assets_named_like_flow_outputs_keep_their_keys(tmp_path):
                 tmp_path / "catalog.json", stack / "x.json", flows=flows)  # fmt: skip
     keys = set(json.loads((tmp_path / "stack" / "x.json").read_text())["assets"])
     assert keys == {"1.nir", "2.confidence", "2.displacement", "displacement:2", "confidence:2"}
+
+
+def test_a_full_filesystem_fails_colocation_with_one_line(tmp_path):
+    """A real full filesystem (a 300 kB tmpfs; needs root): the streamed co-location's scratch
+    files and output hit ENOSPC; one line naming the job and the fix, nothing left behind."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(disk)],
+                             capture_output=True)  # fmt: skip
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode()[:200]}")
+    try:
+        src = write_raster(tmp_path / "noise.tif",
+                           np.random.default_rng(0).random((1024, 1024)).astype("float32"),
+                           transform=T)  # fmt: skip
+        script = f"""
+from types import SimpleNamespace
+from rasterio.crs import CRS
+from rasterio.transform import Affine
+from costack.colocate import colocate_asset
+from costack.grid import Grid
+from costack.workflow import run_step
+grid = Grid(CRS.from_epsg(32631), Affine(10, 0, 500000, 0, -10, 5000000), 1024, 1024)
+out = {str(disk / "1.nir.tif")!r}
+run_step(SimpleNamespace(log=[], rule="colocate_asset", output=[out]),
+         lambda: colocate_asset({str(src)!r}, grid, out))
+"""
+        proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+        assert proc.returncode == 1, proc.stderr[-2000:]
+        line = _one_line(proc)
+        assert line.startswith(
+            f"costack: error: colocate_asset: no space left on the device of {disk}"
+        )
+        assert list(disk.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)

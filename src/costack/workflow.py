@@ -31,6 +31,28 @@ def setup_logging(log_path: str | None = None, level: int = logging.INFO) -> Non
     )
 
 
+#: A folder with less free space than this, when a write fails, is taken to be why.
+FULL_BELOW_BYTES = 16_000_000
+
+
+def _full_folder(outputs) -> tuple[str, int] | None:
+    """(folder, free kB) of the first output folder that is (nearly) full, else None: GDAL
+    reports a full disk as "Write failed", which does not say why."""
+    import shutil
+
+    for out in outputs:
+        folder = Path(str(out)).parent
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        try:
+            free = shutil.disk_usage(folder).free
+        except OSError:
+            continue
+        if free < FULL_BELOW_BYTES:
+            return str(folder), free // 1000
+    return None
+
+
 def run_step(snakemake: Any, step: Callable[[], Any]) -> None:
     """Run a rule's step with logging; a CostackError becomes one line and exit status 1."""
     setup_logging(snakemake.log[0] if len(snakemake.log) else None)
@@ -42,6 +64,11 @@ def run_step(snakemake: Any, step: Callable[[], Any]) -> None:
     except (OSError, RasterioError) as err:
         # a read-only or full results folder, a vanished input: one line, and the job fails
         # (Snakemake then removes its outputs, so nothing half-written is marked complete)
+        full = _full_folder(getattr(snakemake, "output", []))
+        if full is not None:
+            _fail(f"{snakemake.rule}: no space left on the device of {full[0]} ({full[1]} kB "
+                  "free); free some space there (or put the working directory on a larger "
+                  "disk), then rerun")  # fmt: skip
         text = " ".join(str(err).split())[:240]
         _fail(f"{snakemake.rule}: {text}; check that the input files are readable and that the "
               "results and logs folders are writable and have free space, then rerun")  # fmt: skip
