@@ -157,6 +157,19 @@ def strips(height: int, rows: int) -> Iterator[tuple[int, int]]:
         yield r0, min(height, r0 + rows)
 
 
+def read_window(src: rasterio.io.DatasetReader, window=None, boundless: bool = False) -> np.ndarray:
+    """Band 1 of an open raster (or its ``window``) as Float32 with NaN where it is nodata (and,
+    ``boundless``, outside the raster)."""
+    if boundless:
+        data = src.read(1, window=window, boundless=True, fill_value=np.nan, masked=False)
+    else:
+        data = src.read(1, window=window)
+    data = data.astype(np.float32)
+    if src.nodata is not None and not np.isnan(src.nodata):
+        data[data == np.float32(src.nodata)] = np.nan
+    return data
+
+
 def read_float32(path: str | Path, band: int | None = 1) -> tuple[np.ndarray, Grid, float]:
     """Read a raster as Float32 with NaN where it is nodata; return (array, grid, nodata)."""
     with rasterio.open(path) as src:

@@ -38,6 +38,7 @@ from costack.rasterio_io import (
     atomic_path,
     open_float32,
     read_float32,
+    read_window,
     strip_rows,
     write_float32,
     write_json,
@@ -333,11 +334,7 @@ def run_bandmath(
             dst = stack.enter_context(open_float32(out_tif, grid, tags=tags))
 
             def read(key: str, r0: int, r1: int) -> np.ndarray:
-                src = srcs[key]
-                data = src.read(1, window=Window(0, r0, grid.width, r1 - r0)).astype(np.float32)
-                if src.nodata is not None and not np.isnan(src.nodata):
-                    data[data == np.float32(src.nodata)] = np.nan
-                return data
+                return read_window(srcs[key], Window(0, r0, grid.width, r1 - r0))
 
             def write(result: np.ndarray, r0: int, r1: int) -> None:
                 dst.write(result, 1, window=Window(0, r0, grid.width, r1 - r0))

@@ -25,7 +25,7 @@ from scipy import ndimage
 
 from costack.flow import FlowParams, estimate_flow, fill_nearest
 from costack.grid import Grid
-from costack.rasterio_io import atomic_path, float32_profile
+from costack.rasterio_io import atomic_path, float32_profile, read_window
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +35,7 @@ TILED_CACHE_MB = 128
 
 def _read(src: rasterio.io.DatasetReader, window: Window) -> np.ndarray:
     """A window as Float32 with NaN for nodata and outside the raster."""
-    data = src.read(1, window=window, boundless=True, fill_value=np.nan, masked=False)
-    data = data.astype(np.float32)
-    if src.nodata is not None and not np.isnan(src.nodata):
-        data[data == np.float32(src.nodata)] = np.nan
-    return data
+    return read_window(src, window, boundless=True)
 
 
 def _read_decimated(src: rasterio.io.DatasetReader, factor: int) -> np.ndarray:
