@@ -100,3 +100,22 @@ def test_streamed_colocation_of_a_grid_beside_the_source(tmp_path):
     assert nd_a == nd_b == -9999
     np.testing.assert_array_equal(a, b)
     assert np.isnan(b[:20]).all() and np.isnan(b[300:]).all() and np.isfinite(b[25:290, :150]).all()
+
+
+def test_streamed_colocation_of_a_large_gcp_source_shifts_its_gcps(tmp_path, monkeypatch):
+    """A GCP source whose window is too large for geolocation arrays is warped from its GCPs,
+    shifted to the window: the SAR demo source gives the in-memory GCP warp's values (to
+    float rounding of the shifted GCPs)."""
+    from conftest import demo_config
+
+    import costack.colocate as colocate
+    from costack.steps import preflight
+
+    _, manifest, grid = preflight(demo_config())
+    href = str(manifest.set_index("key").loc["3.s0_db_c_vv", "href"])
+    monkeypatch.setattr(colocate, "GEOLOC_MAX_PIXELS", 0)
+    whole, _ = colocate_array(href, grid, db=True)
+    colocate_asset(href, grid, tmp_path / "sar.tif", db=True, strip_bytes=1)
+    streamed = read_float32(tmp_path / "sar.tif")[0]
+    np.testing.assert_allclose(streamed, whole, atol=1e-4, equal_nan=True)
+    assert np.isfinite(streamed).mean() > 0.9

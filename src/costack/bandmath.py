@@ -524,10 +524,11 @@ def evaluate_by_strips(
     parsed: ParsedExpression,
     read: Callable[[str, int, int], np.ndarray],
     shape: tuple[int, int],
-    rows: int,
+    bounds: list[tuple[int, int]],
     write: Callable[[np.ndarray, int, int], None],
 ) -> int:
-    """:func:`evaluate` over a grid too large to hold, ``rows`` rows at a time.
+    """:func:`evaluate` over a grid too large to hold, strip by strip (``bounds``: the first
+    row and the last row + 1 of each strip, covering the grid).
 
     Every operation is element-wise except ``mean``, a global reduction: each ``mean`` call
     that reads a raster is first computed over the whole grid (a float64 sum and count of its
@@ -535,8 +536,7 @@ def evaluate_by_strips(
     with those values. ``read(key, r0, r1)`` gives an asset's rows ``r0:r1`` (NaN = nodata);
     ``write(result, r0, r1)`` takes them. Returns the number of valid pixels.
     """
-    height, width = shape
-    bounds = [(r0, min(height, r0 + rows)) for r0 in range(0, height, rows)]
+    width = shape[1]
     means: dict[Call, float] = {}
     for call in _mean_calls(parsed.tree):
         total, count = 0.0, 0

@@ -10,11 +10,7 @@ kernel averages power rather than decibels.
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +27,7 @@ from costack.grid import Grid
 from costack.rasterio_io import (
     atomic_path,
     float32_profile,
+    scratch_path,
     strip_rows,
     strips,
     to_nodata,
@@ -114,42 +111,48 @@ def _physical(
     return data
 
 
+def _source_georef(georef, window: Window | None, label: str) -> dict:
+    """How GDAL's warper is told where the source (or its ``window``) lies: exact geolocation
+    arrays for GCP sources up to GEOLOC_MAX_PIXELS, else the GCPs shifted to the window with
+    GDAL's thin-plate spline (approximated to 0.125 px); the geotransform shifted to the window
+    for the others."""
+    r0, c0 = (int(window.row_off), int(window.col_off)) if window is not None else (0, 0)
+    pixels = (
+        int(window.width) * int(window.height) if window is not None
+        else georef.width * georef.height
+    )  # fmt: skip
+    if georef.gcps and pixels <= GEOLOC_MAX_PIXELS:
+        return {"src_geoloc_array": geolocation_arrays(georef, window)}
+    if georef.gcps:
+        log.warning("%s: %d px is too large for geolocation arrays; GCP warp approximated to "
+                    "0.125 px by GDAL", label, pixels)  # fmt: skip
+        gcps = [GroundControlPoint(g.row - r0, g.col - c0, g.x, g.y, g.z) for g in georef.gcps]
+        return {"gcps": gcps, **GCP_WARP_OPTIONS}
+    return {"src_transform": georef.transform * Affine.translation(c0, r0)}
+
+
 def _warp(
     data: np.ndarray,
     georef,
-    window: Window | None,
-    dst_transform,
-    dst_crs,
-    shape: tuple[int, int],
+    grid: Grid,
     resampling: str,
     threads: int,
     label: str,
 ) -> np.ndarray:
-    """GDAL's warper from ``data`` (the source, or its ``window``) onto a destination of
-    ``shape`` at ``dst_transform``: NaN in and out for no data."""
-    r0, c0 = (int(window.row_off), int(window.col_off)) if window is not None else (0, 0)
-    out = np.full(shape, np.nan, dtype=np.float32)
-    kwargs: dict = {}
-    if georef.gcps and data.size <= GEOLOC_MAX_PIXELS:
-        kwargs.update(src_geoloc_array=geolocation_arrays(georef, window))
-    elif georef.gcps:
-        log.warning("%s: %d px is too large for geolocation arrays; GCP warp approximated to "
-                    "0.125 px by GDAL", label, data.size)  # fmt: skip
-        gcps = [GroundControlPoint(g.row - r0, g.col - c0, g.x, g.y, g.z) for g in georef.gcps]
-        kwargs.update(gcps=gcps, **GCP_WARP_OPTIONS)
-    else:
-        kwargs.update(src_transform=georef.transform * Affine.translation(c0, r0))
+    """GDAL's warper from the whole source ``data`` onto ``grid``, in memory: NaN in and out
+    for no data."""
+    out = np.full(grid.shape, np.nan, dtype=np.float32)
     reproject(
         source=data,
         destination=out,
         src_crs=georef.crs,
         src_nodata=np.nan,
-        dst_transform=dst_transform,
-        dst_crs=dst_crs,
+        dst_transform=grid.transform,
+        dst_crs=grid.crs,
         dst_nodata=np.nan,
         resampling=Resampling[resampling],
         num_threads=max(1, threads),
-        **kwargs,
+        **_source_georef(georef, None, label),
     )
     return out
 
@@ -193,8 +196,7 @@ def colocate_array(
         raw = src.read(1, masked=False)
     data = _physical(raw, src_nodata, extra_nodata, scale, offset, db)
     del raw
-    out = _warp(data, georef, None, grid.transform, grid.crs, grid.shape, resampling, threads,
-                path)  # fmt: skip
+    out = _warp(data, georef, grid, resampling, threads, path)
     if db:
         out = linear_to_db(out)
     return out, _fill_value(src_nodata, scale, offset)
@@ -271,18 +273,6 @@ def streamed_bytes(window_pixels: int, gcps: bool, strip_bytes: int = STRIP_BYTE
     return (STREAM_CACHE_MB + 64) * 1_000_000 + 2 * strip_bytes + geoloc
 
 
-@contextmanager
-def _scratch(beside: Path) -> Iterator[str]:
-    """A temporary file beside ``beside`` (named like :func:`atomic_path`'s, so a killed job's
-    leftover is removed by the next attempt), removed on exit."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{beside.name}.", suffix=".tmp", dir=beside.parent)
-    os.close(fd)
-    try:
-        yield tmp
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
 def _colocate_streamed(
     path: str,
     grid: Grid,
@@ -317,34 +307,23 @@ def _colocate_streamed(
         warnings.catch_warnings(),
         rasterio.Env(GDAL_CACHEMAX=STREAM_CACHE_MB),
         atomic_path(out_path) as final,
-        _scratch(out_path) as physical,
-        _scratch(out_path) as warped,
+        scratch_path(out_path) as physical,
+        scratch_path(out_path) as warped,
     ):
         # a scratch source on geolocation arrays has no geotransform of its own
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        out_grid = Grid(grid.crs, grid.transform, grid.width, grid.height)
-        kwargs: dict = {}
         if window is not None:
-            src_grid = Grid(georef.crs, (georef.transform or Affine.identity())
-                            * Affine.translation(window.col_off, window.row_off),
+            kwargs = _source_georef(georef, window, path)
+            src_grid = Grid(georef.crs, kwargs.pop("src_transform", Affine.identity()),
                             window.width, window.height)  # fmt: skip
             profile = float32_profile(src_grid)
+            gcps = kwargs.pop("gcps", None)  # a file source carries its GCPs itself
             if georef.gcps:
                 del profile["transform"]
-                if window.width * window.height <= GEOLOC_MAX_PIXELS:
-                    kwargs["src_geoloc_array"] = geolocation_arrays(georef, window)
-                else:
-                    log.warning("%s: %d px is too large for geolocation arrays; GCP warp "
-                                "approximated to 0.125 px by GDAL", path,
-                                window.width * window.height)  # fmt: skip
-                    kwargs.update(GCP_WARP_OPTIONS)
-                    r0, c0 = window.row_off, window.col_off
-                    profile["gcps"] = [GroundControlPoint(g.row - r0, g.col - c0, g.x, g.y, g.z)
-                                       for g in georef.gcps]  # fmt: skip
             rows = strip_rows(window.width, window.height, 16, strip_bytes)
             with rasterio.open(path) as src, rasterio.open(physical, "w", **profile) as dst:
-                if "gcps" in profile:
-                    dst.gcps = (profile.pop("gcps"), georef.crs)
+                if gcps is not None:
+                    dst.gcps = (gcps, georef.crs)
                 for r0, r1 in strips(window.height, rows):
                     part = Window(window.col_off, window.row_off + r0, window.width, r1 - r0)
                     raw = src.read(1, window=part, masked=False)
@@ -352,14 +331,14 @@ def _colocate_streamed(
                     dst.write(data, 1, window=Window(0, r0, window.width, r1 - r0))
             with (
                 rasterio.open(physical) as src,
-                rasterio.open(warped, "w", **float32_profile(out_grid)) as dst,
+                rasterio.open(warped, "w", **float32_profile(grid)) as dst,
             ):
                 reproject(rasterio.band(src, 1), rasterio.band(dst, 1), src_crs=georef.crs,
                           src_nodata=np.nan, dst_nodata=np.nan,
                           resampling=Resampling[resampling], num_threads=max(1, threads),
                           **kwargs)  # fmt: skip
         rows = strip_rows(grid.width, grid.height, 12, strip_bytes)
-        with rasterio.open(final, "w", **float32_profile(out_grid, nodata=fill)) as dst:
+        with rasterio.open(final, "w", **float32_profile(grid, nodata=fill)) as dst:
             src = rasterio.open(warped) if window is not None else None
             try:
                 for r0, r1 in strips(grid.height, rows):

@@ -32,25 +32,33 @@ def current_umask() -> int:
 
 
 @contextmanager
+def scratch_path(beside: str | Path) -> Iterator[str]:
+    """A temporary file beside ``beside``, removed on exit. Named ``.NAME.XXXX.tmp``, so a
+    killed job's leftover is removed by the next :func:`atomic_path` of ``beside``."""
+    beside = Path(beside)
+    fd, tmp = tempfile.mkstemp(prefix=f".{beside.name}.", suffix=".tmp", dir=beside.parent)
+    os.close(fd)
+    try:
+        yield tmp
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+@contextmanager
 def atomic_path(path: str | Path) -> Iterator[str]:
     """Yield a temporary path beside ``path``; move it into place only on success, with the
     permissions a plain ``open`` would give (``mkstemp``'s 0600 would make every output
     unreadable to the user's group whatever the umask)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # a job killed while writing (SIGKILL, OOM) leaves its temporary file: one job writes one
+    # a job killed while writing (SIGKILL, OOM) leaves its temporary files: one job writes one
     # output at a time, so any earlier temporary of this output is such a leftover
     for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
         stale.unlink(missing_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with scratch_path(path) as tmp:
         yield tmp
         os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def write_json(path: str | Path, data: Any) -> None:

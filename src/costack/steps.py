@@ -40,6 +40,7 @@ from costack.rasterio_io import (
     read_float32,
     read_window,
     strip_rows,
+    strips,
     write_float32,
     write_json,
 )
@@ -339,7 +340,8 @@ def run_bandmath(
             def write(result: np.ndarray, r0: int, r1: int) -> None:
                 dst.write(result, 1, window=Window(0, r0, grid.width, r1 - r0))
 
-            valid = evaluate_by_strips(parsed, read, grid.shape, rows, write)
+            bounds = list(strips(grid.height, rows))
+            valid = evaluate_by_strips(parsed, read, grid.shape, bounds, write)
     log.info("%s: %d of %d pixels valid", parsed.name, valid, px)
 
 
