@@ -30,7 +30,7 @@ from skimage import data
 from skimage.registration import optical_flow_ilk
 
 from costack.evaluation import affine_sinusoid, displace, epe, interior
-from costack.flow import FlowParams, estimate_flow
+from costack.folki import FlowParams, estimate_flow
 
 warnings.filterwarnings("ignore")
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -331,7 +331,7 @@ def main() -> None:
 
     demo = Path("results/flow")
     if demo.exists():
-        from costack.coregister import flow_metrics
+        from costack.evaluation import flow_metrics
 
         rows = []
         for n, truth_tif in (("2", "resources/demo/l8/truth.tif"),

@@ -23,7 +23,7 @@ import json, sys, time
 from costack.grid import Grid
 from costack.colocate import colocate_array, colocate_asset
 from costack.rasterio_io import write_float32
-from costack.steps import run_bandmath
+from costack.bandmath import run_bandmath
 args = json.loads(sys.argv[1])
 t0 = time.perf_counter()
 if args["step"] == "colocate":

@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from costack.evaluation import displace
-from costack.tiepoints import TiePointParams, apply_model, fit_models, match_tiepoints
+from costack.tiepoint_model import apply_model, fit_models
+from costack.tiepoints import TiePointParams, match_tiepoints
 
 warnings.filterwarnings("ignore")
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -126,7 +127,7 @@ def demo_cases() -> None:
     import rasterio
     from rasterio.windows import from_bounds
 
-    from costack.flow import resolution_sigma
+    from costack.imaging import resolution_sigma
     from costack.rasterio_io import read_float32
 
     ref, grid, _ = read_float32(col / "1.nir.tif")

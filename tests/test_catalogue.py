@@ -25,11 +25,11 @@ from catalogue import (
 from conftest import scene, write_item, write_raster
 from rasterio.transform import Affine
 
+from costack.colocate import run_colocate
 from costack.config import parse_config
-from costack.grid import Grid
-from costack.items import discover
+from costack.discover import discover, run_discover
+from costack.grid import Grid, run_grid
 from costack.rasterio_io import read_float32
-from costack.steps import run_colocate, run_discover, run_grid
 
 # (item, key of its 10 m near-infrared asset, window in that asset's lattice)
 NIR = {

@@ -3,12 +3,13 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import yaml
 from conftest import demo_config
 
-from costack.cli import main
+from costack.cli import build_parser, main
 from costack.rasterio_io import read_float32
 
 
@@ -113,3 +114,56 @@ def test_costack_catalog_by_hand_is_the_rules_item(demo_run, tmp_path):
         "costack:registration"].keys()  # fmt: skip
     for key, asset in theirs["assets"].items():
         assert mine["assets"][key].get("file:checksum") == asset.get("file:checksum"), key
+
+
+def test_flow_defaults_are_one_set():
+    """`costack flow`, the rule's config schema and FlowParams share their defaults."""
+    from costack.config import load_schema
+    from costack.flow import FlowParams
+
+    args = build_parser().parse_args(["flow", "a.tif", "b.tif", "o.tif"])
+    props = load_schema()["properties"]
+    assert tuple(args.radii) == tuple(props["flow_radii"]["default"]) == FlowParams().radii
+    assert args.max_displacement == props["max_displacement"]["default"]
+    assert args.mode == props["flow_mode"]["default"] == "auto"
+
+
+def _readme_commands() -> list[str]:
+    """The `costack ...` commands of the README's step table that rewrite one output."""
+    import re
+
+    text = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    table = text[text.index("| stage (module) |") :].split("\n\n", 1)[0]
+    commands = []
+    for row in table.splitlines()[2:]:
+        for cmd in re.findall(r"`(costack [^`]+)`", row.split("|")[4]):
+            if cmd.split()[1] not in ("check", "catalog"):
+                commands.append(cmd)
+    return commands
+
+
+def test_readme_commands_reproduce_the_rules(demo_run, tmp_path):
+    """Each command of the README's step table, run in a copy of the demo's folder with its
+    output removed, writes that output again with the rule's bytes (the config is the demo
+    run's, whose inputs are absolute paths)."""
+    import shlex
+    import shutil
+
+    commands = _readme_commands()
+    assert len(commands) >= 10, commands
+    work = tmp_path / "demo"
+    shutil.copytree(demo_run / "results", work / "results")
+    (work / "config").mkdir()
+    shutil.copy(demo_run / "config.yaml", work / "config" / "config.yaml")
+    for cmd in commands:
+        argv = shlex.split(cmd)
+        out = argv[-1] if argv[-1].startswith("results/") else argv[argv.index("--db") - 1]
+        also = {"tiepoints": [out.replace(".csv", ".model.json")],
+                "flow": [out.replace(".tif", ".confidence.tif")]}.get(argv[1], [])  # fmt: skip
+        for name in (out, *also):
+            (work / name).unlink()
+        proc = subprocess.run([sys.executable, "-m", "costack.cli", *argv[1:]], cwd=work,
+                              capture_output=True, text=True)  # fmt: skip
+        assert proc.returncode == 0, (cmd, proc.stderr[-2000:])
+        for name in (out, *also):
+            assert (work / name).read_bytes() == (demo_run / name).read_bytes(), (cmd, name)

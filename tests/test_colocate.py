@@ -70,9 +70,10 @@ def test_streamed_colocation_writes_the_in_memory_values(tmp_path):
     very values of the whole in-memory warp, and leaves no scratch file."""
     from conftest import demo_config
 
-    from costack.steps import preflight
+    from costack.plan import preflight
 
-    _, manifest, grid = preflight(demo_config())
+    plan = preflight(demo_config())
+    manifest, grid = plan.manifest, plan.grid
     manifest = manifest.set_index("key")
     for key in ("1.nir", "2.nir", "3.s0_db_c_vv"):
         row = manifest.loc[key]
@@ -109,9 +110,10 @@ def test_streamed_colocation_of_a_large_gcp_source_shifts_its_gcps(tmp_path, mon
     from conftest import demo_config
 
     import costack.colocate as colocate
-    from costack.steps import preflight
+    from costack.plan import preflight
 
-    _, manifest, grid = preflight(demo_config())
+    plan = preflight(demo_config())
+    manifest, grid = plan.manifest, plan.grid
     href = str(manifest.set_index("key").loc["3.s0_db_c_vv", "href"])
     monkeypatch.setattr(colocate, "GEOLOC_MAX_PIXELS", 0)
     whole, _ = colocate_array(href, grid, db=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -29,8 +30,8 @@ from rasterio.transform import Affine
 
 from costack.bandmath import evaluate, parse
 from costack.errors import CostackError
+from costack.plan import preflight
 from costack.rasterio_io import atomic_path
-from costack.steps import preflight
 
 T = Affine(10, 0, 500_000, 0, -10, 5_000_000)
 CLI = [sys.executable, "-m", "costack.cli"]
@@ -137,8 +138,102 @@ def test_subcommands_on_missing_files_are_one_line(tmp_path, command):
     _one_line(proc)
 
 
+def _wrong_files(tmp_path: Path) -> dict[str, str]:
+    """Files a user may give a subcommand by mistake: a good raster and a good grid to pair
+    them with, text named .tif, a GeoTIFF cut after its header, JSON that is no model or grid,
+    a CSV that is no manifest."""
+    from costack.grid import Grid
+    from costack.rasterio_io import write_float32
+
+    grid = Grid(CRS.from_epsg(32631), T, 64, 64)
+    good = tmp_path / "good.tif"
+    write_float32(good, scene(64, 64).astype(np.float32), grid)
+    grid.save(tmp_path / "grid.json")
+    (tmp_path / "text.tif").write_text("not a raster\n")
+    truncated = tmp_path / "truncated.tif"
+    truncated.write_bytes(good.read_bytes()[:600])
+    (tmp_path / "other.json").write_text('{"a": 1}\n')
+    (tmp_path / "other.csv").write_text("a,b\n1,2\n")
+    names = {"grid": "grid.json", "text": "text.tif", "json": "other.json", "csv": "other.csv"}
+    return {"good": str(good), "truncated": str(truncated),
+            **{k: str(tmp_path / v) for k, v in names.items()}}  # fmt: skip
+
+
+WRONG_FILES = {
+    # subcommand arguments (names of _wrong_files' files in braces) -> the one line expected
+    "cog text": (["cog", "{text}", "{out}"], r"^cog: .*text.tif.* not recognized"),
+    "cog truncated": (["cog", "{truncated}", "{out}"], r"^cog: .*truncated.tif"),
+    "warp text flow": (["warp", "{good}", "{text}", "{out}"], r"^warp: .*text.tif"),
+    "warp raster as flow": (
+        ["warp", "{good}", "{good}", "{out}"],
+        r"^warp: .*good.tif is not a flow \(it has 1 band",
+    ),
+    "flow truncated": (["flow", "{good}", "{truncated}", "{out}"], r"^flow: .*truncated.tif"),
+    "flow json as model": (
+        ["flow", "{good}", "{good}", "{out}", "--model", "{json}"],
+        r"^--model: .*other.json is not a tie-point model JSON \('chosen'",
+    ),
+    "flow raster as model": (
+        ["flow", "{good}", "{good}", "{out}", "--model", "{good}"],
+        r"^--model: .*good.tif is not a tie-point model JSON",
+    ),
+    "tiepoints text": (["tiepoints", "{good}", "{text}", "{out}"], r"^tiepoints: .*text.tif"),
+    "colocate csv as manifest": (
+        ["colocate", "{csv}", "{grid}", "1.nir", "{out}"],
+        r"^manifest: .*other.csv is not a manifest CSV \(no column key",
+    ),
+    "colocate json as grid": (
+        ["colocate", "{manifest}", "{json}", "1.nir", "{out}"],
+        r"^grid: .*other.json is not a grid JSON \(no 'crs'\)",
+    ),
+    "colocate unknown key": (
+        ["colocate", "{manifest}", "{grid}", "9.nir", "{out}"],
+        r"^key: '9.nir' is not an asset of .*manifest.csv \(it has 1.nir\)",
+    ),
+    "grid raster as manifest": (
+        ["grid", "{good}", "1.nir", "{out}"],
+        r"^manifest: .*good.tif is not a manifest CSV",
+    ),
+    "grid unknown reference": (["grid", "{manifest}", "9.nir", "{out}"], r"^key: '9.nir'"),
+    "bandmath text": (
+        ["bandmath", "n:(+ 1.nir 1)", "{out}", "--asset", "1.nir={text}"],
+        r"^bandmath: .*text.tif",
+    ),
+    "bandmath json as grid": (
+        ["bandmath", "n:(+ 1 1)", "{out}", "--grid", "{json}"],
+        r"^grid: .*other.json is not a grid JSON",
+    ),
+    "coregister text": (
+        ["coregister", "{text}", "{out}"],
+        r"^coregister: .*text.tif is not a readable raster",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(WRONG_FILES))
+def test_subcommands_on_wrong_files_are_one_line(tmp_path, case):
+    """Every step's subcommand given the wrong kind of file: exit 2, one line naming the file
+    (or the parameter) and what to give, no traceback, no output."""
+    files = _wrong_files(tmp_path)
+    item = write_item(tmp_path, "x", {"nir": {"href": "./good.tif"}})
+    from costack.discover import run_discover
+
+    run_discover({"inputs": [str(item)], "assets": "1.nir", "reference": "1.nir"},
+                 tmp_path / "manifest.csv")  # fmt: skip
+    files |= {"manifest": str(tmp_path / "manifest.csv"), "out": str(tmp_path / "out" / "o.tif")}
+    argv, pattern = WRONG_FILES[case]
+    proc = subprocess.run([*CLI, *(a.format(**files) for a in argv)], capture_output=True,
+                          text=True)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    line = _one_line(proc).removeprefix("costack: error: ")
+    assert re.search(pattern, line), line
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
 def test_truncated_source_fails_colocation_with_one_line(tmp_path):
-    from costack.steps import run_colocate, run_discover, run_grid
+    from costack.colocate import run_colocate
+    from costack.discover import run_discover
+    from costack.grid import run_grid
 
     tif = write_raster(tmp_path / "nir.tif", scene(256, 256), transform=T)
     data = tif.read_bytes()
@@ -169,8 +264,8 @@ def test_temporaries_left_by_a_killed_job_are_removed(tmp_path):
 def test_unwritable_results_fail_the_job_with_one_line(tmp_path, capsys):
     """A results folder that cannot be written (here a path under the read-only sysfs): one
     line and exit 1, whatever the user (root included)."""
+    from costack.jobs import run_step
     from costack.rasterio_io import write_float32
-    from costack.workflow import run_step
 
     grid = SimpleNamespace(height=4, width=4, crs=CRS.from_epsg(32631), transform=T)
     fake = SimpleNamespace(log=[str(tmp_path / "job.log")], rule="colocate_asset")
@@ -263,7 +358,7 @@ from rasterio.transform import Affine
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (65536, 65536))
 from costack.rasterio_io import write_float32
-from costack.workflow import run_step
+from costack.jobs import run_step
 grid = SimpleNamespace(height=1024, width=1024, crs=CRS.from_epsg(32631),
                        transform=Affine(10, 0, 500000, 0, -10, 5000000))
 data = np.random.default_rng(0).random((1024, 1024)).astype("float32")
@@ -280,9 +375,11 @@ run_step(SimpleNamespace(log=[], rule="coregister_asset"),
 def test_listed_assets_named_like_flow_outputs_keep_their_keys(tmp_path):
     """Listed assets 2.confidence and 2.displacement and dataset 2's flow layers all reach the
     item (the flow's are keyed confidence:2 and displacement:2)."""
+    from costack.catalog import run_catalog
     from costack.cog import write_cog
+    from costack.discover import run_discover
+    from costack.grid import run_grid
     from costack.rasterio_io import write_float32
-    from costack.steps import run_catalog, run_discover, run_grid
 
     t2 = Affine(10, 0, 500_000, 0, -10, 5_000_000)
     write_raster(tmp_path / "d1" / "nir.tif", scene(64, 64, 1), transform=T)
@@ -334,7 +431,7 @@ from rasterio.crs import CRS
 from rasterio.transform import Affine
 from costack.colocate import colocate_asset
 from costack.grid import Grid
-from costack.workflow import run_step
+from costack.jobs import run_step
 grid = Grid(CRS.from_epsg(32631), Affine(10, 0, 500000, 0, -10, 5000000), 1024, 1024)
 out = {str(disk / "1.nir.tif")!r}
 run_step(SimpleNamespace(log=[], rule="colocate_asset", output=[out]),

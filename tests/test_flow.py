@@ -8,9 +8,9 @@ from conftest import SHARED_DATA
 from scipy import ndimage
 from skimage import data
 
-from costack.coregister import warp_array
 from costack.evaluation import affine_sinusoid, displace, epe, interior
-from costack.flow import FlowParams, auto_levels, estimate_flow, resolve_mode
+from costack.folki import FlowParams, auto_levels, estimate_flow, resolve_mode
+from costack.imaging import warp_array
 
 FIELD = {"shift": (1.3, -0.8), "amplitude": 0.8, "wavelength": 150.0}
 
@@ -202,6 +202,7 @@ def test_tiled_flow_starts_from_the_tiepoint_model(tmp_path):
 
     from costack.grid import Grid
     from costack.rasterio_io import read_float32, write_float32
+    from costack.tiepoint_model import TiePointModel
     from costack.tiled import flow_tiled
 
     img = data.camera().astype(np.float32)[:256, :256]
@@ -212,7 +213,7 @@ def test_tiled_flow_starts_from_the_tiepoint_model(tmp_path):
     write_float32(tmp_path / "ref.tif", img, grid)
     write_float32(tmp_path / "sec.tif", sec, grid)
     params = FlowParams(mode="efolki", radii=(8, 4), max_displacement=4)
-    model = {"chosen": "translation", "coefficients": [[22.5], [-16.6]]}
+    model = TiePointModel({"chosen": "translation", "coefficients": [[22.5], [-16.6]]})
     errs = {}
     for seed in (None, model):
         stats = flow_tiled(tmp_path / "ref.tif", tmp_path / "sec.tif", tmp_path / "f.tif",
@@ -336,15 +337,16 @@ def test_rank_transform_fast_and_masked_paths_agree():
 
 def test_weak_tiepoint_model_does_not_seed_the_flow():
     """A model on few points, or fitting them loosely, is refused as the flow's start."""
-    from costack.coregister import seed_refusal
+    from costack.tiepoint_model import TiePointModel
 
     p = FlowParams()
-    fit = {"chosen": "affine", "models": {"affine": {"n": 126, "rmse": 0.17}}}
-    assert seed_refusal(fit, p) is None
-    assert "fewer than seed_min_points" in seed_refusal(
-        {"chosen": "affine", "models": {"affine": {"n": 13, "rmse": 0.2}}}, p
-    )
-    assert "above seed_max_rmse" in seed_refusal(
-        {"chosen": "affine", "models": {"affine": {"n": 40, "rmse": 0.53}}}, p
-    )
-    assert seed_refusal({"chosen": "none", "models": {}}, p) == "no model"
+
+    def refusal(n: int, err: float) -> str | None:
+        model = TiePointModel({"chosen": "affine", "coefficients": [[0, 1, 0], [0, 0, 1]],
+                               "models": {"affine": {"n": n, "rmse": err}}})  # fmt: skip
+        return model.seed_refusal(p.seed_min_points, p.seed_max_rmse)
+
+    assert refusal(126, 0.17) is None
+    assert "fewer than seed_min_points" in refusal(13, 0.2)
+    assert "above seed_max_rmse" in refusal(40, 0.53)
+    assert TiePointModel.none().seed_refusal(p.seed_min_points, p.seed_max_rmse) == "no model"

@@ -13,12 +13,13 @@ import pytest
 from conftest import loopback_server, scene, write_item, write_raster
 from rasterio.transform import Affine
 
+from costack.colocate import run_colocate
 from costack.config import parse_config
+from costack.discover import discover, run_discover
 from costack.errors import CostackError
-from costack.items import discover
+from costack.grid import run_grid
 from costack.rasterio_io import read_float32
 from costack.remote import needs_pc_signing
-from costack.steps import run_colocate, run_discover, run_grid
 
 T = Affine(10, 0, 500_000, 0, -10, 5_000_000)
 

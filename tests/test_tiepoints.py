@@ -13,15 +13,8 @@ from skimage import data
 
 from costack.errors import CostackError
 from costack.evaluation import displace
-from costack.tiepoints import (
-    CSV_COLUMNS,
-    TiePointParams,
-    apply_model,
-    fit_models,
-    match_tiepoints,
-    model_init,
-    rmse,
-)
+from costack.tiepoint_model import apply_model, fit_models, rmse
+from costack.tiepoints import CSV_COLUMNS, TiePointParams, match_tiepoints
 
 SHIFT, LIN = (2.3, -1.6), (0.002, -0.001, 0.0015, 0.001)
 
@@ -48,15 +41,16 @@ def test_known_affine_is_recovered(camera_affine):
     df = match_tiepoints(img, sec, TiePointParams())
     assert len(df) >= 50
     model, df = fit_models(df)
-    assert model["chosen"] == "affine"
+    assert model.chosen == "affine"
     h, w = img.shape
     rr, cc = np.mgrid[0:h, 0:w] + 0.5
-    px, py = apply_model("affine", np.array(model["coefficients"]), cc, rr)
+    px, py = model.apply(cc, rr)
+    np.testing.assert_array_equal(px, apply_model("affine", model.coefficients, cc, rr)[0])
     err = np.hypot(px - cc - truth[0], py - rr - truth[1])
     assert np.sqrt(np.mean(err**2)) < 0.05  # measured 0.022 px
     # translation is worse than affine on an affine field (paper's Table 2 pattern)
-    assert model["models"]["translation"]["rmse"] > model["models"]["affine"]["rmse"]
-    init = model_init(model, img.shape)
+    assert model.fits["translation"]["rmse"] > model.fits["affine"]["rmse"]
+    init = model.displacement(img.shape)
     assert abs(float(np.mean(init[0])) - SHIFT[0]) < 0.1
 
 
@@ -74,7 +68,7 @@ def test_few_points_fall_back_with_a_warning(caplog):
     )
     with caplog.at_level(logging.WARNING):
         model, _ = fit_models(df, label="dataset 7")
-    assert model["chosen"] == "translation"
+    assert model.chosen == "translation"
     assert "dataset 7: only 2 tie points" in caplog.text
 
 
@@ -94,7 +88,7 @@ def test_flat_image_gives_no_points_not_a_crash(tmp_path, caplog):
             tmp_path / "a.tif", tmp_path / "b.tif", tmp_path / "t.csv", tmp_path / "t.json",
             tmp_path / "t.png", label="dataset 2",
         )  # fmt: skip
-    assert model["chosen"] == "none" and "dataset 2: 0 tie points" in caplog.text
+    assert model.chosen == "none" and "dataset 2: 0 tie points" in caplog.text
     assert list(pd.read_csv(tmp_path / "t.csv").columns) == CSV_COLUMNS
     assert json.loads((tmp_path / "t.json").read_text())["chosen"] == "none"
     assert (tmp_path / "t.png").stat().st_size > 0
@@ -107,7 +101,7 @@ def test_all_nodata_is_an_error():
 
 def test_prior_shift_sign_and_masks():
     """The prior is the (row, col) shift d with sec(p + d) = ref(p), nodata ignored."""
-    from costack.tiepoints import prior_shift
+    from costack.matching import prior_shift
 
     img = ndimage.gaussian_filter(np.random.default_rng(1).normal(size=(140, 150)), 2)
     ref = img[20:120, 20:120].astype(np.float32)
@@ -121,7 +115,7 @@ def test_prior_shift_sign_and_masks():
 
 
 def test_cfog_ignores_contrast_inversion_and_nodata():
-    from costack.tiepoints import cfog
+    from costack.matching import cfog
 
     img = data.camera().astype(np.float32)[:128, :128]
     ok = np.ones(img.shape, bool)
@@ -134,7 +128,7 @@ def test_cfog_ignores_contrast_inversion_and_nodata():
 
 def test_lsm_subpixel_translation():
     """Cubic-spline LSM recovers a sub-pixel shift of a smooth real image to 0.02 px."""
-    from costack.tiepoints import lsm, prepare
+    from costack.matching import lsm, prepare
 
     img = ndimage.gaussian_filter(data.camera().astype(np.float32), 1.5)[100:300, 100:300]
     sec, truth = displace(img, lambda c, r: (0.37 + 0 * c, -0.61 + 0 * r), order=5)

@@ -16,6 +16,7 @@ from scipy import ndimage
 
 from costack.qc import VerdictThresholds, judge
 from costack.rasterio_io import read_float32
+from costack.tiepoint_model import TiePointModel
 
 OVERHANG = "POLYGON((6.0 44.46, 6.1 44.46, 6.1 44.52, 6.0 44.52, 6.0 44.46))"
 TINY = "POLYGON((5.98 44.44, 5.99 44.44, 5.99 44.441, 5.98 44.441, 5.98 44.44))"
@@ -51,7 +52,7 @@ def _measured(points: int, median: float) -> dict:
     ],
 )  # fmt: skip
 def test_judge(qc, flow, model, verdict, reason):
-    got = judge(qc, flow, model, VerdictThresholds())
+    got = judge(qc, flow, TiePointModel(model), VerdictThresholds())
     assert got["verdict"] == verdict
     if reason:
         assert any(reason in r for r in got["reasons"]), got["reasons"]

@@ -193,7 +193,7 @@ def test_catalog_json_links_item(demo_run: Path):
 
 
 def test_demo_flows_match_stored_truth(demo_run: Path):
-    from costack.coregister import flow_metrics
+    from costack.evaluation import flow_metrics
 
     res = demo_run / "results"
     optical = flow_metrics(res / "flow/2.tif", REPO / "resources/demo/l8/truth.tif")
@@ -226,7 +226,8 @@ def test_demo_item_has_flow_metadata_assets(demo_run: Path):
 def test_demo_tiepoints_contract(demo_run: Path):
     import pandas as pd
 
-    from costack.tiepoints import CSV_COLUMNS, apply_model
+    from costack.tiepoint_model import apply_model
+    from costack.tiepoints import CSV_COLUMNS
 
     res = demo_run / "results" / "tiepoints"
     df = pd.read_csv(res / "2.csv")
@@ -290,7 +291,7 @@ def test_demo_qc_summary(demo_run: Path):
 def test_demo_sar_qc_is_within_a_factor_2_of_the_truth(demo_run: Path):
     """The SAR/optical QC (CFOG re-matching) rests on >= 20 points and reads the residual
     within [0.5x, 2x] of the true error of the co-registration (flow against the truth)."""
-    from costack.coregister import flow_metrics
+    from costack.evaluation import flow_metrics
 
     sar = json.loads((demo_run / "results/qc/summary.json").read_text())["3"]
     assert sar["after"]["figure"] == "measured" and sar["after"]["points"] >= 20

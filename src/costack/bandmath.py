@@ -19,14 +19,29 @@ non-finite results are nodata (never inf); comparisons and logical results are 0
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable, Mapping
+from contextlib import ExitStack
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import rasterio
+from rasterio.windows import Window
 
 from costack.errors import CostackError
+from costack.grid import Grid
+from costack.rasterio_io import (
+    STREAM_CACHE_MB,
+    open_float32,
+    read_float32,
+    read_window,
+    strip_rows,
+    strips,
+    write_float32,
+)
 
 MAX_DEPTH = 64
 MAX_LENGTH = 10_000
@@ -35,6 +50,8 @@ MAX_OPERANDS = 64
 
 _NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?", re.ASCII)
 _ASSET = re.compile(r"[1-9][0-9]*\.[A-Za-z_][A-Za-z0-9_\-]*", re.ASCII)
+
+log = logging.getLogger(__name__)
 
 
 class ExpressionError(CostackError):
@@ -557,3 +574,68 @@ def evaluate_by_strips(
         n_valid += int(np.isfinite(result).sum())
         write(result, r0, r1)
     return n_valid
+
+
+#: Band math whose in-memory peak (:func:`costack.bandmath.memory_bytes`) would pass this runs
+#: by strips of about BANDMATH_STRIP_BYTES (:func:`costack.bandmath.evaluate_by_strips`).
+BANDMATH_IN_MEMORY_BYTES = 1_000_000_000
+BANDMATH_STRIP_BYTES = 256_000_000
+#: Measured peak of a strip over :func:`costack.bandmath.memory_bytes` (the reads, the writer's
+#: copies and NumPy's temporaries: about 140 B/px for a 49 B/px estimate on a 4291 px wide grid).
+STRIP_OVERHEAD = 3
+
+
+def run_bandmath(
+    source: str,
+    rasters: dict[str, str | Path],
+    out_tif: str | Path,
+    grid_json: str | Path | None = None,
+    listed: set[str] | None = None,
+    max_in_memory_bytes: int = BANDMATH_IN_MEMORY_BYTES,
+    strip_bytes: int = BANDMATH_STRIP_BYTES,
+) -> None:
+    """Band math: evaluate ``name:(expr)`` on co-registered rasters into a Float32 GeoTIFF.
+
+    Args:
+        source: the expression as written, ``name:(s-expression)``.
+        rasters: asset key -> raster path (at least every asset the expression reads).
+        out_tif: output GeoTIFF (NaN is nodata).
+        grid_json: grid of the run (gives the shape of constant expressions).
+        listed: keys of the asset list (default: the keys of ``rasters``).
+        max_in_memory_bytes: above this estimated peak the grid is evaluated by strips of about
+            ``strip_bytes`` (same values; a ``mean`` is then summed strip by strip).
+    """
+    parsed = parse(source, set(listed) if listed is not None else set(rasters))
+    grid = Grid.load(grid_json) if grid_json else None
+    for key in parsed.assets:
+        with rasterio.open(rasters[key]) as src:
+            grid = grid or Grid(src.crs, src.transform, src.width, src.height)
+    if grid is None:
+        raise CostackError("expressions", f"{source!r} reads no asset and no grid was given",
+                           "pass the grid JSON")  # fmt: skip
+    tags = {"costack_expression": parsed.source}
+    px = grid.width * grid.height
+    if memory_bytes(parsed, px) <= max_in_memory_bytes:
+        arrays = {key: read_float32(rasters[key])[0] for key in parsed.assets}
+        result = evaluate(parsed, arrays, grid.shape)
+        valid = int(np.isfinite(result).sum())
+        write_float32(out_tif, result, grid, tags=tags)
+    else:
+        per_px = STRIP_OVERHEAD * memory_bytes(parsed, 1)
+        rows = strip_rows(grid.width, grid.height, per_px, strip_bytes)
+        log.info("%s: by strips of %d rows (in memory it would need %.1f GB)", parsed.name,
+                 rows, memory_bytes(parsed, px) / 1e9)  # fmt: skip
+        with ExitStack() as stack:
+            stack.enter_context(rasterio.Env(GDAL_CACHEMAX=STREAM_CACHE_MB))
+            srcs = {k: stack.enter_context(rasterio.open(rasters[k])) for k in parsed.assets}
+            dst = stack.enter_context(open_float32(out_tif, grid, tags=tags))
+
+            def read(key: str, r0: int, r1: int) -> np.ndarray:
+                return read_window(srcs[key], Window(0, r0, grid.width, r1 - r0))
+
+            def write(result: np.ndarray, r0: int, r1: int) -> None:
+                dst.write(result, 1, window=Window(0, r0, grid.width, r1 - r0))
+
+            bounds = list(strips(grid.height, rows))
+            valid = evaluate_by_strips(parsed, read, grid.shape, bounds, write)
+    log.info("%s: %d of %d pixels valid", parsed.name, valid, px)

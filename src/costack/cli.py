@@ -88,16 +88,13 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 def cmd_check(args: argparse.Namespace) -> None:
     """Validate a configuration without running anything."""
-    from costack.steps import preflight, unused_inputs_warning
+    from costack.plan import preflight, unused_inputs_warning
 
-    cfg, manifest, grid = preflight(_config_from_args(args))
-    unused = unused_inputs_warning(cfg)
+    plan = preflight(_config_from_args(args))
+    unused = unused_inputs_warning(plan.cfg)
     if unused:
         print(unused, file=sys.stderr)
-    print(
-        f"ok: {len(manifest)} assets in {len(cfg.datasets)} datasets; grid {grid.crs.to_string()}"
-        f" {grid.width}x{grid.height} px at {grid.transform.a:g} m"
-    )
+    print(plan.summary())
 
 
 def cmd_verify(args: argparse.Namespace) -> None:
@@ -122,21 +119,21 @@ def cmd_verify(args: argparse.Namespace) -> None:
 
 def cmd_discover(args: argparse.Namespace) -> None:
     """Step discover."""
-    from costack.steps import run_discover
+    from costack.discover import run_discover
 
     run_discover(_config_from_args(args), args.out)
 
 
 def cmd_grid(args: argparse.Namespace) -> None:
     """Step grid."""
-    from costack.steps import run_grid
+    from costack.grid import run_grid
 
     run_grid(args.manifest, args.reference, args.aoi, args.out)
 
 
 def cmd_colocate(args: argparse.Namespace) -> None:
     """Step colocate."""
-    from costack.steps import run_colocate
+    from costack.colocate import run_colocate
 
     run_colocate(
         args.manifest, args.grid, args.key, args.out, args.resampling,
@@ -146,7 +143,7 @@ def cmd_colocate(args: argparse.Namespace) -> None:
 
 def cmd_coregister(args: argparse.Namespace) -> None:
     """Step coregister for the reference dataset's assets, which are not moved (a copy)."""
-    from costack.steps import run_coregister_identity
+    from costack.coregister import run_coregister_identity
 
     run_coregister_identity(args.colocated, args.out)
 
@@ -164,19 +161,19 @@ def _key_paths(specs: list[str], option: str = "--asset") -> dict[str, str]:
 
 def cmd_bandmath(args: argparse.Namespace) -> None:
     """Band math on rasters given by hand."""
-    from costack.steps import run_bandmath
+    from costack.bandmath import run_bandmath
 
     run_bandmath(args.expression, _key_paths(args.asset), args.out, grid_json=args.grid)
 
 
-def _resolution_ratio(args: argparse.Namespace) -> float:
+def _resolution_ratio(given: float | None, secondary: str) -> float:
     """``--resolution-ratio``, else the secondary's ``costack_resolution_ratio`` tag (written by
     co-location, as the workflow passes it), else 1."""
-    if args.resolution_ratio is not None:
-        return float(args.resolution_ratio)
+    if given is not None:
+        return float(given)
     import rasterio
 
-    with rasterio.open(args.sec) as src:
+    with rasterio.open(secondary) as src:
         return float(src.tags().get("costack_resolution_ratio", 1.0))
 
 
@@ -188,20 +185,40 @@ def cmd_tiepoints(args: argparse.Namespace) -> None:
         if not Path(path).exists():
             raise CostackError("tiepoints", f"{path} does not exist", "give two co-located rasters")
     stem = str(Path(args.out).with_suffix(""))
-    params = TiePointParams(max_shift=args.max_displacement)
+    params = TiePointParams(max_shift=args.max_displacement,
+                            multimodal=True if args.multimodal else None)  # fmt: skip
     model = run_tiepoints(
         args.ref, args.sec, args.out, stem + ".model.json", stem + ".png", params,
-        label=Path(args.sec).stem, resolution_ratio=_resolution_ratio(args),
-        mode="gefolki" if args.multimodal else args.mode,
+        label=Path(args.sec).stem,
+        resolution_ratio=_resolution_ratio(args.resolution_ratio, args.sec),
     )  # fmt: skip
-    print(f"{model.get('tiepoints', 0)} tie points in {args.out}; model {model['chosen']} in "
+    print(f"{model.tiepoints} tie points in {args.out}; model {model.chosen} in "
           f"{stem}.model.json; vectors in {stem}.png")  # fmt: skip
+
+
+def cmd_qc(args: argparse.Namespace) -> None:
+    """Residual misregistration of a secondary before and after co-registration."""
+    from costack.qc import run_qc
+
+    for path in (args.ref, args.colocated, args.coregistered):
+        if not Path(path).exists():
+            raise CostackError("qc", f"{path} does not exist", "give the reference, the "
+                               "co-located and the co-registered rasters")  # fmt: skip
+    result = run_qc(args.ref, args.colocated, args.coregistered, args.out,
+                    multimodal=True if args.multimodal else None,
+                    resolution_ratio=_resolution_ratio(args.resolution_ratio, args.colocated),
+                    max_displacement=args.max_displacement)  # fmt: skip
+    after = result["after"]
+    figure = (
+        f"{after['pixels']['median']:.3f} px median on {after['points']} points"
+        if after.get("figure") == "measured" else f"insufficient ({after['points']} points)"
+    )  # fmt: skip
+    print(f"residual after co-registration: {figure}; written to {args.out}")
 
 
 def cmd_flow(args: argparse.Namespace) -> None:
     """Dense flow between two co-located rasters."""
-    from costack.coregister import run_flow
-    from costack.flow import FlowParams
+    from costack.flow import FlowParams, run_flow
 
     for path in (args.ref, args.sec):
         if not Path(path).exists():
@@ -210,11 +227,9 @@ def cmd_flow(args: argparse.Namespace) -> None:
         mode=args.mode, radii=tuple(args.radii), max_displacement=args.max_displacement
     )
     conf = args.confidence or str(Path(args.out).with_suffix("")) + ".confidence.tif"
-    if args.model and not Path(args.model).is_file():
-        raise CostackError("--model", f"{args.model} does not exist",
-                           "give the tie-point step's MODEL.json")  # fmt: skip
+    ratio = _resolution_ratio(args.resolution_ratio, args.sec)
     stats = run_flow(args.ref, args.sec, args.out, conf, params, stats_json=args.stats,
-                     resolution_ratio=_resolution_ratio(args), model_json=args.model)  # fmt: skip
+                     resolution_ratio=ratio, model_json=args.model)  # fmt: skip
     print(f"flow written to {args.out} (confidence {conf}) in {stats['seconds']:.2f} s")
 
 
@@ -230,14 +245,14 @@ def cmd_warp(args: argparse.Namespace) -> None:
 
 def cmd_cog(args: argparse.Namespace) -> None:
     """Step cog."""
-    from costack.steps import run_cog
+    from costack.catalog import run_cog
 
     run_cog(args.src, args.out)
 
 
 def cmd_catalog(args: argparse.Namespace) -> None:
     """Step catalog."""
-    from costack.steps import run_catalog
+    from costack.catalog import run_catalog
 
     cogs = _key_paths(args.asset)
     flows = {}
@@ -349,16 +364,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("sec", help="secondary raster on the same grid")
     p.add_argument("out", help="output CSV (model JSON and PNG are written beside it)")
     p.add_argument(
-        "--mode",
-        default="auto",
-        choices=["auto", "efolki", "gefolki"],
-        help="the pair's flow mode, as the flow step decides it (auto: from the rasters' kinds "
-        "and local contrast); gefolki pairs are matched on CFOG descriptors",
-    )
-    p.add_argument(
         "--multimodal",
         action="store_true",
-        help="same as --mode gefolki: CFOG descriptors (oriented gradients), NCC similarity",
+        help="match CFOG descriptors (oriented gradients, NCC) whatever the rasters; by default "
+        "SAR against optical and inverted local contrast are, other pairs match intensities",
     )
     p.add_argument(
         "--max-displacement",
@@ -416,6 +425,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--confidence", help="confidence GeoTIFF (default OUT.confidence.tif)")
     p.add_argument("--stats", help="JSON file for the run's parameters and statistics")
     p.set_defaults(func=cmd_flow)
+
+    p = sub.add_parser(
+        "qc", help="residual misregistration before and after co-registration (independent LSM)"
+    )
+    p.add_argument("ref", help="reference raster (results/colocated/REF.tif)")
+    p.add_argument("colocated", help="the secondary before co-registration (results/colocated/)")
+    p.add_argument("coregistered", help="the same after (results/coregistered/)")
+    p.add_argument("out", help="output JSON (results/qc/N.json)")
+    p.add_argument(
+        "--multimodal", action="store_true",
+        help="re-match CFOG descriptors whatever the rasters (default: decided from them)",
+    )  # fmt: skip
+    p.add_argument("--max-displacement", type=float, default=16.0,
+                   help="search range used to decide the contrast relation (pixels)")  # fmt: skip
+    p.add_argument(
+        "--resolution-ratio", type=float, default=None,
+        help="secondary's native pixel over the grid's; default: the costack_resolution_ratio "
+        "tag co-location writes, else 1",
+    )  # fmt: skip
+    p.set_defaults(func=cmd_qc)
 
     p = sub.add_parser("warp", help="warp a co-located raster with a flow (nodata outside)")
     p.add_argument("sec")

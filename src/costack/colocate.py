@@ -10,6 +10,7 @@ kernel averages power rather than decibels.
 from __future__ import annotations
 
 import logging
+import time
 import warnings
 from pathlib import Path
 
@@ -18,13 +19,17 @@ import rasterio
 from affine import Affine
 from rasterio.control import GroundControlPoint
 from rasterio.enums import Resampling
-from rasterio.errors import NotGeoreferencedWarning
+from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.warp import reproject, transform
 from rasterio.windows import Window
 
+from costack.discover import manifest_row, read_manifest
+from costack.errors import CostackError
 from costack.georef import GCP_WARP_OPTIONS, read_georef
-from costack.grid import Grid
+from costack.grid import Grid, resolution_ratio
+from costack.imaging import db_to_linear, linear_to_db
 from costack.rasterio_io import (
+    STREAM_CACHE_MB,
     atomic_path,
     float32_profile,
     scratch_path,
@@ -32,6 +37,7 @@ from costack.rasterio_io import (
     strips,
     to_nodata,
 )
+from costack.remote import gdal_path
 
 log = logging.getLogger(__name__)
 
@@ -41,19 +47,6 @@ def output_nodata(src_nodata: float | None) -> float:
     if src_nodata is None or np.isnan(src_nodata):
         return float("nan")
     return float(np.float32(src_nodata))
-
-
-def db_to_linear(db: np.ndarray) -> np.ndarray:
-    """10^(dB/10), element-wise."""
-    return np.power(np.float32(10.0), db / np.float32(10.0), dtype=np.float32)
-
-
-def linear_to_db(power: np.ndarray) -> np.ndarray:
-    """10 log10(power), with non-positive power as NaN."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        out = np.float32(10.0) * np.log10(power)
-    out[~np.isfinite(out)] = np.nan
-    return out.astype(np.float32)
 
 
 #: Largest GCP-georeferenced source warped through exact geolocation arrays (2 float64 arrays
@@ -211,7 +204,6 @@ def _fill_value(src_nodata: float | None, scale: float, offset: float) -> float:
 #: to file, with its block cache held to STREAM_CACHE_MB; our own passes go by strips of about
 #: STRIP_BYTES.
 STRIP_BYTES = 128_000_000
-STREAM_CACHE_MB = 128
 #: Bytes per source pixel of the two float64 geolocation arrays of a GCP source's window.
 GEOLOC_BYTES_PER_PIXEL = 16
 
@@ -385,3 +377,46 @@ def colocate_asset(
     valid = _colocate_streamed(path, grid, Path(out_path), meta, resampling, db, pixel_center,
                                threads, strip_bytes=strip_bytes, **radiometry)  # fmt: skip
     log.info("colocated %s: %d of %d grid pixels valid", path, valid, grid.width * grid.height)
+
+
+def run_colocate(
+    manifest_csv: str | Path,
+    grid_json: str | Path,
+    key: str,
+    out_tif: str | Path,
+    resampling: str = "bilinear",
+    pixel_center: bool = True,
+    threads: int = 1,
+) -> None:
+    """The co-location stage (rule ``colocate_asset``, ``costack colocate``): warp asset ``key``
+    of the manifest onto the grid (Float32 GeoTIFF in physical units, nodata carried)."""
+    row = manifest_row(read_manifest(manifest_csv), key, manifest_csv)
+    grid = Grid.load(grid_json)
+    start = time.perf_counter()
+    ratio = resolution_ratio(row["res_x"], row["res_y"], grid)
+    tags = {"costack_key": key, "costack_source": str(row["href_given"]),
+            "costack_kind": str(row["kind"]), "costack_resolution_ratio": str(ratio)}  # fmt: skip
+    file_nodata = row["nodata"]
+    item_nodata = row["item_nodata"]
+    radiometry = {
+        "scale": float(row["scale"]),
+        "offset": float(row["offset"]),
+        "nodata": None if np.isnan(file_nodata) else float(file_nodata),
+        "extra_nodata": None if np.isnan(item_nodata) else float(item_nodata),
+    }
+    if radiometry["scale"] != 1.0 or radiometry["offset"] != 0.0:
+        tags["costack_radiometry"] = (
+            f"physical = DN * {row['scale']:g} + {row['offset']:g} ({row['radiometry']})"
+        )
+    try:
+        colocate_asset(
+            gdal_path(str(row["href"])), grid, out_tif, resampling, bool(row["db"]),
+            pixel_center, threads, tags, **radiometry,
+        )  # fmt: skip
+    except RasterioIOError as err:
+        raise CostackError(
+            "assets",
+            f"{key}: cannot read {row['href']} ({' '.join(str(err).split())[:160]})",
+            "check that the file or URL is reachable, then rerun",
+        ) from err
+    log.info("colocated %s in %.2f s", key, time.perf_counter() - start)

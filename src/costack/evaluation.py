@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
+
+from costack.rasterio_io import read_float32
 
 Field = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
@@ -69,3 +72,24 @@ def interior(shape: tuple[int, int], margin: int) -> np.ndarray:
     m = np.zeros(shape, bool)
     m[margin:-margin, margin:-margin] = True
     return m
+
+
+def flow_metrics(flow_tif: str | Path, truth_tif: str | Path, margin: int = 8) -> dict:
+    """EPE statistics of a flow against a truth raster covering the grid (pixels)."""
+    import rasterio
+    from rasterio.windows import from_bounds
+
+    flow, grid, _ = read_float32(flow_tif, band=None)
+    with rasterio.open(truth_tif) as t:
+        win = from_bounds(*grid.bounds, transform=t.transform).round_offsets().round_lengths()
+        truth = t.read(window=win).astype(np.float32)
+    err = np.hypot(flow[0] - truth[0], flow[1] - truth[1])
+    m = np.zeros(err.shape, bool)
+    m[margin:-margin, margin:-margin] = True
+    e = err[m & np.isfinite(err)]
+    return {
+        "mean_epe": float(e.mean()),
+        "median_epe": float(np.median(e)),
+        "p90_epe": float(np.percentile(e, 90)),
+        "n": int(e.size),
+    }

@@ -9,6 +9,7 @@ reference's own pixels and the reference is never resampled by a fraction of a p
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,8 @@ from shapely.geometry import Polygon, box, mapping, shape
 
 from costack.errors import CostackError
 from costack.georef import WGS84
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -80,8 +83,17 @@ class Grid:
 
     @classmethod
     def load(cls, path: str | Path) -> Grid:
-        """Read a grid written by :meth:`save`."""
-        return cls.from_json(json.loads(Path(path).read_text(encoding="utf-8")))
+        """Read a grid written by :meth:`save`; a file that is not one is refused with one
+        line naming it."""
+        fix = "give the grid step's grid.json (results/grid/grid.json)"
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+            return cls.from_json(data)
+        except FileNotFoundError as err:
+            raise CostackError("grid", f"{path} does not exist", fix) from err
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
+            what = f"no {err}" if isinstance(err, KeyError) else " ".join(str(err).split())[:120]
+            raise CostackError("grid", f"{path} is not a grid JSON ({what})", fix) from err
 
 
 def parse_aoi(text: str) -> Polygon:
@@ -254,3 +266,29 @@ def resolution_ratio(res_x: float, res_y: float, grid: Grid) -> float:
     """An asset's native pixel size (the larger side) over the grid's, to 3 decimals: how much
     coarser than the grid the asset really is (a 30 m asset on a 10 m grid: 3)."""
     return round(float(max(res_x, res_y)) / abs(grid.transform.a), 3)
+
+
+def run_grid(
+    manifest_csv: str | Path,
+    reference: str,
+    aoi: str | None,
+    out_json: str | Path,
+    min_overlap_px: int = 64,
+) -> Grid:
+    """The grid stage (rule ``define_grid``, ``costack grid``): the common grid from the
+    manifest (AOI, else the common area)."""
+    from costack.discover import read_manifest
+    from costack.rasterio_io import atomic_path
+
+    manifest = read_manifest(manifest_csv)
+    grid = compute_grid(manifest, reference, aoi, min_overlap_px)
+    with atomic_path(out_json) as tmp:
+        grid.save(tmp)
+    log.info(
+        "grid %s: %d x %d px, transform %s",
+        grid.crs.to_string(),
+        grid.width,
+        grid.height,
+        tuple(grid.transform)[:6],
+    )
+    return grid

@@ -20,9 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from costack.flow import masked_blur, resolution_sigma
+from costack.imaging import masked_blur, resolution_sigma
+from costack.matching import MIN_SIMILARITY_MULTIMODAL, lsm, prepare
 from costack.rasterio_io import atomic_path, read_float32, write_json
-from costack.tiepoints import TiePointParams, lsm, prepare
+from costack.tiepoint_model import TiePointModel
 
 #: Half patch (px) of the multimodal QC matcher (51 px patches, as the tie points' coarse).
 MULTIMODAL_HALF = 25
@@ -44,7 +45,7 @@ def residual_misregistration(
     """Residual shifts (dx, dy) at grid points where LSM succeeds; shape (n, 2).
 
     ``reference_blur`` (grid px) brings a sharp reference to a coarser secondary's resolution
-    (see :func:`costack.flow.resolution_sigma`) before matching."""
+    (see :func:`costack.imaging.resolution_sigma`) before matching."""
     v1, v2 = np.isfinite(ref), np.isfinite(sec)
     a = np.where(v1, ref, 0).astype(np.float32)
     b = np.where(v2, sec, 0).astype(np.float32)
@@ -56,7 +57,7 @@ def residual_misregistration(
         # replaces found 10 points on the demo's SAR dataset and read 1.31 px where the truth
         # is 0.46 px; CFOG finds 34 and reads 0.76 px (mean).
         m = prepare(a, v1, b, v2, True, 1.0)
-        threshold = TiePointParams.min_similarity_multimodal if min_similarity is None else (
+        threshold = MIN_SIMILARITY_MULTIMODAL if min_similarity is None else (
             min_similarity)  # fmt: skip
         half = MULTIMODAL_HALF
     else:
@@ -109,24 +110,23 @@ def run_qc(
     colocated_tif: str | Path,
     coregistered_tif: str | Path,
     out_json: str | Path,
-    multimodal: bool = False,
+    multimodal: bool | None = None,
     resolution_ratio: float = 1.0,
-    mode: str | None = "auto",
     max_displacement: float = 16.0,
 ) -> dict:
     """Residual misregistration before (colocated) and after co-registration, as JSON.
 
-    ``mode``: the pair's flow mode, decided as the flow step does
-    (:func:`costack.coregister.decide_mode`); GEFolki's pairs are re-matched on CFOG
-    descriptors. None keeps ``multimodal``.
+    ``multimodal`` None (the default) decides from the rasters as the tie points do
+    (:func:`costack.matching.matches_on_descriptors`): SAR against optical and inverted
+    contrast are re-matched on CFOG descriptors; True or False forces.
 
     ``resolution_ratio``: the secondary's native pixel over the grid's (a 30 m secondary is
     compared with the reference blurred to 30 m: on the demo the residual after co-registration
     then reads 0.11 px median, near the flow's true error, instead of 0.24 px)."""
-    if mode is not None:
-        from costack.coregister import matches_on_descriptors
+    if multimodal is None:
+        from costack.matching import matches_on_descriptors
 
-        multimodal, _ = matches_on_descriptors(mode, ref_tif, colocated_tif, max_displacement)
+        multimodal, _ = matches_on_descriptors(ref_tif, colocated_tif, max_displacement)
     ref, grid, _ = read_float32(ref_tif)
     before, _, _ = read_float32(colocated_tif)
     after, _, _ = read_float32(coregistered_tif)
@@ -167,7 +167,9 @@ class VerdictThresholds:
     max_model_disagreement_px: float = 1.0  # tie-point model vs flow mean shift; above: warn
 
 
-def judge(qc: dict, flow: dict, model: dict, t: VerdictThresholds = VerdictThresholds()) -> dict:
+def judge(
+    qc: dict, flow: dict, model: TiePointModel, t: VerdictThresholds = VerdictThresholds()
+) -> dict:
     """``pass``, ``warn`` or ``fail`` for one secondary dataset, with the reasons.
 
     Evidence, all from files the run already wrote: the independent QC re-matching (how many
@@ -182,7 +184,7 @@ def judge(qc: dict, flow: dict, model: dict, t: VerdictThresholds = VerdictThres
     after, before = qc.get("after", {}), qc.get("before", {})
     measured_after = after.get("figure") == "measured"
     measured_before = before.get("figure") == "measured"
-    n_tie = int(model.get("tiepoints", 0) or 0) if model.get("chosen") not in (None, "none") else 0
+    n_tie = model.tiepoints
     if not measured_after and not measured_before and n_tie < t.min_qc_points:
         fails.append(
             f"no independent evidence that it matches the reference: QC re-matched "
@@ -215,7 +217,7 @@ def judge(qc: dict, flow: dict, model: dict, t: VerdictThresholds = VerdictThres
     coverage = qc.get("coverage")
     if coverage is not None and coverage < t.min_coverage:
         warns.append(f"covers {coverage:.1%} of the grid (min_coverage {t.min_coverage:.0%})")
-    shift = model.get("mean_shift")
+    shift = model.data.get("mean_shift")
     if shift and flow.get("mean_dx") is not None and n_tie >= t.min_qc_points:
         gap = float(np.hypot(shift[0] - flow["mean_dx"], shift[1] - flow["mean_dy"]))
         if gap > t.max_model_disagreement_px:
@@ -264,7 +266,8 @@ def merge_summaries(
     if flows is not None:
         t = thresholds or VerdictThresholds()
         for n, qc in summary.items():
-            model = load((models or {}).get(n))
+            path = (models or {}).get(n)
+            model = TiePointModel.read(path) if path else TiePointModel.none()
             qc.update(judge(qc, load(flows.get(n)), model, t))
             if labels and n in labels:
                 qc["label"] = labels[n]
@@ -376,16 +379,16 @@ def models_table(
 
     import pandas as pd
 
-    model = json.loads(Path(model_json).read_text(encoding="utf-8"))
+    model = TiePointModel.read(model_json)
     qc = json.loads(Path(qc_json).read_text(encoding="utf-8"))
     rows = [
         {
             "model": name,
-            "chosen": name == model.get("chosen"),
+            "chosen": name == model.chosen,
             "rmse_px": round(m["rmse"], 4),
             "tie_points": m["n"],
         }  # fmt: skip
-        for name, m in model.get("models", {}).items()
+        for name, m in model.fits.items()
     ]
     after = qc.get("after", {})
     figure = after.get("pixels", {}).get("median", "") if after.get("figure") == "measured" else (

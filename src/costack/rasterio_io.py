@@ -16,6 +16,9 @@ import rasterio
 
 from costack.grid import Grid
 
+#: GDAL block cache (MB) of the jobs that stream a raster by strips (co-location, band math)
+STREAM_CACHE_MB = 128
+
 
 def current_umask() -> int:
     """The process's umask (read without changing it where /proc allows)."""

@@ -43,7 +43,7 @@ def load_profile(profile: str | None) -> dict[str, Any]:
 def _stale_lock(out: Path) -> bool:
     """Whether ``out`` holds Snakemake's lock of a run that no longer lives (killed); a lock of a
     run that is still working is an error."""
-    from costack.workflow import live_run
+    from costack.jobs import live_run
 
     locks = out / ".snakemake" / "locks"
     if not locks.is_dir() or not any(locks.iterdir()):
@@ -78,8 +78,8 @@ def run_workflow(
         ResourceSettings,
     )
 
-    from costack.items import normalise_item_ref
-    from costack.steps import preflight
+    from costack.discover import normalise_item_ref
+    from costack.plan import preflight
 
     out = Path(out).resolve()
     preflight(dict(raw_config))  # every bad input stops here, before anything is written

@@ -23,9 +23,11 @@ from rasterio.enums import Resampling
 from rasterio.windows import Window
 from scipy import ndimage
 
-from costack.flow import FlowParams, estimate_flow, fill_nearest
+from costack.folki import FlowParams, estimate_flow
 from costack.grid import Grid
+from costack.imaging import fill_nearest
 from costack.rasterio_io import atomic_path, float32_profile, read_window
+from costack.tiepoint_model import TiePointModel
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +98,7 @@ def flow_tiled(
     halo: int | None = None,
     coarse_factor: int = 8,
     ref_filter=None,
-    seed_model: dict | None = None,
+    seed_model: TiePointModel | None = None,
 ) -> dict:
     """Flow of a scene-sized pair, tile by tile (peak memory set by ``tile``, not the scene).
 
@@ -108,7 +110,7 @@ def flow_tiled(
         halo: overlap read around each tile (default 2 x the largest radius + 16).
         coarse_factor: decimation of the seeding pass.
         ref_filter: optional function applied to each reference window (resolution matching).
-        seed_model: optional tie-point model (``*.model.json`` content); the coarse pass starts
+        seed_model: optional tie-point model (``*.model.json``); the coarse pass starts
             from it instead of its own global shift search.
     """
     t0 = time.perf_counter()
@@ -128,9 +130,7 @@ def flow_tiled(
             ref_c = ref_filter(ref_c)
         init = None
         if seed_model is not None:
-            from costack.tiepoints import model_init
-
-            init = model_init(seed_model, ref_c.shape, coarse_factor)
+            init = seed_model.displacement(ref_c.shape, coarse_factor)
         coarse = estimate_flow(
             ref_c, sec_c,
             replace(params, max_displacement=params.max_displacement / coarse_factor), init=init,
@@ -195,7 +195,7 @@ def warp_tiled(
     tile: int = 1024,
 ) -> None:
     """Warp a raster with a flow tile by tile (``warp_fn(data, dx, dy) -> array``, e.g.
-    :func:`costack.coregister.warp_array`)."""
+    :func:`costack.imaging.warp_array`)."""
     with (
         rasterio.Env(GDAL_CACHEMAX=TILED_CACHE_MB),
         rasterio.open(sec_tif) as src,

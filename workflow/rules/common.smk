@@ -1,6 +1,6 @@
 # Validation before any job runs: config (schema and service syntax), STAC items, raster
 # headers, and the common grid. A problem stops the run with one line and leaves no output.
-# The result is cached in .snakemake/costack/ (see costack.steps.cached_preflight): later
+# The result is cached in .snakemake/costack/ (see costack.plan.cached_preflight): later
 # calls (-n, --unlock, every job) reuse it while no local item or raster has changed.
 import sys
 from pathlib import Path
@@ -9,10 +9,8 @@ from snakemake.utils import validate
 
 from costack.config import schema_path
 from costack.errors import CostackError
-from costack.workflow import forget_run, live_run, record_run
-from costack.coregister import matching_asset
-from costack.grid import resolution_ratio
-from costack.steps import cached_preflight, parse_expressions, unused_inputs_warning
+from costack.jobs import forget_run, live_run, record_run
+from costack.plan import cached_preflight, parse_expressions, unused_inputs_warning
 
 RUN_PID = ".snakemake/costack/run.pid"
 
@@ -24,10 +22,10 @@ if "--unlock" in sys.argv and live_run(RUN_PID):
     )
 
 try:
-    CFG, MANIFEST, GRID = cached_preflight(config)
+    PLAN = cached_preflight(config)
 except CostackError as err:
     sys.exit(f"costack: error: {err}")
-UNUSED = unused_inputs_warning(CFG)
+UNUSED = unused_inputs_warning(PLAN.cfg)
 if UNUSED:
     print(UNUSED, file=sys.stderr)
 
@@ -35,26 +33,19 @@ if isinstance(config.get("matching_assets"), dict):
     config["matching_assets"] = {str(k): v for k, v in config["matching_assets"].items()}
 validate(config, schema=str(schema_path()), set_default=True)
 
+CFG, MANIFEST, GRID = PLAN.cfg, PLAN.manifest, PLAN.grid
 KEYS = CFG.keys
 EXPRESSIONS = parse_expressions(CFG)
 EXPRESSION_NAMES = list(EXPRESSIONS)
 ENV = "../../envs/costack.yaml"
 
-REF = CFG.reference.key
-SECONDARY = CFG.secondary_datasets
-MATCH = {n: matching_asset(CFG, n, CFG.matching_assets) for n in SECONDARY}
-DB = dict(zip(MANIFEST["key"], MANIFEST["db"]))
-RES_RATIO = {
-    k: resolution_ratio(rx, ry, GRID)
-    for k, rx, ry in zip(MANIFEST["key"], MANIFEST["res_x"], MANIFEST["res_y"])
-}
-_ROW = MANIFEST.set_index("key", drop=False)
+REF = PLAN.reference
+SECONDARY = PLAN.secondary
+MATCH = PLAN.matching
+DB = PLAN.db
+RES_RATIO = PLAN.resolution_ratio
 # a dataset's label in the report and the verdict lines: platform and acquisition date
-LABEL = {}
-for _n in SECONDARY:
-    _platform = str(_ROW.loc[MATCH[_n], "platform"])
-    _date = str(_ROW.loc[MATCH[_n], "datetime"])[:10]
-    LABEL[_n] = " ".join(x for x in (_platform, _date) if x) or f"dataset {_n}"
+LABEL = PLAN.label
 
 
 # Local source rasters are inputs of their colocation job, so that a changed file is

@@ -9,7 +9,6 @@ rule assess_registration:
     output:
         "results/qc/{n}.json",
     params:
-        mode=config["flow_mode"],
         max_displacement=config["max_displacement"],
         resolution_ratio=lambda wc: RES_RATIO[MATCH[int(wc.n)]],
     log:

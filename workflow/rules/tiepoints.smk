@@ -11,7 +11,6 @@ rule match_tiepoints:
         model="results/tiepoints/{n}.model.json",
         png="results/tiepoints/{n}.png",
     params:
-        mode=config["flow_mode"],
         label=lambda wc: f"dataset {wc.n}, {LABEL[int(wc.n)]} ({MATCH[int(wc.n)]})",
         resolution_ratio=lambda wc: RES_RATIO[MATCH[int(wc.n)]],
         max_shift=config["max_displacement"],

@@ -1,7 +1,7 @@
 """Rule assess_registration: residual misregistration before and after co-registration."""
 
+from costack.jobs import run_step
 from costack.qc import run_qc
-from costack.workflow import run_step
 
 run_step(
     snakemake,
@@ -11,7 +11,6 @@ run_step(
         snakemake.input.coregistered,
         snakemake.output[0],
         resolution_ratio=float(snakemake.params.resolution_ratio),
-        mode=snakemake.params.mode,
         max_displacement=float(snakemake.params.max_displacement),
     ),
 )

@@ -1,7 +1,7 @@
 """Rule colocate_asset: warp one asset onto the common grid with GDAL's warper."""
 
-from costack.steps import run_colocate
-from costack.workflow import run_step
+from costack.colocate import run_colocate
+from costack.jobs import run_step
 
 run_step(
     snakemake,

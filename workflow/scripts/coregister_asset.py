@@ -1,8 +1,7 @@
 """Rule coregister_asset: warp a secondary asset with its dataset's flow (reference: copy)."""
 
-from costack.coregister import run_warp
-from costack.steps import run_coregister_identity
-from costack.workflow import run_step
+from costack.coregister import run_coregister_identity, run_warp
+from costack.jobs import run_step
 
 if "flow" in snakemake.input.keys():
     step = lambda: run_warp(  # noqa: E731

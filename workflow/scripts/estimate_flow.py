@@ -1,8 +1,7 @@
 """Rule estimate_flow: dense flow between the reference and a secondary dataset."""
 
-from costack.coregister import run_flow
-from costack.flow import FlowParams
-from costack.workflow import run_step
+from costack.flow import FlowParams, run_flow
+from costack.jobs import run_step
 
 params = FlowParams(
     mode=snakemake.params.mode,

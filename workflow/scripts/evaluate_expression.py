@@ -1,7 +1,7 @@
 """Rule evaluate_expression: one band-math s-expression into results/bandmath/{name}.tif."""
 
-from costack.steps import run_bandmath
-from costack.workflow import run_step
+from costack.bandmath import run_bandmath
+from costack.jobs import run_step
 
 rasters = {key: snakemake.input[f"asset_{i}"] for i, key in enumerate(snakemake.params.asset_keys)}
 run_step(

@@ -1,7 +1,7 @@
 """Rule match_tiepoints: sub-pixel tie points and the global model (Yan et al. 2016)."""
 
+from costack.jobs import run_step
 from costack.tiepoints import TiePointParams, run_tiepoints
-from costack.workflow import run_step
 
 run_step(
     snakemake,
@@ -14,6 +14,5 @@ run_step(
         TiePointParams(max_shift=float(snakemake.params.max_shift)),
         label=snakemake.params.label,
         resolution_ratio=float(snakemake.params.resolution_ratio),
-        mode=snakemake.params.mode,
     ),
 )

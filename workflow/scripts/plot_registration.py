@@ -2,8 +2,8 @@
 
 import shutil
 
+from costack.jobs import run_step
 from costack.qc import models_table, plot_composites, plot_flow
-from costack.workflow import run_step
 
 
 def step() -> None:

@@ -327,11 +327,51 @@ def write_manifest(manifest: pd.DataFrame, path: str | Path) -> None:
 
 
 def read_manifest(path: str | Path) -> pd.DataFrame:
-    """Read a manifest written by :func:`write_manifest`."""
+    """Read a manifest written by :func:`write_manifest`; a file that is not one (missing,
+    not CSV, columns missing) is refused with one line naming it."""
+    fix = "give the discover step's manifest (results/discover/manifest.csv)"
     floats = ("nodata", "item_nodata", "scale", "offset", "source_scale", "source_offset")
-    df = pd.read_csv(path, keep_default_na=False, na_values={k: ["", "nan", "NaN"] for k in floats})
-    for k in floats:
-        if k in df:
+    try:
+        df = pd.read_csv(path, keep_default_na=False,
+                         na_values={k: ["", "nan", "NaN"] for k in floats})  # fmt: skip
+    except FileNotFoundError as err:
+        raise CostackError("manifest", f"{path} does not exist", fix) from err
+    except (OSError, UnicodeDecodeError, ValueError, pd.errors.ParserError) as err:
+        reason = " ".join(str(err).split())[:120]
+        raise CostackError("manifest", f"{path} is not a manifest CSV ({reason})", fix) from err
+    missing = [c for c in MANIFEST_COLUMNS if c not in df.columns]
+    if missing:
+        raise CostackError(
+            "manifest", f"{path} is not a manifest CSV (no column {', '.join(missing[:4])}"
+            f"{', ...' if len(missing) > 4 else ''})", fix,
+        )  # fmt: skip
+    try:
+        for k in floats:
             df[k] = df[k].astype(float)
+    except ValueError as err:
+        raise CostackError("manifest", f"{path}: {err}", fix) from err
     df["db"] = df["db"].astype(str).str.lower().eq("true")
     return df.set_index("key", drop=False)
+
+
+def manifest_row(manifest: pd.DataFrame, key: str, where: str | Path = "manifest") -> pd.Series:
+    """The manifest's row of asset ``key``; an unknown key is one line naming the known ones."""
+    if key not in manifest.index:
+        known = ", ".join(map(str, manifest.index[:8])) + (", ..." if len(manifest) > 8 else "")
+        raise CostackError("key", f"{key!r} is not an asset of {where} (it has {known})",
+                           "give one of its keys, e.g. 2.nir")  # fmt: skip
+    return manifest.loc[key]
+
+
+def run_discover(raw_config: dict[str, Any], out_csv: str | Path) -> pd.DataFrame:
+    """The discover stage (rule ``discover_assets``, ``costack discover``): resolve every
+    listed asset into the manifest CSV."""
+    from costack.config import parse_config
+    from costack.rasterio_io import atomic_path
+
+    cfg = parse_config(raw_config)
+    manifest = discover(cfg)
+    with atomic_path(out_csv) as tmp:
+        write_manifest(manifest, tmp)
+    log.info("discovered %d assets in %d datasets", len(manifest), manifest["dataset"].nunique())
+    return manifest

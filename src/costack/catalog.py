@@ -1,0 +1,159 @@
+"""The catalog stage (rules ``convert_cog``, ``convert_expression_cog``, ``convert_flow_cog``,
+``build_catalog``; ``costack cog``, ``costack catalog``): validated Cloud Optimized GeoTIFFs
+(:mod:`costack.cog`) and the STAC catalog with the stack's item (:mod:`costack.stac`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from costack.cog import write_cog
+from costack.discover import manifest_row, read_manifest
+from costack.errors import CostackError
+from costack.grid import Grid
+from costack.rasterio_io import read_float32
+from costack.stac import StackAsset, build_item, portable_href, write_catalog
+
+log = logging.getLogger(__name__)
+
+
+def registration_verdict(summary: dict) -> str:
+    """The worst verdict over the secondary datasets of a QC summary (``pass`` if none)."""
+    verdicts = {q.get("verdict", "pass") for q in summary.values()}
+    return "fail" if "fail" in verdicts else "warn" if "warn" in verdicts else "pass"
+
+
+def run_cog(src: str | Path, dst: str | Path) -> None:
+    """Convert a co-registered raster to a validated COG (same pixels, same tags)."""
+    write_cog(src, dst)
+
+
+def run_catalog(
+    manifest_csv: str | Path,
+    grid_json: str | Path,
+    cogs: dict[str, str | Path],
+    reference: str,
+    item_id: str,
+    catalog_json: str | Path,
+    item_json: str | Path,
+    expressions: dict[str, str | Path] | None = None,
+    properties: dict[str, Any] | None = None,
+    flows: dict[int, tuple[str | Path, str | Path, str | Path]] | None = None,
+    qc_json: str | Path | None = None,
+    on_failed_registration: str = "stop",
+) -> None:
+    """The STAC catalog and the stack's item.
+
+    A secondary dataset whose verdict (``results/qc/summary.json``) is ``fail`` stops this step
+    before anything is written, unless ``on_failed_registration`` is ``publish``: the item is
+    then published flagged (``costack:verdict``: ``fail``)."""
+    qc = json.loads(Path(qc_json).read_text(encoding="utf-8")) if qc_json else {}
+    verdict = registration_verdict(qc)
+    failed = {n: q for n, q in qc.items() if q.get("verdict") == "fail"}
+    if failed and on_failed_registration != "publish":
+        n, q = next(iter(failed.items()))
+        label = f" ({q['label']})" if q.get("label") else ""
+        more = f"; {len(failed) - 1} more dataset(s) failed" if len(failed) > 1 else ""
+        raise CostackError(
+            "registration",
+            f"dataset {n}{label} failed: {q['reasons'][0]}{more}; no item was published",
+            f"inspect results/qc/{n}.json and the report (snakemake --report), fix the input "
+            "or set on_failed_registration: publish to publish it flagged",
+        )
+    manifest = read_manifest(manifest_csv)
+    grid = Grid.load(grid_json)
+    assets: list[StackAsset] = []
+    for key, path in cogs.items():
+        row = manifest_row(manifest, key, manifest_csv)
+        _, _, nodata = read_float32(path)
+        sar = None
+        if row["kind"] == "sar":
+            sar = {"polarizations": [row["polarization"]] if row["polarization"] else []}
+            for field in ("frequency_band", "instrument_mode", "product_type"):
+                if row[f"sar_{field}"]:
+                    sar[field] = str(row[f"sar_{field}"])
+            if str(row["sar_center_frequency"]):
+                sar["center_frequency"] = float(row["sar_center_frequency"])
+        extra: dict[str, Any] = {"costack:source": {
+            "item": row["item_id"], "asset": row["asset_key"],
+            "href": portable_href(row["href"], Path(item_json).parent),
+        }}  # fmt: skip
+        if row["db"]:
+            extra["costack:resampling"] = (
+                "dB resampled as linear power 10^(dB/10) during co-location and "
+                "co-registration, converted back to dB"
+            )
+        applied = (row["scale"], row["offset"]) != (1.0, 0.0)
+        declared = (row["source_scale"], row["source_offset"]) != (1.0, 0.0)
+        if applied or declared:
+            extra["costack:radiometry"] = {
+                "source_scale": row["source_scale"], "source_offset": row["source_offset"],
+                "applied": bool(applied), "how": row["radiometry"],
+            }  # fmt: skip
+        assets.append(
+            StackAsset(
+                key=key,
+                path=Path(path),
+                title=f"{key}: {row['asset_key']} of {row['item_id']}, co-registered",
+                nodata=nodata,
+                band_name=row["band"],
+                unit=row["unit"] or None,
+                extra=extra,
+                sar=sar,
+                platform=row["platform"] or None,
+                constellation=row["constellation"] or None,
+                scale=(1.0 if applied else float(row["source_scale"])) if declared else None,
+                offset=(0.0 if applied else float(row["source_offset"])) if declared else None,
+                common_name=(row["common_name"].split(",")[0] or None)
+                if row["common_name"]
+                else None,
+            )
+        )
+    for source, path in (expressions or {}).items():
+        name, _, text = source.partition(":")
+        _, _, nodata = read_float32(path)
+        assets.append(
+            StackAsset(
+                key=name.strip(),
+                path=Path(path),
+                title=f"{name.strip()}: band math {text.strip()}",
+                nodata=nodata,
+                extra={"costack:expression": text.strip()},
+            )
+        )
+    properties = dict(properties or {})
+    registration = {}
+    for n, (disp, conf, stats_json) in sorted((flows or {}).items()):
+        stats = json.loads(Path(stats_json).read_text(encoding="utf-8"))
+        registration[str(n)] = stats
+        assets.append(
+            StackAsset(
+                key=f"displacement:{n}", path=Path(disp), nodata=float("nan"), roles=["metadata"],
+                title=f"Dense displacement of dataset {n} (band 1 dx, band 2 dy, grid pixels)",
+                unit="pixel", band_count=2,
+                extra={"costack:flow_mode": stats["mode"]},
+            )
+        )  # fmt: skip
+        assets.append(
+            StackAsset(
+                key=f"confidence:{n}", path=Path(conf), nodata=float("nan"), roles=["metadata"],
+                title=f"Confidence of the displacement of dataset {n} (0 to 1)",
+            )
+        )  # fmt: skip
+    if qc:
+        properties["costack:qc"] = qc
+        properties["costack:verdict"] = verdict
+    if registration:
+        properties["costack:registration"] = {
+            "algorithm": "GeFolki family dense optical flow (Plyer et al. 2015; Brigot et al. "
+            "2016), costack implementation",
+            "datasets": registration,
+        }
+    item = build_item(
+        item_id, grid, manifest, reference, assets, properties, Path(item_json).parent
+    )
+    Path(item_json).parent.mkdir(parents=True, exist_ok=True)
+    write_catalog(item, catalog_json, item_json)

@@ -1,0 +1,77 @@
+"""Image primitives shared by the stages: masked Gaussian blur, nearest-valid fill, the blur
+that matches a coarser resolution, warping by a displacement field, dB and linear power.
+
+Every function treats nodata as data to respect: invalid pixels are neither used nor
+invented, and NaN stays NaN.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+
+def masked_blur(img: np.ndarray, valid: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian blur by normalised convolution (Knutsson and Westin 1993): invalid pixels are
+    neither used nor filled (0 there)."""
+    w = valid.astype(np.float32)
+    num = ndimage.gaussian_filter(np.where(valid, img, 0), sigma, mode="constant", truncate=3.0)
+    den = ndimage.gaussian_filter(w, sigma, mode="constant", truncate=3.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(valid, num / np.maximum(den, 1e-6), 0).astype(np.float32)
+
+
+def fill_nearest(img: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """``img`` with every invalid pixel replaced by the nearest valid one (zeros if there is
+    none): a neutral extension before filters that would ring on a step or spread NaN."""
+    if valid.all():
+        return img
+    if not valid.any():
+        return np.zeros_like(img)
+    idx = ndimage.distance_transform_edt(~valid, return_distances=False, return_indices=True)
+    return img[tuple(idx)]
+
+
+def resolution_sigma(ratio: float) -> float:
+    """Gaussian sigma (grid px) that brings a sharp image to the resolution of one ``ratio``
+    times coarser: 0.5 sqrt(ratio^2 - 1) when the ratio exceeds 1.5, else 0 (the Gaussian
+    equivalents of the two point spread functions add in quadrature)."""
+    return 0.5 * float(np.sqrt(ratio**2 - 1.0)) if ratio > 1.5 else 0.0
+
+
+def blur_valid(img: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian blur of the valid pixels (normalised convolution); nodata stays NaN."""
+    valid = np.isfinite(img)
+    return np.where(valid, masked_blur(img, valid, sigma), np.nan).astype(np.float32)
+
+
+def warp_array(
+    data: np.ndarray, dx: np.ndarray, dy: np.ndarray, resampling: str = "bilinear"
+) -> np.ndarray:
+    """Sample ``data`` at (col + dx, row + dy); NaN where the flow is unknown, the sample falls
+    outside the raster or touches nodata (never replicated edges)."""
+    valid = np.isfinite(data)
+    src = np.where(valid, data, 0).astype(np.float32)
+    known = np.isfinite(dx) & np.isfinite(dy)
+    u = np.where(known, dx, 0).astype(np.float32)
+    v = np.where(known, dy, 0).astype(np.float32)
+    if resampling == "nearest":
+        u = np.round(u + 0.0)
+        v = np.round(v + 0.0)
+    from costack import _kernels as K  # numba: imported by the jobs that warp only
+
+    out, ok = K.warp_bilinear(src, valid.astype(np.uint8), u, v)
+    return np.where((ok > 0) & known, out, np.nan).astype(np.float32)
+
+
+def db_to_linear(db: np.ndarray) -> np.ndarray:
+    """10^(dB/10), element-wise."""
+    return np.power(np.float32(10.0), db / np.float32(10.0), dtype=np.float32)
+
+
+def linear_to_db(power: np.ndarray) -> np.ndarray:
+    """10 log10(power), with non-positive power as NaN."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.float32(10.0) * np.log10(power)
+    out[~np.isfinite(out)] = np.nan
+    return out.astype(np.float32)

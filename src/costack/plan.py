@@ -1,0 +1,266 @@
+"""The run plan: everything decided before any job, once, for the Snakefile, ``costack check``
+and ``costack run`` alike.
+
+:func:`preflight` checks the config, items, rasters and the common grid and estimates each
+job's peak memory against ``max_job_memory_mb`` (:func:`job_memory`);
+:func:`cached_preflight` keeps its result per configuration and set of local files;
+:class:`RunPlan` holds what the rules need per asset and dataset (matching asset, dB flag,
+resolution ratio, label), computed here only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from costack.bandmath import (
+    BANDMATH_IN_MEMORY_BYTES,
+    BANDMATH_STRIP_BYTES,
+    STRIP_OVERHEAD,
+    ParsedExpression,
+    memory_bytes,
+    parse,
+)
+from costack.colocate import streamed_bytes
+from costack.config import RunConfig, parse_config
+from costack.discover import discover, read_manifest, write_manifest
+from costack.errors import CostackError
+from costack.grid import Grid, compute_grid, resolution_ratio
+from costack.rasterio_io import BLOCK, atomic_path, write_json
+
+log = logging.getLogger(__name__)
+
+
+def preflight(raw_config: dict[str, Any]) -> RunPlan:
+    """Check everything that can be checked before any work: config, items, rasters, grid,
+    each job's memory; returns the run's plan.
+
+    Raises:
+        CostackError: the first problem found, as one line naming the parameter and the fix.
+    """
+    cfg = parse_config(raw_config)
+    parse_expressions(cfg)
+    manifest = discover(cfg)
+    grid = compute_grid(manifest, cfg.reference.key, cfg.aoi, cfg.min_overlap_px)
+    check_memory(cfg, manifest, grid)
+    return make_plan(cfg, manifest, grid)
+
+
+#: Flows of grids up to this size run in memory (costack.flow.TILED_ABOVE, which this mirrors
+#: so that parsing the Snakefile does not import the flow's numba kernels); larger ones in
+#: tiles whose peak is about TILED_FLOW_BYTES whatever the scene.
+IN_MEMORY_FLOW_PIXELS = 16_000_000
+FLOW_BYTES_PER_PIXEL = 100
+TILED_FLOW_BYTES = 2_800_000_000
+
+
+#: Peak bytes per grid pixel of the jobs that read whole grids (measured on a 4096 x 4096
+#: pair: tie points, QC re-matching); the warp beyond TILED_ABOVE goes by tiles.
+TIEPOINT_BYTES_PER_PIXEL = 80
+QC_BYTES_PER_PIXEL = 60
+TILED_WARP_BYTES = 600_000_000
+
+
+def job_memory(cfg: RunConfig, manifest: pd.DataFrame, grid: Grid) -> dict[str, int]:
+    """Estimated peak memory (bytes) of the heaviest job of each kind on this grid.
+
+    Co-location streams (:func:`costack.colocate.streamed_bytes`: GDAL's cache and chunk, two
+    strips, geolocation arrays of a GCP source). Flow: about 100 B per
+    grid pixel in memory up to 16 Mpx, tiled above; the warp likewise. Band math:
+    :func:`costack.bandmath.memory_bytes`, by strips beyond 1 GB. Tie points and QC read the
+    whole grid (tie points about 80 B per pixel, QC 60).
+    """
+    px = grid.width * grid.height
+    coloc = 0
+    for _, r in manifest.iterrows():
+        src_px, gcps = int(r["width"]) * int(r["height"]), r["georef"] == "gcps"
+        coloc = max(coloc, streamed_bytes(src_px, gcps))
+    out = {"colocate_asset": coloc}
+    if cfg.secondary_datasets:
+        out["coregister_asset"] = 24 * px if px <= IN_MEMORY_FLOW_PIXELS else TILED_WARP_BYTES
+        out["estimate_flow"] = (
+            FLOW_BYTES_PER_PIXEL * px if px <= IN_MEMORY_FLOW_PIXELS else TILED_FLOW_BYTES
+        )
+        out["match_tiepoints"] = TIEPOINT_BYTES_PER_PIXEL * px
+        out["assess_registration"] = QC_BYTES_PER_PIXEL * px
+    for name, parsed in parse_expressions(cfg).items():
+        need = memory_bytes(parsed, px)
+        if need > BANDMATH_IN_MEMORY_BYTES:
+            need = max(
+                BANDMATH_STRIP_BYTES, STRIP_OVERHEAD * memory_bytes(parsed, grid.width * BLOCK)
+            )
+        out[f"evaluate_expression ({name})"] = need
+    return out
+
+
+def check_memory(cfg: RunConfig, manifest: pd.DataFrame, grid: Grid) -> None:
+    """Refuse, before any job, a run whose heaviest job would exceed ``max_job_memory_mb``."""
+    ceiling = cfg.max_job_memory_mb * 1_000_000
+    job, need = max(job_memory(cfg, manifest, grid).items(), key=lambda kv: kv[1])
+    if need > ceiling:
+        where = "aoi" if cfg.aoi else ("expressions" if job.startswith("evaluate") else "assets")
+        raise CostackError(
+            where,
+            f"the grid is {grid.width} x {grid.height} px ({grid.width * grid.height / 1e6:,.0f}"
+            f" Mpx): the {job} job would need about {need / 1e9:.1f} GB, above "
+            f"max_job_memory_mb = {cfg.max_job_memory_mb}",
+            "draw a smaller AOI (or simplify the expression), or raise max_job_memory_mb on a "
+            "machine with that much memory",
+        )
+
+
+def _fingerprint(paths) -> list[list]:
+    out = []
+    for p in paths:
+        try:
+            st = os.stat(p)
+            out.append([str(p), st.st_size, st.st_mtime_ns])
+        except OSError:
+            out.append([str(p), None, None])
+    return out
+
+
+def cached_preflight(
+    raw_config: dict[str, Any], cache_dir: str | Path = ".snakemake/costack"
+) -> RunPlan:
+    """:func:`preflight`, run once per configuration and set of local files.
+
+    Snakemake parses the workflow at every call (``-n``, ``--unlock``, ``--summary``) and again
+    in every job; the preflight opens every item and raster header (42 s for 10,000 assets) and
+    needs remote sources to answer. Its result (manifest and grid) is kept under
+    ``.snakemake/costack/`` keyed by the configuration and the local items' size and mtime,
+    and reused while no local item or raster it read has changed; so a lock left while a
+    remote source is down can still be removed, and jobs start without it.
+    """
+    cfg = parse_config(raw_config)
+    items = [p for p in cfg.inputs if "://" not in p]
+    key_text = json.dumps([raw_config, _fingerprint(items)], sort_keys=True, default=str)
+    key = hashlib.sha256(key_text.encode()).hexdigest()[:20]
+    folder = Path(cache_dir) / f"preflight-{key}"
+    manifest_csv = folder / "manifest.csv"
+    grid_json = folder / "grid.json"
+    sources_json = folder / "sources.json"
+    if sources_json.is_file() and manifest_csv.is_file() and grid_json.is_file():
+        try:
+            sources = json.loads(sources_json.read_text(encoding="utf-8"))
+            if _fingerprint([s[0] for s in sources]) == sources:
+                return make_plan(cfg, read_manifest(manifest_csv), Grid.load(grid_json))
+        except (OSError, ValueError, KeyError, CostackError):
+            pass
+    plan = preflight(raw_config)
+    cfg, manifest, grid = plan.cfg, plan.manifest, plan.grid
+    rasters = [p for p in manifest["gdal_path"] if Path(str(p)).is_file()]
+    try:
+        with atomic_path(manifest_csv) as tmp:
+            write_manifest(manifest, tmp)
+        with atomic_path(grid_json) as tmp:
+            grid.save(tmp)
+        write_json(sources_json, _fingerprint(rasters))
+    except OSError:
+        pass  # a read-only working directory: no cache, the next call checks again
+    return make_plan(cfg, read_manifest(manifest_csv), grid) if manifest_csv.is_file() else plan
+
+
+def unused_inputs_warning(cfg: RunConfig) -> str | None:
+    """A warning naming the inputs that no listed asset uses, or None."""
+    unused = [i for i in range(1, len(cfg.inputs) + 1) if i not in cfg.datasets]
+    if not unused:
+        return None
+    names = ", ".join(f"inputs[{i}] ({cfg.inputs[i - 1]})" for i in unused)
+    return (f"costack: warning: {names} not used: no asset of the list ({','.join(cfg.keys)}) "
+            "is from that dataset; add its assets or remove it from inputs")  # fmt: skip
+
+
+def parse_expressions(cfg: RunConfig) -> dict[str, ParsedExpression]:
+    """Parse every band-math expression against the asset list (name -> parsed)."""
+    keys = set(cfg.keys)
+    return {e.name: parse(e.source, keys) for e in cfg.expressions}
+
+
+def matching_asset(cfg: RunConfig, dataset: int, overrides: dict | None = None) -> str:
+    """Key of the asset of ``dataset`` that the tie points, the flow and the QC are computed on:
+    the one ``matching_assets`` names, else the asset with the reference's band name, else the
+    dataset's first listed asset."""
+    overrides = {int(k): v for k, v in (overrides or {}).items()}
+    assets = cfg.assets_of(dataset)
+    if dataset in overrides:
+        key = f"{dataset}.{overrides[dataset]}"
+        if key in {a.key for a in assets}:
+            return key
+    for a in assets:
+        if a.band == cfg.reference.band:
+            return a.key
+    return assets[0].key
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What the rules need per asset and per secondary dataset, computed once from a checked
+    configuration, its manifest and grid (:func:`make_plan`); the Snakefile, ``costack check``
+    and ``costack run`` read it from here only.
+
+    ``matching``: dataset -> key of its matching asset; ``db``: key -> whether the asset is in
+    dB (resampled as linear power); ``resolution_ratio``: key -> native pixel over the grid's;
+    ``kind``: key -> ``optical`` or ``sar``; ``label``: dataset -> platform and date, for logs
+    and the report; ``kinds_differ``: dataset -> whether its matching asset's kind differs from
+    the reference's (the flow then runs GEFolki and the tie points and QC match CFOG
+    descriptors; within one kind the jobs decide from the rasters' local contrast).
+    """
+
+    cfg: RunConfig
+    manifest: pd.DataFrame
+    grid: Grid
+    matching: dict[int, str]
+    db: dict[str, bool]
+    resolution_ratio: dict[str, float]
+    kind: dict[str, str]
+    label: dict[int, str]
+    kinds_differ: dict[int, bool]
+
+    @property
+    def reference(self) -> str:
+        """Key of the reference asset."""
+        return self.cfg.reference.key
+
+    @property
+    def secondary(self) -> list[int]:
+        """The secondary datasets, in order."""
+        return self.cfg.secondary_datasets
+
+    def summary(self) -> str:
+        """One line for ``costack check``."""
+        g = self.grid
+        return (f"ok: {len(self.manifest)} assets in {len(self.cfg.datasets)} datasets; grid "
+                f"{g.crs.to_string()} {g.width}x{g.height} px at {g.transform.a:g} m")  # fmt: skip
+
+
+def make_plan(cfg: RunConfig, manifest: pd.DataFrame, grid: Grid) -> RunPlan:
+    """The :class:`RunPlan` of a checked configuration (see :func:`preflight`)."""
+    rows = manifest.set_index("key", drop=False)
+    matching = {n: matching_asset(cfg, n, cfg.matching_assets) for n in cfg.secondary_datasets}
+    kind = {str(k): str(v) for k, v in zip(rows["key"], rows["kind"], strict=True)}
+    label = {}
+    for n, key in matching.items():
+        platform, date = str(rows.loc[key, "platform"]), str(rows.loc[key, "datetime"])[:10]
+        label[n] = " ".join(x for x in (platform, date) if x) or f"dataset {n}"
+    return RunPlan(
+        cfg=cfg,
+        manifest=manifest,
+        grid=grid,
+        matching=matching,
+        db={str(k): bool(v) for k, v in zip(rows["key"], rows["db"], strict=True)},
+        resolution_ratio={
+            str(k): resolution_ratio(rx, ry, grid)
+            for k, rx, ry in zip(rows["key"], rows["res_x"], rows["res_y"], strict=True)
+        },
+        kind=kind,
+        label=label,
+        kinds_differ={n: kind[key] != kind[cfg.reference.key] for n, key in matching.items()},
+    )
