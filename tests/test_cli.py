@@ -157,7 +157,14 @@ def test_readme_commands_reproduce_the_rules(demo_run, tmp_path):
     shutil.copy(demo_run / "config.yaml", work / "config" / "config.yaml")
     for cmd in commands:
         argv = shlex.split(cmd)
-        out = argv[-1] if argv[-1].startswith("results/") else argv[argv.index("--db") - 1]
+        positional, i = [], 2
+        while i < len(argv):  # options with a value skip it; the output is the last positional
+            if argv[i].startswith("--"):
+                i += 1 if argv[i] in ("--db", "--multimodal", "--gcp-corner") else 2
+            else:
+                positional.append(argv[i])
+                i += 1
+        out = positional[-1]
         also = {"tiepoints": [out.replace(".csv", ".model.json")],
                 "flow": [out.replace(".tif", ".confidence.tif")]}.get(argv[1], [])  # fmt: skip
         for name in (out, *also):

@@ -13,10 +13,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from rasterio.errors import RasterioError
-
 from costack import __version__
-from costack.errors import CostackError
+from costack.errors import CostackError, describe, file_errors
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -504,10 +502,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CostackError as err:
         print(f"costack: error: {err}", file=sys.stderr)
         return 2
-    except (OSError, RasterioError, ValueError, KeyError) as err:
+    except file_errors() as err:
         # a missing, unreadable or malformed file given to a step: one line, no traceback
-        text = " ".join(str(err).split())[:240] or type(err).__name__
-        print(f"costack: error: {args.command}: {text}; check the files given", file=sys.stderr)
+        print(f"costack: error: {args.command}: {describe(err)}; check the files given",
+              file=sys.stderr)  # fmt: skip
         return 2
     return 0
 

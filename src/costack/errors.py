@@ -17,3 +17,24 @@ class CostackError(ValueError):
         if fix:
             text += f"; {fix}"
         super().__init__(" ".join(text.split()))
+
+
+#: Errors from reading or writing files (OS, GDAL through rasterio, parsers) that front ends
+#: report as one line instead of a traceback.
+def file_errors() -> tuple[type[BaseException], ...]:
+    """The exception types a step raises on a missing, unreadable, malformed or unwritable
+    file: OSError, rasterio's errors and GDAL's own (``CPLE_*``), ValueError, KeyError."""
+    from rasterio._err import CPLE_BaseError
+    from rasterio.errors import RasterioError
+
+    return (OSError, RasterioError, CPLE_BaseError, ValueError, KeyError)
+
+
+def describe(err: BaseException, limit: int = 240) -> str:
+    """One line for an exception: its message, followed by its cause's when it only says to
+    look there (rasterio's "Read failed. See previous exception for details.")."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    cause = err.__cause__ or err.__context__
+    if cause is not None and "previous exception" in text:
+        text = " ".join(str(cause).split()) or text
+    return text[:limit]

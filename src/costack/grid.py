@@ -78,8 +78,10 @@ class Grid:
         )
 
     def save(self, path: str | Path) -> None:
-        """Write the grid as JSON (the contract of the grid step)."""
-        Path(path).write_text(json.dumps(self.to_json(), indent=2) + "\n", encoding="utf-8")
+        """Write the grid as JSON (the contract of the grid step), atomically."""
+        from costack.rasterio_io import write_json  # which imports this module
+
+        write_json(path, self.to_json())
 
     @classmethod
     def load(cls, path: str | Path) -> Grid:
@@ -198,7 +200,9 @@ def compute_grid(
             smaller one is refused with the sizes: the matching steps could not see a window.
     """
     manifest = manifest.set_index("key", drop=False)
-    crs, x0, y0, rx, ry = reference_lattice(manifest.loc[reference])
+    from costack.discover import manifest_row
+
+    crs, x0, y0, rx, ry = reference_lattice(manifest_row(manifest, reference))
     common = None
     feet = {}
     for key, row in manifest.iterrows():
@@ -278,12 +282,10 @@ def run_grid(
     """The grid stage (rule ``define_grid``, ``costack grid``): the common grid from the
     manifest (AOI, else the common area)."""
     from costack.discover import read_manifest
-    from costack.rasterio_io import atomic_path
 
     manifest = read_manifest(manifest_csv)
     grid = compute_grid(manifest, reference, aoi, min_overlap_px)
-    with atomic_path(out_json) as tmp:
-        grid.save(tmp)
+    grid.save(out_json)
     log.info(
         "grid %s: %d x %d px, transform %s",
         grid.crs.to_string(),

@@ -9,9 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from rasterio.errors import RasterioError
-
-from costack.errors import CostackError
+from costack.errors import CostackError, describe, file_errors
 
 
 def setup_logging(log_path: str | None = None, level: int = logging.INFO) -> None:
@@ -61,7 +59,7 @@ def run_step(snakemake: Any, step: Callable[[], Any]) -> None:
         step()
     except CostackError as err:
         _fail(str(err))
-    except (OSError, RasterioError) as err:
+    except file_errors() as err:
         # a read-only or full results folder, a vanished input: one line, and the job fails
         # (Snakemake then removes its outputs, so nothing half-written is marked complete)
         full = _full_folder(getattr(snakemake, "output", []))
@@ -69,7 +67,7 @@ def run_step(snakemake: Any, step: Callable[[], Any]) -> None:
             _fail(f"{snakemake.rule}: no space left on the device of {full[0]} ({full[1]} kB "
                   "free); free some space there (or put the working directory on a larger "
                   "disk), then rerun")  # fmt: skip
-        text = " ".join(str(err).split())[:240]
+        text = describe(err)
         _fail(f"{snakemake.rule}: {text}; check that the input files are readable and that the "
               "results and logs folders are writable and have free space, then rerun")  # fmt: skip
 

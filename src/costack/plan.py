@@ -160,8 +160,7 @@ def cached_preflight(
     try:
         with atomic_path(manifest_csv) as tmp:
             write_manifest(manifest, tmp)
-        with atomic_path(grid_json) as tmp:
-            grid.save(tmp)
+        grid.save(grid_json)
         write_json(sources_json, _fingerprint(rasters))
     except OSError:
         pass  # a read-only working directory: no cache, the next call checks again

@@ -308,34 +308,26 @@ def run_tiepoints(
 
 def plot_vectors(ref: np.ndarray, df: pd.DataFrame, png: str | Path, label: str) -> None:
     """Misregistration vectors over the reference, enlarged (like Yan et al. 2016, Fig. 5)."""
-    import matplotlib
+    from costack.figures import png_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from costack.rasterio_io import atomic_path
-
-    fig, ax = plt.subplots(figsize=(8, 8))
     finite = ref[np.isfinite(ref)]
     lo, hi = np.percentile(finite, [2, 98]) if finite.size else (0, 1)
-    ax.imshow(ref, cmap="gray", vmin=lo, vmax=hi)
     df = df.astype({"dx": float, "dy": float, "ref_col": float, "ref_row": float})
     mag = float(np.hypot(df["dx"], df["dy"]).median()) if len(df) else 1.0
     factor = max(1.0, round(0.04 * max(ref.shape) / max(mag, 1e-3)))
     good = ~df["outlier"].astype(bool)
-    for sel, color, name in ((good, "lime", "tie point"), (~good, "red", "outlier")):
-        d = df[sel]
-        if d.empty:
-            continue
-        ax.quiver(d["ref_col"] - 0.5, d["ref_row"] - 0.5, d["dx"] * factor, d["dy"] * factor,
-                  color=color, angles="xy", scale_units="xy", scale=1, width=0.003,
-                  label=f"{name} ({len(d)})")  # fmt: skip
-    ax.set_title(f"{label}: misregistration vectors, enlarged x{factor:g}")
-    if len(df):
-        ax.legend(loc="lower right")
-    else:
-        ax.text(0.5, 0.5, "no tie point", transform=ax.transAxes, ha="center", color="red")
-    ax.set_axis_off()
-    with atomic_path(png) as tmp:
-        fig.savefig(tmp, dpi=100, bbox_inches="tight", format="png")
-    plt.close(fig)
+    with png_figure(png, dpi=100, figsize=(8, 8)) as (_, ax):
+        ax.imshow(ref, cmap="gray", vmin=lo, vmax=hi)
+        for sel, color, name in ((good, "lime", "tie point"), (~good, "red", "outlier")):
+            d = df[sel]
+            if d.empty:
+                continue
+            ax.quiver(d["ref_col"] - 0.5, d["ref_row"] - 0.5, d["dx"] * factor, d["dy"] * factor,
+                      color=color, angles="xy", scale_units="xy", scale=1, width=0.003,
+                      label=f"{name} ({len(d)})")  # fmt: skip
+        ax.set_title(f"{label}: misregistration vectors, enlarged x{factor:g}")
+        if len(df):
+            ax.legend(loc="lower right")
+        else:
+            ax.text(0.5, 0.5, "no tie point", transform=ax.transAxes, ha="center", color="red")
+        ax.set_axis_off()
