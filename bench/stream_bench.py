@@ -20,7 +20,7 @@ from pathlib import Path
 
 CHILD = r"""
 import json, sys, time
-from costack.grid import Grid
+from costack.grid_model import Grid
 from costack.colocate import colocate_array, colocate_asset
 from costack.rasterio_io import write_float32
 from costack.bandmath import run_bandmath
@@ -49,7 +49,7 @@ def make_scene(folder: Path, size: int) -> tuple[Path, Path, Path]:
     from rasterio.transform import Affine
     from rasterio.warp import transform_bounds
 
-    from costack.grid import Grid
+    from costack.grid_model import Grid
 
     t = Affine(10, 0, 300_000, 0, -10, 5_100_000)
     profile = dict(driver="GTiff", dtype="uint16", count=1, width=size, height=size,

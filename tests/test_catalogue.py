@@ -28,7 +28,8 @@ from rasterio.transform import Affine
 from costack.colocate import run_colocate
 from costack.config import parse_config
 from costack.discover import discover, run_discover
-from costack.grid import Grid, run_grid
+from costack.grid import run_grid
+from costack.grid_model import Grid
 from costack.rasterio_io import read_float32
 
 # (item, key of its 10 m near-infrared asset, window in that asset's lattice)

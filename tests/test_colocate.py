@@ -6,7 +6,7 @@ from rasterio.crs import CRS
 from rasterio.transform import Affine
 
 from costack.colocate import colocate_array, colocate_asset
-from costack.grid import Grid
+from costack.grid_model import Grid
 from costack.rasterio_io import read_float32
 
 UTM = CRS.from_epsg(32631)

@@ -142,7 +142,7 @@ def _wrong_files(tmp_path: Path) -> dict[str, str]:
     """Files a user may give a subcommand by mistake: a good raster and a good grid to pair
     them with, text named .tif, a GeoTIFF cut after its header, JSON that is no model or grid,
     a CSV that is no manifest."""
-    from costack.grid import Grid
+    from costack.grid_model import Grid
     from costack.rasterio_io import write_float32
 
     grid = Grid(CRS.from_epsg(32631), T, 64, 64)
@@ -430,7 +430,7 @@ from types import SimpleNamespace
 from rasterio.crs import CRS
 from rasterio.transform import Affine
 from costack.colocate import colocate_asset
-from costack.grid import Grid
+from costack.grid_model import Grid
 from costack.jobs import run_step
 grid = Grid(CRS.from_epsg(32631), Affine(10, 0, 500000, 0, -10, 5000000), 1024, 1024)
 out = {str(disk / "1.nir.tif")!r}

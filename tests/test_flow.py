@@ -173,7 +173,7 @@ def test_tiled_flow_matches_in_memory(camera_pair, tmp_path):
     from rasterio.crs import CRS
     from rasterio.transform import Affine
 
-    from costack.grid import Grid
+    from costack.grid_model import Grid
     from costack.rasterio_io import read_float32, write_float32
     from costack.tiled import flow_tiled, warp_tiled
 
@@ -200,7 +200,7 @@ def test_tiled_flow_starts_from_the_tiepoint_model(tmp_path):
     from rasterio.crs import CRS
     from rasterio.transform import Affine
 
-    from costack.grid import Grid
+    from costack.grid_model import Grid
     from costack.rasterio_io import read_float32, write_float32
     from costack.tiepoint_model import TiePointModel
     from costack.tiled import flow_tiled
@@ -350,3 +350,11 @@ def test_weak_tiepoint_model_does_not_seed_the_flow():
     assert "fewer than seed_min_points" in refusal(13, 0.2)
     assert "above seed_max_rmse" in refusal(40, 0.53)
     assert TiePointModel.none().seed_refusal(p.seed_min_points, p.seed_max_rmse) == "no model"
+
+
+def test_plan_mirrors_the_tiling_threshold():
+    """The run plan's memory estimate switches to tiles where the flow and warp do."""
+    from costack.plan import IN_MEMORY_FLOW_PIXELS
+    from costack.tiled import TILED_ABOVE
+
+    assert IN_MEMORY_FLOW_PIXELS == TILED_ABOVE

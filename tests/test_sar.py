@@ -11,7 +11,7 @@ from rasterio.crs import CRS
 from rasterio.transform import Affine
 
 from costack.colocate import colocate_array
-from costack.grid import Grid
+from costack.grid_model import Grid
 
 UTM = CRS.from_epsg(32631)
 SPACING = 20.0

@@ -76,7 +76,7 @@ def test_flat_image_gives_no_points_not_a_crash(tmp_path, caplog):
     from rasterio.crs import CRS
     from rasterio.transform import Affine
 
-    from costack.grid import Grid
+    from costack.grid_model import Grid
     from costack.rasterio_io import write_float32
     from costack.tiepoints import run_tiepoints
 

@@ -32,7 +32,7 @@ import rasterio
 from rasterio.windows import Window
 
 from costack.errors import CostackError
-from costack.grid import Grid
+from costack.grid_model import Grid
 from costack.rasterio_io import (
     STREAM_CACHE_MB,
     open_float32,

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from costack.cog import write_cog
-from costack.discover import manifest_row, read_manifest
 from costack.errors import CostackError
-from costack.grid import Grid
+from costack.grid_model import Grid
+from costack.manifest import manifest_row, read_manifest
 from costack.rasterio_io import read_float32
 from costack.stac import StackAsset, build_item, portable_href, write_catalog
 

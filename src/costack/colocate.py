@@ -23,11 +23,11 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.warp import reproject, transform
 from rasterio.windows import Window
 
-from costack.discover import manifest_row, read_manifest
 from costack.errors import CostackError
 from costack.georef import GCP_WARP_OPTIONS, read_georef
-from costack.grid import Grid, resolution_ratio
+from costack.grid_model import Grid, resolution_ratio
 from costack.imaging import db_to_linear, linear_to_db
+from costack.manifest import manifest_row, read_manifest
 from costack.rasterio_io import (
     STREAM_CACHE_MB,
     atomic_path,

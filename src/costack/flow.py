@@ -26,8 +26,9 @@ from costack.matching import decide_mode, multimodal_prior, multimodal_similarit
 from costack.overlap import OVERLAP_MARGIN, overlap_window
 from costack.rasterio_io import read_float32, write_float32, write_json
 from costack.tiepoint_model import TiePointModel
+from costack.tiled import TILED_ABOVE
 
-__all__ = ["FlowParams", "FlowResult", "TILED_ABOVE", "adapt_to_resolution", "estimate_flow",
+__all__ = ["FlowParams", "FlowResult", "adapt_to_resolution", "estimate_flow",
            "reference_blur", "resolve_mode", "run_flow"]  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -181,10 +182,6 @@ def _estimate_with_start(ref, sec, params: FlowParams, init):
         start["kind"] = "cfog prior"
         return alt, start
     return res, start
-
-
-#: Grids larger than this (pixels) are processed in tiles (bounded memory).
-TILED_ABOVE = 16_000_000
 
 
 def _run_flow_tiled(

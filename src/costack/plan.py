@@ -30,9 +30,11 @@ from costack.bandmath import (
 )
 from costack.colocate import streamed_bytes
 from costack.config import RunConfig, parse_config
-from costack.discover import discover, read_manifest, write_manifest
+from costack.discover import discover
 from costack.errors import CostackError
-from costack.grid import Grid, compute_grid, resolution_ratio
+from costack.grid import compute_grid
+from costack.grid_model import Grid, resolution_ratio
+from costack.manifest import read_manifest, write_manifest
 from costack.rasterio_io import BLOCK, atomic_path, write_json
 
 log = logging.getLogger(__name__)
@@ -53,7 +55,7 @@ def preflight(raw_config: dict[str, Any]) -> RunPlan:
     return make_plan(cfg, manifest, grid)
 
 
-#: Flows of grids up to this size run in memory (costack.flow.TILED_ABOVE, which this mirrors
+#: Flows of grids up to this size run in memory (costack.tiled.TILED_ABOVE, which this mirrors
 #: so that parsing the Snakefile does not import the flow's numba kernels); larger ones in
 #: tiles whose peak is about TILED_FLOW_BYTES whatever the scene.
 IN_MEMORY_FLOW_PIXELS = 16_000_000

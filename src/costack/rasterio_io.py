@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import rasterio
 
-from costack.grid import Grid
+from costack.grid_model import Grid
 
 #: GDAL block cache (MB) of the jobs that stream a raster by strips (co-location, band math)
 STREAM_CACHE_MB = 128

@@ -24,12 +24,15 @@ from rasterio.windows import Window
 from scipy import ndimage
 
 from costack.folki import FlowParams, estimate_flow
-from costack.grid import Grid
+from costack.grid_model import Grid
 from costack.imaging import fill_nearest
 from costack.rasterio_io import atomic_path, float32_profile, read_window
 from costack.tiepoint_model import TiePointModel
 
 log = logging.getLogger(__name__)
+
+#: Grids larger than this (pixels) are processed in tiles (bounded memory).
+TILED_ABOVE = 16_000_000
 
 #: GDAL block cache (MB) of the tiled flow and warp: the tiles are read once (with their halo)
 TILED_CACHE_MB = 128

@@ -28,20 +28,3 @@ rule evaluate_expression:
         ENV
     script:
         "../scripts/evaluate_expression.py"
-
-
-rule convert_expression_cog:
-    input:
-        "results/bandmath/{name}.tif",
-    output:
-        "results/stack/{name}.tif",
-    log:
-        "logs/convert_expression_cog/{name}.log",
-    threads: 1
-    resources:
-        mem_mb=1024,
-        runtime=10,
-    conda:
-        ENV
-    script:
-        "../scripts/convert_cog.py"

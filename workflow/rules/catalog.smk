@@ -34,6 +34,23 @@ rule convert_flow_cog:
         "../scripts/convert_flow_cog.py"
 
 
+rule convert_expression_cog:
+    input:
+        "results/bandmath/{name}.tif",
+    output:
+        "results/stack/{name}.tif",
+    log:
+        "logs/convert_expression_cog/{name}.log",
+    threads: 1
+    resources:
+        mem_mb=1024,
+        runtime=10,
+    conda:
+        ENV
+    script:
+        "../scripts/convert_cog.py"
+
+
 rule build_catalog:
     input:
         manifest="results/discover/manifest.csv",

@@ -1,0 +1,63 @@
+"""The manifest as a contract (``results/discover/manifest.csv``): one row per listed asset,
+written by the discover stage and read by the grid, co-location and catalog stages and the
+run plan.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from costack.errors import CostackError
+
+MANIFEST_COLUMNS = [
+    "key", "dataset", "band", "asset_key", "item_id", "item_href", "datetime", "platform",
+    "href", "gdal_path", "crs", "res_x", "res_y", "width", "height", "footprint", "nodata",
+    "dtype", "georef", "kind", "db", "common_name", "polarization", "sar_frequency_band",
+    "sar_instrument_mode", "sar_product_type", "sar_center_frequency", "href_given",
+    "constellation", "scale", "offset", "source_scale", "source_offset", "unit",
+    "radiometry", "footprint_native", "item_nodata", "item_ref",
+]  # fmt: skip
+
+
+def write_manifest(manifest: pd.DataFrame, path: str | Path) -> None:
+    """Write the manifest as CSV (the contract of the discover step)."""
+    manifest.to_csv(path, index=False)
+
+
+def read_manifest(path: str | Path) -> pd.DataFrame:
+    """Read a manifest written by :func:`write_manifest`; a file that is not one (missing,
+    not CSV, columns missing) is refused with one line naming it."""
+    fix = "give the discover step's manifest (results/discover/manifest.csv)"
+    floats = ("nodata", "item_nodata", "scale", "offset", "source_scale", "source_offset")
+    try:
+        df = pd.read_csv(path, keep_default_na=False,
+                         na_values={k: ["", "nan", "NaN"] for k in floats})  # fmt: skip
+    except FileNotFoundError as err:
+        raise CostackError("manifest", f"{path} does not exist", fix) from err
+    except (OSError, UnicodeDecodeError, ValueError, pd.errors.ParserError) as err:
+        reason = " ".join(str(err).split())[:120]
+        raise CostackError("manifest", f"{path} is not a manifest CSV ({reason})", fix) from err
+    missing = [c for c in MANIFEST_COLUMNS if c not in df.columns]
+    if missing:
+        raise CostackError(
+            "manifest", f"{path} is not a manifest CSV (no column {', '.join(missing[:4])}"
+            f"{', ...' if len(missing) > 4 else ''})", fix,
+        )  # fmt: skip
+    try:
+        for k in floats:
+            df[k] = df[k].astype(float)
+    except ValueError as err:
+        raise CostackError("manifest", f"{path}: {err}", fix) from err
+    df["db"] = df["db"].astype(str).str.lower().eq("true")
+    return df.set_index("key", drop=False)
+
+
+def manifest_row(manifest: pd.DataFrame, key: str, where: str | Path = "manifest") -> pd.Series:
+    """The manifest's row of asset ``key``; an unknown key is one line naming the known ones."""
+    if key not in manifest.index:
+        known = ", ".join(map(str, manifest.index[:8])) + (", ..." if len(manifest) > 8 else "")
+        raise CostackError("key", f"{key!r} is not an asset of {where} (it has {known})",
+                           "give one of its keys, e.g. 2.nir")  # fmt: skip
+    return manifest.loc[key]
