@@ -38,28 +38,9 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 
 def _config_from_args(args: argparse.Namespace) -> dict:
-    import yaml
+    from costack.config import read_config_file
 
-    raw: dict = {}
-    if args.configfile:
-        try:
-            raw = yaml.safe_load(Path(args.configfile).read_text(encoding="utf-8")) or {}
-        except OSError as err:
-            raise CostackError(
-                "--configfile", f"cannot read {args.configfile} ({err.strerror})", None
-            ) from err
-        except (yaml.YAMLError, UnicodeDecodeError) as err:
-            reason = " ".join(str(err).split())[:160]
-            raise CostackError(
-                "--configfile", f"{args.configfile} is not valid YAML ({reason})",
-                "fix the YAML syntax",
-            ) from err  # fmt: skip
-        if not isinstance(raw, dict):
-            raise CostackError(
-                "--configfile",
-                f"{args.configfile} holds a {type(raw).__name__}, not a mapping of keys to values",
-                "write it as 'key: value' lines (see config/config.yaml)",
-            )
+    raw: dict = read_config_file(args.configfile) if args.configfile else {}
     for name in ("inputs", "assets", "reference", "aoi", "expressions"):
         value = getattr(args, name, None)
         if value is not None:

@@ -311,14 +311,19 @@ def parse_config(config: dict[str, Any]) -> RunConfig:
     )
 
 
-def load_config(path: str | Path) -> RunConfig:
-    """Read and validate a YAML config file."""
+def read_config_file(path: str | Path, parameter: str = "--configfile") -> dict[str, Any]:
+    """A YAML config file as a mapping; unreadable, invalid YAML or not a mapping is one line."""
     try:
-        with open(path, encoding="utf-8") as fh:
-            raw = yaml.safe_load(fh) or {}
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
     except OSError as err:
-        raise CostackError("configfile", f"cannot read {path}: {err.strerror}", None) from err
-    except yaml.YAMLError as err:
+        raise CostackError(parameter, f"cannot read {path} ({err.strerror})", None) from err
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
         reason = " ".join(str(err).split())[:160]
-        raise CostackError("configfile", f"{path} is not valid YAML ({reason})", None) from err
-    return parse_config(raw)
+        raise CostackError(parameter, f"{path} is not valid YAML ({reason})",
+                           "fix the YAML syntax") from err  # fmt: skip
+    if not isinstance(raw, dict):
+        raise CostackError(
+            parameter, f"{path} holds a {type(raw).__name__}, not a mapping of keys to values",
+            "write it as 'key: value' lines (see config/config.yaml)",
+        )  # fmt: skip
+    return raw

@@ -338,17 +338,14 @@ def decide_mode(
     raster size. Another mode is returned as asked."""
     import math
 
-    from rasterio.enums import Resampling
-
     from costack.folki import resolve_mode
+    from costack.rasterio_io import read_average
 
     def reduced(path: str | Path) -> tuple[np.ndarray, str, int]:
         with rasterio.open(path) as src:
             f = max(1, math.ceil(max(src.height, src.width) / 512))
             shape = (math.ceil(src.height / f), math.ceil(src.width / f))
-            arr = src.read(1, out_shape=shape, resampling=Resampling.average, masked=True)
-            kind = src.tags().get("costack_kind", "optical")
-        return np.ma.filled(arr.astype(np.float32), np.nan), kind, f
+            return read_average(src, shape), src.tags().get("costack_kind", "optical"), f
 
     if requested != "auto":
         return requested, {"requested": requested, "reason": "as requested"}

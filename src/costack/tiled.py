@@ -19,14 +19,13 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
-from rasterio.enums import Resampling
 from rasterio.windows import Window
 from scipy import ndimage
 
 from costack.folki import FlowParams, estimate_flow
 from costack.grid_model import Grid
 from costack.imaging import fill_nearest
-from costack.rasterio_io import atomic_path, float32_profile, read_window
+from costack.rasterio_io import atomic_path, float32_profile, read_average, read_window
 from costack.tiepoint_model import TiePointModel
 
 log = logging.getLogger(__name__)
@@ -45,9 +44,7 @@ def _read(src: rasterio.io.DatasetReader, window: Window) -> np.ndarray:
 
 def _read_decimated(src: rasterio.io.DatasetReader, factor: int) -> np.ndarray:
     """The raster averaged over factor x factor blocks (nodata excluded by GDAL)."""
-    shape = (max(1, src.height // factor), max(1, src.width // factor))
-    data = src.read(1, out_shape=shape, resampling=Resampling.average, masked=True)
-    return data.filled(np.nan).astype(np.float32)
+    return read_average(src, (max(1, src.height // factor), max(1, src.width // factor)))
 
 
 def tiles(height: int, width: int, size: int) -> Iterator[Window]:
