@@ -425,6 +425,13 @@ def _row_box(buf, k, r, out):  # pragma: no cover - compiled
                 acc -= buf[p, j - r]
 
 
+#: what :func:`window_solve` computes from its window sums (its ``kind``)
+SOLVE_FLOW = 0  # the regularised Lucas-Kanade update (Plyer et al. 2015, eq. 3)
+SOLVE_CONTRAST = 1  # GEFolki's per-window contrast choice (Brigot et al. 2016)
+SOLVE_CONFIDENCE = 2  # structure-tensor eigenvalue and residual of the confidence layer
+SOLVE_CORRELATION = 3  # the local correlation of the global shift search
+
+
 @njit(parallel=True, cache=True)
 def window_solve(
     kind, i1, i2w, a, b, wt, u, v, r, eps, step, nmin, out1, out2, support, nbands
@@ -435,23 +442,27 @@ def window_solve(
     through a ring buffer of the last 2r+1 row sums, so no full-size plane is ever stored
     and the cost does not grow with r. Rows are split into ``nbands`` bands run in parallel.
 
-    ``kind`` 0, Folki (Plyer et al. 2015, eq. 3): a, b are the gradients Ix, Iy; the planes
-    w Ix^2, w IxIy, w Iy^2, w Ix It, w Iy It, w, w u, w v (It = I2w - I1 - grad.u) give at each
-    pixel the regularised system (A + eps I) u_new = -b + eps mean(u), solved into
+    Call it with keyword arguments (as :mod:`costack.folki` does); unused inputs take any
+    array of the right shape and unused scalars 0.
+
+    ``kind`` 0 (SOLVE_FLOW), Folki (Plyer et al. 2015, eq. 3): a, b are the gradients Ix, Iy;
+    the planes w Ix^2, w IxIy, w Iy^2, w Ix It, w Iy It, w, w u, w v (It = I2w - I1 - grad.u)
+    give at each pixel the regularised system (A + eps I) u_new = -b + eps mean(u), solved into
     (out1, out2) = (u_new, v_new) with the update limited to ``step`` pixels; windows with at
     most ``nmin`` valid weight keep u, others get support 1.
 
-    ``kind`` 1, GEFolki's contrast choice (Brigot et al. 2016): a is the warp's validity; from
-    the window means and covariance of I1 and I2w, out1 = I2w where they correlate positively,
-    else its contrast inverted about the window mean, 2 m1 - ... (sign (I2w - m2) + m1).
+    ``kind`` 1 (SOLVE_CONTRAST), GEFolki's contrast choice (Brigot et al. 2016): a is the warp's
+    validity; from the window means and covariance of I1 and I2w, out1 = I2w where they
+    correlate positively, else its contrast inverted about the window mean, 2 m1 - ... (sign
+    (I2w - m2) + m1).
 
-    ``kind`` 2, confidence: a, b are Ix, Iy and wt the joint validity; out1 = the smaller
-    eigenvalue of the window's normalised structure tensor (Shi and Tomasi), out2 = the
-    window's mean squared residual I2w - I1, support = 1 where the window has valid weight.
+    ``kind`` 2 (SOLVE_CONFIDENCE), confidence: a, b are Ix, Iy and wt the joint validity; out1 =
+    the smaller eigenvalue of the window's normalised structure tensor (Shi and Tomasi), out2 =
+    the window's mean squared residual I2w - I1, support = 1 where the window has valid weight.
 
-    ``kind`` 3, local correlation (the global shift search): out1 = the correlation coefficient
-    of I1 and I2w over the window, weighted by wt, and support = 1 where the window's weight
-    exceeds ``nmin``.
+    ``kind`` 3 (SOLVE_CORRELATION), local correlation (the global shift search): out1 = the
+    correlation coefficient of I1 and I2w over the window, weighted by wt, and support = 1 where
+    the window's weight exceeds ``nmin``.
     """
     h, w = i1.shape
     nk = 8 if kind == 0 else (4 if kind == 1 else (5 if kind == 2 else 6))

@@ -268,8 +268,9 @@ def _lk_level(
                 # GEFolki: per pixel, the secondary or its inverted contrast, whichever
                 # correlates positively with the reference in the window
                 flipped = np.empty_like(i2w)
-                K.window_solve(1, i1, i2w, ok, ok, wt, u, v, r, 0.0, 0.0, 0.0, flipped,
-                               flipped, support, nb)  # fmt: skip
+                K.window_solve(kind=K.SOLVE_CONTRAST, i1=i1, i2w=i2w, a=ok, b=ok, wt=wt, u=u,
+                               v=v, r=r, eps=0.0, step=0.0, nmin=0.0, out1=flipped,
+                               out2=flipped, support=support, nbands=nb)  # fmt: skip
                 i2w = flipped
             if symmetric:
                 # efficient second-order minimisation: the mean of both images' gradients
@@ -279,8 +280,9 @@ def _lk_level(
                 ix, iy = ix1, iy1
             # Folki (Plyer et al. 2015, eq. 3): solve for u itself, linearised around u0
             eps = np.float32(reg * max(K.weighted_trace(wt, ix, iy), 1e-12))
-            K.window_solve(0, i1, i2w, ix, iy, wt, u, v, r, eps, np.float32(step), nmin,
-                           u_new, v_new, support, nb)  # fmt: skip
+            K.window_solve(kind=K.SOLVE_FLOW, i1=i1, i2w=i2w, a=ix, b=iy, wt=wt, u=u, v=v,
+                           r=r, eps=eps, step=np.float32(step), nmin=nmin, out1=u_new,
+                           out2=v_new, support=support, nbands=nb)  # fmt: skip
             u, u_new = u_new, u
             v, v_new = v_new, v
     return u, v, support
@@ -425,7 +427,9 @@ def _shift_score(
     corr, good = np.empty_like(wt), np.empty_like(wt)
     a = np.ascontiguousarray(a, np.float32)
     nmin = np.float32(0.5 * (2 * radius + 1) ** 2)
-    K.window_solve(3, a, bs, a, a, wt, a, a, radius, 0.0, 0.0, nmin, corr, corr, good, _bands(h))
+    K.window_solve(kind=K.SOLVE_CORRELATION, i1=a, i2w=bs, a=a, b=a, wt=wt, u=a, v=a,
+                   r=radius, eps=0.0, step=0.0, nmin=nmin, out1=corr, out2=corr, support=good,
+                   nbands=_bands(h))  # fmt: skip
     good = good > 0
     if good.sum() < 16:
         return -np.inf
@@ -669,8 +673,9 @@ def confidence(
     i2w, ok = K.warp_bilinear(i2, v2.astype(np.uint8), u, v)
     wt = wg * ok
     lmin, r2, good = (np.zeros_like(i1) for _ in range(3))
-    K.window_solve(2, np.ascontiguousarray(i1, np.float32), i2w, ix, iy, wt, u, v, radius,
-                   0.0, 0.0, 0.0, lmin, r2, good, _bands(i1.shape[0]))  # fmt: skip
+    K.window_solve(kind=K.SOLVE_CONFIDENCE, i1=np.ascontiguousarray(i1, np.float32), i2w=i2w,
+                   a=ix, b=iy, wt=wt, u=u, v=v, r=radius, eps=0.0, step=0.0, nmin=0.0,
+                   out1=lmin, out2=r2, support=good, nbands=_bands(i1.shape[0]))  # fmt: skip
     good = good > 0
     if not good.any():
         return np.zeros_like(i1)
