@@ -35,7 +35,7 @@ from costack.errors import CostackError
 from costack.grid import compute_grid
 from costack.grid_model import Grid, resolution_ratio
 from costack.manifest import read_manifest, write_manifest
-from costack.rasterio_io import BLOCK, atomic_path, write_json
+from costack.rasterio_io import BLOCK, atomic_path, strip_rows, write_json
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +66,13 @@ TILED_FLOW_BYTES = 2_800_000_000
 #: Peak bytes per grid pixel of the jobs that read whole grids (measured on a 4096 x 4096
 #: pair: tie points, QC re-matching); the warp beyond TILED_ABOVE goes by tiles.
 TIEPOINT_BYTES_PER_PIXEL = 80
-QC_BYTES_PER_PIXEL = 60
 TILED_WARP_BYTES = 600_000_000
+#: The QC's in-memory limit, bytes per pixel, strip target and margin (costack.qc's, mirrored
+#: here so that parsing the Snakefile does not import the matchers' numba kernels)
+QC_IN_MEMORY_PIXELS = 16_000_000
+QC_BYTES_PER_PIXEL = 60
+QC_STRIP_BYTES = 600_000_000
+QC_STRIP_MARGIN = 96
 
 
 def job_memory(cfg: RunConfig, manifest: pd.DataFrame, grid: Grid) -> dict[str, int]:
@@ -76,8 +81,8 @@ def job_memory(cfg: RunConfig, manifest: pd.DataFrame, grid: Grid) -> dict[str, 
     Co-location streams (:func:`costack.colocate.streamed_bytes`: GDAL's cache and chunk, two
     strips, geolocation arrays of a GCP source). Flow: about 100 B per
     grid pixel in memory up to 16 Mpx, tiled above; the warp likewise. Band math:
-    :func:`costack.bandmath.memory_bytes`, by strips beyond 1 GB. Tie points and QC read the
-    whole grid (tie points about 80 B per pixel, QC 60).
+    :func:`costack.bandmath.memory_bytes`, by strips beyond 1 GB. QC: 60 B per pixel up to
+    16 Mpx, by strips above. Tie points read the whole grid (about 80 B per pixel).
     """
     px = grid.width * grid.height
     coloc = 0
@@ -91,7 +96,13 @@ def job_memory(cfg: RunConfig, manifest: pd.DataFrame, grid: Grid) -> dict[str, 
             FLOW_BYTES_PER_PIXEL * px if px <= IN_MEMORY_FLOW_PIXELS else TILED_FLOW_BYTES
         )
         out["match_tiepoints"] = TIEPOINT_BYTES_PER_PIXEL * px
-        out["assess_registration"] = QC_BYTES_PER_PIXEL * px
+        if px <= QC_IN_MEMORY_PIXELS:
+            out["assess_registration"] = QC_BYTES_PER_PIXEL * px
+        else:  # by strips (costack.qc._residuals_by_strips)
+            rows = strip_rows(grid.width, grid.height, QC_BYTES_PER_PIXEL, QC_STRIP_BYTES)
+            out["assess_registration"] = (
+                QC_BYTES_PER_PIXEL * grid.width * (rows + 2 * QC_STRIP_MARGIN)
+            )
     for name, parsed in parse_expressions(cfg).items():
         need = memory_bytes(parsed, px)
         if need > BANDMATH_IN_MEMORY_BYTES:

@@ -19,7 +19,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import rasterio
 
+from costack.grid_model import Grid
 from costack.imaging import masked_blur, resolution_sigma
 from costack.matching import MIN_SIMILARITY_MULTIMODAL, lsm, prepare
 from costack.rasterio_io import read_float32, write_json
@@ -41,11 +43,19 @@ def residual_misregistration(
     multimodal: bool = False,
     min_similarity: float | None = None,
     reference_blur: float = 0.0,
+    row_offset: int = 0,
+    point_rows: tuple[int, int] | None = None,
+    grid_height: int | None = None,
 ) -> np.ndarray:
     """Residual shifts (dx, dy) at grid points where LSM succeeds; shape (n, 2).
 
     ``reference_blur`` (grid px) brings a sharp reference to a coarser secondary's resolution
-    (see :func:`costack.imaging.resolution_sigma`) before matching."""
+    (see :func:`costack.imaging.resolution_sigma`) before matching.
+
+    A strip of a larger grid: ``ref`` and ``sec`` start at grid row ``row_offset`` of a grid
+    ``grid_height`` rows high, and only the points of the whole grid's lattice whose row lies in
+    ``point_rows`` (grid rows, start and stop) are matched, so that strips with margins
+    together match the points of the whole grid once each."""
     v1, v2 = np.isfinite(ref), np.isfinite(sec)
     a = np.where(v1, ref, 0).astype(np.float32)
     b = np.where(v2, sec, 0).astype(np.float32)
@@ -74,7 +84,12 @@ def residual_misregistration(
         b = masked_blur(b, v2, 1.0)
         m = replace(prepare(a, v1, b, v2, False), similarity="ncc")
     out = []
-    for r in range(half + 2, ref.shape[0] - half - 2, spacing):
+    height = ref.shape[0] if grid_height is None else grid_height
+    first, stop = (0, height) if point_rows is None else point_rows
+    for rg in range(half + 2, height - half - 2, spacing):
+        r = rg - row_offset
+        if not first <= rg < stop or r < half + 2 or r >= ref.shape[0] - half - 2:
+            continue
         for c in range(half + 2, ref.shape[1] - half - 2, spacing):
             p = (r + 0.5, c + 0.5)
             got = lsm(m, p, p, half, max_iterations=10)
@@ -105,6 +120,54 @@ def summarise(shifts: np.ndarray, pixel_size: float, min_points: int = QC_MIN_PO
     }
 
 
+#: Grids larger than this (pixels) are re-matched by strips (as the flow goes by tiles).
+QC_IN_MEMORY_PIXELS = 16_000_000
+#: Target memory of one strip of the QC (QC_BYTES_PER_PIXEL of costack.plan per strip pixel).
+QC_STRIP_BYTES = 600_000_000
+#: Measured peak bytes per grid pixel of the in-memory QC (4096 x 4096 pair: 1.15 GB).
+QC_BYTES_PER_PIXEL = 60
+#: Rows read above and below a strip: a multimodal patch's half (25) and its 2 px border,
+#: the 3 px match tolerance, and the support of the blur, CFOG and B-spline filters.
+QC_STRIP_MARGIN = 96
+
+
+def _residuals_by_strips(
+    paths: tuple, grid: Grid, kw: dict, strip_bytes: int
+) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """:func:`residual_misregistration` of the before and after rasters over the whole grid,
+    strip by strip: each strip of grid rows is read with QC_STRIP_MARGIN rows on either side
+    and matches only the lattice points whose row lies in it. Returns (shifts before, shifts
+    after, coverage, overlap) as the in-memory path does."""
+    from contextlib import ExitStack
+
+    from rasterio.windows import Window
+
+    from costack.rasterio_io import STREAM_CACHE_MB, read_window, strip_rows, strips
+
+    rows = strip_rows(grid.width, grid.height, QC_BYTES_PER_PIXEL, strip_bytes)
+    before_all, after_all = [], []
+    n_before = n_overlap = 0
+    with ExitStack() as stack:
+        stack.enter_context(rasterio.Env(GDAL_CACHEMAX=STREAM_CACHE_MB))
+        ref_src, before_src, after_src = (stack.enter_context(rasterio.open(p)) for p in paths)
+        for r0, r1 in strips(grid.height, rows):
+            w0, w1 = max(0, r0 - QC_STRIP_MARGIN), min(grid.height, r1 + QC_STRIP_MARGIN)
+            win = Window(0, w0, grid.width, w1 - w0)
+            ref = read_window(ref_src, win)
+            strip_kw = dict(kw, row_offset=w0, point_rows=(r0, r1), grid_height=grid.height)
+            before = read_window(before_src, win)
+            core = slice(r0 - w0, r1 - w0)
+            n_before += int(np.isfinite(before[core]).sum())
+            n_overlap += int((np.isfinite(before[core]) & np.isfinite(ref[core])).sum())
+            before_all.append(residual_misregistration(ref, before, **strip_kw))
+            del before
+            after = read_window(after_src, win)
+            after_all.append(residual_misregistration(ref, after, **strip_kw))
+            del after, ref
+    px = grid.width * grid.height
+    return np.concatenate(before_all), np.concatenate(after_all), n_before / px, n_overlap / px
+
+
 def run_qc(
     ref_tif: str | Path,
     colocated_tif: str | Path,
@@ -113,8 +176,15 @@ def run_qc(
     multimodal: bool | None = None,
     resolution_ratio: float = 1.0,
     max_displacement: float = 16.0,
+    max_in_memory_pixels: int = QC_IN_MEMORY_PIXELS,
+    strip_bytes: int = QC_STRIP_BYTES,
 ) -> dict:
-    """Residual misregistration before (colocated) and after co-registration, as JSON.
+    """The QC stage (rule ``assess_registration``, ``costack qc``): residual misregistration
+    before (colocated) and after co-registration, as JSON.
+
+    Grids over ``max_in_memory_pixels`` are re-matched by strips of about ``strip_bytes`` with
+    margins wider than a patch and its filters (:func:`_residuals_by_strips`), so the QC's
+    memory is bounded by the strip rather than by the grid.
 
     ``multimodal`` None (the default) decides from the rasters as the tie points do
     (:func:`costack.matching.matches_on_descriptors`): SAR against optical and inverted
@@ -127,12 +197,23 @@ def run_qc(
         from costack.matching import matches_on_descriptors
 
         multimodal, _ = matches_on_descriptors(ref_tif, colocated_tif, max_displacement)
-    ref, grid, _ = read_float32(ref_tif)
-    before, _, _ = read_float32(colocated_tif)
-    after, _, _ = read_float32(coregistered_tif)
-    size = abs(grid.transform.a)
     blur = 0.0 if multimodal else resolution_sigma(resolution_ratio)
     kw = {"multimodal": multimodal, "reference_blur": blur}
+    with rasterio.open(ref_tif) as src:
+        grid = Grid(src.crs, src.transform, src.width, src.height)
+    size = abs(grid.transform.a)
+    if grid.width * grid.height <= max_in_memory_pixels:
+        ref, _, _ = read_float32(ref_tif)
+        before, _, _ = read_float32(colocated_tif)
+        after, _, _ = read_float32(coregistered_tif)
+        shifts_before = residual_misregistration(ref, before, **kw)
+        shifts_after = residual_misregistration(ref, after, **kw)
+        coverage = float(np.isfinite(before).mean())
+        overlap = float((np.isfinite(before) & np.isfinite(ref)).mean())
+    else:
+        shifts_before, shifts_after, coverage, overlap = _residuals_by_strips(
+            (ref_tif, colocated_tif, coregistered_tif), grid, kw, strip_bytes
+        )
     result = {
         "method": "LSM re-matching on a regular grid every 24 px; "
         + (
@@ -141,10 +222,10 @@ def run_qc(
             else "NCC >= 0.9, 35x35 patches"
         ),  # fmt: skip
         "reference_blur_sigma": round(blur, 3),
-        "coverage": round(float(np.isfinite(before).mean()), 4),
-        "overlap": round(float((np.isfinite(before) & np.isfinite(ref)).mean()), 4),
-        "before": summarise(residual_misregistration(ref, before, **kw), size),
-        "after": summarise(residual_misregistration(ref, after, **kw), size),
+        "coverage": round(coverage, 4),
+        "overlap": round(overlap, 4),
+        "before": summarise(shifts_before, size),
+        "after": summarise(shifts_after, size),
     }
     write_json(out_json, result)
     return result

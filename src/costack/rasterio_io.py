@@ -181,12 +181,14 @@ def read_window(src: rasterio.io.DatasetReader, window=None, boundless: bool = F
     return data
 
 
-def read_average(src: rasterio.io.DatasetReader, shape: tuple[int, int]) -> np.ndarray:
-    """Band 1 of an open raster reduced to ``shape`` by GDAL's average of the valid pixels, as
+def read_average(
+    src: rasterio.io.DatasetReader, shape: tuple[int, int], band: int = 1
+) -> np.ndarray:
+    """A band of an open raster reduced to ``shape`` by GDAL's average of the valid pixels, as
     Float32 with NaN where a block holds no valid pixel."""
     from rasterio.enums import Resampling
 
-    data = src.read(1, out_shape=shape, resampling=Resampling.average, masked=True)
+    data = src.read(band, out_shape=shape, resampling=Resampling.average, masked=True)
     return np.ma.filled(data.astype(np.float32), np.nan)
 
 

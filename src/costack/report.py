@@ -7,12 +7,15 @@ the QC residual and the verdict.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
+import rasterio
+from rasterio.windows import Window
 
 from costack.figures import png_figure, stretch
-from costack.rasterio_io import atomic_path, read_float32
+from costack.rasterio_io import atomic_path, read_average, read_float32, read_window
 from costack.tiepoint_model import TiePointModel
 
 
@@ -38,25 +41,48 @@ def high_contrast_windows(ref: np.ndarray, size: int = 96, count: int = 3) -> li
     return out
 
 
+#: Figures of grids larger than this (pixels a side) are drawn from reduced reads.
+FIGURE_MAX_SIDE = 4096
+
+
+def _reduction(height: int, width: int) -> int:
+    """The integer reduction that brings a grid within FIGURE_MAX_SIDE pixels a side."""
+    return max(1, math.ceil(max(height, width) / FIGURE_MAX_SIDE))
+
+
 def plot_composites(
     ref_tif: str | Path, before_tif: str | Path, after_tif: str | Path, png: str | Path,
     label: str,
 ) -> None:  # fmt: skip
     """Red/cyan composites (reference red, secondary cyan) before and after co-registration on
     high-contrast subsets, as the service's documentation and Yan et al. 2016 (Fig. 6) show
-    them: colour fringes are misregistration, grey is agreement."""
-    ref, _, _ = read_float32(ref_tif)
-    before, _, _ = read_float32(before_tif)
-    after, _, _ = read_float32(after_tif)
-    size = int(min(96, min(ref.shape) // 3))
-    wins = high_contrast_windows(ref, size)
+    them: colour fringes are misregistration, grey is agreement.
+
+    A grid over FIGURE_MAX_SIDE pixels a side is searched for its windows on a reduced read
+    (GDAL average), and only the windows are read at full resolution, so memory stays bounded
+    by the figure rather than the grid."""
+    with rasterio.open(ref_tif) as src:
+        h, w = src.height, src.width
+        f = _reduction(h, w)
+        small = read_average(src, (math.ceil(h / f), math.ceil(w / f))) if f > 1 else None
+    size = int(min(96, min(h, w) // 3))
+    if small is None:
+        wins = high_contrast_windows(read_float32(ref_tif)[0], size)
+    else:
+        found = high_contrast_windows(small, max(8, size // f))
+        wins = [(min(r * f, h - size), min(c * f, w - size)) for r, c in found]
     n = max(1, len(wins))
-    with png_figure(png, nrows=2, ncols=n, figsize=(4 * n, 8.4), squeeze=False) as (fig, axes):
+    with (
+        png_figure(png, nrows=2, ncols=n, figsize=(4 * n, 8.4), squeeze=False) as (fig, axes),
+        rasterio.open(ref_tif) as ref_src,
+        rasterio.open(before_tif) as before_src,
+        rasterio.open(after_tif) as after_src,
+    ):
         for j, (r, c) in enumerate(wins):
-            sl = (slice(r, r + size), slice(c, c + size))
-            for i, (name, sec) in enumerate((("before", before), ("after", after))):
-                red = stretch(ref[sl])
-                cyan = stretch(sec[sl])
+            win = Window(c, r, size, size)
+            red = stretch(read_window(ref_src, win))
+            for i, (name, src) in enumerate((("before", before_src), ("after", after_src))):
+                cyan = stretch(read_window(src, win))
                 axes[i, j].imshow(np.dstack([red, cyan, cyan]))
                 title = f"{name} co-registration, rows {r}-{r + size}, cols {c}-{c + size}"
                 axes[i, j].set_title(title, fontsize=8)
@@ -67,9 +93,17 @@ def plot_composites(
 def plot_flow(
     flow_tif: str | Path, confidence_tif: str | Path, png: str | Path, label: str
 ) -> None:
-    """Maps of the displacement magnitude (pixels) and of the confidence."""
-    flow, _, _ = read_float32(flow_tif, band=None)
-    conf, _, _ = read_float32(confidence_tif)
+    """Maps of the displacement magnitude (pixels) and of the confidence (read reduced by GDAL's
+    average beyond FIGURE_MAX_SIDE pixels a side: a map shows no more)."""
+    with rasterio.open(flow_tif) as src, rasterio.open(confidence_tif) as csrc:
+        f = _reduction(src.height, src.width)
+        if f == 1:
+            flow = src.read().astype(np.float32)
+            conf = read_window(csrc)
+        else:
+            shape = (math.ceil(src.height / f), math.ceil(src.width / f))
+            flow = np.stack([read_average(src, shape, band) for band in (1, 2)])
+            conf = read_average(csrc, shape)
     mag = np.hypot(flow[0], flow[1])
     with png_figure(png, ncols=2, figsize=(12, 5.5)) as (fig, axes):
         im = axes[0].imshow(mag, cmap="viridis")
