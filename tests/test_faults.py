@@ -59,6 +59,9 @@ BAD_CONFIG = {
                                    r"^matching_assets: key '1' is not a secondary dataset"),
     "huge_sum": ({"expressions": ["s:(+ " + " ".join(["1.nir"] * 1600) + ")"]},
                  r"1600 asset operands, more than 64"),
+    "memory_ceiling": ({"max_job_memory_mb": 64},
+                       r"^assets: the grid is 4\d\d x 4\d\d px .* job would need about 0\.\d GB, "
+                       r"above max_job_memory_mb = 64"),
 }  # fmt: skip
 
 
@@ -77,10 +80,10 @@ def test_bad_config_values_are_refused_in_a_second(kind):
     [
         (
             "POLYGON((4 43, 8 43, 8 47, 4 47, 4 43))",
-            r"^aoi: the grid is 33\d+ x 45\d+ px.*match_tiepoints",
+            r"^aoi: the grid is 33\d+ x 45\d+ px \(1,5\d\d Mpx\), above max_grid_pixels",
         ),
         ("POLYGON((179 0, -179 0, -179 1, 179 1, 179 0))", r"crosses the antimeridian"),
-        ("POLYGON((-180 -90, 180 -90, 180 90, -180 90, -180 -90))", r"above max_job_memory_mb"),
+        ("POLYGON((-180 -90, 180 -90, 180 90, -180 90, -180 -90))", r"above max_grid_pixels"),
     ],
 )
 def test_oversized_aois_are_refused_before_any_job(aoi, message):
@@ -90,6 +93,18 @@ def test_oversized_aois_are_refused_before_any_job(aoi, message):
     with pytest.raises(CostackError, match=message):
         preflight(dict(demo_config(), aoi=aoi))
     assert time.perf_counter() - start < 5
+
+
+def test_every_job_of_a_huge_grid_is_bounded_in_memory():
+    """With max_grid_pixels raised, the 4x4 degree AOI (1.5 Gpx) passes: every job streams,
+    goes by strips or by tiles, so none is estimated above 3 GB."""
+    from costack.plan import job_memory
+
+    plan = preflight(dict(demo_config(), aoi="POLYGON((4 43, 8 43, 8 47, 4 47, 4 43))",
+                          max_grid_pixels=2_000_000_000))  # fmt: skip
+    assert plan.grid.width * plan.grid.height > 1_500_000_000
+    need = job_memory(plan.cfg, plan.manifest, plan.grid)
+    assert max(need.values()) < 3e9, need
 
 
 def test_geographic_reference_is_refused(tmp_path):

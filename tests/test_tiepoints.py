@@ -8,11 +8,15 @@ import logging
 import numpy as np
 import pandas as pd
 import pytest
+from rasterio.crs import CRS
+from rasterio.transform import Affine
 from scipy import ndimage
 from skimage import data
 
 from costack.errors import CostackError
 from costack.evaluation import displace
+from costack.grid_model import Grid
+from costack.rasterio_io import write_float32
 from costack.tiepoint_model import apply_model, fit_models, rmse
 from costack.tiepoints import CSV_COLUMNS, TiePointParams, match_tiepoints
 
@@ -141,3 +145,27 @@ def test_lsm_subpixel_translation():
         (mr, mc), _ = got
         errs.append(np.hypot(mc - c - 0.5 - 0.37, mr - r - 0.5 + 0.61))
     assert max(errs) < 0.02
+
+
+def test_tiles_of_a_large_grid_give_the_whole_grids_model(tmp_path, camera_affine):
+    """A grid over max_in_memory_pixels is matched tile by tile (here 4 tiles of 256 x 256 on
+    the 512 x 512 camera under a known affine) and one model is fitted to all their points:
+    it is the whole grid's model within a few hundredths of a pixel."""
+    from costack.tiepoints import run_tiepoints
+
+    img, sec, truth = camera_affine
+    grid = Grid(CRS.from_epsg(32631), Affine(10, 0, 500_000, 0, -10, 5_000_000), 512, 512)
+    write_float32(tmp_path / "ref.tif", img, grid)
+    write_float32(tmp_path / "sec.tif", sec.astype(np.float32), grid)
+    fields = {}
+    for name, limit in (("whole", 10**9), ("tiles", 256 * 256)):
+        model = run_tiepoints(tmp_path / "ref.tif", tmp_path / "sec.tif",
+                              tmp_path / f"{name}.csv", tmp_path / f"{name}.json",
+                              tmp_path / f"{name}.png", TiePointParams(multimodal=False),
+                              max_in_memory_pixels=limit)  # fmt: skip
+        assert model.chosen == "affine" and model.tiepoints >= 40, (name, model.tiepoints)
+        fields[name] = np.stack(model.displacement(img.shape))
+    rms = float(np.sqrt(np.mean((fields["tiles"] - fields["whole"]) ** 2)))
+    err = float(np.sqrt(np.mean((fields["tiles"] - truth) ** 2)))
+    assert rms < 0.05 and err < 0.05, (rms, err)  # measured: see the closing note
+    assert (tmp_path / "tiles.png").stat().st_size > 10_000

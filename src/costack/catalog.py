@@ -14,7 +14,7 @@ from costack.cog import write_cog
 from costack.errors import CostackError
 from costack.grid_model import Grid
 from costack.manifest import manifest_row, read_manifest
-from costack.rasterio_io import read_float32
+from costack.rasterio_io import raster_nodata
 from costack.stac import StackAsset, build_item, portable_href, write_catalog
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ def run_catalog(
     assets: list[StackAsset] = []
     for key, path in cogs.items():
         row = manifest_row(manifest, key, manifest_csv)
-        _, _, nodata = read_float32(path)
+        nodata = raster_nodata(path)
         sar = None
         if row["kind"] == "sar":
             sar = {"polarizations": [row["polarization"]] if row["polarization"] else []}
@@ -114,7 +114,7 @@ def run_catalog(
         )
     for source, path in (expressions or {}).items():
         name, _, text = source.partition(":")
-        _, _, nodata = read_float32(path)
+        nodata = raster_nodata(path)
         assets.append(
             StackAsset(
                 key=name.strip(),

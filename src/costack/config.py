@@ -105,6 +105,7 @@ class RunConfig:
     on_failed_registration: str = "stop"
     min_overlap_px: int = 64
     max_job_memory_mb: int = 12000
+    max_grid_pixels: int = 500_000_000
     allowed_sources: list[str] = field(default_factory=list)
 
     @property
@@ -307,6 +308,7 @@ def parse_config(config: dict[str, Any]) -> RunConfig:
         on_failed_registration=raw["on_failed_registration"],
         min_overlap_px=int(raw["min_overlap_px"]),
         max_job_memory_mb=int(raw["max_job_memory_mb"]),
+        max_grid_pixels=int(raw["max_grid_pixels"]),
         allowed_sources=list(raw["allowed_sources"]),
     )
 

@@ -66,6 +66,8 @@ TILED_FLOW_BYTES = 2_800_000_000
 #: Peak bytes per grid pixel of the jobs that read whole grids (measured on a 4096 x 4096
 #: pair: tie points, QC re-matching); the warp beyond TILED_ABOVE goes by tiles.
 TIEPOINT_BYTES_PER_PIXEL = 80
+#: costack.tiepoints.TIEPOINT_IN_MEMORY_PIXELS (mirrored): beyond it the tie points go by tiles
+TIEPOINT_IN_MEMORY_PIXELS = 16_000_000
 TILED_WARP_BYTES = 600_000_000
 #: The QC's in-memory limit, bytes per pixel, strip target and margin (costack.qc's, mirrored
 #: here so that parsing the Snakefile does not import the matchers' numba kernels)
@@ -82,7 +84,8 @@ def job_memory(cfg: RunConfig, manifest: pd.DataFrame, grid: Grid) -> dict[str, 
     strips, geolocation arrays of a GCP source). Flow: about 100 B per
     grid pixel in memory up to 16 Mpx, tiled above; the warp likewise. Band math:
     :func:`costack.bandmath.memory_bytes`, by strips beyond 1 GB. QC: 60 B per pixel up to
-    16 Mpx, by strips above. Tie points read the whole grid (about 80 B per pixel).
+    16 Mpx, by strips above. Tie points: 80 B per pixel up to 16 Mpx, by tiles of at most
+    that above.
     """
     px = grid.width * grid.height
     coloc = 0
@@ -95,7 +98,7 @@ def job_memory(cfg: RunConfig, manifest: pd.DataFrame, grid: Grid) -> dict[str, 
         out["estimate_flow"] = (
             FLOW_BYTES_PER_PIXEL * px if px <= IN_MEMORY_FLOW_PIXELS else TILED_FLOW_BYTES
         )
-        out["match_tiepoints"] = TIEPOINT_BYTES_PER_PIXEL * px
+        out["match_tiepoints"] = TIEPOINT_BYTES_PER_PIXEL * min(px, TIEPOINT_IN_MEMORY_PIXELS)
         if px <= QC_IN_MEMORY_PIXELS:
             out["assess_registration"] = QC_BYTES_PER_PIXEL * px
         else:  # by strips (costack.qc._residuals_by_strips)
@@ -114,7 +117,17 @@ def job_memory(cfg: RunConfig, manifest: pd.DataFrame, grid: Grid) -> dict[str, 
 
 
 def check_memory(cfg: RunConfig, manifest: pd.DataFrame, grid: Grid) -> None:
-    """Refuse, before any job, a run whose heaviest job would exceed ``max_job_memory_mb``."""
+    """Refuse, before any job, a grid larger than ``max_grid_pixels`` or a run whose heaviest
+    job would exceed ``max_job_memory_mb``."""
+    px = grid.width * grid.height
+    if px > cfg.max_grid_pixels:
+        raise CostackError(
+            "aoi" if cfg.aoi else "assets",
+            f"the grid is {grid.width} x {grid.height} px ({px / 1e6:,.0f} Mpx), above "
+            f"max_grid_pixels = {cfg.max_grid_pixels:,} (time and disk grow with the grid: "
+            f"about {px * 4 / 1e9:,.0f} GB per Float32 raster)",
+            "draw a smaller AOI, or raise max_grid_pixels for a mosaic that large",
+        )
     ceiling = cfg.max_job_memory_mb * 1_000_000
     job, need = max(job_memory(cfg, manifest, grid).items(), key=lambda kv: kv[1])
     if need > ceiling:

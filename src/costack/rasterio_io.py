@@ -192,6 +192,13 @@ def read_average(
     return np.ma.filled(data.astype(np.float32), np.nan)
 
 
+def raster_nodata(path: str | Path) -> float:
+    """A raster's nodata value from its header (NaN when it declares none), without reading
+    its pixels."""
+    with rasterio.open(path) as src:
+        return np.nan if src.nodata is None else float(src.nodata)
+
+
 def read_float32(path: str | Path, band: int | None = 1) -> tuple[np.ndarray, Grid, float]:
     """Read a raster as Float32 with NaN where it is nodata; return (array, grid, nodata)."""
     with rasterio.open(path) as src:

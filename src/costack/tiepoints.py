@@ -240,6 +240,12 @@ def match_tiepoints(
     return df
 
 
+#: Grids larger than this (pixels) are matched by tiles of at most this size.
+TIEPOINT_IN_MEMORY_PIXELS = 16_000_000
+#: The vector plot of a tiled grid is drawn over the reference reduced to this side (px).
+VECTOR_PLOT_SIDE = 4096
+
+
 def run_tiepoints(
     ref_tif: str | Path,
     sec_tif: str | Path,
@@ -249,9 +255,14 @@ def run_tiepoints(
     params: TiePointParams | None = None,
     label: str = "secondary",
     resolution_ratio: float = 1.0,
+    max_in_memory_pixels: int = TIEPOINT_IN_MEMORY_PIXELS,
 ) -> TiePointModel:
     """The tie-point stage (rule ``match_tiepoints``, ``costack tiepoints``) on two co-located
     rasters: CSV, model JSON and vector plot.
+
+    Grids over ``max_in_memory_pixels`` are matched tile by tile (:func:`_match_by_tiles`,
+    tiles of at most that size, each with its own pyramid and prior as the paper's method on a
+    scene), and one model is fitted to all their points; memory is then bounded by the tile.
 
     ``params.multimodal`` None (the default) decides from the rasters
     (:func:`costack.matching.matches_on_descriptors`): SAR against optical and locally inverted
@@ -262,7 +273,7 @@ def run_tiepoints(
     (:func:`costack.imaging.resolution_sigma`); on the demo's 30 m pair this took the tie points
     from 77 to 127 and their error from 0.28 to 0.19 px RMSE.
     """
-    from costack.rasterio_io import atomic_path, read_float32
+    from costack.rasterio_io import atomic_path, read_average, read_float32
 
     p = params or TiePointParams()
     mode_choice = None
@@ -271,17 +282,20 @@ def run_tiepoints(
         p = replace(p, multimodal=multimodal)
     if not p.multimodal and p.reference_blur == 0:
         p = replace(p, reference_blur=resolution_sigma(resolution_ratio))
-    from costack.overlap import overlap_window
+    import rasterio
 
-    ref, grid, _ = read_float32(ref_tif)
-    sec, _, _ = read_float32(sec_tif)
-    # match on the valid overlap only (see costack.overlap); positions back in grid pixels
-    window = overlap_window(ref, sec, margin=0)
-    r0, c0 = (window[0].start, window[1].start) if window else (0, 0)
-    df = match_tiepoints(ref[window] if window else ref, sec[window] if window else sec, p,
-                         label)  # fmt: skip
-    df[["ref_col", "sec_col"]] += c0
-    df[["ref_row", "sec_row"]] += r0
+    with rasterio.open(ref_tif) as src:
+        height, width = src.height, src.width
+    scale = 1
+    if height * width <= max_in_memory_pixels:
+        ref, _, _ = read_float32(ref_tif)
+        sec, _, _ = read_float32(sec_tif)
+        df = _match_window(ref, sec, p, label, (0, 0))
+    else:
+        df = _match_by_tiles(ref_tif, sec_tif, (height, width), p, label, max_in_memory_pixels)
+        scale = math.ceil(max(height, width) / VECTOR_PLOT_SIDE)
+        with rasterio.open(ref_tif) as src:  # the vector plot over a reduced reference
+            ref = read_average(src, (math.ceil(height / scale), math.ceil(width / scale)))
     if len(df) == 0:
         log.warning("%s: 0 tie points survived the depth-first check; no global model (the "
                     "flow starts from its own global search)", label)  # fmt: skip
@@ -302,13 +316,72 @@ def run_tiepoints(
     if model_json:
         model.write(model_json)
     if png:
-        plot_vectors(ref, df, png, label)
+        plot_vectors(ref, df, png, label, scale)
     return model
 
 
-def plot_vectors(ref: np.ndarray, df: pd.DataFrame, png: str | Path, label: str) -> None:
-    """Misregistration vectors over the reference, enlarged (like Yan et al. 2016, Fig. 5)."""
+def _match_window(
+    ref: np.ndarray, sec: np.ndarray, p: TiePointParams, label: str, origin: tuple[int, int]
+) -> pd.DataFrame:
+    """:func:`match_tiepoints` on the valid overlap of two co-located arrays whose first pixel
+    is grid pixel ``origin`` (row, col); positions in grid pixels."""
+    from costack.overlap import overlap_window
+
+    # match on the valid overlap only (see costack.overlap); positions back in grid pixels
+    window = overlap_window(ref, sec, margin=0)
+    r0, c0 = (window[0].start, window[1].start) if window else (0, 0)
+    df = match_tiepoints(ref[window] if window else ref, sec[window] if window else sec, p,
+                         label)  # fmt: skip
+    df[["ref_col", "sec_col"]] += c0 + origin[1]
+    df[["ref_row", "sec_row"]] += r0 + origin[0]
+    return df
+
+
+def _match_by_tiles(
+    ref_tif: str | Path, sec_tif: str | Path, shape: tuple[int, int], p: TiePointParams,
+    label: str, max_pixels: int,
+) -> pd.DataFrame:  # fmt: skip
+    """Tie points of a scene-sized pair, tile by tile: the grid is cut into equal tiles of at
+    most ``max_pixels`` and each tile is matched on its own (pyramid, Foerstner points, prior,
+    depth-first LSM: Yan et al. 2016 per tile); a tile without valid data in both is skipped.
+    Points come back in grid pixels, concatenated."""
+    import rasterio
+    from rasterio.windows import Window
+
+    from costack.rasterio_io import read_window
+
+    h, w = shape
+    side = math.isqrt(max_pixels)
+    rows, cols = math.ceil(h / side), math.ceil(w / side)
+    th, tw = math.ceil(h / rows), math.ceil(w / cols)
+    parts = []
+    with rasterio.open(ref_tif) as rsrc, rasterio.open(sec_tif) as ssrc:
+        for r0 in range(0, h, th):
+            for c0 in range(0, w, tw):
+                win = Window(c0, r0, min(tw, w - c0), min(th, h - r0))
+                ref, sec = read_window(rsrc, win), read_window(ssrc, win)
+                if not (np.isfinite(ref) & np.isfinite(sec)).any():
+                    continue
+                where = f"{label}, tile rows {r0}-{r0 + win.height}, cols {c0}-{c0 + win.width}"
+                parts.append(_match_window(ref, sec, p, where, (r0, c0)))
+                del ref, sec
+    log.info("%s: %d tiles of %d x %d px matched", label, len(parts), th, tw)
+    if not parts:
+        return pd.DataFrame(columns=CSV_COLUMNS[:8])
+    return pd.concat(parts, ignore_index=True)
+
+
+def plot_vectors(
+    ref: np.ndarray, df: pd.DataFrame, png: str | Path, label: str, scale: float = 1
+) -> None:
+    """Misregistration vectors over the reference, enlarged (like Yan et al. 2016, Fig. 5);
+    ``ref`` reduced ``scale`` times (a tiled grid's plot): positions and vectors follow."""
     from costack.figures import png_figure
+
+    if scale != 1:
+        df = df.assign(ref_col=df["ref_col"] / scale, ref_row=df["ref_row"] / scale,
+                       dx=df["dx"] / scale, dy=df["dy"] / scale)  # fmt: skip
+        label = f"{label} (shown reduced {scale:g}x)"
 
     finite = ref[np.isfinite(ref)]
     lo, hi = np.percentile(finite, [2, 98]) if finite.size else (0, 1)
