@@ -1,6 +1,6 @@
-"""The QC stage at scale: peak memory and time of the residual re-matching in memory against
-by strips, on one synthetic pair (a textured reference, its copy shifted by (0.4, -0.3) px as
-"before" and unshifted as "after"), and whether both give the same figures.
+"""The QC and tie-point stages at scale: peak memory and time in memory against by strips (QC)
+and by tiles (tie points), on one synthetic pair (a textured reference, its copy shifted by
+(0.4, -0.3) px as "before" and unshifted as "after"), and whether both give the same figures.
 
 Run: ``python bench/qc_bench.py [--size 4096]``; each case runs in its own process and reports
 that process's own high-water mark (VmHWM).
@@ -19,9 +19,15 @@ from pathlib import Path
 CHILD = r"""
 import json, sys, time
 from costack.qc import run_qc
+from costack.tiepoints import TiePointParams, run_tiepoints
 a = json.loads(sys.argv[1])
 t0 = time.perf_counter()
-r = run_qc(a["ref"], a["before"], a["after"], a["out"], max_in_memory_pixels=a["max"])
+if a.get("tiepoints"):
+    m = run_tiepoints(a["ref"], a["before"], a["out"], None, None,
+                      TiePointParams(multimodal=False), max_in_memory_pixels=a["max"])
+    r = {"points": m.tiepoints, "coefficients": m.data["coefficients"]}
+else:
+    r = run_qc(a["ref"], a["before"], a["after"], a["out"], max_in_memory_pixels=a["max"])
 hwm = next(int(x.split()[1]) for x in open("/proc/self/status") if x.startswith("VmHWM"))
 print(json.dumps({"seconds": time.perf_counter() - t0, "peak_mb": hwm / 1024, "qc": r}))
 """
@@ -72,6 +78,23 @@ def main() -> None:
                   f"{time.perf_counter() - t0:.1f} s)")  # fmt: skip
         same = all(got["in memory"][w] == got["by strips"][w] for w in ("before", "after"))
         print(f"qc: by strips vs in memory, identical figures {same}")
+        import numpy as np
+
+        from costack.tiepoint_model import apply_model
+
+        fits = {}
+        for mode, mx in (("in memory", 10**12), ("by tiles", 16_000_000)):
+            step = {"ref": str(ref), "before": str(before), "out": str(folder / "tp.csv"),
+                    "max": mx, "tiepoints": True}  # fmt: skip
+            proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps(step)],
+                                  capture_output=True, text=True, check=True)  # fmt: skip
+            r = json.loads(proc.stdout.strip().splitlines()[-1])
+            rr, cc = np.mgrid[0 : args.size : 64, 0 : args.size : 64] + 0.5
+            px, py = apply_model("affine", np.asarray(r["qc"]["coefficients"]), cc, rr)
+            fits[mode] = np.hypot(px - cc - 0.4, py - rr + 0.3)
+            print(f"tiepoints {mode:10s} {r['seconds']:7.1f} s  peak {r['peak_mb']:7.0f} MB  "
+                  f"{r['qc']['points']} points, affine off the true shift by "
+                  f"{float(np.sqrt(np.mean(fits[mode] ** 2))):.2e} px RMS")  # fmt: skip
 
 
 if __name__ == "__main__":
