@@ -29,8 +29,10 @@ def _why_not() -> str | None:
     missing = [d for d in DAEMONS if shutil.which(d) is None]
     if missing:
         return f"Debian's slurm packages are not installed ({', '.join(missing)} missing)"
-    if subprocess.run(["pgrep", "-x", "munged"], capture_output=True).returncode == 0:
-        return "a munged already runs on this host"
+    for daemon in ("munged", "slurmdbd", "slurmctld", "slurmd"):
+        found = subprocess.run(["pgrep", "-x", daemon], capture_output=True, text=True)
+        if found.returncode == 0:  # its ports and accounts would answer for our cluster
+            return f"a {daemon} already runs on this host (pid {found.stdout.split()[0]})"
     return None
 
 
@@ -41,11 +43,14 @@ def cluster(tmp_path_factory):
         pytest.skip(reason)
     folder = tmp_path_factory.mktemp("slurm") / "cluster"
     env = dict(os.environ, COSTACK_SLURM_DIR=str(folder))
-    start = subprocess.run(["bash", str(SCRIPT), "start"], capture_output=True, text=True,
-                           env=env, timeout=600)  # fmt: skip
-    assert start.returncode == 0, start.stdout[-2000:] + start.stderr[-2000:]
-    yield dict(env, SLURM_CONF=str(folder / "etc" / "slurm.conf"))
-    stop = subprocess.run(["bash", str(SCRIPT), "stop"], capture_output=True, text=True, env=env)
+    try:
+        start = subprocess.run(["bash", str(SCRIPT), "start"], capture_output=True, text=True,
+                               env=env, timeout=600)  # fmt: skip
+        assert start.returncode == 0, start.stdout[-2000:] + start.stderr[-2000:]
+        yield dict(env, SLURM_CONF=str(folder / "etc" / "slurm.conf"))
+    finally:  # also after a failed start: no daemon of ours outlives the test
+        stop = subprocess.run(["bash", str(SCRIPT), "stop"], capture_output=True, text=True,
+                              env=env)  # fmt: skip
     assert stop.returncode == 0, stop.stderr
     assert not folder.exists()
 
