@@ -350,11 +350,3 @@ def test_weak_tiepoint_model_does_not_seed_the_flow():
     assert "fewer than seed_min_points" in refusal(13, 0.2)
     assert "above seed_max_rmse" in refusal(40, 0.53)
     assert TiePointModel.none().seed_refusal(p.seed_min_points, p.seed_max_rmse) == "no model"
-
-
-def test_plan_mirrors_the_tiling_threshold():
-    """The run plan's memory estimate switches to tiles where the flow and warp do."""
-    from costack.plan import IN_MEMORY_FLOW_PIXELS
-    from costack.tiled import TILED_ABOVE
-
-    assert IN_MEMORY_FLOW_PIXELS == TILED_ABOVE

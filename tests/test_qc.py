@@ -8,13 +8,7 @@ from rasterio.transform import Affine
 
 from costack.evaluation import displace
 from costack.grid_model import Grid
-from costack.qc import (
-    QC_BYTES_PER_PIXEL,
-    QC_IN_MEMORY_PIXELS,
-    QC_STRIP_BYTES,
-    QC_STRIP_MARGIN,
-    run_qc,
-)
+from costack.qc import run_qc
 from costack.rasterio_io import write_float32
 
 
@@ -43,15 +37,6 @@ def test_qc_by_strips_matches_the_whole_grid(tmp_path, multimodal):
             assert strips[when]["pixels"][k] == pytest.approx(v, abs=2e-4), (when, k)
     assert strips["coverage"] == whole["coverage"] and strips["overlap"] == whole["overlap"]
     assert whole["before"]["pixels"]["median"] == pytest.approx(0.5, abs=0.1)
-
-
-def test_plan_mirrors_the_qc_limits():
-    """The run plan estimates the QC job with the QC's own limits."""
-    from costack import plan
-
-    assert (plan.QC_IN_MEMORY_PIXELS, plan.QC_BYTES_PER_PIXEL, plan.QC_STRIP_BYTES,
-            plan.QC_STRIP_MARGIN) == (QC_IN_MEMORY_PIXELS, QC_BYTES_PER_PIXEL, QC_STRIP_BYTES,
-                                      QC_STRIP_MARGIN)  # fmt: skip
 
 
 def test_report_figures_of_a_large_grid_come_from_reduced_reads(tmp_path, monkeypatch):

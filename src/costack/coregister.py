@@ -19,8 +19,8 @@ from rasterio.errors import RasterioIOError
 
 from costack.errors import CostackError
 from costack.imaging import db_to_linear, linear_to_db, warp_array
+from costack.limits import TILED_ABOVE
 from costack.rasterio_io import atomic_path, read_float32, write_float32
-from costack.tiled import TILED_ABOVE
 
 log = logging.getLogger(__name__)
 

@@ -22,11 +22,11 @@ import rasterio
 
 from costack.folki import FlowParams, FlowResult, estimate_flow, resolve_mode
 from costack.imaging import blur_valid, resolution_sigma, warp_array
+from costack.limits import TILED_ABOVE
 from costack.matching import decide_mode, multimodal_prior, multimodal_similarity
 from costack.overlap import OVERLAP_MARGIN, overlap_window
 from costack.rasterio_io import read_float32, write_float32, write_json
 from costack.tiepoint_model import TiePointModel
-from costack.tiled import TILED_ABOVE
 
 __all__ = ["FlowParams", "FlowResult", "adapt_to_resolution", "estimate_flow",
            "reference_blur", "resolve_mode", "run_flow"]  # fmt: skip

@@ -34,6 +34,15 @@ from costack.discover import discover
 from costack.errors import CostackError
 from costack.grid import compute_grid
 from costack.grid_model import Grid, resolution_ratio
+from costack.limits import (
+    QC_BYTES_PER_PIXEL,
+    QC_IN_MEMORY_PIXELS,
+    QC_STRIP_BYTES,
+    QC_STRIP_MARGIN,
+    TIEPOINT_BYTES_PER_PIXEL,
+    TIEPOINT_IN_MEMORY_PIXELS,
+    TILED_ABOVE,
+)
 from costack.manifest import read_manifest, write_manifest
 from costack.rasterio_io import BLOCK, atomic_path, strip_rows, write_json
 
@@ -55,26 +64,14 @@ def preflight(raw_config: dict[str, Any]) -> RunPlan:
     return make_plan(cfg, manifest, grid)
 
 
-#: Flows of grids up to this size run in memory (costack.tiled.TILED_ABOVE, which this mirrors
-#: so that parsing the Snakefile does not import the flow's numba kernels); larger ones in
+#: Flows of grids up to TILED_ABOVE run in memory (about FLOW_BYTES_PER_PIXEL), larger ones in
 #: tiles whose peak is about TILED_FLOW_BYTES whatever the scene.
-IN_MEMORY_FLOW_PIXELS = 16_000_000
 FLOW_BYTES_PER_PIXEL = 100
 TILED_FLOW_BYTES = 2_800_000_000
 
 
-#: Peak bytes per grid pixel of the jobs that read whole grids (measured on a 4096 x 4096
-#: pair: tie points, QC re-matching); the warp beyond TILED_ABOVE goes by tiles.
-TIEPOINT_BYTES_PER_PIXEL = 80
-#: costack.tiepoints.TIEPOINT_IN_MEMORY_PIXELS (mirrored): beyond it the tie points go by tiles
-TIEPOINT_IN_MEMORY_PIXELS = 16_000_000
+#: The warp beyond TILED_ABOVE goes by tiles of about this peak.
 TILED_WARP_BYTES = 600_000_000
-#: The QC's in-memory limit, bytes per pixel, strip target and margin (costack.qc's, mirrored
-#: here so that parsing the Snakefile does not import the matchers' numba kernels)
-QC_IN_MEMORY_PIXELS = 16_000_000
-QC_BYTES_PER_PIXEL = 60
-QC_STRIP_BYTES = 600_000_000
-QC_STRIP_MARGIN = 96
 
 
 def job_memory(cfg: RunConfig, manifest: pd.DataFrame, grid: Grid) -> dict[str, int]:
@@ -94,10 +91,8 @@ def job_memory(cfg: RunConfig, manifest: pd.DataFrame, grid: Grid) -> dict[str, 
         coloc = max(coloc, streamed_bytes(src_px, gcps))
     out = {"colocate_asset": coloc}
     if cfg.secondary_datasets:
-        out["coregister_asset"] = 24 * px if px <= IN_MEMORY_FLOW_PIXELS else TILED_WARP_BYTES
-        out["estimate_flow"] = (
-            FLOW_BYTES_PER_PIXEL * px if px <= IN_MEMORY_FLOW_PIXELS else TILED_FLOW_BYTES
-        )
+        out["coregister_asset"] = 24 * px if px <= TILED_ABOVE else TILED_WARP_BYTES
+        out["estimate_flow"] = FLOW_BYTES_PER_PIXEL * px if px <= TILED_ABOVE else TILED_FLOW_BYTES
         out["match_tiepoints"] = TIEPOINT_BYTES_PER_PIXEL * min(px, TIEPOINT_IN_MEMORY_PIXELS)
         if px <= QC_IN_MEMORY_PIXELS:
             out["assess_registration"] = QC_BYTES_PER_PIXEL * px

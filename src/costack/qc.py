@@ -23,6 +23,7 @@ import rasterio
 
 from costack.grid_model import Grid
 from costack.imaging import masked_blur, resolution_sigma
+from costack.limits import QC_BYTES_PER_PIXEL, QC_IN_MEMORY_PIXELS, QC_STRIP_BYTES, QC_STRIP_MARGIN
 from costack.matching import MIN_SIMILARITY_MULTIMODAL, lsm, prepare
 from costack.rasterio_io import read_float32, write_json
 from costack.tiepoint_model import TiePointModel
@@ -118,17 +119,6 @@ def summarise(shifts: np.ndarray, pixel_size: float, min_points: int = QC_MIN_PO
         "mean_dx": round(float(shifts[:, 0].mean()), 4),
         "mean_dy": round(float(shifts[:, 1].mean()), 4),
     }
-
-
-#: Grids larger than this (pixels) are re-matched by strips (as the flow goes by tiles).
-QC_IN_MEMORY_PIXELS = 16_000_000
-#: Target memory of one strip of the QC (QC_BYTES_PER_PIXEL of costack.plan per strip pixel).
-QC_STRIP_BYTES = 600_000_000
-#: Measured peak bytes per grid pixel of the in-memory QC (4096 x 4096 pair: 1.15 GB).
-QC_BYTES_PER_PIXEL = 60
-#: Rows read above and below a strip: a multimodal patch's half (25) and its 2 px border,
-#: the 3 px match tolerance, and the support of the blur, CFOG and B-spline filters.
-QC_STRIP_MARGIN = 96
 
 
 def _residuals_by_strips(

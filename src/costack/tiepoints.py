@@ -45,6 +45,7 @@ from scipy import ndimage
 
 from costack.errors import CostackError
 from costack.imaging import masked_blur, resolution_sigma
+from costack.limits import TIEPOINT_IN_MEMORY_PIXELS
 from costack.matching import (
     MIN_SIMILARITY_MULTIMODAL,
     lsm,
@@ -240,8 +241,6 @@ def match_tiepoints(
     return df
 
 
-#: Grids larger than this (pixels) are matched by tiles of at most this size.
-TIEPOINT_IN_MEMORY_PIXELS = 16_000_000
 #: The vector plot of a tiled grid is drawn over the reference reduced to this side (px).
 VECTOR_PLOT_SIDE = 4096
 

@@ -30,9 +30,6 @@ from costack.tiepoint_model import TiePointModel
 
 log = logging.getLogger(__name__)
 
-#: Grids larger than this (pixels) are processed in tiles (bounded memory).
-TILED_ABOVE = 16_000_000
-
 #: GDAL block cache (MB) of the tiled flow and warp: the tiles are read once (with their halo)
 TILED_CACHE_MB = 128
 
