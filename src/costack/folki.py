@@ -41,6 +41,10 @@ from costack.imaging import masked_blur
 
 log = logging.getLogger(__name__)
 
+# window_solve's unused scalars: float32 like the used ones, so that one compiled signature
+# serves every kind (float64 literals compiled it three times, 7 s each on first use)
+_F0 = np.float32(0.0)
+
 MODES = ("folki", "efolki", "gefolki")
 
 
@@ -269,7 +273,7 @@ def _lk_level(
                 # correlates positively with the reference in the window
                 flipped = np.empty_like(i2w)
                 K.window_solve(kind=K.SOLVE_CONTRAST, i1=i1, i2w=i2w, a=ok, b=ok, wt=wt, u=u,
-                               v=v, r=r, eps=0.0, step=0.0, nmin=0.0, out1=flipped,
+                               v=v, r=r, eps=_F0, step=_F0, nmin=_F0, out1=flipped,
                                out2=flipped, support=support, nbands=nb)  # fmt: skip
                 i2w = flipped
             if symmetric:
@@ -428,7 +432,7 @@ def _shift_score(
     a = np.ascontiguousarray(a, np.float32)
     nmin = np.float32(0.5 * (2 * radius + 1) ** 2)
     K.window_solve(kind=K.SOLVE_CORRELATION, i1=a, i2w=bs, a=a, b=a, wt=wt, u=a, v=a,
-                   r=radius, eps=0.0, step=0.0, nmin=nmin, out1=corr, out2=corr, support=good,
+                   r=radius, eps=_F0, step=_F0, nmin=nmin, out1=corr, out2=corr, support=good,
                    nbands=_bands(h))  # fmt: skip
     good = good > 0
     if good.sum() < 16:
@@ -674,7 +678,7 @@ def confidence(
     wt = wg * ok
     lmin, r2, good = (np.zeros_like(i1) for _ in range(3))
     K.window_solve(kind=K.SOLVE_CONFIDENCE, i1=np.ascontiguousarray(i1, np.float32), i2w=i2w,
-                   a=ix, b=iy, wt=wt, u=u, v=v, r=radius, eps=0.0, step=0.0, nmin=0.0,
+                   a=ix, b=iy, wt=wt, u=u, v=v, r=radius, eps=_F0, step=_F0, nmin=_F0,
                    out1=lmin, out2=r2, support=good, nbands=_bands(i1.shape[0]))  # fmt: skip
     good = good > 0
     if not good.any():
