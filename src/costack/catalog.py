@@ -13,9 +13,7 @@ from typing import Any
 from costack.cog import write_cog
 from costack.errors import CostackError
 from costack.grid_model import Grid
-from costack.manifest import manifest_row, read_manifest
 from costack.rasterio_io import raster_nodata
-from costack.stac import StackAsset, build_item, portable_href, write_catalog
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +67,10 @@ def run_catalog(
             f"inspect results/qc/{n}.json and the report (snakemake --report), fix the input "
             "or set on_failed_registration: publish to publish it flagged",
         )
+    # pandas and pystac: imported by this job only, not by the many COG conversions
+    from costack.manifest import manifest_row, read_manifest
+    from costack.stac import StackAsset, build_item, portable_href, write_catalog
+
     manifest = read_manifest(manifest_csv)
     grid = Grid.load(grid_json)
     assets: list[StackAsset] = []

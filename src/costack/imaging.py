@@ -8,12 +8,13 @@ invented, and NaN stays NaN.
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 
 
 def masked_blur(img: np.ndarray, valid: np.ndarray, sigma: float) -> np.ndarray:
     """Gaussian blur by normalised convolution (Knutsson and Westin 1993): invalid pixels are
     neither used nor filled (0 there)."""
+    from scipy import ndimage  # scipy: imported by the jobs that filter only
+
     w = valid.astype(np.float32)
     num = ndimage.gaussian_filter(np.where(valid, img, 0), sigma, mode="constant", truncate=3.0)
     den = ndimage.gaussian_filter(w, sigma, mode="constant", truncate=3.0)
@@ -28,6 +29,8 @@ def fill_nearest(img: np.ndarray, valid: np.ndarray) -> np.ndarray:
         return img
     if not valid.any():
         return np.zeros_like(img)
+    from scipy import ndimage
+
     idx = ndimage.distance_transform_edt(~valid, return_distances=False, return_indices=True)
     return img[tuple(idx)]
 
