@@ -238,6 +238,7 @@ def test_fused_window_solve_matches_box_sums():
 
     rng = np.random.default_rng(3)
     h, w, r = 70, 53, 5
+    F0 = np.float32(0)  # the scalars' type of the library's calls: no second compilation
     i1, i2w, ix, iy = (rng.normal(size=(h, w)).astype(np.float32) for _ in range(4))
     wt = (rng.uniform(size=(h, w)) > 0.1).astype(np.float32)
     u = rng.normal(size=(h, w)).astype(np.float32)
@@ -245,7 +246,7 @@ def test_fused_window_solve_matches_box_sums():
     # kind 1 (GEFolki's contrast choice) against the same formula on box sums
     ok = np.ones((h, w), np.float32)
     out = np.empty((h, w), np.float32)
-    K.window_solve(1, i1, i2w, ok, ok, wt, u, v, r, 0.0, 0.0, 0.0, out, out,
+    K.window_solve(1, i1, i2w, ok, ok, wt, u, v, r, F0, F0, F0, out, out,
                    np.zeros((h, w), np.float32), 3)  # fmt: skip
     s = _box_sums([wt, wt * i1, wt * i2w, wt * i1 * i2w], r)
     n = np.maximum(s[0], 1e-6)
@@ -254,7 +255,7 @@ def test_fused_window_solve_matches_box_sums():
     assert np.allclose(out, sign * (i2w - m2) + m1, atol=1e-4)
     # kind 0 (Folki's solve) with eps = 0 and no step limit: u_new solves A u = -b per pixel
     u_new, v_new, sup = (np.zeros((h, w), np.float32) for _ in range(3))
-    K.window_solve(0, i1, i2w, ix, iy, wt, u, v, r, 0.0, 1e9, 0.0, u_new, v_new, sup, 4)
+    K.window_solve(0, i1, i2w, ix, iy, wt, u, v, r, F0, np.float32(1e9), F0, u_new, v_new, sup, 4)
     it = i2w - i1 - ix * u - iy * v
     s = _box_sums([wt * ix * ix, wt * ix * iy, wt * iy * iy, wt * ix * it, wt * iy * it], r)
     det = s[0] * s[2] - s[1] ** 2
@@ -264,7 +265,7 @@ def test_fused_window_solve_matches_box_sums():
     # kind 3 (the global search's local correlation) against the same formula on box sums
     corr, good = np.zeros((h, w), np.float32), np.zeros((h, w), np.float32)
     nmin = np.float32(0.5 * (2 * r + 1) ** 2)
-    K.window_solve(3, i1, i2w, i1, i1, wt, i1, i1, r, 0.0, 0.0, nmin, corr, corr, good, 3)
+    K.window_solve(3, i1, i2w, i1, i1, wt, i1, i1, r, F0, F0, nmin, corr, corr, good, 3)
     s = _box_sums([wt, wt * i1, wt * i2w, wt * i1 * i1, wt * i2w * i2w, wt * i1 * i2w], r)
     m1, m2 = s[1] / s[0], s[2] / s[0]
     var = (s[3] / s[0] - m1**2) * (s[4] / s[0] - m2**2)

@@ -147,6 +147,55 @@ def test_lsm_subpixel_translation():
     assert max(errs) < 0.02
 
 
+def test_lsm_recovers_a_patch_affine_and_cfog_translation():
+    """The compiled LSM loop: the 6-parameter patch geometry follows a local affine (rotation
+    and scale of the image) to 0.02 px at the patch centre, and the translation-only CFOG
+    matcher finds a shift of an inverted-contrast copy to 0.1 px."""
+    from costack.matching import lsm, prepare
+
+    img = ndimage.gaussian_filter(data.camera().astype(np.float32), 1.5)[100:300, 100:300]
+    th, s = 0.02, 1.01  # rotation (rad) and scale about the image centre
+
+    def field(c, r):
+        x, y = c - 100.0, r - 100.0
+        return (s * (np.cos(th) * x - np.sin(th) * y) - x + 0.3,
+                s * (np.sin(th) * x + np.cos(th) * y) - y - 0.2)  # fmt: skip
+
+    sec, truth = displace(img, field, order=5)
+    ok1, ok2 = np.isfinite(img), np.isfinite(sec)
+    m = prepare(img, ok1, np.where(ok2, sec, 0), ok2, False)
+    for r, c in [(70, 80), (110, 120)]:
+        dx, dy = truth[:, r, c]
+        got = lsm(m, (r + 0.5, c + 0.5), (r + 0.5 + round(dy), c + 0.5 + round(dx)), 17)
+        assert got is not None and got[1] > 0.995
+        (mr, mc), _ = got
+        assert np.hypot(mc - c - 0.5 - dx, mr - r - 0.5 - dy) < 0.02
+    # CFOG descriptors, translation only, NCC: 255 - image shifted by (1.4, -0.7)
+    sec, _ = displace(255 - img, lambda c, r: (1.4 + 0 * c, -0.7 + 0 * r), order=5)
+    ok2 = np.isfinite(sec)
+    m = prepare(img, ok1, np.where(ok2, sec, 0), ok2, True)
+    got = lsm(m, (100.5, 100.5), (100.5, 100.5), 25)
+    assert got is not None and got[1] > 0.5
+    (mr, mc), _ = got
+    assert np.hypot(mc - 100.5 - 1.4, mr - 100.5 + 0.7) < 0.1
+
+
+def test_small_solver_matches_numpy_and_refuses_a_singular_system():
+    """The LSM kernel's normal-equation solver: numpy's answer on well-posed systems (2x2 and
+    6x6), NaN where a pivot is zero (numpy raises LinAlgError)."""
+    from costack._kernels import _solve_small
+
+    rng = np.random.default_rng(3)
+    for n in (2, 6):
+        j = rng.normal(size=(40, n))
+        m, y = j.T @ j, rng.normal(size=n)
+        assert np.allclose(_solve_small(m, y), np.linalg.solve(m, y), rtol=1e-10, atol=1e-12)
+    singular = np.array([[1.0, 2.0], [2.0, 4.0]])
+    with pytest.raises(np.linalg.LinAlgError):
+        np.linalg.solve(singular, np.ones(2))
+    assert np.isnan(_solve_small(singular, np.ones(2))).all()
+
+
 def test_tiles_of_a_large_grid_give_the_whole_grids_model(tmp_path, camera_affine):
     """A grid over max_in_memory_pixels is matched tile by tile (here 4 tiles of 256 x 256 on
     the 512 x 512 camera under a known affine) and one model is fitted to all their points:

@@ -651,57 +651,238 @@ def _mirror(i, n):  # pragma: no cover - compiled
     return period - i if i >= n else i
 
 
-@njit(cache=True)
-def sample_channels(coef, rows, cols, order):  # pragma: no cover - compiled
-    """Every channel of ``coef`` (C, H, W) at the points (rows, cols) (array indices): (C, n).
+@njit(cache=True, inline="always")
+def _taps(y, x, h, w, order, iy, ix, wy, wx):  # pragma: no cover - compiled
+    """Tap indices (mirrored beyond the edges) and weights of one point: cubic B-spline
+    (``order`` 3, Unser 1999) or bilinear (1); returns the number of taps per axis."""
+    y0 = int(np.floor(y))
+    x0 = int(np.floor(x))
+    ty = y - y0
+    tx = x - x0
+    if order == 1:
+        wy[0] = 1.0 - ty
+        wy[1] = ty
+        wx[0] = 1.0 - tx
+        wx[1] = tx
+        inside = y0 >= 0 and x0 >= 0 and y0 + 1 < h and x0 + 1 < w
+        for a in range(2):
+            iy[a] = y0 + a if inside else _mirror(y0 + a, h)
+            ix[a] = x0 + a if inside else _mirror(x0 + a, w)
+        return 2
+    wy[0] = (1 - ty) ** 3 / 6.0
+    wy[1] = (3 * ty**3 - 6 * ty**2 + 4) / 6.0
+    wy[2] = (-3 * ty**3 + 3 * ty**2 + 3 * ty + 1) / 6.0
+    wy[3] = ty**3 / 6.0
+    wx[0] = (1 - tx) ** 3 / 6.0
+    wx[1] = (3 * tx**3 - 6 * tx**2 + 4) / 6.0
+    wx[2] = (-3 * tx**3 + 3 * tx**2 + 3 * tx + 1) / 6.0
+    wx[3] = tx**3 / 6.0
+    inside = y0 >= 1 and x0 >= 1 and y0 + 2 < h and x0 + 2 < w
+    for a in range(4):
+        iy[a] = y0 - 1 + a if inside else _mirror(y0 - 1 + a, h)
+        ix[a] = x0 - 1 + a if inside else _mirror(x0 - 1 + a, w)
+    return 4
 
-    ``order`` 3 reads ``coef`` as cubic B-spline coefficients (Unser 1999), ``order`` 1
+
+@njit(cache=True, inline="always")
+def _tap_sum(coef, c, ntap, iy, ix, wy, wx):  # pragma: no cover - compiled
+    """Channel ``c`` of ``coef`` at one point from its taps (see :func:`_taps`)."""
+    acc = 0.0
+    for a in range(ntap):
+        row = 0.0
+        for b in range(ntap):
+            row += wx[b] * coef[c, iy[a], ix[b]]
+        acc += wy[a] * row
+    return acc
+
+
+@njit(cache=True)
+def _sample_into(a, b, c, count, rows, cols, order, oa, ob, oc):  # pragma: no cover - compiled
+    """The first ``count`` (1 or 3) of ``a``, ``b``, ``c`` (C, H, W, one shape) sampled at the
+    points (rows, cols) (array indices) into ``oa``, ``ob``, ``oc`` (C, n).
+
+    ``order`` 3 reads the arrays as cubic B-spline coefficients (Unser 1999), ``order`` 1
     interpolates bilinearly; indices beyond the edges mirror (SciPy's
-    ``map_coordinates(..., prefilter=False, mode="mirror")``, to rounding). The tap weights
-    of a point are computed once for all channels.
-    """
-    nch, h, w = coef.shape
-    n = rows.size
-    out = np.empty((nch, n))
+    ``map_coordinates(..., prefilter=False, mode="mirror")``, to rounding). The taps of a
+    point are computed once for every channel and array."""
+    nch, h, w = a.shape
     wy = np.empty(4)
     wx = np.empty(4)
     iy = np.empty(4, np.int64)
     ix = np.empty(4, np.int64)
+    for k in range(rows.size):
+        ntap = _taps(rows[k], cols[k], h, w, order, iy, ix, wy, wx)
+        for ch in range(nch):
+            oa[ch, k] = _tap_sum(a, ch, ntap, iy, ix, wy, wx)
+            if count == 3:
+                ob[ch, k] = _tap_sum(b, ch, ntap, iy, ix, wy, wx)
+                oc[ch, k] = _tap_sum(c, ch, ntap, iy, ix, wy, wx)
+
+
+@njit(cache=True)
+def _solve_small(m, y):  # pragma: no cover - compiled
+    """``m x = y`` for a small square system by Gaussian elimination with partial pivoting;
+    NaN when a pivot is exactly zero (where LAPACK's gesv reports a singular matrix)."""
+    n = y.size
+    a = m.copy()
+    x = y.copy()
     for k in range(n):
-        y = rows[k]
-        x = cols[k]
-        y0 = int(np.floor(y))
-        x0 = int(np.floor(x))
-        ty = y - y0
-        tx = x - x0
-        if order == 1:
-            ntap = 2
-            wy[0] = 1.0 - ty
-            wy[1] = ty
-            wx[0] = 1.0 - tx
-            wx[1] = tx
-            for a in range(2):
-                iy[a] = _mirror(y0 + a, h)
-                ix[a] = _mirror(x0 + a, w)
-        else:
-            ntap = 4
-            wy[0] = (1 - ty) ** 3 / 6.0
-            wy[1] = (3 * ty**3 - 6 * ty**2 + 4) / 6.0
-            wy[2] = (-3 * ty**3 + 3 * ty**2 + 3 * ty + 1) / 6.0
-            wy[3] = ty**3 / 6.0
-            wx[0] = (1 - tx) ** 3 / 6.0
-            wx[1] = (3 * tx**3 - 6 * tx**2 + 4) / 6.0
-            wx[2] = (-3 * tx**3 + 3 * tx**2 + 3 * tx + 1) / 6.0
-            wx[3] = tx**3 / 6.0
-            for a in range(4):
-                iy[a] = _mirror(y0 - 1 + a, h)
-                ix[a] = _mirror(x0 - 1 + a, w)
+        p = k
+        for i in range(k + 1, n):
+            if abs(a[i, k]) > abs(a[p, k]):
+                p = i
+        if a[p, k] == 0.0:
+            x[:] = np.nan
+            return x
+        if p != k:
+            for j in range(n):
+                a[k, j], a[p, j] = a[p, j], a[k, j]
+            x[k], x[p] = x[p], x[k]
+        for i in range(k + 1, n):
+            f = a[i, k] / a[k, k]
+            for j in range(k, n):
+                a[i, j] -= f * a[k, j]
+            x[i] -= f * x[k]
+    for k in range(n - 1, -1, -1):
+        s = x[k]
+        for j in range(k + 1, n):
+            s -= a[k, j] * x[j]
+        x[k] = s / a[k, k]
+    return x
+
+
+@njit(cache=True)
+def _patch_similarity(g1, g2, kind):  # pragma: no cover - compiled
+    """SAM cosine (``kind`` 0, Yan et al. 2016, eq. 4), NCC with per-channel means removed (1)
+    or its absolute value (2) of two (C, n) patches."""
+    nch, n = g1.shape
+    saa = 0.0
+    sbb = 0.0
+    sab = 0.0
+    for c in range(nch):
+        ma = 0.0
+        mb = 0.0
+        if kind != 0:
+            for k in range(n):
+                ma += g1[c, k]
+                mb += g2[c, k]
+            ma /= n
+            mb /= n
+        for k in range(n):
+            da = g1[c, k] - ma
+            db = g2[c, k] - mb
+            saa += da * da
+            sbb += db * db
+            sab += da * db
+    den = np.sqrt(saa * sbb)
+    r = sab / den if den > 0 else 0.0
+    return abs(r) if kind == 2 else r
+
+
+@njit(cache=True)
+def lsm_point(
+    g1, sec, sec_gy, sec_gx, sec_ok, yy, xx, t0, half, order, kind, affine, max_iterations
+):  # pragma: no cover - compiled
+    """Least-squares matching of one patch (Gruen 1985), the loop of
+    :func:`costack.matching.lsm`: reference patch ``g1`` (C, n) at offsets (``yy``, ``xx``)
+    from its centre; secondary position t + A (y, x), A = I and t = ``t0`` at start.
+
+    Each iteration samples the secondary (``order`` 3: cubic B-spline coefficients, 1:
+    bilinear values) and its validity ``sec_ok`` (1, H, W), scores the similarity (``kind``),
+    fits the radiometry ref = r0 + r1 sec by least squares and then the geometry (6 affine
+    parameters, or the translation when ``affine`` is false) by one Gauss-Newton step. A step
+    that lowers the similarity is halved, up to 4 times. Returns (found, row, col, similarity)
+    of the best position met; found is false when the first one already leaves the data.
+    """
+    nch, h, w = sec.shape
+    n = yy.size
+    a = np.array([1.0, 0.0, 0.0, 1.0])
+    t = t0.copy()
+    found = False
+    best_r, best_c, best_sim = 0.0, 0.0, 0.0
+    converged = False
+    halvings = 0
+    last = np.zeros(6)
+    rows = np.empty(n)
+    cols = np.empty(n)
+    okw = np.empty((1, n))
+    g2 = np.empty((nch, n))
+    gy = np.empty((nch, n))
+    gx = np.empty((nch, n))
+    npar = 6 if affine else 2
+    for _ in range(max_iterations):
+        for k in range(n):
+            rows[k] = t[0] + a[0] * yy[k] + a[1] * xx[k] - 0.5
+            cols[k] = t[1] + a[2] * yy[k] + a[3] * xx[k] - 0.5
+        if rows.min() < 0 or cols.min() < 0 or rows.max() > h - 1 or cols.max() > w - 1:
+            break
+        _sample_into(sec_ok, sec_ok, sec_ok, 1, rows, cols, 1, okw, okw, okw)
+        if okw.min() < 0.999:
+            break
+        # the secondary and its two derivatives: one set of taps per point
+        _sample_into(sec, sec_gy, sec_gx, 3, rows, cols, order, g2, gy, gx)
+        sim = _patch_similarity(g1, g2, kind)
+        # iterate while the similarity improves (ties within 1e-6 count as improving, so an
+        # already aligned patch still gets its sub-pixel refinement)
+        if found and sim < best_sim - 1e-6:
+            if halvings >= 4:
+                break
+            halvings += 1
+            for q in range(6):
+                last[q] /= 2
+            t[0] -= last[0]
+            t[1] -= last[1]
+            for q in range(4):
+                a[q] -= last[2 + q]
+            continue
+        halvings = 0
+        best_sim = max(sim, best_sim) if found else sim
+        best_r, best_c = t[0], t[1]
+        found = True
+        if converged:
+            break
+        # radiometry: linear regression of g1 on g2 (normal equations of [1, g2])
+        s1 = 0.0
+        s2 = 0.0
+        s22 = 0.0
+        s12 = 0.0
         for c in range(nch):
-            acc = 0.0
-            for a in range(ntap):
-                row = 0.0
-                for b in range(ntap):
-                    row += wx[b] * coef[c, iy[a], ix[b]]
-                acc += wy[a] * row
-            out[c, k] = acc
-    return out
+            for k in range(n):
+                s1 += g1[c, k]
+                s2 += g2[c, k]
+                s22 += g2[c, k] * g2[c, k]
+                s12 += g1[c, k] * g2[c, k]
+        rad = _solve_small(np.array([[nch * n, s2], [s2, s22]], np.float64),
+                           np.array([s1, s12]))  # fmt: skip
+        if not abs(rad[1]) >= 1e-9:
+            break
+        # geometry: Gauss-Newton on J = r1 [gy, gx, gy y, gy x, gx y, gx x]
+        jtj = np.zeros((npar, npar))
+        jtr = np.zeros(npar)
+        row = np.empty(6)
+        for c in range(nch):
+            for k in range(n):
+                row[0] = rad[1] * gy[c, k]
+                row[1] = rad[1] * gx[c, k]
+                if affine:
+                    row[2] = row[0] * yy[k]
+                    row[3] = row[0] * xx[k]
+                    row[4] = row[1] * yy[k]
+                    row[5] = row[1] * xx[k]
+                res = g1[c, k] - (rad[0] + rad[1] * g2[c, k])
+                for p in range(npar):
+                    jtr[p] += row[p] * res
+                    for q in range(npar):
+                        jtj[p, q] += row[p] * row[q]
+        sol = _solve_small(jtj, jtr)
+        delta = np.zeros(6)
+        delta[:npar] = sol
+        if not np.all(np.isfinite(delta)) or np.hypot(delta[0], delta[1]) > half / 2:
+            break
+        t[0] += delta[0]
+        t[1] += delta[1]
+        for q in range(4):
+            a[q] += delta[2 + q]
+        last[:] = delta
+        converged = np.hypot(delta[0], delta[1]) < 1e-3
+    return found, best_r, best_c, best_sim

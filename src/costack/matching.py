@@ -21,7 +21,7 @@ import numpy as np
 import rasterio
 from scipy import ndimage
 
-from costack._kernels import sample_channels
+from costack._kernels import lsm_point
 from costack.imaging import fill_nearest, masked_blur
 
 #: NCC of CFOG descriptors that a multimodal match must reach (tie points and QC)
@@ -132,29 +132,9 @@ def prepare(
                        order=order)  # fmt: skip
 
 
-def _similarity(a: np.ndarray, b: np.ndarray, kind: str) -> float:
-    """SAM as the cosine of the angle between the patches (Yan et al. 2016, eq. 4), or the
-    normalised correlation of the patches (means removed per channel; "absncc": its absolute
-    value, for locally inverted contrast)."""
-    if kind != "sam":
-        a = a - a.mean(axis=1, keepdims=True)
-        b = b - b.mean(axis=1, keepdims=True)
-    den = math.sqrt(float((a * a).sum() * (b * b).sum()))
-    r = float((a * b).sum()) / den if den > 0 else 0.0
-    return abs(r) if kind == "absncc" else r
-
-
-def _sample(coef: np.ndarray, rows: np.ndarray, cols: np.ndarray, order: int) -> np.ndarray:
-    """Cubic B-spline (or bilinear) interpolation of every channel at (rows, cols); (C, n)."""
-    return sample_channels(coef, rows, cols, order)
-
-
-def _solve(j: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Least squares ``j x = y`` by the normal equations (a few well-posed columns), or NaN."""
-    try:
-        return np.linalg.solve(j.T @ j, j.T @ y)
-    except np.linalg.LinAlgError:
-        return np.full(j.shape[1], np.nan)
+#: the similarity kinds of :func:`costack._kernels.lsm_point`: SAM (intensities), NCC (means
+#: removed per channel) and its absolute value (locally inverted contrast)
+_SIMILARITY = {"sam": 0, "ncc": 1, "absncc": 2}
 
 
 def lsm(
@@ -180,66 +160,15 @@ def lsm(
     if not m.ref_ok[sl].all():
         return None
     nch = m.ref.shape[0]
-    g1 = m.ref[(slice(None), *sl)].reshape(nch, -1).astype(np.float64)
-    g1_flat = g1.ravel()
+    g1 = np.ascontiguousarray(m.ref[(slice(None), *sl)].reshape(nch, -1), np.float64)
     yy, xx = np.mgrid[-half : half + 1, -half : half + 1].astype(np.float64)
-    yy, xx = yy.ravel(), xx.ravel()
-    yyc, xxc = np.tile(yy, nch), np.tile(xx, nch)
     # affine geometry: sec position = t + A (y, x); pixel-centre index = position - 0.5
-    a = np.array([1.0, 0.0, 0.0, 1.0])  # a11 a12 a21 a22 (row/col)
     t = np.array(p_sec, dtype=np.float64) + np.array([r0i + 0.5 - p_ref[0], c0i + 0.5 - p_ref[1]])
-    best: tuple[tuple[float, float], float] | None = None
-    converged = False
-    halvings = 0
-    last_delta = np.zeros(6)
-    for _ in range(max_iterations):
-        rows = t[0] + a[0] * yy + a[1] * xx - 0.5
-        cols = t[1] + a[2] * yy + a[3] * xx - 0.5
-        if rows.min() < 0 or cols.min() < 0 or rows.max() > h - 1 or cols.max() > w - 1:
-            return best
-        okw = sample_channels(m.sec_ok[None], rows, cols, 1)
-        if (okw < 0.999).any():
-            return best
-        g2 = _sample(m.sec, rows, cols, m.order)
-        sim = _similarity(g1, g2, m.similarity)
-        # iterate while the similarity improves (ties within 1e-6 count as improving, so an
-        # already aligned patch still gets its sub-pixel refinement)
-        if best is not None and sim < best[1] - 1e-6:
-            # the step overshot: halve it (a backtracking line search), up to 4 times
-            if halvings >= 4:
-                return best
-            halvings += 1
-            last_delta = last_delta / 2
-            t -= last_delta[:2]
-            a -= last_delta[2:]
-            continue
-        halvings = 0
-        best = ((float(t[0]), float(t[1])), max(sim, best[1]) if best else sim)
-        if converged:
-            return best
-        gy = _sample(m.sec_gy, rows, cols, m.order).ravel()
-        gx = _sample(m.sec_gx, rows, cols, m.order).ravel()
-        g2f = g2.ravel()
-        # radiometry by linear regression of g1 on g2, then geometry by Gauss-Newton
-        design = np.column_stack([np.ones_like(g2f), g2f])
-        rad = _solve(design, g1_flat)
-        if not abs(rad[1]) >= 1e-9:
-            return best
-        resid = g1_flat - (rad[0] + rad[1] * g2f)
-        if m.affine:
-            j = rad[1] * np.column_stack([gy, gx, gy * yyc, gy * xxc, gx * yyc, gx * xxc])
-            delta = _solve(j, resid)
-        else:
-            j = rad[1] * np.column_stack([gy, gx])
-            delta = np.zeros(6)
-            delta[:2] = _solve(j, resid)
-        if not np.all(np.isfinite(delta)) or np.hypot(delta[0], delta[1]) > half / 2:
-            return best
-        t += delta[:2]
-        a += delta[2:]
-        last_delta = delta.copy()
-        converged = bool(np.hypot(delta[0], delta[1]) < 1e-3)
-    return best
+    found, row, col, sim = lsm_point(
+        g1, m.sec, m.sec_gy, m.sec_gx, m.sec_ok[None], yy.ravel(), xx.ravel(), t, half,
+        m.order, _SIMILARITY[m.similarity], m.affine, max_iterations,
+    )  # fmt: skip
+    return ((row, col), sim) if found else None
 
 
 def _cfog_pair(ref: np.ndarray, sec: np.ndarray):
