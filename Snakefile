@@ -37,9 +37,14 @@ rule all:
 
 
 # A running workflow records its pid, so that `snakemake --unlock` refuses to remove a live
-# run's lock (see common.smk); the registration verdicts are the run's last lines.
+# run's lock (see common.smk); a fresh install compiles its numba kernels here, once, on two
+# cores, instead of inside the jobs (src/costack/precompile.py); the registration verdicts are
+# the run's last lines.
 onstart:
+    from costack.precompile import ensure_compiled
+
     record_run(RUN_PID)
+    ensure_compiled(processes=2)
 
 
 onsuccess:
