@@ -102,8 +102,9 @@ def ensure_compiled(processes: int = 2, quiet: bool = False) -> bool:
               file=sys.stderr)  # fmt: skip
     shares = [SHARES[i::processes] for i in range(min(processes, len(SHARES)))]
     procs = [
-        subprocess.Popen([sys.executable, "-m", "costack.precompile",
-                          *(n for share in part for n in share)])  # fmt: skip
+        subprocess.Popen(
+            [sys.executable, "-m", "costack.precompile", *(n for share in part for n in share)]
+        )  # fmt: skip
         for part in shares
     ]
     if all(p.wait() == 0 for p in procs):
