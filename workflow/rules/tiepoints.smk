@@ -17,6 +17,9 @@ rule match_tiepoints:
     log:
         "logs/match_tiepoints/{n}.log",
     threads: 1
+    # the registration chain (tie points, then flow) is the run's longest path: scheduled before
+    # the COGs and QC of the datasets already registered (priority changes no output)
+    priority: 10
     resources:
         mem_mb=2048,
         runtime=30,

@@ -12,5 +12,6 @@ run_step(
         snakemake.output[0],
         resolution_ratio=float(snakemake.params.resolution_ratio),
         max_displacement=float(snakemake.params.max_displacement),
+        threads=snakemake.threads,
     ),
 )
