@@ -1,7 +1,6 @@
 """The numba kernels compiled once per install (src/costack/precompile.py, the Snakefile's
-onstart) at the very signatures the stages call them with: after the warm-up, the flow in
-every mode and interpolation, the tie points, the QC re-matching and the warp compile nothing.
-"""
+onstart) at the very signatures the stages call them with, and the stamp that makes later runs
+skip the warm-up."""
 
 from __future__ import annotations
 
@@ -14,20 +13,18 @@ import pytest
 
 pytestmark = pytest.mark.workflow
 
-#: every kernel call of the stages, on small real-looking inputs; prints the kernels numba
-#: compiled (their names), which must be none after the warm-up
+#: the signatures each kernel of costack._kernels was called with in this process
+SIGNATURES = r"""
+import json
+from numba.core.registry import CPUDispatcher
+from costack import _kernels as K
+print(json.dumps({n: sorted(str(s) for s in d.signatures) for n, d in vars(K).items()
+                  if isinstance(d, CPUDispatcher) and d.signatures}))
+"""
+
+#: every kernel call of the stages, on small real-looking inputs
 STAGES = r"""
-import json, numpy as np
-from numba.core import event
-compiled = []
-class Rec(event.Listener):
-    def on_start(self, ev):
-        d = ev.data["dispatcher"]
-        if d.py_func.__module__ == "costack._kernels":
-            compiled.append(d.py_func.__name__)
-    def on_end(self, ev):
-        pass
-event.register("numba:compile", Rec())
+import numpy as np
 from scipy import ndimage
 from skimage import data
 from costack.evaluation import displace
@@ -46,36 +43,41 @@ for multimodal in (False, True):
     m = prepare(img, ok1, np.where(ok2, sec, 0), ok2, multimodal)
     lsm(m, (80.5, 80.5), (80.5, 80.5), 17)
 warp_array(sec, np.zeros_like(sec), np.zeros_like(sec))
-print(json.dumps(sorted(set(compiled))))
+"""
+
+WARM_UP = r"""
+from costack.precompile import SHARES, compile_share
+compile_share(tuple(n for share in SHARES for n in share))
 """
 
 
-def test_precompiled_kernels_serve_every_stage(tmp_path):
-    """In a new numba cache: the warm-up compiles (and stamps), a second warm-up does nothing,
-    and the stages then compile no kernel of their own."""
-    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba"))
-
-    def python(code: str) -> str:
-        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                              env=env, timeout=600)  # fmt: skip
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        return proc.stdout.strip()
-
-    warm = "from costack.precompile import ensure_compiled; print(ensure_compiled(quiet=True))"
-    assert python(warm) == "True"
-    assert list((tmp_path / "numba").glob("costack-kernels-*.compiled"))
-    assert python(warm) == "False"
-    assert json.loads(python(STAGES).splitlines()[-1]) == []
-
-
-def test_without_the_warm_up_the_stages_would_compile(tmp_path):
-    """The recorder of the test above sees compilations when there was no warm-up (so an
-    empty list there is evidence, not a listener that never fires); the warp alone, the
-    cheapest kernel to compile."""
-    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba"))
-    body = STAGES.index("for mode in (")
-    code = STAGES[:body] + STAGES[STAGES.index("warp_array(sec,") :]
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                          timeout=600)  # fmt: skip
+def _signatures(code: str) -> dict[str, list[str]]:
+    proc = subprocess.run([sys.executable, "-c", code + SIGNATURES], capture_output=True,
+                          text=True, timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert json.loads(proc.stdout.strip().splitlines()[-1]) == ["warp_bilinear"]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_the_warm_up_compiles_every_signature_the_stages_call():
+    """The flow in every mode and interpolation, LSM on intensities and on CFOG descriptors,
+    and the warp call each top-level kernel only with signatures the warm-up compiles (in
+    numba's cache of this checkout: loads, after the demo, not compilations)."""
+    stages, warm = _signatures(STAGES), _signatures(WARM_UP)
+    assert {"window_solve", "lsm_point", "rank_transform", "clahe", "warp_bspline"} <= set(stages)
+    for name, signatures in stages.items():
+        assert set(signatures) <= set(warm.get(name, [])), (name, signatures, warm.get(name))
+
+
+def test_the_warm_up_leaves_a_stamp_and_runs_once(tmp_path, monkeypatch):
+    """In a new numba cache (two small kernels, one per process): the first call compiles and
+    stamps, the second finds the stamp and does nothing."""
+    from costack import precompile
+
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "numba"))
+    monkeypatch.setattr(precompile, "SHARES", (("warp_bilinear",), ("upsample_flow",)))
+    assert precompile.ensure_compiled(processes=2, quiet=True) is True
+    assert precompile.stamp_path().exists()
+    assert list((tmp_path / "numba").rglob("*warp_bilinear*.nbi"))
+    assert list((tmp_path / "numba").rglob("*upsample_flow*.nbi"))
+    assert precompile.ensure_compiled(processes=2, quiet=True) is False
+    assert os.environ["NUMBA_CACHE_DIR"] == str(tmp_path / "numba")

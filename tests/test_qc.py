@@ -1,4 +1,4 @@
-"""The QC stage: residual misregistration measured the same way in memory and by strips."""
+"""The QC stage: residual misregistration measured the same way in memory and by blocks."""
 
 import numpy as np
 import pytest
@@ -14,9 +14,9 @@ from costack.rasterio_io import write_float32
 
 @pytest.mark.parametrize("multimodal", [False, True])
 def test_qc_by_strips_matches_the_whole_grid(tmp_path, multimodal):
-    """A 700 x 420 pair with a known 0.4 px shift before and a NaN band across a strip border:
-    the strips (256 rows, 96-row margins) re-match the same lattice points to the same
-    residuals as the whole grid in memory."""
+    """A 700 x 420 pair with a known 0.4 px shift before and a NaN band across a block border:
+    the blocks (256 x 256 px, 3 x 2 of them, 96 px margins) re-match the same lattice points to
+    the same residuals as the whole grid in memory."""
     h, w = 700, 420
     ref = scene(h, w, seed=3) + 3.0
     grid = Grid(CRS.from_epsg(32631), Affine(10, 0, 500_000, 0, -10, 5_000_000), w, h)

@@ -35,16 +35,17 @@ from costack.errors import CostackError
 from costack.grid import compute_grid
 from costack.grid_model import Grid, resolution_ratio
 from costack.limits import (
-    QC_BYTES_PER_PIXEL,
-    QC_IN_MEMORY_PIXELS,
-    QC_STRIP_BYTES,
     QC_STRIP_MARGIN,
     TIEPOINT_BYTES_PER_PIXEL,
     TIEPOINT_IN_MEMORY_PIXELS,
     TILED_ABOVE,
+    qc_block_side,
+    qc_bytes_per_pixel,
+    qc_in_memory_pixels,
+    qc_parallel,
 )
 from costack.manifest import read_manifest, write_manifest
-from costack.rasterio_io import BLOCK, atomic_path, strip_rows, write_json
+from costack.rasterio_io import BLOCK, atomic_path, write_json
 
 log = logging.getLogger(__name__)
 
@@ -74,14 +75,25 @@ TILED_FLOW_BYTES = 2_800_000_000
 TILED_WARP_BYTES = 600_000_000
 
 
+def qc_bytes(px: int, width: int, multimodal: bool) -> int:
+    """Peak bytes of the QC job on a grid of ``px`` pixels, ``width`` wide: in memory (twice,
+    on two threads, when small), or one block and its margins (:mod:`costack.limits`)."""
+    bpp = qc_bytes_per_pixel(multimodal)
+    if px <= qc_in_memory_pixels(multimodal):
+        return bpp * px * (2 if qc_parallel(px, multimodal) else 1)
+    side = qc_block_side(multimodal)
+    rows, cols = min(side, px // width), min(side, width)
+    return bpp * (rows + 2 * QC_STRIP_MARGIN) * (cols + 2 * QC_STRIP_MARGIN)
+
+
 def job_memory(cfg: RunConfig, manifest: pd.DataFrame, grid: Grid) -> dict[str, int]:
     """Estimated peak memory (bytes) of the heaviest job of each kind on this grid.
 
     Co-location streams (:func:`costack.colocate.streamed_bytes`: GDAL's cache and chunk, two
     strips, geolocation arrays of a GCP source). Flow: about 100 B per
     grid pixel in memory up to 16 Mpx, tiled above; the warp likewise. Band math:
-    :func:`costack.bandmath.memory_bytes`, by strips beyond 1 GB. QC: 60 B per pixel up to
-    16 Mpx, by strips above. Tie points: 80 B per pixel up to 16 Mpx, by tiles of at most
+    :func:`costack.bandmath.memory_bytes`, by strips beyond 1 GB. QC: :func:`qc_bytes` (up to
+    1 GB in memory, by strips above). Tie points: 80 B per pixel up to 16 Mpx, by tiles of at most
     that above.
     """
     px = grid.width * grid.height
@@ -94,13 +106,9 @@ def job_memory(cfg: RunConfig, manifest: pd.DataFrame, grid: Grid) -> dict[str, 
         out["coregister_asset"] = 24 * px if px <= TILED_ABOVE else TILED_WARP_BYTES
         out["estimate_flow"] = FLOW_BYTES_PER_PIXEL * px if px <= TILED_ABOVE else TILED_FLOW_BYTES
         out["match_tiepoints"] = TIEPOINT_BYTES_PER_PIXEL * min(px, TIEPOINT_IN_MEMORY_PIXELS)
-        if px <= QC_IN_MEMORY_PIXELS:
-            out["assess_registration"] = QC_BYTES_PER_PIXEL * px
-        else:  # by strips (costack.qc._residuals_by_strips)
-            rows = strip_rows(grid.width, grid.height, QC_BYTES_PER_PIXEL, QC_STRIP_BYTES)
-            out["assess_registration"] = (
-                QC_BYTES_PER_PIXEL * grid.width * (rows + 2 * QC_STRIP_MARGIN)
-            )
+        # the QC on CFOG descriptors or on intensities, whichever needs more (the mode is
+        # decided from the rasters in the job)
+        out["assess_registration"] = max(qc_bytes(px, grid.width, m) for m in (True, False))
     for name, parsed in parse_expressions(cfg).items():
         need = memory_bytes(parsed, px)
         if need > BANDMATH_IN_MEMORY_BYTES:

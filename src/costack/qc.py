@@ -23,7 +23,13 @@ import rasterio
 
 from costack.grid_model import Grid
 from costack.imaging import masked_blur, resolution_sigma
-from costack.limits import QC_BYTES_PER_PIXEL, QC_IN_MEMORY_PIXELS, QC_STRIP_BYTES, QC_STRIP_MARGIN
+from costack.limits import (
+    QC_STRIP_BYTES,
+    QC_STRIP_MARGIN,
+    qc_block_side,
+    qc_in_memory_pixels,
+    qc_parallel,
+)
 from costack.matching import MIN_SIMILARITY_MULTIMODAL, lsm, prepare
 from costack.rasterio_io import read_float32, write_json
 from costack.tiepoint_model import TiePointModel
@@ -47,16 +53,20 @@ def residual_misregistration(
     row_offset: int = 0,
     point_rows: tuple[int, int] | None = None,
     grid_height: int | None = None,
+    col_offset: int = 0,
+    point_cols: tuple[int, int] | None = None,
+    grid_width: int | None = None,
 ) -> np.ndarray:
     """Residual shifts (dx, dy) at grid points where LSM succeeds; shape (n, 2).
 
     ``reference_blur`` (grid px) brings a sharp reference to a coarser secondary's resolution
     (see :func:`costack.imaging.resolution_sigma`) before matching.
 
-    A strip of a larger grid: ``ref`` and ``sec`` start at grid row ``row_offset`` of a grid
-    ``grid_height`` rows high, and only the points of the whole grid's lattice whose row lies in
-    ``point_rows`` (grid rows, start and stop) are matched, so that strips with margins
-    together match the points of the whole grid once each."""
+    A block of a larger grid: ``ref`` and ``sec`` start at grid row ``row_offset`` and column
+    ``col_offset`` of a grid ``grid_height`` x ``grid_width``, and only the points of the whole
+    grid's lattice whose row lies in ``point_rows`` and column in ``point_cols`` (grid rows or
+    columns, start and stop) are matched, so that blocks with margins together match the
+    points of the whole grid once each."""
     v1, v2 = np.isfinite(ref), np.isfinite(sec)
     a = np.where(v1, ref, 0).astype(np.float32)
     b = np.where(v2, sec, 0).astype(np.float32)
@@ -86,12 +96,17 @@ def residual_misregistration(
         m = replace(prepare(a, v1, b, v2, False), similarity="ncc")
     out = []
     height = ref.shape[0] if grid_height is None else grid_height
+    width = ref.shape[1] if grid_width is None else grid_width
     first, stop = (0, height) if point_rows is None else point_rows
+    left, right = (0, width) if point_cols is None else point_cols
     for rg in range(half + 2, height - half - 2, spacing):
         r = rg - row_offset
         if not first <= rg < stop or r < half + 2 or r >= ref.shape[0] - half - 2:
             continue
-        for c in range(half + 2, ref.shape[1] - half - 2, spacing):
+        for cg in range(half + 2, width - half - 2, spacing):
+            c = cg - col_offset
+            if not left <= cg < right or c < half + 2 or c >= ref.shape[1] - half - 2:
+                continue
             p = (r + 0.5, c + 0.5)
             got = lsm(m, p, p, half, max_iterations=10)
             if got is None or got[1] < threshold:
@@ -121,39 +136,46 @@ def summarise(shifts: np.ndarray, pixel_size: float, min_points: int = QC_MIN_PO
     }
 
 
-def _residuals_by_strips(
-    paths: tuple, grid: Grid, kw: dict, strip_bytes: int
+def _residuals_by_blocks(
+    paths: tuple, grid: Grid, kw: dict, block_bytes: int
 ) -> tuple[np.ndarray, np.ndarray, float, float]:
     """:func:`residual_misregistration` of the before and after rasters over the whole grid,
-    strip by strip: each strip of grid rows is read with QC_STRIP_MARGIN rows on either side
-    and matches only the lattice points whose row lies in it. Returns (shifts before, shifts
-    after, coverage, overlap) as the in-memory path does."""
+    block by block: square blocks of grid rows and columns (:func:`costack.limits.
+    qc_block_side`), each read with QC_STRIP_MARGIN pixels on every side, each matching only
+    the lattice points inside it. Returns (shifts before, shifts after, coverage, overlap) as
+    the in-memory path does."""
     from contextlib import ExitStack
 
     from rasterio.windows import Window
 
-    from costack.rasterio_io import STREAM_CACHE_MB, read_window, strip_rows, strips
+    from costack.rasterio_io import STREAM_CACHE_MB, read_window, strips
 
-    rows = strip_rows(grid.width, grid.height, QC_BYTES_PER_PIXEL, strip_bytes)
+    side = qc_block_side(kw["multimodal"], block_bytes)
     before_all, after_all = [], []
     n_before = n_overlap = 0
+    m = QC_STRIP_MARGIN
     with ExitStack() as stack:
         stack.enter_context(rasterio.Env(GDAL_CACHEMAX=STREAM_CACHE_MB))
         ref_src, before_src, after_src = (stack.enter_context(rasterio.open(p)) for p in paths)
-        for r0, r1 in strips(grid.height, rows):
-            w0, w1 = max(0, r0 - QC_STRIP_MARGIN), min(grid.height, r1 + QC_STRIP_MARGIN)
-            win = Window(0, w0, grid.width, w1 - w0)
-            ref = read_window(ref_src, win)
-            strip_kw = dict(kw, row_offset=w0, point_rows=(r0, r1), grid_height=grid.height)
-            before = read_window(before_src, win)
-            core = slice(r0 - w0, r1 - w0)
-            n_before += int(np.isfinite(before[core]).sum())
-            n_overlap += int((np.isfinite(before[core]) & np.isfinite(ref[core])).sum())
-            before_all.append(residual_misregistration(ref, before, **strip_kw))
-            del before
-            after = read_window(after_src, win)
-            after_all.append(residual_misregistration(ref, after, **strip_kw))
-            del after, ref
+        for r0, r1 in strips(grid.height, side):
+            for c0, c1 in strips(grid.width, side):
+                w0, w1 = max(0, r0 - m), min(grid.height, r1 + m)
+                v0, v1 = max(0, c0 - m), min(grid.width, c1 + m)
+                win = Window(v0, w0, v1 - v0, w1 - w0)
+                ref = read_window(ref_src, win)
+                block_kw = dict(
+                    kw, row_offset=w0, point_rows=(r0, r1), grid_height=grid.height,
+                    col_offset=v0, point_cols=(c0, c1), grid_width=grid.width,
+                )  # fmt: skip
+                before = read_window(before_src, win)
+                core = (slice(r0 - w0, r1 - w0), slice(c0 - v0, c1 - v0))
+                n_before += int(np.isfinite(before[core]).sum())
+                n_overlap += int((np.isfinite(before[core]) & np.isfinite(ref[core])).sum())
+                before_all.append(residual_misregistration(ref, before, **block_kw))
+                del before
+                after = read_window(after_src, win)
+                after_all.append(residual_misregistration(ref, after, **block_kw))
+                del after, ref
     px = grid.width * grid.height
     return np.concatenate(before_all), np.concatenate(after_all), n_before / px, n_overlap / px
 
@@ -166,18 +188,19 @@ def run_qc(
     multimodal: bool | None = None,
     resolution_ratio: float = 1.0,
     max_displacement: float = 16.0,
-    max_in_memory_pixels: int = QC_IN_MEMORY_PIXELS,
+    max_in_memory_pixels: int | None = None,
     strip_bytes: int = QC_STRIP_BYTES,
     threads: int = 2,
 ) -> dict:
     """The QC stage (rule ``assess_registration``, ``costack qc``): residual misregistration
     before (colocated) and after co-registration, as JSON.
 
-    Grids over ``max_in_memory_pixels`` are re-matched by strips of about ``strip_bytes`` with
-    margins wider than a patch and its filters (:func:`_residuals_by_strips`), so the QC's
-    memory is bounded by the strip rather than by the grid. Below that, with ``threads`` of 2
-    or more, the before and after re-matchings run on two threads (same figures; the demo's
-    SAR dataset: 4.5 -> 2.6 s).
+    Grids over ``max_in_memory_pixels`` (default: :func:`costack.limits.qc_in_memory_pixels`
+    of the mode, 1 GB's worth) are re-matched by blocks of about ``strip_bytes`` with margins
+    wider than a patch and its filters (:func:`_residuals_by_blocks`), so the QC's memory is
+    bounded by the block rather than by the grid. Smaller grids (``qc_parallel``), with
+    ``threads`` of 2 or more, re-match before and after on two threads (same figures; the
+    demo's SAR dataset: 4.0 -> 1.6 s).
 
     ``multimodal`` None (the default) decides from the rasters as the tie points do
     (:func:`costack.matching.matches_on_descriptors`): SAR against optical and inverted
@@ -195,11 +218,14 @@ def run_qc(
     with rasterio.open(ref_tif) as src:
         grid = Grid(src.crs, src.transform, src.width, src.height)
     size = abs(grid.transform.a)
+    if max_in_memory_pixels is None:
+        max_in_memory_pixels = qc_in_memory_pixels(multimodal)
     if grid.width * grid.height <= max_in_memory_pixels:
         ref, _, _ = read_float32(ref_tif)
         before, _, _ = read_float32(colocated_tif)
         after, _, _ = read_float32(coregistered_tif)
-        if threads > 1:  # the two re-matchings side by side (LSM releases the GIL)
+        if threads > 1 and qc_parallel(grid.width * grid.height, multimodal):
+            # the two re-matchings side by side (LSM releases the GIL)
             from concurrent.futures import ThreadPoolExecutor
 
             with ThreadPoolExecutor(max_workers=2) as pool:
@@ -212,7 +238,7 @@ def run_qc(
         coverage = float(np.isfinite(before).mean())
         overlap = float((np.isfinite(before) & np.isfinite(ref)).mean())
     else:
-        shifts_before, shifts_after, coverage, overlap = _residuals_by_strips(
+        shifts_before, shifts_after, coverage, overlap = _residuals_by_blocks(
             (ref_tif, colocated_tif, coregistered_tif), grid, kw, strip_bytes
         )
     result = {
