@@ -1,4 +1,4 @@
-"""The QC and tie-point stages at scale: peak memory and time in memory against by strips (QC)
+"""The QC and tie-point stages at scale: peak memory and time in memory against by blocks (QC)
 and by tiles (tie points), on one synthetic pair (a textured reference, its copy shifted by
 (0.4, -0.3) px as "before" and unshifted as "after"), and whether both give the same figures.
 
@@ -63,7 +63,7 @@ def main() -> None:
         ref, before, after = make_pair(folder, args.size)
         print(f"# bench/qc_bench.py: {args.size}x{args.size} grid, points every 24 px")
         got = {}
-        for mode, mx in (("in memory", 10**12), ("by strips", 0)):
+        for mode, mx in (("in memory", 10**12), ("by blocks", 0)):
             t0 = time.perf_counter()
             step = {"ref": str(ref), "before": str(before), "after": str(after),
                     "out": str(folder / "qc.json"), "max": mx}  # fmt: skip
@@ -76,8 +76,8 @@ def main() -> None:
                   f"{b['pixels']['median']:.4f} px median on {b['points']} points, after "
                   f"{a['pixels']['median']:.4f} px on {a['points']}  (process "
                   f"{time.perf_counter() - t0:.1f} s)")  # fmt: skip
-        same = all(got["in memory"][w] == got["by strips"][w] for w in ("before", "after"))
-        print(f"qc: by strips vs in memory, identical figures {same}")
+        same = all(got["in memory"][w] == got["by blocks"][w] for w in ("before", "after"))
+        print(f"qc: by blocks vs in memory, identical figures {same}")
         import numpy as np
 
         from costack.tiepoint_model import apply_model
