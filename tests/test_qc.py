@@ -29,7 +29,7 @@ def test_qc_by_strips_matches_the_whole_grid(tmp_path, multimodal):
     args = [tmp_path / f"{n}.tif" for n in ("ref", "before", "after")]
     whole = run_qc(*args, tmp_path / "whole.json", multimodal=multimodal)
     strips = run_qc(*args, tmp_path / "strips.json", multimodal=multimodal,
-                    max_in_memory_pixels=0, strip_bytes=1)  # fmt: skip
+                    max_in_memory_pixels=0, block_bytes=1)  # fmt: skip
     assert whole["before"]["figure"] == "measured" and whole["after"]["figure"] == "measured"
     for when in ("before", "after"):
         assert strips[when]["points"] == whole[when]["points"]

@@ -35,6 +35,18 @@ def fill_nearest(img: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return img[tuple(idx)]
 
 
+def on_two_threads(fn, args1: tuple, args2: tuple) -> tuple:
+    """``fn(*args1), fn(*args2)`` on two threads, for code that releases the GIL: SciPy's and
+    scikit-image's filters (the flow's Gaussian pre-smoothing: 0.20 -> 0.09 s), the compiled
+    LSM (the QC's before and after re-matchings)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=2) as ex:
+        f1 = ex.submit(fn, *args1)
+        f2 = ex.submit(fn, *args2)
+        return f1.result(), f2.result()
+
+
 def resolution_sigma(ratio: float) -> float:
     """Gaussian sigma (grid px) that brings a sharp image to the resolution of one ``ratio``
     times coarser: 0.5 sqrt(ratio^2 - 1) when the ratio exceeds 1.5, else 0 (the Gaussian

@@ -1,4 +1,4 @@
-"""Where the stages switch from whole grids in memory to tiles or strips, and what that costs:
+"""Where the stages switch from whole grids in memory to tiles or blocks, and what that costs:
 one home for the flow's, warp's, tie points' and QC's limits, read by those stages and by the
 run plan's memory estimates (:func:`costack.plan.job_memory`). No numba here, so that parsing
 the Snakefile imports none.
@@ -19,13 +19,13 @@ TIEPOINT_BYTES_PER_PIXEL = 80
 #: with the process's 0.2 GB; eight channels and their derivatives).
 QC_BYTES_PER_PIXEL = 60
 QC_BYTES_PER_PIXEL_CFOG = 270
-#: The QC re-matches a grid in memory while its estimate stays under this, else by strips.
+#: The QC re-matches a grid in memory while its estimate stays under this, else by blocks.
 QC_IN_MEMORY_BYTES = 1_000_000_000
 #: Target memory of one block of the QC (blocks of grid rows and columns with margins).
-QC_STRIP_BYTES = 600_000_000
-#: Rows read above and below a strip: a multimodal patch's half (25) and its 2 px border,
+QC_BLOCK_BYTES = 600_000_000
+#: Pixels read on every side of a block: a multimodal patch's half (25) and its 2 px border,
 #: the 3 px match tolerance, and the support of the blur, CFOG and B-spline filters.
-QC_STRIP_MARGIN = 96
+QC_BLOCK_MARGIN = 96
 
 
 def qc_bytes_per_pixel(multimodal: bool) -> int:
@@ -35,16 +35,16 @@ def qc_bytes_per_pixel(multimodal: bool) -> int:
 
 def qc_in_memory_pixels(multimodal: bool) -> int:
     """Largest grid (pixels) the QC re-matches in memory: 16.7 Mpx on intensities, 3.7 Mpx on
-    CFOG descriptors; larger grids go by strips of QC_STRIP_BYTES."""
+    CFOG descriptors; larger grids go by blocks of QC_BLOCK_BYTES."""
     return QC_IN_MEMORY_BYTES // qc_bytes_per_pixel(multimodal)
 
 
-def qc_block_side(multimodal: bool, budget: int = QC_STRIP_BYTES) -> int:
+def qc_block_side(multimodal: bool, budget: int = QC_BLOCK_BYTES) -> int:
     """Side (grid pixels) of the square blocks a large grid's QC re-matches one at a time:
     with its margins, a block holds about ``budget`` bytes (1300 px on CFOG descriptors, 2970
     on intensities), at least 256 px. Blocks rather than full-width strips, so that a wide
     grid's margins do not outweigh the budget (33,000 px wide: 4 GB per strip on CFOG)."""
-    side = int(math.sqrt(budget / qc_bytes_per_pixel(multimodal))) - 2 * QC_STRIP_MARGIN
+    side = int(math.sqrt(budget / qc_bytes_per_pixel(multimodal))) - 2 * QC_BLOCK_MARGIN
     return max(256, side)
 
 

@@ -35,7 +35,7 @@ from costack.errors import CostackError
 from costack.grid import compute_grid
 from costack.grid_model import Grid, resolution_ratio
 from costack.limits import (
-    QC_STRIP_MARGIN,
+    QC_BLOCK_MARGIN,
     TIEPOINT_BYTES_PER_PIXEL,
     TIEPOINT_IN_MEMORY_PIXELS,
     TILED_ABOVE,
@@ -83,7 +83,7 @@ def qc_bytes(px: int, width: int, multimodal: bool) -> int:
         return bpp * px * (2 if qc_parallel(px, multimodal) else 1)
     side = qc_block_side(multimodal)
     rows, cols = min(side, px // width), min(side, width)
-    return bpp * (rows + 2 * QC_STRIP_MARGIN) * (cols + 2 * QC_STRIP_MARGIN)
+    return bpp * (rows + 2 * QC_BLOCK_MARGIN) * (cols + 2 * QC_BLOCK_MARGIN)
 
 
 def job_memory(cfg: RunConfig, manifest: pd.DataFrame, grid: Grid) -> dict[str, int]:
@@ -93,7 +93,7 @@ def job_memory(cfg: RunConfig, manifest: pd.DataFrame, grid: Grid) -> dict[str, 
     strips, geolocation arrays of a GCP source). Flow: about 100 B per
     grid pixel in memory up to 16 Mpx, tiled above; the warp likewise. Band math:
     :func:`costack.bandmath.memory_bytes`, by strips beyond 1 GB. QC: :func:`qc_bytes` (up to
-    1 GB in memory, by strips above). Tie points: 80 B per pixel up to 16 Mpx, by tiles of at most
+    1 GB in memory, by blocks above). Tie points: 80 B per pixel up to 16 Mpx, by tiles of at most
     that above.
     """
     px = grid.width * grid.height

@@ -10,7 +10,8 @@ cluster jobs), compiles every kernel at the signature the library calls it with,
 ``processes`` processes, and leaves a stamp keyed by the kernels' source, numba's and Python's
 versions and the machine, so that later runs only look for the stamp (about a millisecond).
 A kernel compiled here is loaded from the cache by the jobs; the test
-``test_precompiled_kernels_serve_every_stage`` holds the signatures equal to the library's.
+``test_the_warm_up_compiles_every_signature_the_stages_call`` holds the stages' signatures
+among the warm-up's.
 """
 
 from __future__ import annotations

@@ -22,10 +22,10 @@ import numpy as np
 import rasterio
 
 from costack.grid_model import Grid
-from costack.imaging import masked_blur, resolution_sigma
+from costack.imaging import masked_blur, on_two_threads, resolution_sigma
 from costack.limits import (
-    QC_STRIP_BYTES,
-    QC_STRIP_MARGIN,
+    QC_BLOCK_BYTES,
+    QC_BLOCK_MARGIN,
     qc_block_side,
     qc_in_memory_pixels,
     qc_parallel,
@@ -141,7 +141,7 @@ def _residuals_by_blocks(
 ) -> tuple[np.ndarray, np.ndarray, float, float]:
     """:func:`residual_misregistration` of the before and after rasters over the whole grid,
     block by block: square blocks of grid rows and columns (:func:`costack.limits.
-    qc_block_side`), each read with QC_STRIP_MARGIN pixels on every side, each matching only
+    qc_block_side`), each read with QC_BLOCK_MARGIN pixels on every side, each matching only
     the lattice points inside it. Returns (shifts before, shifts after, coverage, overlap) as
     the in-memory path does."""
     from contextlib import ExitStack
@@ -153,7 +153,7 @@ def _residuals_by_blocks(
     side = qc_block_side(kw["multimodal"], block_bytes)
     before_all, after_all = [], []
     n_before = n_overlap = 0
-    m = QC_STRIP_MARGIN
+    m = QC_BLOCK_MARGIN
     with ExitStack() as stack:
         stack.enter_context(rasterio.Env(GDAL_CACHEMAX=STREAM_CACHE_MB))
         ref_src, before_src, after_src = (stack.enter_context(rasterio.open(p)) for p in paths)
@@ -189,14 +189,14 @@ def run_qc(
     resolution_ratio: float = 1.0,
     max_displacement: float = 16.0,
     max_in_memory_pixels: int | None = None,
-    strip_bytes: int = QC_STRIP_BYTES,
+    block_bytes: int = QC_BLOCK_BYTES,
     threads: int = 2,
 ) -> dict:
     """The QC stage (rule ``assess_registration``, ``costack qc``): residual misregistration
     before (colocated) and after co-registration, as JSON.
 
     Grids over ``max_in_memory_pixels`` (default: :func:`costack.limits.qc_in_memory_pixels`
-    of the mode, 1 GB's worth) are re-matched by blocks of about ``strip_bytes`` with margins
+    of the mode, 1 GB's worth) are re-matched by blocks of about ``block_bytes`` with margins
     wider than a patch and its filters (:func:`_residuals_by_blocks`), so the QC's memory is
     bounded by the block rather than by the grid. Smaller grids (``qc_parallel``), with
     ``threads`` of 2 or more, re-match before and after on two threads (same figures; the
@@ -226,12 +226,9 @@ def run_qc(
         after, _, _ = read_float32(coregistered_tif)
         if threads > 1 and qc_parallel(grid.width * grid.height, multimodal):
             # the two re-matchings side by side (LSM releases the GIL)
-            from concurrent.futures import ThreadPoolExecutor
-
-            with ThreadPoolExecutor(max_workers=2) as pool:
-                jobs = [pool.submit(residual_misregistration, ref, x, **kw)
-                        for x in (before, after)]  # fmt: skip
-                shifts_before, shifts_after = (j.result() for j in jobs)
+            shifts_before, shifts_after = on_two_threads(
+                lambda sec: residual_misregistration(ref, sec, **kw), (before,), (after,)
+            )
         else:
             shifts_before = residual_misregistration(ref, before, **kw)
             shifts_after = residual_misregistration(ref, after, **kw)
@@ -239,7 +236,7 @@ def run_qc(
         overlap = float((np.isfinite(before) & np.isfinite(ref)).mean())
     else:
         shifts_before, shifts_after, coverage, overlap = _residuals_by_blocks(
-            (ref_tif, colocated_tif, coregistered_tif), grid, kw, strip_bytes
+            (ref_tif, colocated_tif, coregistered_tif), grid, kw, block_bytes
         )
     result = {
         "method": "LSM re-matching on a regular grid every 24 px; "
