@@ -5,6 +5,7 @@ skip the warm-up."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -79,3 +80,21 @@ def test_the_warm_up_leaves_a_stamp_and_runs_once(tmp_path, monkeypatch):
     assert list((tmp_path / "numba").rglob("*warp_bilinear*.nbi"))
     assert list((tmp_path / "numba").rglob("*upsample_flow*.nbi"))
     assert precompile.ensure_compiled(processes=2, quiet=True) is False
+
+
+def test_runs_that_start_together_compile_once(tmp_path):
+    """Two runs starting at once on a new cache: one compiles, the other waits on the lock and
+    then finds the stamp (both finish, and only one says it compiled)."""
+    script = (
+        "import sys; from costack import precompile; "
+        "precompile.SHARES = (('warp_bilinear',), ('upsample_flow',)); "
+        "print(precompile.ensure_compiled(processes=2, quiet=True))"
+    )
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba"))
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    said = sorted(p.communicate(timeout=300)[0].strip() for p in procs)
+    assert [p.returncode for p in procs] == [0, 0]
+    assert said == ["False", "True"], said

@@ -21,7 +21,6 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 from importlib import metadata
 from pathlib import Path
 
@@ -88,29 +87,42 @@ def compile_share(names: tuple[str, ...]) -> None:
 def ensure_compiled(processes: int = 2, quiet: bool = False) -> bool:
     """Compile every kernel into numba's cache unless this install's stamp is there; returns
     whether it compiled. Nothing happens when the cache folder is not writable (numba then
-    compiles in the jobs, as without this step)."""
+    compiles in the jobs, as without this step).
+
+    Runs that start together on one install (two terminals, a test suite's workers) take turns
+    on a lock file beside the stamp: the first compiles, the others wait for it and then find
+    the stamp, instead of compiling the same kernels side by side on the same cores."""
     stamp = stamp_path()
     if stamp.exists():
         return False
     folder = stamp.parent
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=folder).close()
+        lock = open(folder / "costack-kernels.lock", "a")  # held until compiled
     except OSError:
         return False
-    if not quiet:
-        print("costack: compiling the numba kernels once for this install (about 20 s)",
-              file=sys.stderr)  # fmt: skip
-    shares = [SHARES[i::processes] for i in range(min(processes, len(SHARES)))]
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "costack.precompile", *(n for share in part for n in share)]
-        )  # fmt: skip
-        for part in shares
-    ]
-    if all(p.wait() == 0 for p in procs):
-        stamp.write_text("numba kernels compiled into this folder's cache\n", encoding="utf-8")
-        return True
+    with lock:
+        try:
+            import fcntl
+
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        except (ImportError, OSError):  # no POSIX locks here: compile without waiting
+            pass
+        if stamp.exists():  # another run compiled while this one waited
+            return False
+        if not quiet:
+            print("costack: compiling the numba kernels once for this install (about 20 s)",
+                  file=sys.stderr)  # fmt: skip
+        shares = [SHARES[i::processes] for i in range(min(processes, len(SHARES)))]
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-m", "costack.precompile", *(n for share in part for n in share)]
+            )  # fmt: skip
+            for part in shares
+        ]
+        if all(p.wait() == 0 for p in procs):
+            stamp.write_text("numba kernels compiled into this folder's cache\n", encoding="utf-8")
+            return True
     return False
 
 
