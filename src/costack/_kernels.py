@@ -56,48 +56,42 @@ def rank_transform(img, valid, r):  # pragma: no cover - compiled
 
     The rank filter of EFolki (Brigot et al. 2016): any monotonic radiometric change between
     two images leaves it unchanged. Ties count one half. Invalid pixels get 0.
-    A window without invalid pixels (known from per-column counts of invalid pixels over the
-    window's rows) is counted with integer comparisons only (2000x2000, best of 7 runs:
-    0.22 s against 0.25 s for the masked sum the other windows take).
+    Each output row counts, for every window offset in turn, its comparisons along the whole
+    row (2 * below + equal, in integers): a contiguous loop that the compiler turns into SIMD
+    instructions (2000x2000: 0.05-0.09 s instead of 0.3-0.7 s for the per-pixel window loop,
+    the same values).
     """
     h, w = img.shape
     out = np.zeros((h, w), np.float32)
+    full = valid.min() > 0  # no invalid pixel: counts from the window's size
     for i in prange(h):
         a0 = max(0, i - r)
         a1 = min(h, i + r + 1)
-        colbad = np.zeros(w, np.int32)
+        acc = np.zeros(w, np.int32)  # 2 * below + equal, the centre included
+        cnt = np.zeros(w, np.int32)  # valid pixels in the window (when not full)
         for a in range(a0, a1):
-            for j in range(w):
-                colbad[j] += valid[a, j] == 0
+            for d in range(-r, r + 1):
+                j0 = max(0, -d)
+                j1 = min(w, w - d)
+                src = img[a, j0 + d : j1 + d]  # views: non-negative indices, no wraparound
+                ctr = img[i, j0:j1]
+                dst = acc[j0:j1]
+                if full:
+                    for k in range(j1 - j0):
+                        dst[k] += np.int32(src[k] < ctr[k]) + np.int32(src[k] <= ctr[k])
+                else:
+                    ok = valid[a, j0 + d : j1 + d]
+                    num = cnt[j0:j1]
+                    for k in range(j1 - j0):
+                        q = np.int32(ok[k] != 0)
+                        dst[k] += q * (np.int32(src[k] < ctr[k]) + np.int32(src[k] <= ctr[k]))
+                        num[k] += q
         for j in range(w):
             if valid[i, j] == 0:
                 continue
-            c = img[i, j]
-            b0 = max(0, j - r)
-            b1 = min(w, j + r + 1)
-            bad = 0
-            for b in range(b0, b1):
-                bad += colbad[b]
-            if bad == 0:
-                lt = 0
-                eq = 0
-                for a in range(a0, a1):
-                    for b in range(b0, b1):
-                        x = img[a, b]
-                        lt += x < c
-                        eq += x == c
-                n = (a1 - a0) * (b1 - b0)
-                below = lt + np.float32(0.5) * eq
-            else:
-                below = np.float32(0.0)
-                n = 0
-                for a in range(a0, a1):
-                    for b in range(b0, b1):
-                        if valid[a, b] != 0:
-                            x = img[a, b]
-                            n += 1
-                            below += np.float32(x < c) + np.float32(0.5) * np.float32(x == c)
-            out[i, j] = (below - np.float32(0.5)) / max(n - 1, 1)
+            n = cnt[j] if not full else (a1 - a0) * (min(w, j + r + 1) - max(0, j - r))
+            # (below - 1/2) / (n - 1), the centre's own tie taken out
+            out[i, j] = (acc[j] - 1) / (2.0 * max(n - 1, 1))
     return out
 
 
@@ -589,6 +583,88 @@ def symmetric_gradient(i2w, ok, ix1, iy1, wg1):  # pragma: no cover - compiled
             iy[i, j] = 0.5 * (iy1[i, j] + gy)
             wt[i, j] = wg1[i, j]
     return ix, iy, wt
+
+
+@njit(parallel=True, cache=True)
+def masked_blur(img, valid, wts):  # pragma: no cover - compiled
+    """Gaussian blur by normalised convolution (Knutsson and Westin 1993) of the pixels where
+    ``valid`` is non-zero: (G * (valid img)) / max(G * valid, 1e-6) there, 0 elsewhere.
+
+    ``wts`` are the Gaussian's taps from the centre out (w0, w1, ..., wr). The arithmetic is
+    SciPy's ``gaussian_filter`` (mode constant) step for step: rows then columns, each output a
+    sum in float64 of the centre times w0 and the symmetric pairs (far pair first) times their
+    tap, rounded to float32 between the passes, so the result is the same bytes as
+    :func:`costack.imaging.masked_blur`'s SciPy path; numerator and denominator are fused in
+    one pass per axis over row vectors (2000x2000: 0.012 s instead of 0.068 s).
+    """
+    h, w = img.shape
+    r = wts.shape[0] - 1
+    # rows: the column sums (axis 0, as SciPy filters first)
+    tn = np.empty((h, w), np.float32)
+    td = np.empty((h, w), np.float32)
+    for i in prange(h):
+        an = np.empty(w, np.float64)
+        ad = np.empty(w, np.float64)
+        xi = img[i]
+        vi = valid[i]
+        for j in range(w):
+            g = 1.0 if vi[j] != 0 else 0.0
+            an[j] = (xi[j] * g if vi[j] != 0 else 0.0) * wts[0]
+            ad[j] = g * wts[0]
+        for k in range(r, 0, -1):
+            wk = wts[k]
+            up = i - k
+            dn = i + k
+            if up >= 0 and dn < h:
+                xu = img[up]
+                vu = valid[up]
+                xd = img[dn]
+                vd = valid[dn]
+                for j in range(w):
+                    a = np.float64(xu[j]) if vu[j] != 0 else 0.0
+                    b = np.float64(xd[j]) if vd[j] != 0 else 0.0
+                    an[j] += (a + b) * wk
+                    ad[j] += (np.float64(vu[j] != 0) + np.float64(vd[j] != 0)) * wk
+            elif up >= 0 or dn < h:
+                q = up if up >= 0 else dn
+                xq = img[q]
+                vq = valid[q]
+                for j in range(w):
+                    a = np.float64(xq[j]) if vq[j] != 0 else 0.0
+                    an[j] += (a + 0.0) * wk
+                    ad[j] += (np.float64(vq[j] != 0) + 0.0) * wk
+        for j in range(w):
+            tn[i, j] = an[j]
+            td[i, j] = ad[j]
+    # columns (axis 1) over a zero-padded line, then the normalisation
+    out = np.zeros((h, w), np.float32)
+    floor = np.float32(1e-6)
+    for i in prange(h):
+        ln = np.zeros(w + 2 * r, np.float64)
+        ld = np.zeros(w + 2 * r, np.float64)
+        for j in range(w):
+            ln[j + r] = tn[i, j]
+            ld[j + r] = td[i, j]
+        an = np.empty(w, np.float64)
+        ad = np.empty(w, np.float64)
+        for j in range(w):
+            an[j] = ln[j + r] * wts[0]
+            ad[j] = ld[j + r] * wts[0]
+        for k in range(r, 0, -1):
+            wk = wts[k]
+            lo_n = ln[r - k : r - k + w]
+            hi_n = ln[r + k : r + k + w]
+            lo_d = ld[r - k : r - k + w]
+            hi_d = ld[r + k : r + k + w]
+            for j in range(w):
+                an[j] += (lo_n[j] + hi_n[j]) * wk
+                ad[j] += (lo_d[j] + hi_d[j]) * wk
+        for j in range(w):
+            if valid[i, j] != 0:
+                num = np.float32(an[j])
+                den = max(np.float32(ad[j]), floor)
+                out[i, j] = num / den
+    return out
 
 
 @njit(parallel=True, cache=True)

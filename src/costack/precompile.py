@@ -31,7 +31,7 @@ _KERNELS = Path(__file__).with_name("_kernels.py")
 SHARES = (
     ("window_solve", "rank_transform", "gradient5", "upsample_flow", "weighted_trace", "clahe"),
     ("lsm_point", "warp_bspline", "pyramid_down", "warp_bilinear", "symmetric_gradient",
-     "warp_cubic"),
+     "warp_cubic", "masked_blur"),
 )  # fmt: skip
 
 
@@ -79,6 +79,7 @@ def compile_share(names: tuple[str, ...]) -> None:
         "warp_bilinear": lambda: K.warp_bilinear(a, ok, a, a),
         "symmetric_gradient": lambda: K.symmetric_gradient(a, a, a, a, a),
         "warp_cubic": lambda: K.warp_cubic(a, ok, a, a),
+        "masked_blur": lambda: K.masked_blur(a, ok, np.ones(3)),
     }  # fmt: skip
     for name in names:
         calls[name]()
