@@ -324,39 +324,61 @@ def warp_bspline(coef, valid, u, v):  # pragma: no cover - compiled
 
 
 @njit(cache=True, inline="always")
-def _taps_valid(valid, i, j):  # pragma: no cover - compiled
-    """All taps of the 5-tap derivatives at (i, j), along both axes, are valid."""
-    return not (
-        valid[i, j - 2] == 0 or valid[i, j - 1] == 0 or valid[i, j] == 0
-        or valid[i, j + 1] == 0 or valid[i, j + 2] == 0 or valid[i - 2, j] == 0
-        or valid[i - 1, j] == 0 or valid[i + 1, j] == 0 or valid[i + 2, j] == 0
+def _cross(a, i, n):  # pragma: no cover - compiled
+    """The taps of the 5-tap derivatives at row ``i``, columns 2 .. n + 1, as row views (so
+    that the loops over them index from 0 and vectorise): columns j-2, j-1, j+1, j+2, rows
+    i-2, i-1, i+1, i+2, and the centre."""
+    return (
+        a[i, 0:n], a[i, 1 : n + 1], a[i, 3 : n + 3], a[i, 4 : n + 4],
+        a[i - 2, 2 : n + 2], a[i - 1, 2 : n + 2], a[i + 1, 2 : n + 2], a[i + 2, 2 : n + 2],
+        a[i, 2 : n + 2],
     )  # fmt: skip
 
 
 @njit(cache=True, inline="always")
-def _d5(img, i, j):  # pragma: no cover - compiled
-    """(d/dcol, d/drow) at (i, j): (img[j-2] - 8 img[j-1] + 8 img[j+1] - img[j+2]) / 12."""
+def _d5(t, k):  # pragma: no cover - compiled
+    """(d/dcol, d/drow) at element k of the views ``t`` of :func:`_cross`:
+    (img[j-2] - 8 img[j-1] + 8 img[j+1] - img[j+2]) / 12 along each axis."""
     c = np.float32(1.0 / 12.0)
-    gx = c * (img[i, j - 2] - 8 * img[i, j - 1] + 8 * img[i, j + 1] - img[i, j + 2])
-    gy = c * (img[i - 2, j] - 8 * img[i - 1, j] + 8 * img[i + 1, j] - img[i + 2, j])
+    gx = c * (t[0][k] - 8 * t[1][k] + 8 * t[2][k] - t[3][k])
+    gy = c * (t[4][k] - 8 * t[5][k] + 8 * t[6][k] - t[7][k])
     return gx, gy
+
+
+@njit(cache=True, inline="always")
+def _cross_valid(t, k):  # pragma: no cover - compiled
+    """All nine taps of :func:`_cross` views ``t`` are non-zero at element k (no branch)."""
+    return (
+        (t[0][k] != 0) & (t[1][k] != 0) & (t[2][k] != 0) & (t[3][k] != 0) & (t[4][k] != 0)
+        & (t[5][k] != 0) & (t[6][k] != 0) & (t[7][k] != 0) & (t[8][k] != 0)
+    )  # fmt: skip
 
 
 @njit(parallel=True, cache=True)
 def gradient5(img, valid):  # pragma: no cover - compiled
     """5-tap central derivatives (img[j-2] - 8 img[j-1] + 8 img[j+1] - img[j+2]) / 12 along
     columns (gx) and rows (gy), with ``ok`` = 1 where all taps of both are valid (0 within 2
-    pixels of the border); the derivatives are 0 where ``ok`` is 0. One pass, both cores."""
+    pixels of the border); the derivatives are 0 where ``ok`` is 0. One pass, both cores,
+    over row views without branches (SIMD: 2000x2000 in 0.007 s instead of 0.023 s)."""
     h, w = img.shape
     gx = np.zeros((h, w), np.float32)
     gy = np.zeros((h, w), np.float32)
     ok = np.zeros((h, w), np.float32)
+    n = w - 4
+    if n <= 0:
+        return gx, gy, ok
     for i in prange(2, h - 2):
-        for j in range(2, w - 2):
-            if not _taps_valid(valid, i, j):
-                continue
-            gx[i, j], gy[i, j] = _d5(img, i, j)
-            ok[i, j] = 1.0
+        x = _cross(img, i, n)
+        m = _cross(valid, i, n)
+        ox = gx[i, 2 : n + 2]
+        oy = gy[i, 2 : n + 2]
+        oo = ok[i, 2 : n + 2]
+        for k in range(n):
+            good = _cross_valid(m, k)
+            dx, dy = _d5(x, k)
+            ox[k] = dx if good else 0.0
+            oy[k] = dy if good else 0.0
+            oo[k] = 1.0 if good else 0.0
     return gx, gy, ok
 
 
@@ -569,23 +591,33 @@ def weighted_trace(wt, ix, iy):  # pragma: no cover - compiled
 def symmetric_gradient(i2w, ok, ix1, iy1, wg1):  # pragma: no cover - compiled
     """The efficient-second-order gradient (mean of the reference's and the warped
     secondary's 5-tap derivatives) and the joint weight wg1 * ok * (taps of i2w valid), in one
-    pass: (ix, iy, wt), zero where wt is zero."""
+    pass over row views without branches: (ix, iy, wt), zero where wt is zero."""
     h, w = i2w.shape
     ix = np.zeros((h, w), np.float32)
     iy = np.zeros((h, w), np.float32)
     wt = np.zeros((h, w), np.float32)
+    n = w - 4
+    if n <= 0:
+        return ix, iy, wt
     for i in prange(2, h - 2):
-        for j in range(2, w - 2):
-            if wg1[i, j] == 0 or not _taps_valid(ok, i, j):
-                continue
-            gx, gy = _d5(i2w, i, j)
-            ix[i, j] = 0.5 * (ix1[i, j] + gx)
-            iy[i, j] = 0.5 * (iy1[i, j] + gy)
-            wt[i, j] = wg1[i, j]
+        x = _cross(i2w, i, n)
+        m = _cross(ok, i, n)
+        g = wg1[i, 2 : n + 2]
+        a1 = ix1[i, 2 : n + 2]
+        b1 = iy1[i, 2 : n + 2]
+        ox = ix[i, 2 : n + 2]
+        oy = iy[i, 2 : n + 2]
+        ow = wt[i, 2 : n + 2]
+        for k in range(n):
+            good = (g[k] != 0) & _cross_valid(m, k)
+            dx, dy = _d5(x, k)
+            ox[k] = 0.5 * (a1[k] + dx) if good else 0.0
+            oy[k] = 0.5 * (b1[k] + dy) if good else 0.0
+            ow[k] = g[k] if good else 0.0
     return ix, iy, wt
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True, nogil=True)
 def masked_blur(img, valid, wts):  # pragma: no cover - compiled
     """Gaussian blur by normalised convolution (Knutsson and Westin 1993) of the pixels where
     ``valid`` is non-zero: (G * (valid img)) / max(G * valid, 1e-6) there, 0 elsewhere.
@@ -595,14 +627,16 @@ def masked_blur(img, valid, wts):  # pragma: no cover - compiled
     sum in float64 of the centre times w0 and the symmetric pairs (far pair first) times their
     tap, rounded to float32 between the passes, so the result is the same bytes as
     :func:`costack.imaging.masked_blur`'s SciPy path; numerator and denominator are fused in
-    one pass per axis over row vectors (2000x2000: 0.012 s instead of 0.068 s).
+    one pass per axis over row vectors (2000x2000: 0.023 s instead of 0.068 s). Serial and
+    free of the GIL, so that callers may run two on two threads (as the flow and the QC do)
+    whatever numba's threading layer.
     """
     h, w = img.shape
     r = wts.shape[0] - 1
     # rows: the column sums (axis 0, as SciPy filters first)
     tn = np.empty((h, w), np.float32)
     td = np.empty((h, w), np.float32)
-    for i in prange(h):
+    for i in range(h):
         an = np.empty(w, np.float64)
         ad = np.empty(w, np.float64)
         xi = img[i]
@@ -639,7 +673,7 @@ def masked_blur(img, valid, wts):  # pragma: no cover - compiled
     # columns (axis 1) over a zero-padded line, then the normalisation
     out = np.zeros((h, w), np.float32)
     floor = np.float32(1e-6)
-    for i in prange(h):
+    for i in range(h):
         ln = np.zeros(w + 2 * r, np.float64)
         ld = np.zeros(w + 2 * r, np.float64)
         for j in range(w):
