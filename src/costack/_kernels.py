@@ -1,8 +1,13 @@
 """Numba kernels of the dense flow: warps, rank filter, CLAHE, pyramid reduction, gradients
-and the window sums fused with the Lucas-Kanade solve.
+and the window sums fused with the Lucas-Kanade solve; the masked Gaussian blur and the LSM
+loop of the tie points and the QC.
 
-Each is a whole-array loop parallelised over rows (``prange``), so both cores are used, and
-each works in float32 with float64 accumulators where sums run long.
+Each flow kernel is a whole-array loop parallelised over rows (``prange``), so both cores are
+used, and works in float32 with float64 accumulators where sums run long; where it can, the
+inner loop runs over row views without branches, which the compiler turns into SIMD
+instructions. ``masked_blur`` and ``lsm_point`` are serial and release the GIL: their callers
+run two at a time on threads (a parallel kernel called from two threads at once is not safe
+under every numba threading layer).
 """
 
 from __future__ import annotations
