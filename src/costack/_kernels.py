@@ -716,7 +716,7 @@ def pyramid_down(img, wgt, taps):  # pragma: no cover - compiled
     ``wgt`` together and dividing (normalised convolution, Knutsson & Westin 1993) keeps
     invalid pixels out of the result. Only the output pixels are computed, which is about a
     quarter of the work of blurring the whole image and pooling it.
-    Returns (coarse image, coarse weight sum, 2x2 mean of ``wgt``).
+    Returns (coarse image, 2x2 mean of ``wgt``).
     """
     h, w = img.shape
     hc, wc = h // 2, w // 2

@@ -81,6 +81,12 @@ class FlowParams:
             with RMSE 0.53 px took the flow from 0.46 to 0.80 px mean error).
         invert_secondary: negate the secondary first (EFolki on a pair whose contrast is
             inverted everywhere: the rank filter then sees one sensor; ``auto`` sets it).
+        detail_blend: at the finest level, combine the estimates of the first (largest) and
+            the last (smallest) radius by scale (:func:`blend_scales`): the large window's
+            field, less noisy, plus the smoothed difference of the small window's, less biased
+            by the window's averaging of a varying field. Bench, 1024x1024 real images (mean
+            EPE, px): optical 0.0307 -> 0.0278, affine 0.0170 -> 0.0113, lidar 0.0298 ->
+            0.0252; the demo's 30 m secondary 0.081 -> 0.060.
     """
 
     mode: str = "efolki"
@@ -101,6 +107,7 @@ class FlowParams:
     seed_min_points: int = 20
     seed_max_rmse: float = 1.0 / 3.0
     invert_secondary: bool = False
+    detail_blend: bool = True
 
     def to_dict(self) -> dict:
         """JSON-able parameters (recorded in the STAC item)."""
@@ -234,8 +241,10 @@ def _lk_level(
     warp=K.warp_cubic,
     symmetric: bool = True,
     grad: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    first: list | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Iterative Lucas-Kanade at one pyramid level; returns (u, v, support weight).
+    With ``first`` (a list), copies of (u, v) after the first radius are appended to it.
 
     Each iteration warps the secondary with the current field, (GEFolki) chooses per pixel
     between it and its inverted contrast, and solves the windowed Folki system at every pixel
@@ -278,6 +287,8 @@ def _lk_level(
                            out2=v_new, support=support, nbands=nb)  # fmt: skip
             u, u_new = u_new, u
             v, v_new = v_new, v
+        if first is not None and not first:
+            first.extend((u.copy(), v.copy()))
     return u, v, support
 
 
@@ -372,12 +383,16 @@ def estimate_flow(
             u = K.upsample_flow(u, *a.shape)
             v = K.upsample_flow(v, *a.shape)
         radii = p.fine_radii if (lvl == 0 and p.fine_radii) else p.radii
+        first: list | None = [] if (lvl == 0 and p.detail_blend and len(radii) > 1) else None
         u, v, support = _lk_level(
             a, wa, b, wb, u, v, tuple(radii), p.iterations, p.mode == "gefolki",
             p.regularisation, step=max(radii) / 2.0,
             warp=WARPS[p.interpolation], symmetric=p.symmetric_gradient,
-            grad=grad0 if lvl == 0 else None,
+            grad=grad0 if lvl == 0 else None, first=first,
         )  # fmt: skip
+        if first:
+            sigma = BLEND_SIGMA * min(radii)
+            u, v = blend_scales(first[0], first[1], u, v, support > 0, sigma)
     conf = confidence(i1, v1, i2, v2, u, v, min(p.fine_radii or p.radii), grad0)
     # divergence: an estimate that left the start (model or global shift) by more than 1.5x the
     # largest displacement expected is unknown, not a wild value
@@ -638,6 +653,56 @@ def spline_coefficients(img: np.ndarray, valid: np.ndarray) -> np.ndarray:
             (halves[1],),
         )
     return filled
+
+
+#: the smoothing of :func:`blend_scales`, in units of the smallest radius. Bench, 1024x1024
+#: optical / affine / lidar mean EPE: 0.5 -> 0.0250 / 0.0128 / 0.0236 px, 0.75 -> 0.0259 /
+#: 0.0119 / 0.0240, 1 -> 0.0278 / 0.0113 / 0.0252; without the blend 0.0307 / 0.0170 /
+#: 0.0298. The demo's 30 m secondary: 0.0654, 0.0620, 0.0599 px (0.081 without).
+BLEND_SIGMA = 1.0
+
+
+def _smooth_field(d: np.ndarray, ok: np.ndarray, sigma: float) -> np.ndarray:
+    """Normalised Gaussian smoothing (about ``sigma`` px) of a field known where ``ok``, on a
+    reduced grid: Burt reductions down to a scale of about sigma / 2, a Gaussian there, then
+    bilinear steps back up (the cost of a blur of sigma 2 px, whatever ``sigma``)."""
+    k = max(0, int(math.floor(math.log2(max(sigma / 2.0, 1.0)))))
+    shapes = []
+    x, w = np.where(ok, d, 0).astype(np.float32), ok.astype(np.float32)
+    for _ in range(k):
+        if min(x.shape) < 8:
+            break
+        shapes.append(x.shape)
+        x, w = K.pyramid_down(x, w, _TAPS)  # normalised image, 2x2 mean of the weight
+    rest = sigma / 2 ** len(shapes)
+    x = masked_blur(x, w > 0, rest) if rest > 0.3 else np.where(w > 0, x, 0).astype(np.float32)
+    for shape in reversed(shapes):
+        x = 0.5 * K.upsample_flow(np.ascontiguousarray(x, np.float32), *shape)
+    return x.astype(np.float32)
+
+
+def blend_scales(
+    u_large: np.ndarray,
+    v_large: np.ndarray,
+    u_small: np.ndarray,
+    v_small: np.ndarray,
+    ok: np.ndarray,
+    sigma: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """u_large + G_sigma * (u_small - u_large) where ``ok`` (both components), else u_small.
+
+    Lucas-Kanade on a window of radius r measures the window's average of the field: the large
+    window's estimate is less noisy, the small one's follows a varying field more closely
+    (less attenuation of, say, a 400 px sinusoid). Their difference is the small window's
+    detail plus its extra noise; smoothing it over ``sigma`` (about the small radius) keeps
+    the first and drops most of the second, so the result takes each window where it is
+    better: a two-band split of the field by scale. The smoothing ignores pixels outside
+    ``ok``, so nodata does not leak into it."""
+    du = _smooth_field(u_small - u_large, ok, sigma)
+    dv = _smooth_field(v_small - v_large, ok, sigma)
+    u = np.where(ok, u_large + du, u_small).astype(np.float32)
+    v = np.where(ok, v_large + dv, v_small).astype(np.float32)
+    return u, v
 
 
 def _pool2(a: np.ndarray) -> np.ndarray:
