@@ -662,23 +662,32 @@ def spline_coefficients(img: np.ndarray, valid: np.ndarray) -> np.ndarray:
 BLEND_SIGMA = 1.0
 
 
-def _smooth_field(d: np.ndarray, ok: np.ndarray, sigma: float) -> np.ndarray:
-    """Normalised Gaussian smoothing (about ``sigma`` px) of a field known where ``ok``, on a
+def _smooth_fields(
+    fields: tuple[np.ndarray, ...], ok: np.ndarray, sigma: float
+) -> list[np.ndarray]:
+    """Normalised Gaussian smoothing (about ``sigma`` px) of fields known where ``ok``, on a
     reduced grid: Burt reductions down to a scale of about sigma / 2, a Gaussian there, then
     bilinear steps back up (the cost of a blur of sigma 2 px, whatever ``sigma``)."""
     k = max(0, int(math.floor(math.log2(max(sigma / 2.0, 1.0)))))
-    shapes = []
-    x, w = np.where(ok, d, 0).astype(np.float32), ok.astype(np.float32)
-    for _ in range(k):
-        if min(x.shape) < 8:
-            break
-        shapes.append(x.shape)
-        x, w = K.pyramid_down(x, w, _TAPS)  # normalised image, 2x2 mean of the weight
-    rest = sigma / 2 ** len(shapes)
-    x = masked_blur(x, w > 0, rest) if rest > 0.3 else np.where(w > 0, x, 0).astype(np.float32)
-    for shape in reversed(shapes):
-        x = 0.5 * K.upsample_flow(np.ascontiguousarray(x, np.float32), *shape)
-    return x.astype(np.float32)
+    full = bool(ok.all())
+    w0 = ok.astype(np.float32)
+    out = []
+    for d in fields:
+        x = d if full else np.where(ok, d, 0)
+        x, w = np.ascontiguousarray(x, np.float32), w0
+        shapes = []
+        for _ in range(k):
+            if min(x.shape) < 8:
+                break
+            shapes.append(x.shape)
+            x, w = K.pyramid_down(x, w, _TAPS)  # normalised image, 2x2 mean of the weight
+        rest = sigma / 2 ** len(shapes)
+        x = masked_blur(x, w > 0, rest) if rest > 0.3 else np.where(w > 0, x, 0)
+        for shape in reversed(shapes):
+            x = K.upsample_flow(np.ascontiguousarray(x, np.float32), *shape)
+            x *= np.float32(0.5)  # upsample_flow doubles a flow's values
+        out.append(x.astype(np.float32, copy=False))
+    return out
 
 
 def blend_scales(
@@ -698,11 +707,13 @@ def blend_scales(
     the first and drops most of the second, so the result takes each window where it is
     better: a two-band split of the field by scale. The smoothing ignores pixels outside
     ``ok``, so nodata does not leak into it."""
-    du = _smooth_field(u_small - u_large, ok, sigma)
-    dv = _smooth_field(v_small - v_large, ok, sigma)
-    u = np.where(ok, u_large + du, u_small).astype(np.float32)
-    v = np.where(ok, v_large + dv, v_small).astype(np.float32)
-    return u, v
+    du, dv = _smooth_fields((u_small - u_large, v_small - v_large), ok, sigma)
+    du += u_large
+    dv += v_large
+    if not ok.all():
+        du = np.where(ok, du, u_small)
+        dv = np.where(ok, dv, v_small)
+    return du.astype(np.float32, copy=False), dv.astype(np.float32, copy=False)
 
 
 def _pool2(a: np.ndarray) -> np.ndarray:
