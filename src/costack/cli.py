@@ -482,6 +482,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         args.func(args)
+        if argv is None:  # the command's own process, about to end (not a caller's)
+            from costack.jobs import freeze_heap
+
+            freeze_heap()
     except CostackError as err:
         print(f"costack: error: {err}", file=sys.stderr)
         return 2
