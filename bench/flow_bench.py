@@ -104,12 +104,36 @@ def ilk(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return u, v
 
 
+def _restore_old_rescale_intensity() -> None:
+    """pip gefolki's CLAHE indexes a lookup table with the output of scikit-image's
+    ``rescale_intensity(uint16 image, out_range=(0, 4095))``, which older scikit-image returned
+    in the input's integer type and today's returns as float (IndexError: arrays used as
+    indices must be of integer type). Give gefolki's module the old behaviour (round and keep
+    an integer input's type) so that the peer runs as its authors ran it."""
+    import gefolki.adapthist as adapthist
+    from skimage.exposure import rescale_intensity
+
+    if getattr(adapthist.rescale_intensity, "costack_compat", False):
+        return
+
+    def compat(image, in_range="image", out_range="dtype"):
+        out = rescale_intensity(image, in_range=in_range, out_range=out_range)
+        if np.issubdtype(np.asarray(image).dtype, np.integer):
+            out = np.round(out).astype(np.asarray(image).dtype)
+        return out
+
+    compat.costack_compat = True
+    adapthist.rescale_intensity = compat
+
+
 def gefolki_method(name: str) -> Method | None:
     try:
         import gefolki
     except ImportError:
         return None
     fn = getattr(gefolki, name)
+    if name == "GEFolki":
+        _restore_old_rescale_intensity()
 
     def run(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         kw = {"iteration": 2, "radius": list(range(32, 4, -4)), "levels": 5}

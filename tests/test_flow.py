@@ -150,9 +150,13 @@ def test_confidence_is_low_on_flat_areas(camera_pair):
     assert res.confidence[8:48, 8:48].mean() < 0.5 * res.confidence[100:200, 100:200].mean()
 
 
-def test_auto_levels():
-    assert auto_levels((2000, 2000), 16, 16) >= 2
-    assert auto_levels((40, 40), 64, 8) == 1
+def test_auto_levels_keep_windows_at_the_coarsest_level():
+    # the coarsest level spans at least 3.5 windows of the largest radius (and 24 px)
+    assert auto_levels((1024, 1024), 16) == 4  # 128 px at 1/8: 3.9 windows of 33 px
+    assert auto_levels((2000, 2000), 16) == 5
+    assert auto_levels((482, 485), 64) == 1  # the demo's 20 m SAR: one 129 px window is 1/4
+    assert auto_levels((40, 40), 8) == 1
+    assert auto_levels((4000, 30), 2) == 1  # 24 px at least
 
 
 def test_warp_never_replicates_edges():

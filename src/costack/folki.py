@@ -59,7 +59,8 @@ class FlowParams:
             the file-level step also takes GEFolki for SAR against optical).
         radii: window radii (pixels of the level), applied in turn at every level.
         iterations: Lucas-Kanade iterations per radius.
-        levels: pyramid levels; None chooses from the image size and ``max_displacement``.
+        levels: pyramid levels; None chooses from the image size and the radii
+            (:func:`auto_levels`).
         max_displacement: largest displacement expected after the initial model (pixels).
         rank_radius: radius of the rank filter (EFolki, GEFolki).
         clahe_kernel: CLAHE tile size in pixels (GEFolki).
@@ -210,11 +211,25 @@ def _down(img: np.ndarray, wgt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return out, (pooled > 0.75).astype(np.float32)
 
 
-def auto_levels(shape: tuple[int, int], max_displacement: float, radius: int) -> int:
-    """Pyramid depth: coarse enough for ``max_displacement``, no level under 24 pixels."""
-    need = 1 + max(0, math.ceil(math.log2(max(max_displacement, 1.0) / max(radius / 2, 1))))
-    fit = 1 + max(0, int(math.floor(math.log2(max(min(shape) / 24.0, 1.0)))))
-    return max(1, min(need + 1, fit))
+#: the coarsest pyramid level still spans this many windows of the largest radius
+WINDOWS_AT_COARSEST = 3.5
+
+
+def auto_levels(shape: tuple[int, int], radius: int) -> int:
+    """Pyramid depth: every halving while the coarsest level still spans
+    :data:`WINDOWS_AT_COARSEST` windows of ``radius`` (and 24 pixels).
+
+    The global search (:func:`global_shift`) covers ``max_displacement``; the levels are for
+    what varies across the image, and a level whose window covers most of it averages that
+    away. Measured (mean EPE or consistency, px): the real radar/optical UAVSAR pair, 1024 px,
+    radius 16: 0.88 with 3 levels, 0.44 with 4 (this rule), 0.47 with 5; the demo's 20 m SAR
+    on its 482 px grid, radius 64: 0.45 with 2 levels, 0.38 with 1 (this rule); same-sensor
+    1024 px pairs: the same with 3 or 4 levels (0.0271 optical, 0.0246 LIDAR).
+    """
+    window = 2 * radius + 1
+    by_window = math.floor(math.log2(max(min(shape) / (WINDOWS_AT_COARSEST * window), 1.0)))
+    by_size = math.floor(math.log2(max(min(shape) / 24.0, 1.0)))
+    return 1 + max(0, min(by_window, by_size))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -365,7 +380,7 @@ def estimate_flow(
         u0, w0 = init[0].astype(np.float32), init[1].astype(np.float32)
     else:
         u0, w0 = _model_field(model, ref.shape)
-    levels = p.levels or auto_levels(ref.shape, p.max_displacement, max(p.radii))
+    levels = p.levels or auto_levels(ref.shape, max(p.radii))
     pyr = [(i1, v1.astype(np.float32), i2, v2.astype(np.float32))]
     for _ in range(levels - 1):
         a, wa, b, wb = pyr[-1]
