@@ -198,9 +198,10 @@ def test_demo_flows_match_stored_truth(demo_run: Path):
     res = demo_run / "results"
     optical = flow_metrics(res / "flow/2.tif", REPO / "resources/demo/l8/truth.tif")
     sar = flow_metrics(res / "flow/3.tif", REPO / "resources/demo/s1/truth.tif")
-    # issue #7's targets; measured 0.081 and 0.455 px mean EPE
-    assert optical["mean_epe"] <= 0.1
-    assert sar["mean_epe"] <= 0.5
+    # measured 0.058 and 0.378 px mean EPE (0.081 and 0.455 before the scale blend and the
+    # pyramid depth from the windows)
+    assert optical["mean_epe"] <= 0.07
+    assert sar["mean_epe"] <= 0.42
     # co-registration moved the secondary: its residual against the truth is far below the
     # initial misregistration (about 3 px)
     assert optical["median_epe"] < 0.2
