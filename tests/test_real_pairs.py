@@ -94,8 +94,9 @@ def test_uavsar_whole_pair_consistency_needs_the_deeper_pyramid():
     varies by about 5 px across the scene (-3 px in x on the west side, +2 on the east), which
     three pyramid levels from one global shift do not follow alike in the native and the moved
     radar (measured here 0.19 px median, 0.64 mean); the depth that keeps 3.5 windows at the
-    coarsest level (4 levels) does (0.16 and 0.46; bench/flow_bench.py's crop of the pair:
-    0.23 and 0.88 -> 0.17 and 0.44, where pip GEFolki gives 0.34 and 0.54)."""
+    coarsest level (4 levels) does better (0.16 and 0.46), and with the coarse levels' extra
+    small radius (``coarse_detail``, GEFolki) better still (0.14 and 0.40). bench/flow_bench.py's
+    crop of the pair: 0.23/0.88 -> 0.17/0.44 -> 0.14/0.31, where pip GEFolki gives 0.34/0.54."""
     from costack.folki import FlowParams, estimate_flow
 
     stem = next(UAVSAR.glob("*_optique.tif")).name[: -len("_optique.tif")]
@@ -114,4 +115,4 @@ def test_uavsar_whole_pair_consistency_needs_the_deeper_pyramid():
     err = err[inner & np.isfinite(err)]
     assert err.size > 0.8 * inner.sum()
     print(f"consistency median {np.median(err):.4f} mean {err.mean():.4f}")
-    assert np.median(err) < 0.18 and err.mean() < 0.55, (np.median(err), err.mean())
+    assert np.median(err) < 0.15 and err.mean() < 0.43, (np.median(err), err.mean())

@@ -232,7 +232,8 @@ def adapt_to_resolution(params: FlowParams, ratio: float) -> FlowParams:
     scale = float(np.clip(ratio, 1.0, 2.0))
     widen = float(np.clip(ratio * ratio, 1.0, 4.0))
     radii = tuple(int(round(r * widen)) for r in params.radii)
+    fine = params.fine_radii and tuple(int(round(r * widen)) for r in params.fine_radii)
     rank = (
         params.rank_radius if params.mode == "gefolki" else int(round(params.rank_radius * scale))
     )
-    return replace(params, radii=radii, rank_radius=rank)
+    return replace(params, radii=radii, fine_radii=fine or None, rank_radius=rank)
