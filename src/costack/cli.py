@@ -203,7 +203,9 @@ def cmd_flow(args: argparse.Namespace) -> None:
         if not Path(path).exists():
             raise CostackError("flow", f"{path} does not exist", "give two co-located rasters")
     params = FlowParams(
-        mode=args.mode, radii=tuple(args.radii), max_displacement=args.max_displacement
+        mode=args.mode,
+        radii=tuple(args.radii) if args.radii else None,
+        max_displacement=args.max_displacement,
     )
     conf = args.confidence or str(Path(args.out).with_suffix("")) + ".confidence.tif"
     ratio = _resolution_ratio(args.resolution_ratio, args.sec)
@@ -380,8 +382,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--radii",
         type=int,
         nargs="+",
-        default=[16, 8],
-        help="window radii at full resolution (widened for coarser secondaries)",
+        default=None,
+        help="window radii at full resolution (widened for coarser secondaries); default by "
+        "the mode: 32 8 for efolki and folki, 16 8 for gefolki",
     )
     p.add_argument(
         "--max-displacement",

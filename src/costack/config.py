@@ -96,7 +96,7 @@ class RunConfig:
     gcp_pixel_center: bool = True
     item_id: str = "costack-stack"
     flow_mode: str = "auto"
-    flow_radii: tuple[int, ...] = (16, 8)
+    flow_radii: tuple[int, ...] | None = None
     max_displacement: float = 16.0
     warp_resampling: str = "bilinear"
     matching_assets: dict[int, str] = field(default_factory=dict)
@@ -299,7 +299,7 @@ def parse_config(config: dict[str, Any]) -> RunConfig:
         gcp_pixel_center=raw["gcp_pixel_center"],
         item_id=item_id,
         flow_mode=raw["flow_mode"],
-        flow_radii=tuple(raw["flow_radii"]),
+        flow_radii=None if raw["flow_radii"] is None else tuple(raw["flow_radii"]),
         max_displacement=float(raw["max_displacement"]),
         warp_resampling=raw["warp_resampling"],
         matching_assets={int(k): v for k, v in raw["matching_assets"].items()},

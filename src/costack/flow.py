@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import rasterio
 
-from costack.folki import FlowParams, FlowResult, estimate_flow, resolve_mode
+from costack.folki import FlowParams, FlowResult, default_radii, estimate_flow, resolve_mode
 from costack.imaging import blur_valid, resolution_sigma, warp_array
 from costack.limits import TILED_ABOVE
 from costack.matching import decide_mode, multimodal_prior, multimodal_similarity
@@ -62,7 +62,7 @@ def run_flow(
     mode, mode_choice = decide_mode(params.mode, ref_tif, sec_tif, params.max_displacement)
     if mode != params.mode:
         log.info("flow %s: mode %s (%s)", sec_tif, mode, mode_choice["reason"])
-    params = replace(params, mode=mode,
+    params = replace(params, mode=mode, radii=params.radii or default_radii(mode),
                      invert_secondary=bool(mode_choice.get("invert_secondary")))  # fmt: skip
     tp_model, seed_note = None, None
     if model_json is not None:
@@ -121,7 +121,7 @@ def run_flow(
     stats = {
         "mode": params.mode,
         "mode_choice": mode_choice,
-        "params": params.to_dict(),
+        "params": res.params.to_dict(),  # as run: radii capped to the image
         "seconds": round(seconds, 3),
         "levels": res.stats.get("levels"),
         "reference_blur_sigma": round(blur, 3),
@@ -218,20 +218,19 @@ def adapt_to_resolution(params: FlowParams, ratio: float) -> FlowParams:
     """Widen the windows for a secondary coarser than the grid (native pixel / grid pixel).
 
     A window must hold enough of the secondary's own detail: radii are scaled by the square of
-    the ratio (at most 4x), EFolki's rank radius by the ratio (at most 2x). The default radii
-    (16, 8) are the best of (32, 16), (24, 12), (16, 8) on full-resolution pairs (UAVSAR
-    orthophoto and LIDAR under a known field: 0.031 and 0.030 px against 0.041 and 0.034 with
-    (32, 16); the real radar/optical pair: 0.90 against 1.03 px), and on the demo's 30 m and
-    20 m secondaries (ratio 3 and 2.05) the widened (64, 32) is the best of those tried: mean
-    EPE 0.081 px optical and 0.455 px SAR, against 0.151 and 0.555 with (32, 16) and 0.103
-    and 0.467 with (48, 24).
+    the ratio (at most 4x), EFolki's rank radius by the ratio (at most 2x); :func:`estimate_flow`
+    then caps them to the image (:func:`costack.folki.fit_radii`). Measured on the demo's 30 m
+    and 20 m secondaries (ratio 3 and 2.05), mean EPE: EFolki's (32, 8) widened to (128, 32)
+    and capped to (68, 32) on the 485 px grid, 0.058 px optical; GEFolki's (16, 8) widened to
+    (64, 32), 0.378 px SAR (against 0.555 with (32, 16) and 0.467 with (48, 24) before the
+    pyramid depth followed the windows).
     """
 
     if ratio <= 1.0:
         return params
     scale = float(np.clip(ratio, 1.0, 2.0))
     widen = float(np.clip(ratio * ratio, 1.0, 4.0))
-    radii = tuple(int(round(r * widen)) for r in params.radii)
+    radii = tuple(int(round(r * widen)) for r in params.radii or default_radii(params.mode))
     fine = params.fine_radii and tuple(int(round(r * widen)) for r in params.fine_radii)
     rank = (
         params.rank_radius if params.mode == "gefolki" else int(round(params.rank_radius * scale))

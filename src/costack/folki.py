@@ -57,7 +57,9 @@ class FlowParams:
             filter and local contrast inversion, for different sensors) or ``auto``
             (:func:`resolve_mode`: GEFolki where the local contrast is inverted, else EFolki;
             the file-level step also takes GEFolki for SAR against optical).
-        radii: window radii (pixels of the level), applied in turn at every level.
+        radii: window radii (pixels of the level), applied in turn at every level; None:
+            :func:`default_radii` of the mode. Every radius is at most what keeps
+            :data:`WINDOWS_AT_COARSEST` windows across the image (:func:`fit_radii`).
         iterations: Lucas-Kanade iterations per radius.
         levels: pyramid levels; None chooses from the image size and the radii
             (:func:`auto_levels`).
@@ -106,7 +108,7 @@ class FlowParams:
     """
 
     mode: str = "efolki"
-    radii: tuple[int, ...] = (16, 8)
+    radii: tuple[int, ...] | None = None
     iterations: int = 2
     levels: int | None = None
     max_displacement: float = 16.0
@@ -223,6 +225,31 @@ def _down(img: np.ndarray, wgt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 #: the coarsest pyramid level still spans this many windows of the largest radius
 WINDOWS_AT_COARSEST = 3.5
+
+#: window radii by mode when none are given (:func:`default_radii`)
+DEFAULT_RADII = {"efolki": (32, 8), "folki": (32, 8), "gefolki": (16, 8)}
+
+
+def default_radii(mode: str) -> tuple[int, ...]:
+    """Window radii at the grid's resolution when none are given, by the (resolved) mode.
+
+    EFolki and Folki: (32, 8), whose finest-level scale blend (:func:`blend_scales`) gives the
+    large window's low noise and the small one's detail; the bench's 1024 px same-sensor pairs
+    (mean EPE, px): optical 0.0271 -> 0.0195, LIDAR 0.0246 -> 0.0179, affine 0.0115 -> 0.0094
+    against (16, 8). GEFolki: (16, 8), the better on the real radar/optical UAVSAR pair (0.14 px
+    median consistency against 0.27 with (32, 8) at the same depth): across sensors a large
+    window holds structures the two images do not share.
+    """
+    return DEFAULT_RADII.get(mode, DEFAULT_RADII["efolki"])
+
+
+def fit_radii(radii: tuple[int, ...], shape: tuple[int, int]) -> tuple[int, ...]:
+    """``radii`` each at most what keeps :data:`WINDOWS_AT_COARSEST` windows across an image of
+    ``shape``: a window over a quarter of the image averages away what varies across it (the
+    demo's 30 m secondary, 485 px, EFolki (32, 8) widened to (128, 32): 0.069 px mean EPE,
+    capped to (68, 32): 0.058)."""
+    cap = max(1, int((min(shape) / WINDOWS_AT_COARSEST - 1) // 2))
+    return tuple(min(int(r), cap) for r in radii)
 
 
 def auto_levels(shape: tuple[int, int], radius: int) -> int:
@@ -376,6 +403,11 @@ def estimate_flow(
         mode, why = resolve_mode("auto", np.where(v1, ref, np.nan), np.where(v2, sec, np.nan),
                                  max_displacement=p.max_displacement)  # fmt: skip
         p = replace(p, mode=mode, invert_secondary=bool(why.get("invert_secondary")))
+    p = replace(
+        p,
+        radii=fit_radii(p.radii or default_radii(p.mode), ref.shape),
+        fine_radii=p.fine_radii and fit_radii(p.fine_radii, ref.shape),
+    )
     if p.invert_secondary:
         sec = np.where(v2, -sec, 0).astype(np.float32)
     presmooth = p.presmooth if p.presmooth is not None else (0.7 if p.mode == "efolki" else 0.0)

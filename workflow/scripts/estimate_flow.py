@@ -5,7 +5,7 @@ from costack.jobs import run_step
 
 params = FlowParams(
     mode=snakemake.params.mode,
-    radii=tuple(snakemake.params.radii),
+    radii=tuple(snakemake.params.radii) if snakemake.params.radii else None,
     max_displacement=float(snakemake.params.max_displacement),
 )
 run_step(
