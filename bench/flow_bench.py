@@ -60,7 +60,7 @@ def load_images() -> dict[str, np.ndarray]:
     return out
 
 
-def costack(mode: str, radii=(16, 8)) -> Method:
+def costack(mode: str, radii: tuple[int, ...] | None = (16, 8)) -> Method:
     def run(a: np.ndarray, b: np.ndarray, **kw) -> tuple[np.ndarray, np.ndarray]:
         r = estimate_flow(a, b, FlowParams(mode=mode, radii=radii), **kw)
         return r.dx, r.dy
@@ -68,8 +68,9 @@ def costack(mode: str, radii=(16, 8)) -> Method:
     return run
 
 
-#: `costack flow`'s defaults: mode auto (the local contrast decides), radii 16, 8
-costack_default = costack("auto", (16, 8))
+#: `costack flow`'s defaults: mode auto (the local contrast decides), radii by the mode
+#: (32, 8 for EFolki, 16, 8 for GEFolki)
+costack_default = costack("auto", None)
 
 
 def _to_uint8(img: np.ndarray) -> np.ndarray:
