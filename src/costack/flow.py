@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import rasterio
 
-from costack.folki import FlowParams, FlowResult, default_radii, estimate_flow, resolve_mode
+from costack.folki import FlowParams, FlowResult, estimate_flow, resolve_mode
 from costack.imaging import blur_valid, resolution_sigma, warp_array
 from costack.limits import TILED_ABOVE
 from costack.matching import decide_mode, multimodal_prior, multimodal_similarity
@@ -62,8 +62,9 @@ def run_flow(
     mode, mode_choice = decide_mode(params.mode, ref_tif, sec_tif, params.max_displacement)
     if mode != params.mode:
         log.info("flow %s: mode %s (%s)", sec_tif, mode, mode_choice["reason"])
-    params = replace(params, mode=mode, radii=params.radii or default_radii(mode),
+    params = replace(params, mode=mode,
                      invert_secondary=bool(mode_choice.get("invert_secondary")))  # fmt: skip
+    params = replace(params, radii=params.window_radii())
     tp_model, seed_note = None, None
     if model_json is not None:
         tp_model = TiePointModel.read(model_json)
@@ -230,7 +231,7 @@ def adapt_to_resolution(params: FlowParams, ratio: float) -> FlowParams:
         return params
     scale = float(np.clip(ratio, 1.0, 2.0))
     widen = float(np.clip(ratio * ratio, 1.0, 4.0))
-    radii = tuple(int(round(r * widen)) for r in params.radii or default_radii(params.mode))
+    radii = tuple(int(round(r * widen)) for r in params.window_radii())
     fine = params.fine_radii and tuple(int(round(r * widen)) for r in params.fine_radii)
     rank = (
         params.rank_radius if params.mode == "gefolki" else int(round(params.rank_radius * scale))

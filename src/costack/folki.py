@@ -129,6 +129,10 @@ class FlowParams:
     fine_iterations: int | None = None
     coarse_detail: bool | None = None
 
+    def window_radii(self) -> tuple[int, ...]:
+        """``radii``, else :func:`default_radii` of the mode (resolve ``auto`` first)."""
+        return self.radii or default_radii(self.mode)
+
     def to_dict(self) -> dict:
         """JSON-able parameters (recorded in the STAC item)."""
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
@@ -405,7 +409,7 @@ def estimate_flow(
         p = replace(p, mode=mode, invert_secondary=bool(why.get("invert_secondary")))
     p = replace(
         p,
-        radii=fit_radii(p.radii or default_radii(p.mode), ref.shape),
+        radii=fit_radii(p.window_radii(), ref.shape),
         fine_radii=p.fine_radii and fit_radii(p.fine_radii, ref.shape),
     )
     if p.invert_secondary:
@@ -441,13 +445,13 @@ def estimate_flow(
         v += shift[1]
     support = np.zeros(pyr[-1][0].shape, np.float32)
     grad0 = _gradient(pyr[0][0], pyr[0][1])  # used by the finest level and the confidence
+    coarse_detail = p.mode == "gefolki" if p.coarse_detail is None else p.coarse_detail
     for lvl in range(levels - 1, -1, -1):
         a, wa, b, wb = pyr[lvl]
         if u.shape != a.shape:
             u = K.upsample_flow(u, *a.shape)
             v = K.upsample_flow(v, *a.shape)
         radii = p.fine_radii if (lvl == 0 and p.fine_radii) else p.radii
-        coarse_detail = p.mode == "gefolki" if p.coarse_detail is None else p.coarse_detail
         if lvl > 0 and coarse_detail:
             radii = (*radii, max(1, min(radii) // 2))
         blend = lvl == 0 and p.detail_blend and len(radii) > 1

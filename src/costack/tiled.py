@@ -22,7 +22,7 @@ import rasterio
 from rasterio.windows import Window
 from scipy import ndimage
 
-from costack.folki import FlowParams, default_radii, estimate_flow
+from costack.folki import FlowParams, estimate_flow
 from costack.grid_model import Grid
 from costack.imaging import fill_nearest
 from costack.rasterio_io import atomic_path, float32_profile, read_average, read_window
@@ -111,7 +111,7 @@ def flow_tiled(
             from it instead of its own global shift search.
     """
     t0 = time.perf_counter()
-    halo = halo if halo is not None else 2 * max(params.radii or default_radii(params.mode)) + 16
+    halo = halo if halo is not None else 2 * max(params.window_radii()) + 16
     # GDAL's block cache (5 % of the host's memory by default) would otherwise keep the tiles
     # already read and written (10980x10980 flow: peak RSS 2.18 -> 1.83 GiB, same time)
     with (
