@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import yaml
 from conftest import demo_config
 
@@ -176,3 +177,15 @@ def test_readme_commands_reproduce_the_rules(demo_run, tmp_path):
         assert proc.returncode == 0, (cmd, proc.stderr[-2000:])
         for name in (out, *also):
             assert (work / name).read_bytes() == (demo_run / name).read_bytes(), (cmd, name)
+
+
+@pytest.mark.parametrize("radii", [["0"], ["-3"], ["16", "65"]])
+def test_flow_refuses_radii_out_of_range(tmp_path, capsys, radii):
+    """--radii outside the config's flow_radii bounds: one line, exit 2, no output written."""
+    for name in ("a.tif", "b.tif"):
+        (tmp_path / name).write_bytes(b"")  # never opened: the radii are checked first
+    code = main(["flow", str(tmp_path / "a.tif"), str(tmp_path / "b.tif"),
+                 str(tmp_path / "o.tif"), "--radii", *radii])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--radii" in err[0] and "from 1 to 64" in err[0], err
+    assert not (tmp_path / "o.tif").exists()

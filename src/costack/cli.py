@@ -202,6 +202,8 @@ def cmd_flow(args: argparse.Namespace) -> None:
     for path in (args.ref, args.sec):
         if not Path(path).exists():
             raise CostackError("flow", f"{path} does not exist", "give two co-located rasters")
+    if args.radii:
+        _check_radii(args.radii)
     params = FlowParams(
         mode=args.mode,
         radii=tuple(args.radii) if args.radii else None,
@@ -212,6 +214,19 @@ def cmd_flow(args: argparse.Namespace) -> None:
     stats = run_flow(args.ref, args.sec, args.out, conf, params, stats_json=args.stats,
                      resolution_ratio=ratio, model_json=args.model)  # fmt: skip
     print(f"flow written to {args.out} (confidence {conf}) in {stats['seconds']:.2f} s")
+
+
+def _check_radii(radii: list[int]) -> None:
+    """``--radii`` within the bounds of the configuration's ``flow_radii`` (one schema)."""
+    from costack.config import load_schema
+
+    items = load_schema()["properties"]["flow_radii"]["items"]
+    lo, hi = items["minimum"], items["maximum"]
+    if any(not lo <= r <= hi for r in radii):
+        raise CostackError(
+            "flow", f"--radii {' '.join(map(str, radii))} is out of range",
+            f"give window radii from {lo} to {hi} pixels (or none: the mode's defaults)",
+        )  # fmt: skip
 
 
 def cmd_warp(args: argparse.Namespace) -> None:
