@@ -421,3 +421,30 @@ def test_weak_tiepoint_model_does_not_seed_the_flow():
     assert "fewer than seed_min_points" in refusal(13, 0.2)
     assert "above seed_max_rmse" in refusal(40, 0.53)
     assert TiePointModel.none().seed_refusal(p.seed_min_points, p.seed_max_rmse) == "no model"
+
+
+@pytest.mark.parametrize("size", [160, 512])
+@pytest.mark.parametrize("shift", [(15.2, -14.7), (-9.6, 11.4)])
+def test_global_searches_find_shifts_near_the_search_limit(size, shift):
+    """The global shift (an exhaustive search on a level of at most 128 px, refined level by
+    level) and the mode decision's coarse alignment (exhaustive at half its 128 px, refined
+    there) find a translation close to ``max_displacement`` (16 px), on a small image and a
+    large one, with and without inverted contrast; the contrast shares follow the sign."""
+    from costack.folki import _down, contrast_relation, global_shift, preprocess
+
+    img = ndimage.gaussian_filter(data.camera().astype(np.float32), 1.0)
+    sec, _ = displace(img, lambda c, r: (shift[0] + 0 * c, shift[1] + 0 * r), order=3)
+    a, b = img[:size, :size], sec[:size, :size]
+    for inverted in (False, True):
+        s = -b if inverted else b
+        rel = contrast_relation(a, s, 16.0)
+        step = 2 ** rel["level"]
+        assert np.abs(np.subtract(rel["coarse_shift"], shift)).max() <= step, rel
+        assert rel["negative" if inverted else "positive"] >= 0.95, rel
+        mode = "gefolki" if inverted else "efolki"
+        va, vb = np.isfinite(a), np.isfinite(s)
+        i1, i2 = preprocess([(a, va), (s, vb)], mode, FlowParams(mode=mode))
+        pyr = [(i1, va.astype(np.float32), i2, vb.astype(np.float32))]
+        pyr.append((*_down(i1, pyr[0][1]), *_down(i2, pyr[0][3])))
+        gx, gy = global_shift(pyr, 16.0, inverted)
+        assert np.hypot(2 * gx - shift[0], 2 * gy - shift[1]) < 0.25, (gx, gy)
