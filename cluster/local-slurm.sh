@@ -162,19 +162,26 @@ status() {
 stop() {
     need_root
     [ -f "$DIR/pids" ] || { echo "local-slurm: not started ($DIR)" >&2; exit 0; }
-    # in reverse order of start, only the pids this script recorded
-    tac "$DIR/pids" | while read -r name pid; do
+    # only the pids this script recorded: all asked to stop at once (each daemon takes about
+    # 2 s to exit; one after another made the stop 10 s), killed if still there after 10 s
+    local live=()
+    while read -r name pid; do
         if [ "$name" = link ]; then
             [ "$(readlink "$pid")" = "$SLURM_CONF" ] && rm -f "$pid"
             continue
         fi
-        if kill -0 "$pid" 2>/dev/null; then
-            kill "$pid"
-            for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
-            kill -9 "$pid" 2>/dev/null || true
-        fi
-        echo "local-slurm: stopped $name ($pid)"
+        if kill -0 "$pid" 2>/dev/null; then kill "$pid" && live+=("$pid"); fi
+        echo "local-slurm: stopping $name ($pid)"
+    done < <(tac "$DIR/pids")
+    for _ in $(seq 50); do
+        local left=()
+        for pid in "${live[@]}"; do kill -0 "$pid" 2>/dev/null && left+=("$pid"); done
+        live=("${left[@]}")
+        [ "${#live[@]}" -eq 0 ] && break
+        sleep 0.2
     done
+    for pid in "${live[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
+    echo "local-slurm: stopped"
     rm -rf "$DIR"
 }
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -218,3 +219,27 @@ def test_tiles_of_a_large_grid_give_the_whole_grids_model(tmp_path, camera_affin
     err = float(np.sqrt(np.mean((fields["tiles"] - truth) ** 2)))
     assert rms < 0.05 and err < 0.05, (rms, err)  # measured: see the closing note
     assert (tmp_path / "tiles.png").stat().st_size > 10_000
+
+
+def test_foerstner_operator_is_scikit_images(camera_affine):
+    """The tie points' Förstner operator (SciPy primitives, no scipy.stats import) gives
+    scikit-image's corner_foerstner bit for bit: a real photograph, its secondary with a NaN
+    strip (w and q 0 where the tensor is not finite) and a flat patch (trace 0)."""
+    from skimage.feature import corner_foerstner
+
+    from costack.tiepoints import foerstner
+
+    _, sec, _ = camera_affine
+    holed = sec.copy()
+    holed[200:230] = np.nan
+    holed[:40, :40] = 7.0
+    for img in (camera_affine[0], holed, holed.astype(np.float64)):
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            w0, q0 = corner_foerstner(img, sigma=1.0)
+        w, q = foerstner(img, sigma=1.0)
+        assert w.dtype == img.dtype and q.dtype == img.dtype
+        np.testing.assert_array_equal(w, np.nan_to_num(w0))
+        np.testing.assert_array_equal(q, np.nan_to_num(q0))
+    assert (w[10:30, 10:30] == 0).all() and (q[10:30, 10:30] == 0).all()
+    assert (w[205:225] == 0).all()

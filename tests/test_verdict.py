@@ -85,7 +85,8 @@ def test_noise_secondary_fails_and_publishes_nothing_then_publishes_flagged(tmp_
     cfg.update(inputs=[cfg["inputs"][0], str(_noise_dataset(tmp_path / "noise"))],
                assets="1.nir,2.nir", expressions=[], item_id="noise")  # fmt: skip
     work = tmp_path / "run"
-    proc = run_snakemake(work, cfg)
+    # the catalogue is the target (not the figures of `rule all`): what is checked here
+    proc = run_snakemake(work, cfg, "results/catalog.json")
     assert proc.returncode != 0
     line = [x for x in proc.stderr.splitlines() if x.startswith("costack: error: registration")]
     assert line and "dataset 2 (landsat-8 2024-06-14) failed: no independent evidence" in line[0]
@@ -95,7 +96,7 @@ def test_noise_secondary_fails_and_publishes_nothing_then_publishes_flagged(tmp_
     summary = json.loads((work / "results" / "qc" / "summary.json").read_text())
     assert summary["2"]["verdict"] == "fail"
     # asked to, the run publishes it, flagged
-    proc = run_snakemake(work, dict(cfg, on_failed_registration="publish"))
+    proc = run_snakemake(work, dict(cfg, on_failed_registration="publish"), "results/catalog.json")
     assert proc.returncode == 0, proc.stderr[-2000:]
     item = json.loads((work / "results" / "stack" / "noise.json").read_text())
     assert item["properties"]["costack:verdict"] == "fail"
@@ -109,7 +110,7 @@ def test_overhanging_aoi_keeps_sar_within_a_pixel_and_flags_coverage(tmp_path):
     cfg.update(aoi=OVERHANG, assets="1.nir,3.s0_db_c_vv", expressions=[], item_id="overhang",
                on_failed_registration="publish")  # fmt: skip
     work = tmp_path / "run"
-    proc = run_snakemake(work, cfg)
+    proc = run_snakemake(work, cfg, "results/catalog.json")  # without the figures
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = work / "results"
     flow, grid, _ = read_float32(res / "flow" / "3.tif", band=None)
