@@ -835,6 +835,55 @@ def _sample_into(a, b, c, count, rows, cols, order, oa, ob, oc):  # pragma: no c
 
 
 @njit(cache=True)
+def _sample_grid_bilinear(a, b, c, count, rv, cv, oa, ob, oc):  # pragma: no cover - compiled
+    """:func:`_sample_into` (``order`` 1) at the points of a grid: row ``rv[i]`` and column
+    ``cv[j]`` for the point ``i * cv.size + j``, the positions of a patch moved by a translation.
+    Each point's taps and weights are those :func:`_taps` gives it (computed once per row and
+    once per column) and each value the same sum in the same order, so the samples are
+    :func:`_sample_into`'s bit for bit; the inner loop runs along contiguous memory."""
+    nch, h, w = a.shape
+    ny, nx = rv.size, cv.size
+    iy = np.empty((ny, 2), np.int64)
+    wy = np.empty((ny, 2))
+    ix = np.empty((nx, 2), np.int64)
+    wx = np.empty((nx, 2))
+    for i in range(ny):
+        y0 = int(np.floor(rv[i]))
+        t = rv[i] - y0
+        wy[i, 0] = 1.0 - t
+        wy[i, 1] = t
+        for q in range(2):
+            iy[i, q] = _mirror(y0 + q, h)
+    for j in range(nx):
+        x0 = int(np.floor(cv[j]))
+        t = cv[j] - x0
+        wx[j, 0] = 1.0 - t
+        wx[j, 1] = t
+        for q in range(2):
+            ix[j, q] = _mirror(x0 + q, w)
+    for ch in range(nch):
+        for arr in range(count):
+            src = a if arr == 0 else (b if arr == 1 else c)
+            out = oa if arr == 0 else (ob if arr == 1 else oc)
+            for i in range(ny):
+                r0 = src[ch, iy[i, 0]]
+                r1 = src[ch, iy[i, 1]]
+                w0 = wy[i, 0]
+                w1 = wy[i, 1]
+                base = i * nx
+                for j in range(nx):
+                    j0 = ix[j, 0]
+                    j1 = ix[j, 1]
+                    top = 0.0 + wx[j, 0] * r0[j0]
+                    top += wx[j, 1] * r0[j1]
+                    bottom = 0.0 + wx[j, 0] * r1[j0]
+                    bottom += wx[j, 1] * r1[j1]
+                    acc = 0.0 + w0 * top
+                    acc += w1 * bottom
+                    out[ch, base + j] = acc
+
+
+@njit(cache=True)
 def _solve_small(m, y):  # pragma: no cover - compiled
     """``m x = y`` for a small square system by Gaussian elimination with partial pivoting;
     NaN when a pivot is exactly zero (where LAPACK's gesv reports a singular matrix)."""
@@ -926,17 +975,32 @@ def lsm_point(
     gy = np.empty((nch, n))
     gx = np.empty((nch, n))
     npar = 6 if affine else 2
+    # a bilinear translation of a square patch (the descriptors' matching) samples a grid:
+    # rows and columns of the patch each share their position (A stays I exactly)
+    side = int(round(np.sqrt(n)))
+    grid = not affine and order == 1 and side * side == n
+    rv = np.empty(side)
+    cv = np.empty(side)
     for _ in range(max_iterations):
         for k in range(n):
             rows[k] = t[0] + a[0] * yy[k] + a[1] * xx[k] - 0.5
             cols[k] = t[1] + a[2] * yy[k] + a[3] * xx[k] - 0.5
         if rows.min() < 0 or cols.min() < 0 or rows.max() > h - 1 or cols.max() > w - 1:
             break
-        _sample_into(sec_ok, sec_ok, sec_ok, 1, rows, cols, 1, okw, okw, okw)
+        if grid:
+            for i in range(side):
+                rv[i] = rows[i * side]
+                cv[i] = cols[i]
+            _sample_grid_bilinear(sec_ok, sec_ok, sec_ok, 1, rv, cv, okw, okw, okw)
+        else:
+            _sample_into(sec_ok, sec_ok, sec_ok, 1, rows, cols, 1, okw, okw, okw)
         if okw.min() < 0.999:
             break
         # the secondary and its two derivatives: one set of taps per point
-        _sample_into(sec, sec_gy, sec_gx, 3, rows, cols, order, g2, gy, gx)
+        if grid:
+            _sample_grid_bilinear(sec, sec_gy, sec_gx, 3, rv, cv, g2, gy, gx)
+        else:
+            _sample_into(sec, sec_gy, sec_gx, 3, rows, cols, order, g2, gy, gx)
         sim = _patch_similarity(g1, g2, kind)
         # iterate while the similarity improves (ties within 1e-6 count as improving, so an
         # already aligned patch still gets its sub-pixel refinement)
