@@ -834,6 +834,19 @@ def _sample_into(a, b, c, count, rows, cols, order, oa, ob, oc):  # pragma: no c
                 oc[ch, k] = _tap_sum(c, ch, ntap, iy, ix, wy, wx)
 
 
+@njit(cache=True, inline="always")
+def _axis_taps(v, n, idx, wts):  # pragma: no cover - compiled
+    """Bilinear taps along one axis of :func:`_taps` (``order`` 1) for each position ``v[i]``
+    on an axis of ``n`` samples: indices (mirrored beyond the edges) and weights, (len(v), 2)."""
+    for i in range(v.size):
+        i0 = int(np.floor(v[i]))
+        t = v[i] - i0
+        wts[i, 0] = 1.0 - t
+        wts[i, 1] = t
+        for q in range(2):
+            idx[i, q] = _mirror(i0 + q, n)
+
+
 @njit(cache=True)
 def _sample_grid_bilinear(a, b, c, count, rv, cv, oa, ob, oc):  # pragma: no cover - compiled
     """:func:`_sample_into` (``order`` 1) at the points of a grid: row ``rv[i]`` and column
@@ -847,20 +860,8 @@ def _sample_grid_bilinear(a, b, c, count, rv, cv, oa, ob, oc):  # pragma: no cov
     wy = np.empty((ny, 2))
     ix = np.empty((nx, 2), np.int64)
     wx = np.empty((nx, 2))
-    for i in range(ny):
-        y0 = int(np.floor(rv[i]))
-        t = rv[i] - y0
-        wy[i, 0] = 1.0 - t
-        wy[i, 1] = t
-        for q in range(2):
-            iy[i, q] = _mirror(y0 + q, h)
-    for j in range(nx):
-        x0 = int(np.floor(cv[j]))
-        t = cv[j] - x0
-        wx[j, 0] = 1.0 - t
-        wx[j, 1] = t
-        for q in range(2):
-            ix[j, q] = _mirror(x0 + q, w)
+    _axis_taps(rv, h, iy, wy)
+    _axis_taps(cv, w, ix, wx)
     for ch in range(nch):
         for arr in range(count):
             src = a if arr == 0 else (b if arr == 1 else c)
