@@ -127,7 +127,7 @@ def _restore_old_rescale_intensity() -> None:
     adapthist.rescale_intensity = compat
 
 
-def gefolki_method(name: str) -> Method | None:
+def gefolki_method(name: str, levels: int = 5) -> Method | None:
     try:
         import gefolki
     except ImportError:
@@ -137,7 +137,7 @@ def gefolki_method(name: str) -> Method | None:
         _restore_old_rescale_intensity()
 
     def run(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        kw = {"iteration": 2, "radius": list(range(32, 4, -4)), "levels": 5}
+        kw = {"iteration": 2, "radius": list(range(32, 4, -4)), "levels": levels}
         if name != "Folki":
             kw["rank"] = 4
         u, v = fn(a, b, **kw)

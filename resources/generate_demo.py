@@ -17,7 +17,10 @@ For each secondary dataset N the true displacement is stored beside it as ``trut
 pixels such that the secondary, co-located on the reference grid and sampled at
 (col + dx, row + dy), shows the ground that the reference shows at (col, row).
 
-Usage: ``python resources/generate_demo.py [OUT_DIR]`` (default ``resources/demo``).
+Usage: ``python resources/generate_demo.py [OUT_DIR] [--speckle-seed N]`` (default
+``resources/demo``). ``--speckle-seed`` draws the SAR's speckle from its own generator seeded N
+(the scene, geometry and truths unchanged), for ``bench/sar_bench.py``; without it the output is
+the embedded demo, byte for byte.
 """
 
 from __future__ import annotations
@@ -270,8 +273,9 @@ def make_item(
     item.save_object(include_self_link=False)
 
 
-def main(out: Path) -> None:
-    """Build the three datasets and their truths under ``out``."""
+def main(out: Path, speckle_seed: int | None = None) -> None:
+    """Build the three datasets and their truths under ``out`` (``speckle_seed``: the SAR's
+    speckle from its own generator instead of the shared one)."""
     bands, origin, _ = world()
     n = REF_SIZE
     # 1. Reference: 10 m, UTM 31N.
@@ -374,9 +378,10 @@ def main(out: Path) -> None:
                     id=str(len(gcps) + 1),
                 )
             )
+    speckle_rng = RNG if speckle_seed is None else np.random.default_rng(speckle_seed)
     for key, src in (("s0_db_c_vv", "vv"), ("s0_db_c_vh", "vh")):
         power = sample(bands[src], origin, sx3, sy3, 20.0)
-        speckle = RNG.gamma(4.0, 1 / 4.0, size=power.shape).astype(np.float32)
+        speckle = speckle_rng.gamma(4.0, 1 / 4.0, size=power.shape).astype(np.float32)
         db = 10 * np.log10(np.maximum(power * speckle, 1e-6))
         write_tif(
             d3 / f"{key}.tif",
@@ -409,4 +414,10 @@ def main(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).parent / "demo")
+    args = sys.argv[1:]
+    seed = None
+    if "--speckle-seed" in args:
+        i = args.index("--speckle-seed")
+        seed = int(args[i + 1])
+        del args[i : i + 2]
+    main(Path(args[0]) if args else Path(__file__).parent / "demo", seed)
