@@ -138,7 +138,7 @@ def score(dx, dy, truth, mask) -> tuple[float, float, float, float]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
     ap.add_argument("--seeds", type=int, nargs="*", default=[1, 2, 3, 4],
                     help="speckle draws besides the demo's own")  # fmt: skip
     args = ap.parse_args()
