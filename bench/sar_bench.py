@@ -41,8 +41,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from flow_bench import gefolki_method, ilk, opencv_method, timed  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-#: the demo SAR's wave (resources/generate_demo.py: misregistration of dataset 3)
-WAVELENGTH = 240.0
+sys.path.insert(0, str(ROOT / "resources"))
+from generate_demo import SAR_WAVES, wave_arguments  # noqa: E402  the SAR's field's form
+
 CONFIG = """inputs:
   - {d}/s2/item.json
   - {d}/l8/item.json
@@ -74,7 +75,8 @@ def colocated_pair(folder: Path, seed: int | None) -> tuple[Path, Path, Path]:
     return out[0], out[1], demo / "s1" / "truth.tif"
 
 
-def _truth_window(truth_tif: Path, grid) -> np.ndarray:
+def _truth_window(truth_tif: Path, grid):
+    """The truth (dx, dy) on ``grid``'s window and the truth raster's transform."""
     import rasterio
     from rasterio.windows import from_bounds
 
@@ -117,16 +119,17 @@ def oracle(ref: np.ndarray, sec: np.ndarray, truth: np.ndarray, basis: list, mas
     p = np.zeros(len(bx) + len(by))
     p[0] = np.mean(truth[0][ok]) + 0.2  # a start 0.28 px off
     p[len(bx)] = np.mean(truth[1][ok]) - 0.2
+
+    def field(p):
+        return (sum(c * b for c, b in zip(p[: len(bx)], bx, strict=True)),
+                sum(c * b for c, b in zip(p[len(bx) :], by, strict=True)))  # fmt: skip
+
     for _ in range(400):  # the steps shrink by the gain: run to convergence
-        u = sum(c * b for c, b in zip(p[: len(bx)], bx, strict=True))
-        v = sum(c * b for c, b in zip(p[len(bx) :], by, strict=True))
-        s = step(u, v, bx, by)
+        s = step(*field(p), bx, by)
         p += s
         if np.abs(s).max() < 1e-4:
             break
-    u = sum(c * b for c, b in zip(p[: len(bx)], bx, strict=True))
-    v = sum(c * b for c, b in zip(p[len(bx) :], by, strict=True))
-    return np.stack([u, v]), corr, float(gain)
+    return np.stack(field(p)), corr, float(gain)
 
 
 def score(dx, dy, truth, mask) -> tuple[float, float, float, float]:
@@ -180,10 +183,11 @@ def main() -> None:
             r, c = np.mgrid[0:h, 0:w].astype(np.float64)
             col = c + (grid.transform.c - ttr.c) / ttr.a + 0.5
             row = r + (grid.transform.f - ttr.f) / ttr.e + 0.5
-            px = 2 * np.pi * (col + 0.7 * row) / WAVELENGTH
-            py = 2 * np.pi * (row - 0.4 * col) / WAVELENGTH
-            basis = ([np.ones_like(px), np.sin(px), np.cos(px)],
-                     [np.ones_like(py), np.sin(py), np.cos(py)])  # fmt: skip
+            basis = ([np.ones_like(col)], [np.ones_like(col)])
+            for *_, wavelength, _ in SAR_WAVES:
+                px, py = wave_arguments(col, row, wavelength)
+                basis[0].extend((np.sin(px), np.cos(px)))
+                basis[1].extend((np.sin(py), np.cos(py)))
             t0 = time.perf_counter()
             field, corr, gain = oracle(ref, sec, truth, basis, mask)
             res.append(("oracle (truth's form)", *score(field[0], field[1], truth, mask),

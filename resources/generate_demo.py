@@ -166,6 +166,18 @@ def world() -> tuple[dict[str, np.ndarray], tuple[float, float], np.ndarray]:
     return bands, (fx0, fy0), cls
 
 
+#: the SAR dataset's misregistration: shift (px) and waves (amplitude x, y px, wavelength px,
+#: phase); bench/sar_bench.py fits this form
+SAR_SHIFT = (-1.7, 2.2)
+SAR_WAVES = [(0.4, 0.35, 240.0, 1.1)]
+
+
+def wave_arguments(col: np.ndarray, row: np.ndarray, wavelength: float):
+    """Arguments (radians, before the phase) of a wave's x and y terms at (col, row)."""
+    return (2 * np.pi * (col + 0.7 * row) / wavelength,
+            2 * np.pi * (row - 0.4 * col) / wavelength)  # fmt: skip
+
+
 def misregistration(
     shift: tuple[float, float], affine: np.ndarray, waves: list[tuple[float, float, float, float]]
 ):
@@ -179,8 +191,9 @@ def misregistration(
         ex = shift[0] + affine[0, 0] * (col - c) + affine[0, 1] * (row - c)
         ey = shift[1] + affine[1, 0] * (col - c) + affine[1, 1] * (row - c)
         for ax, ay, wl, ph in waves:
-            ex = ex + ax * np.sin(2 * np.pi * (col + 0.7 * row) / wl + ph)
-            ey = ey + ay * np.cos(2 * np.pi * (row - 0.4 * col) / wl + ph)
+            arg_x, arg_y = wave_arguments(col, row, wl)
+            ex = ex + ax * np.sin(arg_x + ph)
+            ey = ey + ay * np.cos(arg_y + ph)
         return ex, ey
 
     return e
@@ -347,7 +360,7 @@ def main(out: Path, speckle_seed: int | None = None) -> None:
     # 3. SAR 20 m ground range, rotated and curved geometry, GCP grid (pixel-centre convention).
     d3 = out / "s1"
     d3.mkdir(parents=True, exist_ok=True)
-    e3 = misregistration((-1.7, 2.2), np.zeros((2, 2)), [(0.4, 0.35, 240.0, 1.1)])
+    e3 = misregistration(SAR_SHIFT, np.zeros((2, 2)), SAR_WAVES)
     w3, h3, spacing = 300, 290, 20.0
     theta = np.deg2rad(-11.0)
     xs0, ys0 = REF_X0 - 300.0, REF_Y0 + 350.0
