@@ -85,12 +85,12 @@ def test_demo_through_slurm_is_the_local_demo(cluster, request, tmp_path):
     assert len(mine) == 7, [p.name for p in mine]
     for path in mine:
         assert path.read_bytes() == (demo_run / "results" / "stack" / path.name).read_bytes()
-    # the scheduler's own records: one job per group (prepare, two registrations, publish,
-    # catalog), the injected failure and its retry
+    # the scheduler's own records: one job per group (prepare, two registrations, three
+    # assets' co-registration and COG, catalog), the injected failure and its retry
     acct = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID,JobName,State,ExitCode"],
                           capture_output=True, text=True, env=env, check=True).stdout  # fmt: skip
     states = [line.split("|")[2] for line in acct.splitlines() if line]
-    assert states.count("COMPLETED") == 5, acct
+    assert states.count("COMPLETED") == 7, acct
     assert states.count("FAILED") == 1, acct
     log = root / "logs" / "match_tiepoints"
     assert log.is_dir()
