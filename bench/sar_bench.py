@@ -87,14 +87,35 @@ def _truth_window(truth_tif: Path, grid):
         return t.read(window=win).astype(np.float64), t.transform
 
 
-def _fit_form(i1, i2, ok, basis, start):
-    """Gauss-Newton fit of d = sum_k p_k phi_k (``basis``: per axis, the truth's own functions)
-    matching the channels ``i2`` (C, H, W) warped by d onto ``i1``, symmetric gradient (ESM),
-    from the constant field ``start``, run to convergence; returns the field (2, H, W)."""
-    coefs = [ndimage.spline_filter(a.astype(np.float64), order=3) for a in i2]
-    grads = [np.gradient(a.astype(np.float64)) for a in i1]
+def _gauss_newton_step(prep, ok, u, v, basis) -> np.ndarray:
+    """One Gauss-Newton step for the parameters of d = sum_k p_k phi_k (``basis``: per axis, a
+    list of functions) from the field (u, v): the channels of ``prep`` (:func:`_prepare`) warped
+    by (u, v), symmetric gradient (ESM), normal equations summed over the channels."""
+    grads, coefs, ref_channels, (rows, cols) = prep
+    bx, by = basis
+    normal, rhs = 0.0, 0.0
+    for a1, (g1y, g1x), coef in zip(ref_channels, grads, coefs, strict=True):
+        a2 = ndimage.map_coordinates(coef, [rows + v, cols + u], order=3, prefilter=False)
+        g2y, g2x = np.gradient(a2)
+        jx, jy = (g1x + g2x) / 2, (g1y + g2y) / 2
+        jac = np.stack([jx * b for b in bx] + [jy * b for b in by])[:, ok]
+        normal = normal + jac @ jac.T
+        rhs = rhs + jac @ (a2 - a1)[ok]
+    return -np.linalg.solve(normal, rhs)
+
+
+def _prepare(i1: np.ndarray, i2: np.ndarray):
+    """What every step reads, computed once: the reference channels' gradients, the
+    secondary channels' cubic B-spline coefficients, the channels (C, H, W) and the grid."""
     h, w = i1.shape[1:]
-    rows, cols = np.mgrid[0:h, 0:w].astype(np.float64)
+    return ([np.gradient(a.astype(np.float64)) for a in i1],
+            [ndimage.spline_filter(a.astype(np.float64), order=3) for a in i2],
+            i1, np.mgrid[0:h, 0:w].astype(np.float64))  # fmt: skip
+
+
+def _fit_form(prep, ok, basis, start) -> np.ndarray:
+    """Gauss-Newton fit of the truth's form (``basis``) from the constant field ``start``, run
+    to convergence; returns the field (2, H, W)."""
     bx, by = basis
     p = np.zeros(len(bx) + len(by))
     p[0], p[len(bx)] = start
@@ -104,16 +125,7 @@ def _fit_form(i1, i2, ok, basis, start):
                 sum(c * b for c, b in zip(p[len(bx) :], by, strict=True)))  # fmt: skip
 
     for _ in range(400):  # the steps shrink by the gain: run to convergence
-        u, v = field(p)
-        normal, rhs = 0.0, 0.0
-        for a1, (g1y, g1x), coef in zip(i1, grads, coefs, strict=True):
-            a2 = ndimage.map_coordinates(coef, [rows + v, cols + u], order=3, prefilter=False)
-            g2y, g2x = np.gradient(a2)
-            jx, jy = (g1x + g2x) / 2, (g1y + g2y) / 2
-            jac = np.stack([jx * b for b in bx] + [jy * b for b in by])[:, ok]
-            normal = normal + jac @ jac.T
-            rhs = rhs + jac @ (a2 - a1)[ok]
-        s = -np.linalg.solve(normal, rhs)
+        s = _gauss_newton_step(prep, ok, *field(p), basis)
         p += s
         if np.abs(s).max() < 1e-4:
             break
@@ -133,30 +145,19 @@ def oracle(ref: np.ndarray, sec: np.ndarray, truth: np.ndarray, basis: list, mas
     i1, i2 = preprocess([(ref, v1), (sec, v2)], "gefolki", FlowParams(mode="gefolki"))
     ok = mask & v1 & v2
     start = (np.mean(truth[0][ok]) + 0.2, np.mean(truth[1][ok]) - 0.2)
-    # the gain: one step from 0.25 px either side of the truth, a constant model
-    steps = [_fit_step(i1, i2, ok, truth[0] + d, truth[1]) for d in (-0.25, 0.25)]
+    prep = _prepare(i1[None], i2[None])
+    # the gain: one step of a constant model from 0.25 px either side of the truth
+    one = ([np.ones(ref.shape)], [np.ones(ref.shape)])
+    steps = [_gauss_newton_step(prep, ok, truth[0] + d, truth[1], one)[0] for d in (-0.25, 0.25)]
     gain = (steps[0] - steps[1]) / 0.5
-    coef = ndimage.spline_filter(i2.astype(np.float64), order=3)
-    grid = np.mgrid[0 : ref.shape[0], 0 : ref.shape[1]].astype(np.float64)
-    aligned = ndimage.map_coordinates(coef, grid + truth[::-1], order=3, prefilter=False)
+    rows, cols = prep[3]
+    aligned = ndimage.map_coordinates(prep[1][0], [rows + truth[1], cols + truth[0]], order=3,
+                                      prefilter=False)  # fmt: skip
     corr = float(np.corrcoef(i1[ok], aligned[ok])[0, 1])
-    on_gefolki = _fit_form(i1[None], i2[None], ok, basis, start)
+    on_gefolki = _fit_form(prep, ok, basis, start)
     c1 = cfog(np.where(v1, ref, 0).astype(np.float32), v1, 1.0)
     c2 = cfog(np.where(v2, sec, 0).astype(np.float32), v2, 1.0)
-    return on_gefolki, _fit_form(c1, c2, ok, basis, start), corr, float(gain)
-
-
-def _fit_step(i1, i2, ok, u, v) -> float:
-    """The dx of one global Gauss-Newton step (constant model, symmetric gradient) from the
-    field (u, v): the Lucas-Kanade gain is how much of a known offset it removes."""
-    coef = ndimage.spline_filter(i2.astype(np.float64), order=3)
-    h, w = i1.shape
-    rows, cols = np.mgrid[0:h, 0:w].astype(np.float64)
-    a2 = ndimage.map_coordinates(coef, [rows + v, cols + u], order=3, prefilter=False)
-    g1y, g1x = np.gradient(i1.astype(np.float64))
-    g2y, g2x = np.gradient(a2)
-    jac = np.stack([(g1x + g2x) / 2, (g1y + g2y) / 2])[:, ok]
-    return float(-np.linalg.solve(jac @ jac.T, jac @ (a2 - i1)[ok])[0])
+    return on_gefolki, _fit_form(_prepare(c1, c2), ok, basis, start), corr, float(gain)
 
 
 def score(dx, dy, truth, mask) -> tuple[float, float, float, float]:
