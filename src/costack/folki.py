@@ -472,21 +472,24 @@ def estimate_flow(
             u, v = blend_scales(first[0], first[1], u, v, support > 0, sigma)
     conf = confidence(i1, v1, i2, v2, u, v, min(p.fine_radii or p.radii), grad0)
     # divergence: an estimate that left the start (model or global shift) by more than 1.5x the
-    # largest displacement expected is unknown, not a wild value
+    # largest displacement expected is unknown, not a wild value; unknown where no window
+    # supported the field either (one pass: K.finish_flow)
     scale = 2 ** (levels - 1)
-    away = np.hypot(u - u0 - shift[0] * scale, v - w0 - shift[1] * scale)
-    diverged = (support > 0) & (away > 1.5 * p.max_displacement)
-    if diverged.any():
+    dx, dy, n_diverged = K.finish_flow(
+        np.ascontiguousarray(u, np.float32), np.ascontiguousarray(v, np.float32),
+        np.ascontiguousarray(u0, np.float32), np.ascontiguousarray(w0, np.float32),
+        float(shift[0] * scale), float(shift[1] * scale), support, conf,
+        1.5 * p.max_displacement,
+    )  # fmt: skip
+    diverged_fraction = n_diverged / conf.size
+    if n_diverged:
         log.warning("flow diverged on %.2f%% of the grid (moved over %.0f px from its start): "
-                    "marked unknown", 100 * diverged.mean(), 1.5 * p.max_displacement)  # fmt: skip
-    unknown = (support == 0) | diverged
-    dx = np.where(unknown, np.nan, u).astype(np.float32)
-    dy = np.where(unknown, np.nan, v).astype(np.float32)
-    conf[unknown] = 0
+                    "marked unknown", 100 * diverged_fraction,
+                    1.5 * p.max_displacement)  # fmt: skip
     stats = {
         "global_shift_coarse": shift,
         "levels": levels,
-        "diverged_fraction": float(diverged.mean()),
+        "diverged_fraction": float(diverged_fraction),
         "seconds": time.perf_counter() - t0,
         "preprocess_s": t_pre,
     }
@@ -849,8 +852,6 @@ def confidence(
     g = good[sub] if good[sub].any() else good
     sub = sub if good[sub].any() else (slice(None), slice(None))
     lref = float(np.median(lmin[sub][g])) + 1e-12
-    res = np.sqrt(np.maximum(r2, 0))  # the windowed sums can round a zero residual below 0
-    rref = float(np.median(res[sub][g])) + 1e-12
-    conf = lmin / (lmin + lref) * np.exp(-0.5 * (res / rref) ** 2)
-    conf = np.where(good & np.isfinite(conf), np.clip(conf, 0, 1), 0)
-    return conf.astype(np.float32)
+    # the windowed sums can round a zero residual below 0
+    rref = float(np.median(np.sqrt(np.maximum(r2[sub][g], 0)))) + 1e-12
+    return K.confidence_map(lmin, r2, good.view(np.uint8), lref, rref)

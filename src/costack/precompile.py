@@ -29,9 +29,10 @@ _KERNELS = Path(__file__).with_name("_kernels.py")
 #: the kernels, in two shares of about equal compile time (seconds measured on 2 cores:
 #: window_solve 6.4, lsm_point 5, warp_bspline 3.9, pyramid_down 3.2, clahe 3, rank 2.8, ...)
 SHARES = (
-    ("window_solve", "rank_transform", "gradient5", "upsample_flow", "weighted_trace", "clahe"),
+    ("window_solve", "rank_transform", "gradient5", "upsample_flow", "weighted_trace", "clahe",
+     "confidence_map"),
     ("lsm_point", "warp_bspline", "pyramid_down", "warp_bilinear", "symmetric_gradient",
-     "warp_cubic", "masked_blur"),
+     "warp_cubic", "masked_blur", "finish_flow"),
 )  # fmt: skip
 
 
@@ -80,6 +81,8 @@ def compile_share(names: tuple[str, ...]) -> None:
         "symmetric_gradient": lambda: K.symmetric_gradient(a, a, a, a, a),
         "warp_cubic": lambda: K.warp_cubic(a, ok, a, a),
         "masked_blur": lambda: K.masked_blur(a, ok, np.ones(3)),
+        "confidence_map": lambda: K.confidence_map(a, a, ok, 1.0, 1.0),
+        "finish_flow": lambda: K.finish_flow(a, a, a, a, 0.0, 0.0, a, a.copy(), 24.0),
     }  # fmt: skip
     for name in names:
         calls[name]()
