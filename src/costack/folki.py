@@ -328,7 +328,8 @@ def _lk_level(
         nmin = np.float32(0.25 * (2 * r + 1) ** 2)
         for _ in range(iterations):
             i2w, ok = warp(i2, w2u8, u, v)
-            wt = wg1 * ok
+            # the joint weight (symmetric_gradient makes its own, with the secondary's taps)
+            wt = wg1 * ok if (invert or not symmetric) else None
             if invert:
                 # GEFolki: per pixel, the secondary or its inverted contrast, whichever
                 # correlates positively with the reference in the window
