@@ -461,3 +461,21 @@ run_step(SimpleNamespace(log=[], rule="colocate_asset", output=[out]),
         assert list(disk.iterdir()) == []
     finally:
         subprocess.run(["umount", str(disk)], check=False)
+
+
+def test_a_flow_whose_confidence_cannot_be_written_leaves_no_flow(tmp_path, capsys):
+    """The flow and its confidence are written on two threads: when one cannot be written (the
+    confidence under the read-only sysfs), the step fails with one line and leaves neither."""
+    from costack.cli import main
+    from costack.rasterio_io import write_float32
+
+    grid = SimpleNamespace(height=96, width=96, crs=CRS.from_epsg(32631), transform=T)
+    img = np.random.default_rng(3).random((96, 96)).astype(np.float32)
+    write_float32(tmp_path / "ref.tif", img, grid)
+    write_float32(tmp_path / "sec.tif", np.roll(img, 1, axis=1), grid)
+    out = tmp_path / "flow.tif"
+    code = main(["flow", str(tmp_path / "ref.tif"), str(tmp_path / "sec.tif"), str(out),
+                 "--confidence", "/sys/costack-test/c.tif"])  # fmt: skip
+    assert code == 2
+    assert capsys.readouterr().err.count("costack: error: flow:") == 1
+    assert not out.exists() and not list(tmp_path.glob(".flow.tif.*"))
