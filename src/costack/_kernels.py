@@ -1,6 +1,6 @@
-"""Numba kernels of the dense flow: warps, rank filter, CLAHE, pyramid reduction, gradients
-and the window sums fused with the Lucas-Kanade solve; the masked Gaussian blur and the LSM
-loop of the tie points and the QC.
+"""Numba kernels of the dense flow: warps, rank filter, CLAHE, pyramid reduction, gradients,
+the window sums fused with the Lucas-Kanade solve, and the confidence and final masking in
+one pass each; the masked Gaussian blur and the LSM loop of the tie points and the QC.
 
 Each flow kernel is a whole-array loop parallelised over rows (``prange``), so both cores are
 used, and works in float32 with float64 accumulators where sums run long; where it can, the
