@@ -448,3 +448,25 @@ def test_global_searches_find_shifts_near_the_search_limit(size, shift):
         pyr.append((*_down(i1, pyr[0][1]), *_down(i2, pyr[0][3])))
         gx, gy = global_shift(pyr, 16.0, inverted)
         assert np.hypot(2 * gx - shift[0], 2 * gy - shift[1]) < 0.25, (gx, gy)
+
+
+@pytest.mark.parametrize("window", [(-80, -80, 400, 300), (200, 136, 256, 256), (600, 700, 120, 90),
+                                    (-80, 500, 64, 400)])  # fmt: skip
+def test_tile_seed_is_scipys_bilinear_upsampling(window):
+    """The tiles' seed (:func:`costack.tiled._upsample`, separable) is the same bilinear,
+    edge-extended sampling of the coarse field as SciPy's map_coordinates (order 1, nearest),
+    inside the raster and in the halo beyond its edges."""
+    from rasterio.windows import Window
+    from scipy import ndimage
+
+    from costack.tiled import _upsample
+
+    coarse = np.random.default_rng(5).normal(size=(85, 90)).astype(np.float32)
+    win = Window(*window)
+    rows = (np.arange(win.row_off, win.row_off + win.height) + 0.5) / 8 - 0.5
+    cols = (np.arange(win.col_off, win.col_off + win.width) + 0.5) / 8 - 0.5
+    rr, cc = np.meshgrid(rows, cols, indexing="ij")
+    want = ndimage.map_coordinates(coarse, [rr, cc], order=1, mode="nearest") * 8
+    got = _upsample(coarse, 8, win)
+    assert got.shape == (win.height, win.width)
+    np.testing.assert_allclose(got, want.astype(np.float32), rtol=1e-6, atol=1e-6)

@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import rasterio
 from rasterio.windows import Window
-from scipy import ndimage
 
 from costack.folki import FlowParams, estimate_flow
 from costack.grid_model import Grid
@@ -71,17 +70,28 @@ def _pipelined(windows: list[Window], load, work, store) -> None:
             pending.result()
 
 
+def _linear_taps(pos: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Linear interpolation along one axis of ``n`` samples at positions ``pos``, the edges
+    extended (positions clamped to [0, n - 1]): (lower index, upper index, upper weight)."""
+    y = np.clip(pos, 0.0, n - 1.0)
+    i0 = np.minimum(np.floor(y).astype(np.intp), max(n - 2, 0))
+    return i0, np.minimum(i0 + 1, n - 1), y - i0
+
+
 def _upsample(coarse: np.ndarray, factor: int, window: Window) -> np.ndarray:
-    """Coarse field (coarse pixels, no NaN) at a window's full-resolution pixel centres."""
+    """Coarse field (coarse pixels, no NaN) at a window's full-resolution pixel centres:
+    bilinear, edges extended (as SciPy's ``map_coordinates`` with ``order=1, mode="nearest"``,
+    which this replaces). The positions form a grid, so the interpolation is separable: along
+    the rows on the coarse columns, then along the columns (2208 px tile: 0.21 -> 0.03 s, on
+    the reader thread that shares the cores with the flow)."""
     rows = (np.arange(window.row_off, window.row_off + window.height) + 0.5) / factor - 0.5
     cols = (np.arange(window.col_off, window.col_off + window.width) + 0.5) / factor - 0.5
-    r0 = max(int(np.floor(rows[0])) - 1, 0)
-    c0 = max(int(np.floor(cols[0])) - 1, 0)
-    r1 = min(int(np.ceil(rows[-1])) + 2, coarse.shape[0])
-    c1 = min(int(np.ceil(cols[-1])) + 2, coarse.shape[1])
-    part = coarse[r0:r1, c0:c1]
-    rr, cc = np.meshgrid(rows - r0, cols - c0, indexing="ij")
-    out = ndimage.map_coordinates(part, [rr, cc], order=1, mode="nearest")
+    r0, r1, fr = _linear_taps(rows, coarse.shape[0])
+    c0, c1, fc = _linear_taps(cols, coarse.shape[1])
+    lo, hi = int(c0.min()), int(c1.max()) + 1
+    part = coarse[:, lo:hi].astype(np.float64)
+    along = part[r0] * (1.0 - fr)[:, None] + part[r1] * fr[:, None]
+    out = along[:, c0 - lo] * (1.0 - fc) + along[:, c1 - lo] * fc
     return (out * factor).astype(np.float32)
 
 
