@@ -470,3 +470,40 @@ def test_tile_seed_is_scipys_bilinear_upsampling(window):
     got = _upsample(coarse, 8, win)
     assert got.shape == (win.height, win.width)
     np.testing.assert_allclose(got, want.astype(np.float32), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("nodata", ["none", "scattered", "edge strip"])
+def test_bspline_warp_is_scipys_cubic_spline_where_its_neighbourhood_is_valid(nodata):
+    """The flow's warp (:func:`costack._kernels.warp_bspline`, float32 weights, the nodata
+    neighbourhoods eroded once) samples the cubic B-spline as SciPy's map_coordinates (order 3
+    on the same coefficients) does, and is defined exactly where the sample's 4x4
+    neighbourhood lies inside the image and is valid."""
+    from scipy import ndimage
+
+    from costack import _kernels as K
+
+    rng = np.random.default_rng(11)
+    h, w = 70, 90
+    coef = rng.normal(size=(h, w)).astype(np.float32)
+    valid = np.ones((h, w), np.uint8)
+    if nodata == "scattered":
+        valid[rng.random((h, w)) < 0.01] = 0
+    elif nodata == "edge strip":
+        valid[:, :12] = 0
+    yy, xx = np.mgrid[0:h, 0:w]
+    u = (2.5 * np.sin(yy / 9.0) + rng.normal(scale=0.3, size=(h, w))).astype(np.float32)
+    v = (-1.7 * np.cos(xx / 7.0) + rng.normal(scale=0.3, size=(h, w))).astype(np.float32)
+    got, ok = K.warp_bspline(coef, valid, u, v)
+    x, y = xx + u.astype(np.float64), yy + v.astype(np.float64)
+    inside = (x >= 1) & (y >= 1) & (x < w - 2) & (y < h - 2)
+    x0 = np.clip(np.floor(x).astype(int), 1, w - 3)
+    y0 = np.clip(np.floor(y).astype(int), 1, h - 3)
+    hood = np.ones((h, w), bool)
+    for a in range(-1, 3):
+        for b in range(-1, 3):
+            hood &= valid[y0 + a, x0 + b] > 0
+    expect_ok = inside & hood
+    assert np.array_equal(ok > 0, expect_ok) and 0.5 < expect_ok.mean() < 1
+    want = ndimage.map_coordinates(coef.astype(np.float64), [y, x], order=3, prefilter=False)
+    np.testing.assert_allclose(got[expect_ok], want[expect_ok], rtol=0, atol=2e-5)
+    assert not got[~expect_ok].any()

@@ -308,6 +308,27 @@ def warp_bspline(coef, valid, u, v):  # pragma: no cover - compiled
     out = np.empty((h, w), np.float32)
     ok = np.empty((h, w), np.float32)
     full = valid.min() > 0  # no nodata: skip the per-sample neighbourhood check
+    # with nodata, whether each 4x4 neighbourhood (rows y0-1..y0+2, columns x0-1..x0+2) is all
+    # valid, eroded once in two separable passes: one test per sample instead of 16
+    # (2000x2000, a smooth field: 1 % of the pixels nodata 35 -> 20 ms, a 300 px nodata edge
+    # strip 25 -> 19 ms; the same bytes)
+    hood = np.ones((1, 1), np.uint8)
+    if not full:
+        across = np.zeros((h, w), np.uint8)
+        for i in prange(h):
+            vi = valid[i]
+            ai = across[i]
+            for j in range(1, w - 2):
+                ai[j] = (vi[j - 1] != 0) & (vi[j] != 0) & (vi[j + 1] != 0) & (vi[j + 2] != 0)
+        hood = np.zeros((h, w), np.uint8)
+        for i in prange(1, h - 2):
+            a0 = across[i - 1]
+            a1 = across[i]
+            a2 = across[i + 1]
+            a3 = across[i + 2]
+            hi = hood[i]
+            for j in range(w):
+                hi[j] = a0[j] & a1[j] & a2[j] & a3[j]
     one = np.float32(1.0)
     s6 = np.float32(1.0 / 6.0)
     for i in prange(h):
@@ -324,14 +345,8 @@ def warp_bspline(coef, valid, u, v):  # pragma: no cover - compiled
                 continue
             x0 = int(x)
             y0 = int(y)
-            if not full:
-                good = True
-                for a in range(-1, 3):
-                    for b in range(-1, 3):
-                        if valid[y0 + a, x0 + b] == 0:
-                            good = False
-                if not good:
-                    continue
+            if not full and hood[y0, x0] == 0:
+                continue
             tx = np.float32(x - x0)
             ty = np.float32(y - y0)
             mx = one - tx
