@@ -71,11 +71,11 @@ def costack_case(ref, sec, truth, params: TiePointParams) -> str:
     c = (df.ref_col.to_numpy() - 0.5).astype(int)
     e = np.hypot(df.dx.to_numpy() - truth[0, r, c], df.dy.to_numpy() - truth[1, r, c])
     model, df = fit_models(df)
-    aff = model["models"].get("affine")
+    aff = model.data["models"].get("affine")
     aff_err = grid_error("affine", aff["coefficients"], truth) if aff else float("nan")
-    return (f"{len(df):4d} tie points ({model['outliers']} outliers)  tie-point RMSE "
+    return (f"{len(df):4d} tie points ({model.data['outliers']} outliers)  tie-point RMSE "
             f"{np.sqrt(np.mean(e**2)):.3f} px  affine vs truth {aff_err:.3f} px  "
-            f"model {model['chosen']}  {dt:.1f} s")  # fmt: skip
+            f"model {model.chosen}  {dt:.1f} s")  # fmt: skip
 
 
 def orb_case(ref, sec, truth) -> str:

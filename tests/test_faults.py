@@ -479,3 +479,30 @@ def test_a_flow_whose_confidence_cannot_be_written_leaves_no_flow(tmp_path, caps
     assert code == 2
     assert capsys.readouterr().err.count("costack: error: flow:") == 1
     assert not out.exists() and not list(tmp_path.glob(".flow.tif.*"))
+
+
+def test_the_flow_memory_estimate_covers_a_sar_optical_flow(tmp_path):
+    """The plan's in-memory flow estimate (GEFolki's path, the larger: two starts and the CFOG
+    comparisons) is above the peak resident memory of a real `costack flow --mode gefolki`
+    process (1000x1000: 0.55 GB measured, 0.81 GB estimated)."""
+    from costack.plan import FLOW_BASE_BYTES, FLOW_BYTES_PER_PIXEL
+    from costack.rasterio_io import write_float32
+
+    n = 1000
+    grid = SimpleNamespace(height=n, width=n, crs=CRS.from_epsg(32631), transform=T)
+    yy, xx = np.mgrid[0:n, 0:n]
+    img = (np.sin(xx / 17.0) * np.cos(yy / 23.0)).astype(np.float32)
+    speckle = np.random.default_rng(2).gamma(4.0, 0.25, (n, n)).astype(np.float32)
+    write_float32(tmp_path / "ref.tif", img, grid)
+    write_float32(tmp_path / "sec.tif", -np.roll(img, 2, axis=1) * speckle, grid)
+    hwm = tmp_path / "hwm.txt"
+    wrap = ("import runpy, sys\nout, sys.argv = sys.argv[1], ['costack', *sys.argv[2:]]\n"
+            "try:\n    runpy.run_module('costack.cli', run_name='__main__')\nfinally:\n"
+            "    open(out, 'w').write(next(x.split()[1] for x in open('/proc/self/status')"
+            " if x.startswith('VmHWM')))\n")  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", wrap, str(hwm), "flow", str(tmp_path / "ref.tif"),
+                           str(tmp_path / "sec.tif"), str(tmp_path / "f.tif"), "--mode",
+                           "gefolki"], capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    peak = int(hwm.read_text()) * 1024
+    assert peak < FLOW_BASE_BYTES + FLOW_BYTES_PER_PIXEL * n * n, peak

@@ -23,7 +23,7 @@ import rasterio
 from costack.folki import FlowParams, FlowResult, estimate_flow, resolve_mode
 from costack.imaging import blur_valid, on_two_threads, resolution_sigma, warp_array
 from costack.limits import TILED_ABOVE
-from costack.matching import decide_mode, multimodal_prior, multimodal_similarity
+from costack.matching import cfog_of, decide_mode, multimodal_prior, multimodal_similarity
 from costack.overlap import OVERLAP_MARGIN, overlap_window
 from costack.rasterio_io import read_float32, write_float32, write_json
 from costack.tiepoint_model import TiePointModel
@@ -180,11 +180,12 @@ def _estimate_with_start(ref, sec, params: FlowParams, init):
     res = estimate_flow(ref, sec, params, init=init)
     if params.mode != "gefolki" or init is not None:
         return res, {"kind": "tie-point model" if init is not None else "global search"}
-    dx0, dy0 = multimodal_prior(ref, sec, params.max_displacement)
+    ref_desc = cfog_of(ref)  # the reference's descriptors serve all three comparisons
+    dx0, dy0 = multimodal_prior(ref, sec, params.max_displacement, ref_desc)
     alt_init = (np.full(ref.shape, dx0, np.float32), np.full(ref.shape, dy0, np.float32))
     alt = estimate_flow(ref, sec, replace(params, global_search=False), init=alt_init)
-    own = multimodal_similarity(ref, warp_array(sec, res.dx, res.dy))
-    other = multimodal_similarity(ref, warp_array(sec, alt.dx, alt.dy))
+    own = multimodal_similarity(ref, warp_array(sec, res.dx, res.dy), ref_desc)
+    other = multimodal_similarity(ref, warp_array(sec, alt.dx, alt.dy), ref_desc)
     start = {
         "kind": "global search",
         "cfog_similarity": {"global search": round(own, 5), "cfog prior": round(other, 5)},

@@ -65,9 +65,14 @@ def preflight(raw_config: dict[str, Any]) -> RunPlan:
     return make_plan(cfg, manifest, grid)
 
 
-#: Flows of grids up to TILED_ABOVE run in memory (about FLOW_BYTES_PER_PIXEL), larger ones in
-#: tiles whose peak is about TILED_FLOW_BYTES whatever the scene.
-FLOW_BYTES_PER_PIXEL = 100
+#: Flows of grids up to TILED_ABOVE run in memory (about FLOW_BASE_BYTES plus
+#: FLOW_BYTES_PER_PIXEL), larger ones in tiles whose peak is about TILED_FLOW_BYTES whatever
+#: the scene. The mode is decided in the job, so the estimate is GEFolki's, the larger (its
+#: second start and the CFOG comparisons). Peak RSS of ``costack flow`` measured 2026-12-04:
+#: GEFolki 2000x2000 1.39 GB, 4000x4000 (16 Mpx, the largest in memory) 3.85 GB; EFolki 0.78
+#: and 2.13 GB; a 10980x10980 scene by tiles 1.25 GB. All under the rule's 4096 MB.
+FLOW_BASE_BYTES = 600_000_000
+FLOW_BYTES_PER_PIXEL = 205
 TILED_FLOW_BYTES = 2_800_000_000
 
 
@@ -90,8 +95,8 @@ def job_memory(cfg: RunConfig, manifest: pd.DataFrame, grid: Grid) -> dict[str, 
     """Estimated peak memory (bytes) of the heaviest job of each kind on this grid.
 
     Co-location streams (:func:`costack.colocate.streamed_bytes`: GDAL's cache and chunk, two
-    strips, geolocation arrays of a GCP source). Flow: about 100 B per
-    grid pixel in memory up to 16 Mpx, tiled above; the warp likewise. Band math:
+    strips, geolocation arrays of a GCP source). Flow: 0.6 GB and 205 B per
+    grid pixel in memory up to 16 Mpx (GEFolki's path), tiled above; the warp likewise. Band math:
     :func:`costack.bandmath.memory_bytes`, by strips beyond 1 GB. QC: :func:`qc_bytes` (up to
     1 GB in memory, by blocks above). Tie points: 80 B per pixel up to 16 Mpx, by tiles of at most
     that above.
@@ -104,7 +109,9 @@ def job_memory(cfg: RunConfig, manifest: pd.DataFrame, grid: Grid) -> dict[str, 
     out = {"colocate_asset": coloc}
     if cfg.secondary_datasets:
         out["coregister_asset"] = 24 * px if px <= TILED_ABOVE else TILED_WARP_BYTES
-        out["estimate_flow"] = FLOW_BYTES_PER_PIXEL * px if px <= TILED_ABOVE else TILED_FLOW_BYTES
+        out["estimate_flow"] = (
+            FLOW_BASE_BYTES + FLOW_BYTES_PER_PIXEL * px if px <= TILED_ABOVE else TILED_FLOW_BYTES
+        )
         out["match_tiepoints"] = TIEPOINT_BYTES_PER_PIXEL * min(px, TIEPOINT_IN_MEMORY_PIXELS)
         # the QC on CFOG descriptors or on intensities, whichever needs more (the mode is
         # decided from the rasters in the job)
