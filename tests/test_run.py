@@ -123,7 +123,7 @@ def test_slurm_profile_dry_run_lists_jobs_with_resources(demo_run):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     text = proc.stdout + proc.stderr
-    assert re.search(r"rule estimate_flow:.*?mem_mb=1536.*?runtime=20", text, re.S)
+    assert re.search(r"rule estimate_flow:.*?mem_mb=2048.*?runtime=20", text, re.S)
     assert re.search(r"rule colocate_asset:.*?mem_mb=1024", text, re.S)
     assert re.search(r"estimate_flow\s+2\n", text)
 
