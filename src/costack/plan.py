@@ -70,10 +70,12 @@ def preflight(raw_config: dict[str, Any]) -> RunPlan:
 #: the scene. The mode is decided in the job, so the estimate is GEFolki's, the larger (its
 #: second start and the CFOG comparisons). Peak RSS of ``costack flow`` measured 2026-12-04:
 #: GEFolki 2000x2000 1.39 GB, 4000x4000 (16 Mpx, the largest in memory) 3.85 GB; EFolki 0.78
-#: and 2.13 GB; a 10980x10980 scene by tiles 1.25 GB. All under the rule's 4096 MB.
+#: and 2.13 GB; a 10980x10980 scene by tiles 1.25 GB same-sensor, 1.21 GB SAR/optical (2208 px
+#: tiles with the default radii; the widest windows, a coarse secondary's, make the haloed
+#: tile about 1.4x larger). All under the rule's 4096 MB.
 FLOW_BASE_BYTES = 600_000_000
 FLOW_BYTES_PER_PIXEL = 205
-TILED_FLOW_BYTES = 2_800_000_000
+TILED_FLOW_BYTES = 2_000_000_000
 
 
 #: The warp beyond TILED_ABOVE goes by tiles of about this peak.
