@@ -669,6 +669,59 @@ def finish_flow(u, v, u0, v0, sx, sy, support, conf, limit):  # pragma: no cover
 
 
 @njit(parallel=True, cache=True)
+def cfog_channels(gx, gy, cs, sn):  # pragma: no cover - compiled
+    """CFOG's oriented gradient channels |cos(theta_k) gx + sin(theta_k) gy| (Ye et al. 2019,
+    eq. 3 with the absolute value), float64 as NumPy's broadcast expression computes them
+    (the same operations in the same order: the same bytes), in one pass."""
+    h, w = gx.shape
+    c = cs.shape[0]
+    out = np.empty((c, h, w), np.float64)
+    for i in prange(h):
+        for j in range(w):
+            x = np.float64(gx[i, j])
+            y = np.float64(gy[i, j])
+            for k in range(c):
+                out[k, i, j] = abs(cs[k] * x + sn[k] * y)
+    return out
+
+
+@njit(parallel=True, cache=True)
+def cfog_mix(ch):  # pragma: no cover - compiled
+    """CFOG's [1, 2, 1] smoothing across orientations (circular; Ye et al. 2019, eq. 4) and the
+    gradient energy sqrt(sum_k ch_k^2) of the result, in one pass over the float32 blurred
+    channels, in float32: the same bytes as ``(2 ch + roll(ch, 1) + roll(ch, -1)) / 4`` and
+    ``sqrt((ch * ch).sum(axis=0))`` (the channels summed in order)."""
+    c, h, w = ch.shape
+    out = np.empty((c, h, w), np.float32)
+    energy = np.empty((h, w), np.float32)
+    two = np.float32(2.0)
+    four = np.float32(4.0)
+    for i in prange(h):
+        for j in range(w):
+            acc = np.float32(0.0)
+            for k in range(c):
+                m = (two * ch[k, i, j] + ch[(k - 1) % c, i, j] + ch[(k + 1) % c, i, j]) / four
+                out[k, i, j] = m
+                acc = m * m if k == 0 else acc + m * m
+            energy[i, j] = np.sqrt(acc)
+    return out, energy
+
+
+@njit(parallel=True, cache=True)
+def cfog_normalise(ch, norm, ok):  # pragma: no cover - compiled
+    """CFOG's regional normalisation: ch / norm where ``ok``, 0 elsewhere, in float32 (the same
+    bytes as ``np.where(ok, ch / norm, 0).astype(np.float32)`` on float32 arrays)."""
+    c, h, w = ch.shape
+    out = np.empty((c, h, w), np.float32)
+    for i in prange(h):
+        for j in range(w):
+            good = ok[i, j] != 0
+            for k in range(c):
+                out[k, i, j] = ch[k, i, j] / norm[i, j] if good else np.float32(0.0)
+    return out
+
+
+@njit(parallel=True, cache=True)
 def weighted_trace(wt, ix, iy):  # pragma: no cover - compiled
     """sum(w (Ix^2 + Iy^2)) / sum(w): the structure tensor's mean trace, which sets the
     regularisation weight of :func:`window_solve`."""

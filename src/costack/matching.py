@@ -48,21 +48,27 @@ def cfog(
     which SAM or correlation of intensities cannot offer for SAR/optical.
     Returns (CFOG_ORIENTATIONS, H, W) float32, zero on nodata.
     """
+    from costack import _kernels as K
+
     sm = masked_blur(img, valid, sigma)
     gvalid = ndimage.binary_erosion(valid, iterations=1, border_value=0)
     gy, gx = np.gradient(sm)
     theta = np.pi * np.arange(CFOG_ORIENTATIONS) / CFOG_ORIENTATIONS
-    ch = np.abs(np.cos(theta)[:, None, None] * gx + np.sin(theta)[:, None, None] * gy)
+    # the element-wise steps are compiled passes (K.cfog_*): the same operations, in the same
+    # types (float64 channels, float32 once blurred) and order, as the NumPy expressions they
+    # replace, so the same bytes; a 2000x2000 image 1.3-1.45 -> 0.92-0.94 s
+    ch = K.cfog_channels(np.ascontiguousarray(gx), np.ascontiguousarray(gy), np.cos(theta),
+                         np.sin(theta))  # fmt: skip
     # every smoothing is a normalised convolution over the pixels whose gradient is valid, so
     # that the border of nodata (a false edge) never leaks into a valid pixel's descriptor
     ch = np.stack([masked_blur(c, gvalid, sigma) for c in ch])
-    ch = (2 * ch + np.roll(ch, 1, axis=0) + np.roll(ch, -1, axis=0)) / 4
+    ch, energy = K.cfog_mix(ch)  # [1, 2, 1] across orientations; sqrt of the channels' sum
     # regional rather than per-pixel normalisation: per pixel, the speckle of a flat SAR field
     # would weigh as much as an edge (measured: 73% of coarse matches within one pixel with a
     # regional norm over 8 px, 18% with the per-pixel norm, on the demo's SAR/optical pair)
-    norm = masked_blur(np.sqrt((ch * ch).sum(axis=0)), gvalid, norm_sigma) + 1e-6
+    norm = masked_blur(energy, gvalid, norm_sigma) + 1e-6
     ok = ndimage.binary_erosion(valid, iterations=2, border_value=0)
-    return np.where(ok, ch / norm, 0).astype(np.float32)
+    return K.cfog_normalise(ch, norm, ok.view(np.uint8))
 
 
 @dataclass

@@ -30,9 +30,9 @@ _KERNELS = Path(__file__).with_name("_kernels.py")
 #: window_solve 6.4, lsm_point 5, warp_bspline 3.9, pyramid_down 3.2, clahe 3, rank 2.8, ...)
 SHARES = (
     ("window_solve", "rank_transform", "gradient5", "upsample_flow", "weighted_trace", "clahe",
-     "confidence_map"),
+     "confidence_map", "cfog_channels"),
     ("lsm_point", "warp_bspline", "pyramid_down", "warp_bilinear", "symmetric_gradient",
-     "warp_cubic", "masked_blur", "finish_flow"),
+     "warp_cubic", "masked_blur", "finish_flow", "cfog_mix", "cfog_normalise"),
 )  # fmt: skip
 
 
@@ -83,6 +83,9 @@ def compile_share(names: tuple[str, ...]) -> None:
         "masked_blur": lambda: K.masked_blur(a, ok, np.ones(3)),
         "confidence_map": lambda: K.confidence_map(a, a, ok, 1.0, 1.0),
         "finish_flow": lambda: K.finish_flow(a, a, a, a, 0.0, 0.0, a, a.copy(), 24.0),
+        "cfog_channels": lambda: K.cfog_channels(a, a, np.ones(8), np.ones(8)),
+        "cfog_mix": lambda: K.cfog_mix(np.zeros((8, 8, 8), f32)),
+        "cfog_normalise": lambda: K.cfog_normalise(np.zeros((8, 8, 8), f32), a, ok),
     }  # fmt: skip
     for name in names:
         calls[name]()
