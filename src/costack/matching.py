@@ -23,6 +23,7 @@ import rasterio
 from scipy import fft as sfft
 from scipy import ndimage
 
+from costack import _kernels as K
 from costack._kernels import lsm_point
 from costack.imaging import fill_nearest, masked_blur
 
@@ -48,8 +49,6 @@ def cfog(
     which SAM or correlation of intensities cannot offer for SAR/optical.
     Returns (CFOG_ORIENTATIONS, H, W) float32, zero on nodata.
     """
-    from costack import _kernels as K
-
     sm = masked_blur(img, valid, sigma)
     gvalid = ndimage.binary_erosion(valid, iterations=1, border_value=0)
     gy, gx = np.gradient(sm)
@@ -95,6 +94,12 @@ class MatchImages:
     order: int = 3  # 3: cubic B-spline coefficients are stored; 1: values, bilinear
 
 
+def _cfog_valid(img: np.ndarray, ok: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray]:
+    """An image's CFOG descriptors and the mask where they are valid (two pixels inside its
+    valid pixels: the gradient's and the blur's reach)."""
+    return cfog(img, ok, sigma), ndimage.binary_erosion(ok, iterations=2, border_value=0)
+
+
 def representation(
     ref: np.ndarray,
     ref_ok: np.ndarray,
@@ -106,9 +111,7 @@ def representation(
     """What is matched: intensities (1, H, W) for SAM, or CFOG descriptors (C, H, W) for
     SAR/optical; with the masks of pixels whose descriptor is valid."""
     if multimodal:
-        r_ok = ndimage.binary_erosion(ref_ok, iterations=2, border_value=0)
-        s_ok = ndimage.binary_erosion(sec_ok, iterations=2, border_value=0)
-        return cfog(ref, ref_ok, sigma), r_ok, cfog(sec, sec_ok, sigma), s_ok
+        return (*_cfog_valid(ref, ref_ok, sigma), *_cfog_valid(sec, sec_ok, sigma))
     return ref[None].astype(np.float32), ref_ok, sec[None].astype(np.float32), sec_ok
 
 
@@ -186,8 +189,7 @@ def cfog_of(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """CFOG descriptors (one-pixel scale) of an image with NaN as nodata, and the mask where
     they are valid: one half of :func:`representation` on CFOG, the same bytes."""
     v = np.isfinite(img)
-    desc = cfog(np.where(v, img, 0).astype(np.float32), v, 1.0)
-    return desc, ndimage.binary_erosion(v, iterations=2, border_value=0)
+    return _cfog_valid(np.where(v, img, 0).astype(np.float32), v, 1.0)
 
 
 def _cfog_pair(ref: np.ndarray, sec: np.ndarray, ref_desc=None):
