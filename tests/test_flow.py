@@ -472,6 +472,37 @@ def test_tile_seed_is_scipys_bilinear_upsampling(window):
     np.testing.assert_allclose(got, want.astype(np.float32), rtol=1e-6, atol=1e-6)
 
 
+def test_symmetric_gradient_rewrites_every_pixel_of_reused_buffers():
+    """The Lucas-Kanade iterations reuse the symmetric gradient's planes: its kernel must write
+    every pixel, border included, to the efficient second-order gradient (the mean of both
+    images' 5-tap derivatives) where wg1 and the nine taps' validity allow, zero elsewhere."""
+    from costack import _kernels as K
+
+    rng = np.random.default_rng(5)
+    h, w = 23, 31
+    i2w = rng.normal(size=(h, w)).astype(np.float32)
+    ok = (rng.random((h, w)) > 0.05).astype(np.float32)
+    ix1, iy1 = rng.normal(size=(2, h, w)).astype(np.float32)
+    wg1 = (rng.random((h, w)) > 0.1).astype(np.float32) * rng.random((h, w)).astype(np.float32)
+    bufs = [np.full((h, w), np.nan, np.float32) for _ in range(3)]
+    ix, iy, wt = K.symmetric_gradient(i2w, ok, ix1, iy1, wg1, *bufs)
+    assert all(a is b for a, b in zip((ix, iy, wt), bufs, strict=True))
+    d = np.zeros((h, w), bool)
+    d[2:-2, 2:-2] = True
+    taps = [(0, -2), (0, -1), (0, 1), (0, 2), (-2, 0), (-1, 0), (1, 0), (2, 0), (0, 0)]
+    for dy, dx in taps:
+        d[2:-2, 2:-2] &= ok[2 + dy : h - 2 + dy, 2 + dx : w - 2 + dx] != 0
+    good = d & (wg1 != 0)
+    gx, gy = np.zeros((h, w), np.float32), np.zeros((h, w), np.float32)
+    c = i2w[2:-2]
+    gx[2:-2, 2:-2] = (c[:, :-4] - 8 * c[:, 1:-3] + 8 * c[:, 3:-1] - c[:, 4:]) / 12
+    r = i2w[:, 2:-2]
+    gy[2:-2, 2:-2] = (r[:-4] - 8 * r[1:-3] + 8 * r[3:-1] - r[4:]) / 12
+    np.testing.assert_allclose(ix, np.where(good, 0.5 * (ix1 + gx), 0), atol=1e-5)
+    np.testing.assert_allclose(iy, np.where(good, 0.5 * (iy1 + gy), 0), atol=1e-5)
+    assert np.array_equal(wt, np.where(good, wg1, 0)) and 0.3 < good.mean() < 0.9
+
+
 @pytest.mark.parametrize("nodata", ["none", "scattered", "edge strip"])
 def test_bspline_warp_is_scipys_cubic_spline_where_its_neighbourhood_is_valid(nodata):
     """The flow's warp (:func:`costack._kernels.warp_bspline`, float32 weights, the nodata
@@ -493,7 +524,10 @@ def test_bspline_warp_is_scipys_cubic_spline_where_its_neighbourhood_is_valid(no
     yy, xx = np.mgrid[0:h, 0:w]
     u = (2.5 * np.sin(yy / 9.0) + rng.normal(scale=0.3, size=(h, w))).astype(np.float32)
     v = (-1.7 * np.cos(xx / 7.0) + rng.normal(scale=0.3, size=(h, w))).astype(np.float32)
-    got, ok = K.warp_bspline(coef, valid, u, v)
+    # the caller's buffers, filled with garbage: every pixel must be written
+    got, ok = K.warp_bspline(
+        coef, valid, u, v, np.full((h, w), np.nan, np.float32), np.full((h, w), 7.0, np.float32)
+    )
     x, y = xx + u.astype(np.float64), yy + v.astype(np.float64)
     inside = (x >= 1) & (y >= 1) & (x < w - 2) & (y < h - 2)
     x0 = np.clip(np.floor(x).astype(int), 1, w - 3)

@@ -17,16 +17,16 @@ from numba import njit, prange
 
 
 @njit(parallel=True, cache=True, fastmath=False)
-def warp_bilinear(img, valid, u, v):  # pragma: no cover - compiled
+def warp_bilinear(img, valid, u, v, out, ok):  # pragma: no cover - compiled
     """Sample ``img`` at (col + u, row + v) (pixel-centre coordinates) bilinearly.
 
-    Returns (values, ok): ``ok`` is 1 where the four neighbours are inside the image and valid,
-    else 0 and the value is 0; edges are never replicated. Without nodata (``valid`` all
-    non-zero) the per-sample validity tests are skipped (2000x2000: 18 -> 13 ms, same bytes).
+    Writes and returns (values, ok) into the caller's Float32 ``out`` and ``ok`` (every pixel
+    is written, so buffers may be reused across iterations): ``ok`` is 1 where the four
+    neighbours are inside the image and valid, else 0 and the value is 0; edges are never
+    replicated. Without nodata (``valid`` all non-zero) the per-sample validity tests are
+    skipped (2000x2000: 18 -> 13 ms, same bytes).
     """
     h, w = img.shape
-    out = np.empty((h, w), np.float32)
-    ok = np.empty((h, w), np.float32)
     full = valid.min() > 0
     for i in prange(h):
         oi = out[i]
@@ -237,17 +237,17 @@ def _keys(t):  # pragma: no cover - compiled
 
 
 @njit(parallel=True, cache=True)
-def warp_cubic(img, valid, u, v):  # pragma: no cover - compiled
+def warp_cubic(img, valid, u, v, out, ok):  # pragma: no cover - compiled
     """Sample ``img`` at (col + u, row + v) with Keys' bicubic convolution.
 
-    Returns (values, ok) like :func:`warp_bilinear`; a sample needs its 4x4 neighbourhood
-    inside the image and valid (bilinear is used within one pixel of the border).
+    Writes and returns (values, ok) like :func:`warp_bilinear`; a sample needs its 4x4
+    neighbourhood inside the image and valid (bilinear is used within one pixel of the border).
     """
     h, w = img.shape
-    out = np.zeros((h, w), np.float32)
-    ok = np.zeros((h, w), np.float32)
     for i in prange(h):
         for j in range(w):
+            out[i, j] = 0.0
+            ok[i, j] = 0.0
             x = j + u[i, j]
             y = i + v[i, j]
             if not (x >= 0.0 and y >= 0.0 and x <= w - 1 and y <= h - 1):
@@ -291,13 +291,14 @@ def warp_cubic(img, valid, u, v):  # pragma: no cover - compiled
 
 
 @njit(parallel=True, cache=True)
-def warp_bspline(coef, valid, u, v):  # pragma: no cover - compiled
+def warp_bspline(coef, valid, u, v, out, ok):  # pragma: no cover - compiled
     """Sample a cubic B-spline (prefiltered coefficients ``coef``) at (col + u, row + v).
 
     Exact cubic-spline interpolation (Unser 1999), whose phase response stays close to the
     ideal shift up to high frequencies, unlike bilinear or Keys kernels: with those, a real
     (band-limited) sub-pixel shift is measured with a bias of several hundredths of a pixel.
-    Returns (values, ok); a sample needs its 4x4 neighbourhood inside and valid.
+    Writes and returns (values, ok) into the caller's ``out`` and ``ok`` like
+    :func:`warp_bilinear`; a sample needs its 4x4 neighbourhood inside and valid.
 
     The sample position is float64; its fraction, the cubic B-spline weights (Unser 1999:
     (1-t)^3/6, (3t^3-6t^2+4)/6, the rest of the partition of unity, t^3/6) and the 16-tap sum
@@ -305,8 +306,6 @@ def warp_bspline(coef, valid, u, v):  # pragma: no cover - compiled
     relative of the float64 sum).
     """
     h, w = coef.shape
-    out = np.empty((h, w), np.float32)
-    ok = np.empty((h, w), np.float32)
     full = valid.min() > 0  # no nodata: skip the per-sample neighbourhood check
     # with nodata, whether each 4x4 neighbourhood (rows y0-1..y0+2, columns x0-1..x0+2) is all
     # valid, eroded once in two separable passes: one test per sample instead of 16
@@ -738,15 +737,24 @@ def weighted_trace(wt, ix, iy):  # pragma: no cover - compiled
 
 
 @njit(parallel=True, cache=True)
-def symmetric_gradient(i2w, ok, ix1, iy1, wg1):  # pragma: no cover - compiled
+def symmetric_gradient(i2w, ok, ix1, iy1, wg1, ix, iy, wt):  # pragma: no cover - compiled
     """The efficient-second-order gradient (mean of the reference's and the warped
     secondary's 5-tap derivatives) and the joint weight wg1 * ok * (taps of i2w valid), in one
-    pass over row views without branches: (ix, iy, wt), zero where wt is zero."""
+    pass over row views without branches: (ix, iy, wt), zero where wt is zero, written into
+    the caller's Float32 buffers (every pixel, the two-pixel border included, so that they
+    may be reused across iterations)."""
     h, w = i2w.shape
-    ix = np.zeros((h, w), np.float32)
-    iy = np.zeros((h, w), np.float32)
-    wt = np.zeros((h, w), np.float32)
     n = w - 4
+    for i in prange(h):
+        if i < 2 or i >= h - 2 or n <= 0:
+            ix[i] = 0.0
+            iy[i] = 0.0
+            wt[i] = 0.0
+        else:
+            for j in (0, 1, w - 2, w - 1):
+                ix[i, j] = 0.0
+                iy[i, j] = 0.0
+                wt[i, j] = 0.0
     if n <= 0:
         return ix, iy, wt
     for i in prange(2, h - 2):
@@ -783,12 +791,17 @@ def masked_blur(img, valid, wts):  # pragma: no cover - compiled
     """
     h, w = img.shape
     r = wts.shape[0] - 1
-    # rows: the column sums (axis 0, as SciPy filters first)
-    tn = np.empty((h, w), np.float32)
-    td = np.empty((h, w), np.float32)
+    out = np.zeros((h, w), np.float32)
+    floor = np.float32(1e-6)
+    # one output row at a time: its vertical sums (axis 0, as SciPy filters first), rounded to
+    # float32 as SciPy's intermediate image is, into a zero-padded line, then the horizontal
+    # pass over that line and the normalisation (no intermediate planes: 2000x2000, 32 MB and
+    # two passes fewer, the same bytes)
+    an = np.empty(w, np.float64)
+    ad = np.empty(w, np.float64)
+    ln = np.zeros(w + 2 * r, np.float64)
+    ld = np.zeros(w + 2 * r, np.float64)
     for i in range(h):
-        an = np.empty(w, np.float64)
-        ad = np.empty(w, np.float64)
         xi = img[i]
         vi = valid[i]
         for j in range(w):
@@ -818,19 +831,8 @@ def masked_blur(img, valid, wts):  # pragma: no cover - compiled
                     an[j] += (a + 0.0) * wk
                     ad[j] += (np.float64(vq[j] != 0) + 0.0) * wk
         for j in range(w):
-            tn[i, j] = an[j]
-            td[i, j] = ad[j]
-    # columns (axis 1) over a zero-padded line, then the normalisation
-    out = np.zeros((h, w), np.float32)
-    floor = np.float32(1e-6)
-    for i in range(h):
-        ln = np.zeros(w + 2 * r, np.float64)
-        ld = np.zeros(w + 2 * r, np.float64)
-        for j in range(w):
-            ln[j + r] = tn[i, j]
-            ld[j + r] = td[i, j]
-        an = np.empty(w, np.float64)
-        ad = np.empty(w, np.float64)
+            ln[j + r] = np.float32(an[j])
+            ld[j + r] = np.float32(ad[j])
         for j in range(w):
             an[j] = ln[j + r] * wts[0]
             ad[j] = ld[j + r] * wts[0]
@@ -843,11 +845,12 @@ def masked_blur(img, valid, wts):  # pragma: no cover - compiled
             for j in range(w):
                 an[j] += (lo_n[j] + hi_n[j]) * wk
                 ad[j] += (lo_d[j] + hi_d[j]) * wk
+        oi = out[i]
         for j in range(w):
-            if valid[i, j] != 0:
+            if vi[j] != 0:
                 num = np.float32(an[j])
                 den = max(np.float32(ad[j]), floor)
-                out[i, j] = num / den
+                oi[j] = num / den
     return out
 
 

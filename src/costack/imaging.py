@@ -89,7 +89,8 @@ def warp_array(
         v = np.round(v + 0.0)
     from costack import _kernels as K  # numba: imported by the jobs that warp only
 
-    out, ok = K.warp_bilinear(src, valid.astype(np.uint8), u, v)
+    out, ok = (np.empty(src.shape, np.float32) for _ in range(2))
+    out, ok = K.warp_bilinear(src, valid.astype(np.uint8), u, v, out, ok)
     return np.where((ok > 0) & known, out, np.nan).astype(np.float32)
 
 

@@ -60,6 +60,10 @@ def compile_share(names: tuple[str, ...]) -> None:
     f32, u8 = np.float32, np.uint8
     a = np.zeros((8, 8), f32)
     ok = np.ones((8, 8), u8)
+
+    def planes(n: int) -> np.ndarray:
+        return np.zeros((n, 8, 8), f32)
+
     calls = {
         "window_solve": lambda: K.window_solve(
             kind=K.SOLVE_FLOW, i1=a, i2w=a, a=a, b=a, wt=a, u=a, v=a, r=1, eps=f32(0),
@@ -75,11 +79,11 @@ def compile_share(names: tuple[str, ...]) -> None:
             np.zeros((1, 8, 8), f32), np.ones((1, 8, 8), f32), np.zeros(9), np.zeros(9),
             np.full(2, 4.0), 1, 3, 0, True, 1,
         ),
-        "warp_bspline": lambda: K.warp_bspline(a, ok, a, a),
+        "warp_bspline": lambda: K.warp_bspline(a, ok, a, a, a.copy(), a.copy()),
         "pyramid_down": lambda: K.pyramid_down(a, a, np.zeros(6, f32)),
-        "warp_bilinear": lambda: K.warp_bilinear(a, ok, a, a),
-        "symmetric_gradient": lambda: K.symmetric_gradient(a, a, a, a, a),
-        "warp_cubic": lambda: K.warp_cubic(a, ok, a, a),
+        "warp_bilinear": lambda: K.warp_bilinear(a, ok, a, a, a.copy(), a.copy()),
+        "symmetric_gradient": lambda: K.symmetric_gradient(a, a, a, a, a, *planes(3)),
+        "warp_cubic": lambda: K.warp_cubic(a, ok, a, a, a.copy(), a.copy()),
         "masked_blur": lambda: K.masked_blur(a, ok, np.ones(3)),
         "confidence_map": lambda: K.confidence_map(a, a, ok, 1.0, 1.0),
         "finish_flow": lambda: K.finish_flow(a, a, a, a, 0.0, 0.0, a, a.copy(), 24.0),
