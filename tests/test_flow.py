@@ -472,6 +472,32 @@ def test_tile_seed_is_scipys_bilinear_upsampling(window):
     np.testing.assert_allclose(got, want.astype(np.float32), rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("shape", [(1, 9), (9, 1), (2, 2), (7, 5), (3, 257), (300, 257)])
+def test_bspline_prefilter_is_scipys_spline_filter_to_the_byte(shape):
+    """The flow's B-spline coefficients (:func:`costack._kernels.bspline_prefilter`) are
+    SciPy's ``spline_filter1d`` (order 3, mirror) along the rows then the columns, rounded to
+    float32 between them, to the byte, on every shape (axes of length 1 and 2 included)."""
+    from costack import _kernels as K
+
+    img = (np.random.default_rng(7).normal(size=shape) * 300).astype(np.float32)
+    want = img.copy()
+    for axis in (0, 1):
+        ndimage.spline_filter1d(want, order=3, axis=axis, mode="mirror", output=want)
+    got = K.bspline_prefilter(img, np.full(shape, np.nan, np.float32))
+    assert got.dtype == np.float32 and np.array_equal(got, want)
+
+
+def test_box_mean_is_scipys_uniform_filter_with_zeros_beyond_the_edges():
+    """The window means of the contrast decision (:func:`costack.folki._box_mean`) against
+    ``scipy.ndimage.uniform_filter(mode="constant")``, inside and at the edges."""
+    from costack.folki import _box_mean
+
+    x = np.random.default_rng(8).random((37, 23)) * 1e4
+    for radius in (1, 4, 12):
+        want = ndimage.uniform_filter(x, 2 * radius + 1, mode="constant")
+        np.testing.assert_allclose(_box_mean(x, radius), want, rtol=1e-13, atol=1e-9)
+
+
 def test_symmetric_gradient_rewrites_every_pixel_of_reused_buffers():
     """The Lucas-Kanade iterations reuse the symmetric gradient's planes: its kernel must write
     every pixel, border included, to the efficient second-order gradient (the mean of both

@@ -368,6 +368,92 @@ def warp_bspline(coef, valid, u, v, out, ok):  # pragma: no cover - compiled
     return out, ok
 
 
+#: the pole of the cubic B-spline's direct transform, sqrt(3) - 2 (Unser et al. 1991), to
+#: 36 digits (its nearest double is one unit in the last place above np.sqrt(3.0) - 2.0)
+_BSPLINE_POLE = -0.267949192431122706472553658494127633
+
+
+@njit(cache=True, inline="always")
+def _bspline_line(c, n, z, zn1, gain):  # pragma: no cover - compiled
+    """The cubic B-spline direct transform of one float64 line ``c[:n]`` in place, with the
+    whole-sample mirror extension (Unser, Aldroubi and Eden 1991, eqs. 2.5-2.8): the gain,
+    the causal initial value summed over the whole line, the causal pass, the anticausal
+    initial value and the anticausal pass; ``zn1`` is z^(n-1)."""
+    for i in range(n):
+        c[i] *= gain
+    zi = z
+    c0 = c[0] + zn1 * c[n - 1]
+    for i in range(1, n - 1):
+        c0 += zi * (c[i] + zn1 * c[n - 1 - i])
+        zi *= z
+    c[0] = c0 / (1 - zn1 * zn1)
+    for i in range(1, n):
+        c[i] += z * c[i - 1]
+    c[n - 1] = (z * c[n - 2] + c[n - 1]) * z / (z * z - 1)
+    for i in range(n - 2, -1, -1):
+        c[i] = z * (c[i + 1] - c[i])
+
+
+@njit(parallel=True, cache=True)
+def bspline_prefilter(img, out):  # pragma: no cover - compiled
+    """Cubic B-spline coefficients of ``img`` (Float32) into ``out``: the direct transform
+    (Unser et al. 1991; Unser 1999, "Splines: a perfect fit") along the columns, rounded to
+    float32, then along the rows, each line in float64 with the mirror extension, as
+    ``scipy.ndimage.spline_filter1d(order=3, mode="mirror")`` computes it (the same bytes).
+    The columns are filtered as blocks of rows (contiguous reads), both passes on every core
+    (2000x2000: 0.05 -> 0.01 s). An axis of length 1 is copied as it is."""
+    h, w = img.shape
+    z = _BSPLINE_POLE
+    gain = 1.0 * ((1.0 - z) * (1.0 - 1.0 / z))
+    nb = 32
+    blocks = (w + nb - 1) // nb
+    if h > 1:
+        # the columns of a block of nb as row vectors: each column's arithmetic is
+        # _bspline_line's, in its order
+        zn1 = z ** np.float64(h - 1)
+        for b in prange(blocks):
+            j0 = b * nb
+            m = min(nb, w - j0)
+            c = np.empty((h, m), np.float64)
+            for i in range(h):
+                for k in range(m):
+                    c[i, k] = img[i, j0 + k] * gain
+            c0 = np.empty(m, np.float64)
+            for k in range(m):
+                c0[k] = c[0, k] + zn1 * c[h - 1, k]
+            zi = z
+            for i in range(1, h - 1):
+                for k in range(m):
+                    c0[k] += zi * (c[i, k] + zn1 * c[h - 1 - i, k])
+                zi *= z
+            for k in range(m):
+                c[0, k] = c0[k] / (1 - zn1 * zn1)
+            for i in range(1, h):
+                for k in range(m):
+                    c[i, k] += z * c[i - 1, k]
+            for k in range(m):
+                c[h - 1, k] = (z * c[h - 2, k] + c[h - 1, k]) * z / (z * z - 1)
+            for i in range(h - 2, -1, -1):
+                for k in range(m):
+                    c[i, k] = z * (c[i + 1, k] - c[i, k])
+            for i in range(h):
+                for k in range(m):
+                    out[i, j0 + k] = c[i, k]
+    else:
+        out[:] = img
+    if w > 1:
+        zn1 = z ** np.float64(w - 1)
+        for i in prange(h):
+            line = np.empty(w, np.float64)
+            oi = out[i]
+            for j in range(w):
+                line[j] = oi[j]
+            _bspline_line(line, w, z, zn1, gain)
+            for j in range(w):
+                oi[j] = line[j]
+    return out
+
+
 @njit(cache=True, inline="always")
 def _cross(a, i, n):  # pragma: no cover - compiled
     """The taps of the 5-tap derivatives at row ``i``, columns 2 .. n + 1, as row views (so

@@ -20,8 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
-from scipy import fft as sfft
-from scipy import ndimage
 
 from costack import _kernels as K
 from costack._kernels import lsm_point
@@ -49,6 +47,8 @@ def cfog(
     which SAM or correlation of intensities cannot offer for SAR/optical.
     Returns (CFOG_ORIENTATIONS, H, W) float32, zero on nodata.
     """
+    from scipy import ndimage  # scipy: imported by the callers that need it only
+
     sm = masked_blur(img, valid, sigma)
     gvalid = ndimage.binary_erosion(valid, iterations=1, border_value=0)
     gy, gx = np.gradient(sm)
@@ -97,6 +97,8 @@ class MatchImages:
 def _cfog_valid(img: np.ndarray, ok: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray]:
     """An image's CFOG descriptors and the mask where they are valid (two pixels inside its
     valid pixels: the gradient's and the blur's reach)."""
+    from scipy import ndimage  # scipy: imported by the callers that need it only
+
     return cfog(img, ok, sigma), ndimage.binary_erosion(ok, iterations=2, border_value=0)
 
 
@@ -124,6 +126,8 @@ def prepare(
     sigma: float = 1.0,
 ) -> MatchImages:
     """A co-located pair (nodata anywhere) made ready for :func:`lsm`."""
+    from scipy import ndimage  # scipy: imported by the callers that need it only
+
     r, r_ok, s, s_ok = representation(ref, ref_ok, sec, sec_ok, multimodal, sigma)
     if not multimodal:
         s = fill_nearest(s[0], s_ok)[None]  # no ringing of the spline at nodata
@@ -244,6 +248,8 @@ def prior_shift(
     ``max_shift`` pixels is returned. It seeds the coarsest level, where the paper assumes
     the misregistration below one coarse pixel; the check is then made against this prior.
     """
+    from scipy import fft as sfft  # imported by the callers that need it only
+
     ok1 = ref_ok.astype(np.float64)
     ok2 = sec_ok
     h, w = ok1.shape

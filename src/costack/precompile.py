@@ -30,7 +30,7 @@ _KERNELS = Path(__file__).with_name("_kernels.py")
 #: window_solve 6.4, lsm_point 5, warp_bspline 3.9, pyramid_down 3.2, clahe 3, rank 2.8, ...)
 SHARES = (
     ("window_solve", "rank_transform", "gradient5", "upsample_flow", "weighted_trace", "clahe",
-     "confidence_map", "cfog_channels"),
+     "confidence_map", "cfog_channels", "bspline_prefilter"),
     ("lsm_point", "warp_bspline", "pyramid_down", "warp_bilinear", "symmetric_gradient",
      "warp_cubic", "masked_blur", "finish_flow", "cfog_mix", "cfog_normalise"),
 )  # fmt: skip
@@ -79,6 +79,7 @@ def compile_share(names: tuple[str, ...]) -> None:
             np.zeros((1, 8, 8), f32), np.ones((1, 8, 8), f32), np.zeros(9), np.zeros(9),
             np.full(2, 4.0), 1, 3, 0, True, 1,
         ),
+        "bspline_prefilter": lambda: K.bspline_prefilter(a, a.copy()),
         "warp_bspline": lambda: K.warp_bspline(a, ok, a, a, a.copy(), a.copy()),
         "pyramid_down": lambda: K.pyramid_down(a, a, np.zeros(6, f32)),
         "warp_bilinear": lambda: K.warp_bilinear(a, ok, a, a, a.copy(), a.copy()),
