@@ -401,7 +401,8 @@ def bspline_prefilter(img, out):  # pragma: no cover - compiled
     float32, then along the rows, each line in float64 with the mirror extension, as
     ``scipy.ndimage.spline_filter1d(order=3, mode="mirror")`` computes it (the same bytes).
     The columns are filtered as blocks of rows (contiguous reads), both passes on every core
-    (2000x2000: 0.05 -> 0.01 s). An axis of length 1 is copied as it is."""
+    (2000x2000: 0.015 s against 0.027 s for SciPy on two threads). An axis of length 1 is
+    copied as it is."""
     h, w = img.shape
     z = _BSPLINE_POLE
     gain = 1.0 * ((1.0 - z) * (1.0 - 1.0 / z))
