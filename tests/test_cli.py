@@ -7,10 +7,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import rasterio
 import yaml
-from conftest import demo_config
+from conftest import SHARED_DATA, demo_config, scene, write_raster
+from rasterio.crs import CRS
+from rasterio.transform import Affine
 
 from costack.cli import build_parser, main
+from costack.errors import CostackError
+from costack.grid_model import Grid
 from costack.rasterio_io import read_float32
 
 
@@ -189,3 +194,70 @@ def test_flow_refuses_radii_out_of_range(tmp_path, capsys, radii):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "--radii" in err[0] and "from 1 to 64" in err[0], err
     assert not (tmp_path / "o.tif").exists()
+
+
+UAVSAR = SHARED_DATA / "radar_optical_uavsar"
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+@pytest.mark.skipif(not UAVSAR.exists(), reason="../shared/data (UAVSAR pair) absent")
+def test_pair_steps_refuse_the_real_uavsar_files_as_they_are(tmp_path, capsys):
+    """The public UAVSAR pair as downloaded: 3-band RGB GeoTIFFs whose grids differ (pixel
+    sizes 5.558e-5 and 5.556e-5 degrees, origins 0.68 px apart). The pair steps once read
+    band 1 without a word; now the bands, then the grid, are refused in one line, exit 2, with
+    the command that fixes each, and nothing is written."""
+    opt = next(UAVSAR.glob("*_optique.tif"))
+    radar = next(UAVSAR.glob("*_radar.tif"))
+    out = tmp_path / "flow.tif"
+    assert main(["flow", str(opt), str(radar), str(out)]) == 2
+    line = _one_line_error(capsys)
+    assert f"flow: {opt} has 3 bands" in line and f"rio stack {opt} --bidx 1" in line, line
+    # one band of each, each on its own grid, as rio stack writes them
+    bands = {}
+    for name, path in (("opt", opt), ("radar", radar)):
+        with rasterio.open(path) as src:
+            bands[name] = write_raster(tmp_path / f"{name}.tif", src.read(1), crs=src.crs,
+                                       transform=src.transform)  # fmt: skip
+    for argv in (["flow", str(bands["opt"]), str(bands["radar"]), str(out)],
+                 ["tiepoints", str(bands["opt"]), str(bands["radar"]), str(tmp_path / "t.csv")],
+                 ["qc", str(bands["opt"]), str(bands["radar"]), str(bands["radar"]),
+                  str(tmp_path / "qc.json")]):  # fmt: skip
+        assert main(argv) == 2, argv
+        line = _one_line_error(capsys)
+        assert f"{argv[0]}: {bands['radar']} is not on the grid of {bands['opt']}" in line
+        assert "up to 0.938 px away" in line and f"--like {bands['opt']}" in line, line
+    assert not [p.name for p in tmp_path.iterdir() if p.stem in ("flow", "t", "qc")]
+    assert not (tmp_path / "qc.json").exists()
+
+
+def test_one_grid_up_to_rounding_other_crs_or_flow_grid_refused(tmp_path, capsys):
+    """A transform rounded differently (1e-9 px) is the same grid; the same numbers in another
+    UTM zone are not (named); a flow on another grid is refused by warp with its own fix."""
+    from costack.rasterio_io import SAME_GRID_PX, grid_offset_px, require_colocated
+
+    img = scene(64, 64).astype(np.float32)
+    t = Affine(10.0, 0, 500_000.0, 0, -10.0, 4_000_000.0)
+    a = write_raster(tmp_path / "a.tif", img, transform=t)
+    rounded = t @ Affine.translation(1e-9, 0)
+    b = write_raster(tmp_path / "b.tif", img, transform=rounded)
+    grid = require_colocated("flow", a, b)
+    assert 0 < grid_offset_px(grid, Grid(grid.crs, rounded, 64, 64)) < SAME_GRID_PX
+    c = write_raster(tmp_path / "c.tif", img, crs=CRS.from_epsg(32632), transform=t)
+    with pytest.raises(CostackError, match="its CRS is EPSG:32632, not EPSG:32631"):
+        require_colocated("flow", a, c)
+    half = t @ Affine.translation(0.5, 0)
+    d = write_raster(tmp_path / "d.tif", img, transform=half)
+    flow = write_raster(tmp_path / "f.tif", np.zeros((2, 64, 64), np.float32), transform=half)
+    assert main(["warp", str(a), str(flow), str(tmp_path / "w.tif")]) == 2
+    line = _one_line_error(capsys)
+    assert "up to 0.5 px away" in line and "the flow estimated on this raster's grid" in line
+    assert not (tmp_path / "w.tif").exists()
+    assert main(["bandmath", "s:(+ 1.nir 2.nir)", "--asset", f"1.nir={a}", "--asset",
+                 f"2.nir={d}", str(tmp_path / "s.tif")]) == 2  # fmt: skip
+    assert f"bandmath: {d} is not on the grid of {a}" in _one_line_error(capsys)
+    assert not (tmp_path / "s.tif").exists()

@@ -35,9 +35,11 @@ from costack.errors import CostackError
 from costack.grid_model import Grid
 from costack.rasterio_io import (
     STREAM_CACHE_MB,
+    grid_difference,
     open_float32,
     read_float32,
     read_window,
+    require_colocated,
     strip_rows,
     strips,
     write_float32,
@@ -607,9 +609,14 @@ def run_bandmath(
     """
     parsed = parse(source, set(listed) if listed is not None else set(rasters))
     grid = Grid.load(grid_json) if grid_json else None
-    for key in parsed.assets:
-        with rasterio.open(rasters[key]) as src:
-            grid = grid or Grid(src.crs, src.transform, src.width, src.height)
+    paths = [rasters[key] for key in parsed.assets]
+    if paths:
+        # single-band rasters on one grid (and on the run's grid when it is given)
+        first = require_colocated("bandmath", *paths)
+        if grid is not None and (why := grid_difference(grid, first)):
+            raise CostackError("bandmath", f"{paths[0]} is not on the grid of {grid_json} "
+                               f"({why})", "give the rasters of this run")  # fmt: skip
+        grid = grid or first
     if grid is None:
         raise CostackError("expressions", f"{source!r} reads no asset and no grid was given",
                            "pass the grid JSON")  # fmt: skip

@@ -20,7 +20,7 @@ from rasterio.errors import RasterioIOError
 from costack.errors import CostackError
 from costack.imaging import db_to_linear, linear_to_db, warp_array
 from costack.limits import TILED_ABOVE
-from costack.rasterio_io import atomic_path, read_float32, write_float32
+from costack.rasterio_io import atomic_path, read_float32, require_colocated, write_float32
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +33,15 @@ def run_warp(
     db: bool = False,
 ) -> None:
     """Warp a colocated asset with a flow (dB data warped as linear power)."""
-    with rasterio.open(sec_tif) as r:
-        n_pixels = r.width * r.height
+    with rasterio.open(flow_tif) as f:
+        if f.count != 2:
+            raise CostackError(
+                "warp", f"{flow_tif} is not a flow (it has {f.count} band(s), a flow has 2: "
+                "dx, dy)", "give the flow step's results/flow/N.tif",
+            )  # fmt: skip
+    fix = "give the flow estimated on this raster's grid"
+    grid = require_colocated("warp", sec_tif, flow_tif, bands=(1, 2), off_grid_fix=fix)
+    n_pixels = grid.width * grid.height
     if n_pixels > TILED_ABOVE:
         from costack.tiled import warp_tiled
 
@@ -47,14 +54,7 @@ def run_warp(
         warp_tiled(sec_tif, flow_tif, out_tif, fn)
         return
     data, grid, nodata = read_float32(sec_tif)
-    flow, fgrid, _ = read_float32(flow_tif, band=None)
-    if flow.shape[0] != 2:
-        raise CostackError(
-            "warp", f"{flow_tif} is not a flow (it has {flow.shape[0]} band(s), a flow has 2: "
-            "dx, dy)", "give the flow step's results/flow/N.tif",
-        )  # fmt: skip
-    if fgrid.shape != grid.shape:
-        raise CostackError("warp", f"{flow_tif} is not on the grid of {sec_tif}", "use its flow")
+    flow, _, _ = read_float32(flow_tif, band=None)
     if db:
         data = db_to_linear(data)
     out = warp_array(data, flow[0], flow[1], resampling)

@@ -25,7 +25,7 @@ from costack.imaging import blur_valid, on_two_threads, resolution_sigma, warp_a
 from costack.limits import TILED_ABOVE
 from costack.matching import cfog_of, decide_mode, multimodal_prior, multimodal_similarity
 from costack.overlap import OVERLAP_MARGIN, overlap_window
-from costack.rasterio_io import read_float32, write_float32, write_json
+from costack.rasterio_io import read_float32, require_colocated, write_float32, write_json
 from costack.tiepoint_model import TiePointModel
 
 __all__ = ["FlowParams", "FlowResult", "adapt_to_resolution", "estimate_flow",
@@ -59,6 +59,7 @@ def run_flow(
     The ``costack flow`` subcommand calls this with the same defaults.
     """
     params = params or FlowParams()
+    require_colocated("flow", ref_tif, sec_tif)
     mode, mode_choice = decide_mode(params.mode, ref_tif, sec_tif, params.max_displacement)
     if mode != params.mode:
         log.info("flow %s: mode %s (%s)", sec_tif, mode, mode_choice["reason"])
@@ -81,13 +82,7 @@ def run_flow(
             tp_model, model_json, seed_note, mode_choice,
         )  # fmt: skip
     ref, grid, ref_nd = read_float32(ref_tif)
-    sec, grid2, sec_nd = read_float32(sec_tif)
-    if grid2.shape != grid.shape or grid2.transform != grid.transform:
-        from costack.errors import CostackError
-
-        raise CostackError(
-            "flow", f"{sec_tif} is not on the grid of {ref_tif}", "co-locate both first"
-        )
+    sec, _, sec_nd = read_float32(sec_tif)
     t0 = time.perf_counter()
     blur = reference_blur(params, resolution_ratio)
     if blur:

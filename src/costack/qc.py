@@ -31,7 +31,7 @@ from costack.limits import (
     qc_parallel,
 )
 from costack.matching import MIN_SIMILARITY_MULTIMODAL, lsm, prepare
-from costack.rasterio_io import read_float32, write_json
+from costack.rasterio_io import read_float32, require_colocated, write_json
 from costack.tiepoint_model import TiePointModel
 
 #: Half patch (px) of the multimodal QC matcher (51 px patches, as the tie points' coarse).
@@ -209,6 +209,7 @@ def run_qc(
     ``resolution_ratio``: the secondary's native pixel over the grid's (a 30 m secondary is
     compared with the reference blurred to 30 m: on the demo the residual after co-registration
     then reads 0.11 px median, near the flow's true error, instead of 0.24 px)."""
+    require_colocated("qc", ref_tif, colocated_tif, coregistered_tif)
     if multimodal is None:
         from costack.matching import matches_on_descriptors
 

@@ -192,6 +192,88 @@ def read_average(
     return np.ma.filled(data.astype(np.float32), np.nan)
 
 
+#: Largest disagreement (pixels of the first grid) between two rasters' georeferencing that is
+#: still one grid: the rounding of transforms written by other software, not a misplacement.
+SAME_GRID_PX = 1e-6
+
+
+def grid_offset_px(a: Grid, b: Grid) -> float:
+    """How far apart (pixels of ``a``) the transforms of ``a`` and ``b`` put the corners of
+    ``a``'s pixel grid: 0 for one grid, the shift for a translated one, and it also catches a
+    pixel size or a rotation that differ."""
+    inv = ~a.transform
+    worst = 0.0
+    for col, row in ((0, 0), (a.width, 0), (0, a.height), (a.width, a.height)):
+        c2, r2 = inv @ (b.transform @ (col, row))
+        worst = max(worst, float(np.hypot(c2 - col, r2 - row)))
+    return worst
+
+
+def grid_difference(a: Grid, b: Grid) -> str | None:
+    """How grid ``b`` differs from grid ``a`` (CRS, size, or pixels more than
+    :data:`SAME_GRID_PX` away), in words; None when they are one grid."""
+    if a.crs != b.crs:
+        return f"its CRS is {_crs_name(b.crs)}, not {_crs_name(a.crs)}"
+    if b.shape != a.shape:
+        return f"{b.width}x{b.height} px, not {a.width}x{a.height}"
+    if (off := grid_offset_px(a, b)) > SAME_GRID_PX:
+        return f"its pixels are up to {off:.3g} px away from the first's"
+    return None
+
+
+def _crs_name(crs) -> str:
+    if crs is None:
+        return "none"
+    epsg = crs.to_epsg()
+    return f"EPSG:{epsg}" if epsg else "a custom CRS"
+
+
+def require_colocated(
+    step: str,
+    first: str | Path,
+    *others: str | Path,
+    bands: tuple[int, ...] | None = None,
+    off_grid_fix: str | None = None,
+) -> Grid:
+    """The grid of ``first`` once every raster is checked, from the headers alone: each has its
+    number of bands (``bands``, one count per raster; default one band each) and every other
+    raster is on ``first``'s grid (same CRS and size, transforms within :data:`SAME_GRID_PX`).
+
+    The steps that compare or combine co-located rasters (flow, tie points, QC, warp) call this
+    before any work: a 3-band RGB would otherwise be read as its first band without a word, and
+    a raster half a pixel off would be taken as co-located. Raises :class:`CostackError` naming
+    the file, what differs and the fix (``off_grid_fix`` for a raster off the grid; default:
+    co-locate it)."""
+    from costack.errors import CostackError
+
+    paths = (first, *others)
+    need = bands or (1,) * len(paths)
+    grids = []
+    for path, n in zip(paths, need, strict=True):
+        with rasterio.open(path) as src:
+            count = src.count
+            grids.append(Grid(src.crs, src.transform, src.width, src.height))
+        if count != n and n == 1:
+            raise CostackError(
+                step, f"{path} has {count} bands; the step takes single-band rasters (one "
+                "asset per file, as co-location writes them)",
+                f"extract the band to use, e.g. rio stack {path} --bidx 1 BAND.tif",
+            )  # fmt: skip
+        if count != n:
+            raise CostackError(step, f"{path} has {count} band(s), {n} expected",
+                               f"give the {step} step's own input")  # fmt: skip
+    a = grids[0]
+    for path, b in zip(others, grids[1:], strict=True):
+        if why := grid_difference(a, b):
+            raise CostackError(
+                step, f"{path} is not on the grid of {first} ({why})",
+                off_grid_fix or f"co-locate it first, e.g. rio warp {path} ON_GRID.tif --like "
+                f"{first} --resampling cubic (the workflow's colocate step does this for STAC "
+                "inputs)",
+            )  # fmt: skip
+    return a
+
+
 def raster_nodata(path: str | Path) -> float:
     """A raster's nodata value from its header (NaN when it declares none), without reading
     its pixels."""

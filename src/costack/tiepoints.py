@@ -292,8 +292,9 @@ def run_tiepoints(
     (:func:`costack.imaging.resolution_sigma`); on the demo's 30 m pair this took the tie points
     from 77 to 127 and their error from 0.28 to 0.19 px RMSE.
     """
-    from costack.rasterio_io import atomic_path, read_average, read_float32
+    from costack.rasterio_io import atomic_path, read_average, read_float32, require_colocated
 
+    require_colocated("tiepoints", ref_tif, sec_tif)
     p = params or TiePointParams()
     mode_choice = None
     if p.multimodal is None:
