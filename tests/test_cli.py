@@ -261,3 +261,37 @@ def test_one_grid_up_to_rounding_other_crs_or_flow_grid_refused(tmp_path, capsys
                  f"2.nir={d}", str(tmp_path / "s.tif")]) == 2  # fmt: skip
     assert f"bandmath: {d} is not on the grid of {a}" in _one_line_error(capsys)
     assert not (tmp_path / "s.tif").exists()
+
+
+GEFOLKI_LIDAR = SHARED_DATA / "gefolki_misc" / "lidar_georef.png"
+
+
+@pytest.mark.skipif(not GEFOLKI_LIDAR.exists(), reason="../shared/data (GeFolki images) absent")
+def test_flow_on_plain_images_is_quiet_and_right(tmp_path):
+    """Two PNGs without georeferencing (GeFolki's public LIDAR image: a crop, and the same crop
+    with its content 2 columns right and 1 row down): one pixel grid, the flow recovers the
+    shift, and no NotGeoreferencedWarning per open on stderr. A georeferenced raster against them is
+    refused (CRS none)."""
+    with rasterio.open(GEFOLKI_LIDAR) as src:
+        img = src.read(1)
+    ref, sec = img[500:756, 500:756], img[499:755, 498:754]
+    for name, arr in (("a.png", ref), ("b.png", sec)):
+        with rasterio.open(tmp_path / name, "w", driver="PNG", width=256, height=256, count=1,
+                           dtype="uint8") as dst:  # fmt: skip
+            dst.write(arr, 1)
+    out = tmp_path / "f.tif"
+    argv = ["flow", str(tmp_path / "a.png"), str(tmp_path / "b.png"), str(out)]
+    proc = subprocess.run([sys.executable, "-m", "costack.cli", *argv], capture_output=True,
+                          text=True)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "Georeferenced" not in proc.stderr, proc.stderr
+    flow, _, _ = read_float32(out, band=None)
+    inner = flow[:, 32:-32, 32:-32]
+    # the secondary's content sits 2 columns right, 1 row down: sampled at (col + 2, row + 1)
+    assert np.nanmedian(inner[0]) == pytest.approx(2.0, abs=0.02)
+    assert np.nanmedian(inner[1]) == pytest.approx(1.0, abs=0.02)
+    geo = write_raster(tmp_path / "g.tif", ref, transform=Affine(10.0, 0, 0, 0, -10.0, 0))
+    with pytest.raises(CostackError, match="its CRS is none, not EPSG:32631"):
+        from costack.rasterio_io import require_colocated
+
+        require_colocated("flow", geo, tmp_path / "a.png")

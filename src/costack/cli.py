@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -490,6 +491,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Subcommands whose rasters :func:`costack.rasterio_io.require_colocated` checks.
+PIXEL_GRID_COMMANDS = ("tiepoints", "flow", "warp", "bandmath", "qc")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``costack`` command."""
     parser = build_parser()
@@ -499,7 +504,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:
-        args.func(args)
+        with warnings.catch_warnings():
+            if args.command in PIXEL_GRID_COMMANDS:
+                # rasters without georeferencing (PNGs, camera frames) of one size share one
+                # pixel grid, which the step checks (a georeferenced one against them is
+                # refused): rasterio's warning on every open tells the user nothing
+                from rasterio.errors import NotGeoreferencedWarning
+
+                warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)
+            args.func(args)
         if argv is None:  # the command's own process, about to end (not a caller's)
             from costack.jobs import freeze_heap
 
