@@ -295,3 +295,44 @@ def test_flow_on_plain_images_is_quiet_and_right(tmp_path):
         from costack.rasterio_io import require_colocated
 
         require_colocated("flow", geo, tmp_path / "a.png")
+
+
+def _lidar_pngs(folder: Path, crops: dict[str, tuple[int, int, int]]) -> dict[str, Path]:
+    """Crops (row, col, size) of GeFolki's public LIDAR image written as PNGs."""
+    with rasterio.open(GEFOLKI_LIDAR) as src:
+        img = src.read(1)
+    paths = {}
+    for name, (r, c, n) in crops.items():
+        paths[name] = folder / f"{name}.png"
+        with rasterio.open(paths[name], "w", driver="PNG", width=n, height=n, count=1,
+                           dtype="uint8") as dst:  # fmt: skip
+            dst.write(img[r : r + n, c : c + n], 1)
+    return paths
+
+
+@pytest.mark.skipif(not GEFOLKI_LIDAR.exists(), reason="../shared/data (GeFolki images) absent")
+def test_flow_refuses_a_model_of_another_pair(tmp_path, capsys):
+    """The tie-point model records the pair it was fitted on; `costack flow --model` starts
+    from it only on that pair: the model of (a, b) is used for (a, b) and refused, in one line
+    and before anything is written, for (a, c) (another secondary) and for a pair on another
+    grid, where it used to seed the flow with that pair's field without a word."""
+    png = _lidar_pngs(tmp_path, {"a": (500, 500, 256), "b": (499, 498, 256), "c": (400, 400, 256),
+                                 "d": (500, 500, 200), "e": (499, 498, 200)})  # fmt: skip
+    assert main(["tiepoints", str(png["a"]), str(png["b"]), str(tmp_path / "ab.csv")]) == 0
+    model = tmp_path / "ab.model.json"
+    data = json.loads(model.read_text())
+    assert data["rasters"] == {"reference": "a.png", "secondary": "b.png"}
+    assert (data["grid"]["width"], data["grid"]["height"], data["grid"]["crs"]) == (256, 256, None)
+    stats = tmp_path / "ab.json"
+    assert main(["flow", str(png["a"]), str(png["b"]), str(tmp_path / "ab.tif"), "--model",
+                 str(model), "--stats", str(stats)]) == 0  # fmt: skip
+    assert json.loads(stats.read_text())["start"]["kind"] != "global search"
+    capsys.readouterr()
+    grid_why = "was fitted on another grid (the model's size is 256x256 px, not 200x200)"
+    for sec, ref, why in ((png["c"], png["a"], "was fitted on b.png, not c.png"),
+                          (png["e"], png["d"], grid_why)):  # fmt: skip
+        out = tmp_path / f"{sec.stem}.tif"
+        assert main(["flow", str(ref), str(sec), str(out), "--model", str(model)]) == 2
+        line = _one_line_error(capsys)
+        assert line.startswith(f"costack: error: --model: {model} {why}"), line
+        assert not out.exists() and not out.with_suffix(".confidence.tif").exists()

@@ -18,7 +18,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import rasterio
 
 from costack.folki import FlowParams, FlowResult, estimate_flow, resolve_mode
 from costack.imaging import blur_valid, on_two_threads, resolution_sigma, warp_array
@@ -59,24 +58,25 @@ def run_flow(
     The ``costack flow`` subcommand calls this with the same defaults.
     """
     params = params or FlowParams()
-    require_colocated("flow", ref_tif, sec_tif)
+    grid = require_colocated("flow", ref_tif, sec_tif)
+    # before any work: a model of another pair would seed the flow, unseen, from its field
+    tp_model = TiePointModel.read(model_json) if model_json is not None else None
+    if tp_model is not None:
+        tp_model.require_pair(grid, sec_tif)
     mode, mode_choice = decide_mode(params.mode, ref_tif, sec_tif, params.max_displacement)
     if mode != params.mode:
         log.info("flow %s: mode %s (%s)", sec_tif, mode, mode_choice["reason"])
     params = replace(params, mode=mode,
                      invert_secondary=bool(mode_choice.get("invert_secondary")))  # fmt: skip
     params = replace(params, radii=params.window_radii())
-    tp_model, seed_note = None, None
-    if model_json is not None:
-        tp_model = TiePointModel.read(model_json)
+    seed_note = None
+    if tp_model is not None:
         seed_note = tp_model.seed_refusal(params.seed_min_points, params.seed_max_rmse)
         if seed_note:
             log.warning("flow %s: tie-point model not used as the start (%s); the flow runs its "
                         "own global search", sec_tif, seed_note)  # fmt: skip
             tp_model = None
-    with rasterio.open(ref_tif) as r:
-        n_pixels = r.width * r.height
-    if n_pixels > TILED_ABOVE:
+    if grid.width * grid.height > TILED_ABOVE:
         return _run_flow_tiled(
             ref_tif, sec_tif, out_tif, confidence_tif, params, stats_json, resolution_ratio,
             tp_model, model_json, seed_note, mode_choice,

@@ -45,10 +45,11 @@ class Grid:
         return shape(transform_geom(self.crs, crs, mapping(outline)))
 
     def to_json(self) -> dict:
-        """A JSON-able description (CRS as WKT and EPSG code where it has one)."""
+        """A JSON-able description (CRS as WKT and EPSG code where it has one; None for the
+        pixel grid of rasters without georeferencing)."""
         return {
-            "crs": self.crs.to_wkt(),
-            "epsg": self.crs.to_epsg(),
+            "crs": self.crs.to_wkt() if self.crs else None,
+            "epsg": self.crs.to_epsg() if self.crs else None,
             "transform": list(self.transform)[:6],
             "width": self.width,
             "height": self.height,
@@ -59,7 +60,7 @@ class Grid:
     def from_json(cls, data: dict) -> Grid:
         """Inverse of :meth:`to_json`."""
         return cls(
-            CRS.from_wkt(data["crs"]),
+            CRS.from_wkt(data["crs"]) if data["crs"] else None,
             Affine(*data["transform"]),
             int(data["width"]),
             int(data["height"]),

@@ -215,7 +215,7 @@ def grid_difference(a: Grid, b: Grid) -> str | None:
     if a.crs != b.crs:
         return f"its CRS is {_crs_name(b.crs)}, not {_crs_name(a.crs)}"
     if b.shape != a.shape:
-        return f"{b.width}x{b.height} px, not {a.width}x{a.height}"
+        return f"its size is {b.width}x{b.height} px, not {a.width}x{a.height}"
     if (off := grid_offset_px(a, b)) > SAME_GRID_PX:
         return f"its pixels are up to {off:.3g} px away from the first's"
     return None

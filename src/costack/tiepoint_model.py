@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from costack.errors import CostackError
-from costack.rasterio_io import write_json
+from costack.grid_model import Grid
+from costack.rasterio_io import grid_difference, write_json
 
 if TYPE_CHECKING:  # pandas costs 0.2 s to import; the flow step reads the model without it
     import pandas as pd
@@ -219,6 +220,23 @@ class TiePointModel:
         col, row = np.meshgrid((np.arange(w) + 0.5) * scale, (np.arange(h) + 0.5) * scale)
         px, py = self.apply(col, row)
         return ((px - col) / scale).astype(np.float32), ((py - row) / scale).astype(np.float32)
+
+    def require_pair(self, grid: Grid, sec_tif: str | Path) -> None:
+        """Refuse (one line, ``--model``) a model fitted on another grid or another secondary
+        raster than the flow's: it would start the flow from that pair's field. Models written
+        before the step recorded its pair (no ``grid``/``rasters``) are taken as they are."""
+        fix = "give this pair's model (results/tiepoints/N.model.json of the same N), or none"
+        if "grid" in self.data:
+            why = grid_difference(grid, Grid.from_json(self.data["grid"]))
+            if why:
+                why = why.replace("its ", "the model's ").replace("the first's", "the flow's")
+                raise CostackError("--model", f"{self.path} was fitted on another grid ({why})",
+                                   fix)  # fmt: skip
+        fitted_on = (self.data.get("rasters") or {}).get("secondary")
+        if fitted_on and fitted_on != Path(sec_tif).name:
+            raise CostackError(
+                "--model", f"{self.path} was fitted on {fitted_on}, not {Path(sec_tif).name}", fix
+            )
 
     def seed_refusal(self, min_points: int, max_rmse: float) -> str | None:
         """Why the model is too weak to seed the flow (FlowParams ``seed_min_points``,

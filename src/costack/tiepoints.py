@@ -294,7 +294,7 @@ def run_tiepoints(
     """
     from costack.rasterio_io import atomic_path, read_average, read_float32, require_colocated
 
-    require_colocated("tiepoints", ref_tif, sec_tif)
+    grid = require_colocated("tiepoints", ref_tif, sec_tif)
     p = params or TiePointParams()
     mode_choice = None
     if p.multimodal is None:
@@ -331,6 +331,9 @@ def run_tiepoints(
     model.data["params"] = asdict(p)
     model.data["mode_choice"] = mode_choice
     model.data["tiepoints"] = int(len(df))
+    # the pair it was fitted on, which the flow checks before it starts from the model
+    model.data["grid"] = grid.to_json()
+    model.data["rasters"] = {"reference": Path(ref_tif).name, "secondary": Path(sec_tif).name}
     with atomic_path(out_csv) as tmp:
         df[CSV_COLUMNS].to_csv(tmp, index=False)
     if model_json:
