@@ -139,3 +139,41 @@ def test_idle_kernel_threads_wait_passively_unless_the_user_says():
                               text=True, timeout=120)  # fmt: skip
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert f"GOMP_SPINCOUNT = '{expected}'" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_stale_cache_files_are_pruned_and_current_ones_kept():
+    """The cache files of kernels' earlier sources (another start line, a kernel since removed)
+    go once the kernels are compiled; the current kernels' files and another Python's stay."""
+    import numba
+
+    from costack import _kernels as K
+    from costack.precompile import compile_share, prune_stale_cache
+
+    compile_share(("weighted_trace",))  # at least one current kernel in the cache
+    folder = Path(K.window_solve._cache._cache_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    tag = f"{sys.version_info.major}{sys.version_info.minor}"
+    other = "py310" if tag != "310" else "py312"
+    n = os.getpid()
+    stale = [folder / f"_kernels.window_solve-{n}.py{tag}.nbi",
+             folder / f"_kernels.window_solve-{n}.py{tag}.1.nbc",
+             folder / f"_kernels.kernel_gone_{n}-12.py{tag}.nbi"]  # fmt: skip
+    kept = folder / f"_kernels.window_solve-{n}.{other}.nbi"
+    for path in (*stale, kept):
+        path.write_bytes(b"")
+    current = {p for p in folder.glob(f"_kernels.*.py{tag}.*")
+               if p.suffix in (".nbi", ".nbc") and p not in stale}  # fmt: skip
+    dispatchers = [d for d in vars(K).values() if isinstance(d, numba.core.registry.CPUDispatcher)]
+    trace = K.weighted_trace._cache._cache_file._index_name
+    assert (folder / trace).exists()
+    try:
+        assert prune_stale_cache() >= len(stale)
+        assert not any(p.exists() for p in stale)
+        assert kept.exists() and (folder / trace).exists()
+        # every file of the current sources is still there (nothing to recompile)
+        assert all(p.exists() for p in current if any(
+            p.name.startswith(d._cache._cache_file._index_name.removesuffix(".nbi") + ".")
+            for d in dispatchers))  # fmt: skip
+    finally:
+        for path in (*stale, kept):
+            path.unlink(missing_ok=True)
