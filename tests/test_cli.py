@@ -336,3 +336,30 @@ def test_flow_refuses_a_model_of_another_pair(tmp_path, capsys):
         line = _one_line_error(capsys)
         assert line.startswith(f"costack: error: --model: {model} {why}"), line
         assert not out.exists() and not out.with_suffix(".confidence.tif").exists()
+
+
+def test_warp_and_qc_refuse_another_datasets_files(demo_run, tmp_path, capsys):
+    """The flow's tags name the pair it was estimated on and co-registration keeps the asset's
+    key: warping an asset of dataset 3 with dataset 2's flow, warping an optical asset with
+    --db, and a QC of one asset before against another after are refused in one line with
+    nothing written (they used to give a wrongly warped raster or QC figures, exit 0)."""
+    res = demo_run / "results"
+    with rasterio.open(res / "flow/3.tif") as src:
+        assert src.tags()["costack_flow_secondary"] == "3.s0_db_c_vv"
+        assert src.tags()["costack_flow_reference"] == "1.nir"
+    with rasterio.open(res / "coregistered/3.s0_db_c_vh.tif") as src:
+        assert src.tags()["costack_key"] == "3.s0_db_c_vh"
+    cases = [
+        (["warp", str(res / "colocated/3.s0_db_c_vh.tif"), str(res / "flow/2.tif")],
+         "warp: " + f"{res / 'flow/2.tif'} is dataset 2's flow (estimated on 2.nir)"),
+        (["warp", str(res / "colocated/2.nir.tif"), str(res / "flow/2.tif"), "--db"],
+         "--db: " + f"{res / 'colocated/2.nir.tif'} is not in dB"),
+        (["qc", str(res / "colocated/1.nir.tif"), str(res / "colocated/2.nir.tif"),
+          str(res / "coregistered/3.s0_db_c_vh.tif")], "qc: "),
+    ]  # fmt: skip
+    for argv, start in cases:
+        out = tmp_path / ("o.json" if argv[0] == "qc" else "o.tif")
+        assert main([*argv, str(out)]) == 2, argv
+        line = _one_line_error(capsys)
+        assert line.startswith(f"costack: error: {start}"), line
+        assert not out.exists()

@@ -451,7 +451,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("flow")
     p.add_argument("out")
     p.add_argument("--resampling", default="bilinear", choices=["bilinear", "nearest"])
-    p.add_argument("--db", action="store_true", help="data in dB: warp linear power")
+    p.add_argument("--db", action="store_true", default=None,
+                   help="data in dB: warp linear power (default: from co-location's tag; a "
+                   "raster without costack's tags is taken as linear)")  # fmt: skip
     p.set_defaults(func=cmd_warp)
 
     p = sub.add_parser("cog", help="write a raster as a validated Cloud Optimized GeoTIFF")

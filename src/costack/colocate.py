@@ -29,6 +29,7 @@ from costack.grid_model import Grid, resolution_ratio
 from costack.imaging import db_to_linear, linear_to_db
 from costack.manifest import manifest_row, read_manifest
 from costack.rasterio_io import (
+    DB_DOMAIN,
     STREAM_CACHE_MB,
     atomic_path,
     float32_profile,
@@ -372,7 +373,7 @@ def colocate_asset(
     """
     meta = {"costack_resampling": resampling}
     if db:
-        meta["costack_resampling_domain"] = "linear power (dB converted before and after)"
+        meta["costack_resampling_domain"] = DB_DOMAIN
     meta.update(tags or {})
     valid = _colocate_streamed(path, grid, Path(out_path), meta, resampling, db, pixel_center,
                                threads, strip_bytes=strip_bytes, **radiometry)  # fmt: skip

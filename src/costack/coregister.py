@@ -20,7 +20,15 @@ from rasterio.errors import RasterioIOError
 from costack.errors import CostackError
 from costack.imaging import db_to_linear, linear_to_db, warp_array
 from costack.limits import TILED_ABOVE
-from costack.rasterio_io import atomic_path, read_float32, require_colocated, write_float32
+from costack.rasterio_io import (
+    DB_DOMAIN,
+    atomic_path,
+    costack_tags,
+    dataset_of,
+    read_float32,
+    require_colocated,
+    write_float32,
+)
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +38,15 @@ def run_warp(
     flow_tif: str | Path,
     out_tif: str | Path,
     resampling: str = "bilinear",
-    db: bool = False,
+    db: bool | None = None,
 ) -> None:
-    """Warp a colocated asset with a flow (dB data warped as linear power)."""
+    """Warp a colocated asset with a flow (dB data warped as linear power).
+
+    ``db`` None takes it from co-location's tag (``costack_resampling_domain``), so that
+    ``costack warp`` without ``--db`` does what the rule does; a raster without costack's tags
+    is taken as linear. Refused, in one line and before any work: ``db`` contradicting the
+    tag, and a flow whose tags say it was estimated on another dataset's asset (the flow of
+    dataset 2 applied to an asset of dataset 3)."""
     with rasterio.open(flow_tif) as f:
         if f.count != 2:
             raise CostackError(
@@ -41,6 +55,17 @@ def run_warp(
             )  # fmt: skip
     fix = "give the flow estimated on this raster's grid"
     grid = require_colocated("warp", sec_tif, flow_tif, bands=(1, 2), off_grid_fix=fix)
+    sec_tags, flow_tags = costack_tags(sec_tif), costack_tags(flow_tif)
+    db = _warp_in_db(sec_tif, sec_tags, db)
+    key = sec_tags.get("costack_key")
+    flow_key = flow_tags.get("costack_flow_secondary")
+    if dataset_of(key) and dataset_of(flow_key) and dataset_of(key) != dataset_of(flow_key):
+        raise CostackError(
+            "warp", f"{flow_tif} is dataset {dataset_of(flow_key)}'s flow (estimated on "
+            f"{flow_key}); {sec_tif} is asset {key} of dataset {dataset_of(key)}",
+            f"give dataset {dataset_of(key)}'s flow (results/flow/{dataset_of(key)}.tif)",
+        )  # fmt: skip
+    tags = {"costack_flow": str(flow_tif), **({"costack_key": key} if key else {})}
     n_pixels = grid.width * grid.height
     if n_pixels > TILED_ABOVE:
         from costack.tiled import warp_tiled
@@ -51,7 +76,7 @@ def run_warp(
             out = warp_array(data, dx, dy, resampling)
             return linear_to_db(out) if db else out
 
-        warp_tiled(sec_tif, flow_tif, out_tif, fn)
+        warp_tiled(sec_tif, flow_tif, out_tif, fn, tags=tags)
         return
     data, grid, nodata = read_float32(sec_tif)
     flow, _, _ = read_float32(flow_tif, band=None)
@@ -60,7 +85,22 @@ def run_warp(
     out = warp_array(data, flow[0], flow[1], resampling)
     if db:
         out = linear_to_db(out)
-    write_float32(out_tif, out, grid, nodata, tags={"costack_flow": str(flow_tif)})
+    write_float32(out_tif, out, grid, nodata, tags=tags)
+
+
+def _warp_in_db(sec_tif: str | Path, tags: dict[str, str], db: bool | None) -> bool:
+    """Whether to warp ``sec_tif`` as linear power from dB: ``db`` as given, else from its
+    co-location tag; a given ``db`` that co-location's tags contradict is refused."""
+    if "costack_key" not in tags:  # not co-located by costack: as the caller says
+        return bool(db)
+    tagged = tags.get("costack_resampling_domain") == DB_DOMAIN
+    if db is not None and bool(db) != tagged:
+        said = "in dB" if tagged else "not in dB (co-located as linear values)"
+        raise CostackError(
+            "--db", f"{sec_tif} is {said}, but the warp was asked {'with' if db else 'without'} "
+            "--db", "leave --db out: co-location's tag decides",
+        )  # fmt: skip
+    return tagged
 
 
 def run_coregister_identity(colocated: str | Path, out_tif: str | Path) -> None:

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import rasterio
 
+from costack.errors import CostackError
 from costack.grid_model import Grid
 from costack.imaging import masked_blur, on_two_threads, resolution_sigma
 from costack.limits import (
@@ -31,7 +32,7 @@ from costack.limits import (
     qc_parallel,
 )
 from costack.matching import MIN_SIMILARITY_MULTIMODAL, lsm, prepare
-from costack.rasterio_io import read_float32, require_colocated, write_json
+from costack.rasterio_io import costack_tags, read_float32, require_colocated, write_json
 from costack.tiepoint_model import TiePointModel
 
 #: Half patch (px) of the multimodal QC matcher (51 px patches, as the tie points' coarse).
@@ -210,6 +211,13 @@ def run_qc(
     compared with the reference blurred to 30 m: on the demo the residual after co-registration
     then reads 0.11 px median, near the flow's true error, instead of 0.24 px)."""
     require_colocated("qc", ref_tif, colocated_tif, coregistered_tif)
+    before_key = costack_tags(colocated_tif).get("costack_key")
+    after_key = costack_tags(coregistered_tif).get("costack_key")
+    if before_key and after_key and before_key != after_key:
+        raise CostackError(
+            "qc", f"{coregistered_tif} is asset {after_key} co-registered, {colocated_tif} is "
+            f"asset {before_key} co-located", "give one asset before and after co-registration",
+        )  # fmt: skip
     if multimodal is None:
         from costack.matching import matches_on_descriptors
 

@@ -274,6 +274,21 @@ def require_colocated(
     return a
 
 
+#: the tag co-location writes on a raster warped as linear power from dB
+DB_DOMAIN = "linear power (dB converted before and after)"
+
+
+def costack_tags(path: str | Path) -> dict[str, str]:
+    """A raster's ``costack_*`` tags (empty for a raster this project did not write)."""
+    with rasterio.open(path) as src:
+        return {k: v for k, v in src.tags().items() if k.startswith("costack_")}
+
+
+def dataset_of(key: str | None) -> str | None:
+    """The dataset index of an asset key (``3`` of ``3.s0_db_c_vv``), or None."""
+    return key.partition(".")[0] if key and "." in key else None
+
+
 def raster_nodata(path: str | Path) -> float:
     """A raster's nodata value from its header (NaN when it declares none), without reading
     its pixels."""

@@ -106,6 +106,7 @@ def flow_tiled(
     coarse_factor: int = 8,
     ref_filter=None,
     seed_model: TiePointModel | None = None,
+    tags: dict[str, str] | None = None,
 ) -> dict:
     """Flow of a scene-sized pair, tile by tile (peak memory set by ``tile``, not the scene).
 
@@ -119,6 +120,8 @@ def flow_tiled(
         ref_filter: optional function applied to each reference window (resolution matching).
         seed_model: optional tie-point model (``*.model.json``); the coarse pass starts
             from it instead of its own global shift search.
+        tags: GeoTIFF tags of the flow (:func:`costack.flow.flow_tags`), as the in-memory
+            flow writes them.
     """
     t0 = time.perf_counter()
     halo = halo if halo is not None else 2 * max(params.window_radii()) + 16
@@ -158,6 +161,8 @@ def flow_tiled(
             ):
                 dst.set_band_description(1, "dx (columns)")
                 dst.set_band_description(2, "dy (rows)")
+                if tags:
+                    dst.update_tags(**tags)
 
                 def load(core: Window) -> tuple:
                     big = Window(core.col_off - halo, core.row_off - halo,
@@ -200,9 +205,10 @@ def warp_tiled(
     out_tif: str | Path,
     warp_fn,
     tile: int = 1024,
+    tags: dict[str, str] | None = None,
 ) -> None:
     """Warp a raster with a flow tile by tile (``warp_fn(data, dx, dy) -> array``, e.g.
-    :func:`costack.imaging.warp_array`)."""
+    :func:`costack.imaging.warp_array`); ``tags`` as the in-memory warp writes them."""
     with (
         rasterio.Env(GDAL_CACHEMAX=TILED_CACHE_MB),
         rasterio.open(sec_tif) as src,
@@ -236,3 +242,5 @@ def warp_tiled(
         with atomic_path(out_tif) as tmp, rasterio.open(tmp, "w", **out_profile) as dst:
             _pipelined(list(tiles(src.height, src.width, tile)), load, work,
                        lambda core, out: dst.write(out, 1, window=core))  # fmt: skip
+            if tags:
+                dst.update_tags(**tags)
