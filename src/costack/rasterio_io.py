@@ -239,11 +239,11 @@ def require_colocated(
     number of bands (``bands``, one count per raster; default one band each) and every other
     raster is on ``first``'s grid (same CRS and size, transforms within :data:`SAME_GRID_PX`).
 
-    The steps that compare or combine co-located rasters (flow, tie points, QC, warp) call this
-    before any work: a 3-band RGB would otherwise be read as its first band without a word, and
-    a raster half a pixel off would be taken as co-located. Raises :class:`CostackError` naming
-    the file, what differs and the fix (``off_grid_fix`` for a raster off the grid; default:
-    co-locate it)."""
+    The steps that compare or combine co-located rasters (tie points, flow, warp, band math,
+    QC) call this before any work: a 3-band RGB would otherwise be read as its first band
+    without a word, and a raster half a pixel off would be taken as co-located. Raises
+    :class:`CostackError` naming the file, what differs and the fix (``off_grid_fix`` for a
+    raster off the grid; default: co-locate it)."""
     from costack.errors import CostackError
 
     paths = (first, *others)
