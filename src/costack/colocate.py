@@ -122,7 +122,7 @@ def _source_georef(georef, window: Window | None, label: str) -> dict:
                     "0.125 px by GDAL", label, pixels)  # fmt: skip
         gcps = [GroundControlPoint(g.row - r0, g.col - c0, g.x, g.y, g.z) for g in georef.gcps]
         return {"gcps": gcps, **GCP_WARP_OPTIONS}
-    return {"src_transform": georef.transform * Affine.translation(c0, r0)}
+    return {"src_transform": georef.transform @ Affine.translation(c0, r0)}
 
 
 def _warp(
@@ -224,7 +224,7 @@ def source_window(
     cols = np.concatenate([t * w, np.full_like(t, w), t * w, np.zeros_like(t)])
     rws = np.concatenate([np.full_like(t, r0), r0 + t * (r1 - r0), np.full_like(t, r1),
                           r0 + t * (r1 - r0)])  # fmt: skip
-    xs, ys = grid.transform * (cols, rws)
+    xs, ys = grid.transform @ (cols, rws)
     if grid.crs != georef.crs:
         xs, ys = transform(grid.crs, georef.crs, xs, ys)
     xs, ys = np.asarray(xs, float), np.asarray(ys, float)
@@ -234,7 +234,7 @@ def source_window(
         with GCPTransformer(georef.gcps, tps=True) as tr:
             src_rows, src_cols = tr.rowcol(xs, ys, op=lambda v: v)
     else:
-        src_cols, src_rows = ~georef.transform * (xs, ys)
+        src_cols, src_rows = ~georef.transform @ (xs, ys)
     src_rows, src_cols = np.asarray(src_rows, float), np.asarray(src_cols, float)
     ok = np.isfinite(src_rows) & np.isfinite(src_cols)
     if not ok.any():
