@@ -327,7 +327,8 @@ def test_flow_refuses_a_model_of_another_pair(tmp_path, capsys):
     assert main(["flow", str(png["a"]), str(png["b"]), str(tmp_path / "ab.tif"), "--model",
                  str(model), "--stats", str(stats)]) == 0  # fmt: skip
     assert json.loads(stats.read_text())["start"]["kind"] != "global search"
-    capsys.readouterr()
+    said = capsys.readouterr().out  # the summary line says how the flow was decided
+    assert "mode efolki (same kind, contrast not inverted), start: tie-point model" in said, said
     grid_why = "was fitted on another grid (the model's size is 256x256 px, not 200x200)"
     for sec, ref, why in ((png["c"], png["a"], "was fitted on b.png, not c.png"),
                           (png["e"], png["d"], grid_why)):  # fmt: skip

@@ -214,7 +214,12 @@ def cmd_flow(args: argparse.Namespace) -> None:
     ratio = _resolution_ratio(args.resolution_ratio, args.sec)
     stats = run_flow(args.ref, args.sec, args.out, conf, params, stats_json=args.stats,
                      resolution_ratio=ratio, model_json=args.model)  # fmt: skip
-    print(f"flow written to {args.out} (confidence {conf}) in {stats['seconds']:.2f} s")
+    why = (stats.get("mode_choice") or {}).get("reason")
+    start = (stats.get("start") or {}).get("kind") or (
+        "tie-point model" if stats.get("tiepoint_model") else None)  # fmt: skip
+    told = ", ".join(x for x in (f"mode {stats['mode']}" + (f" ({why})" if why else ""),
+                                 start and f"start: {start}") if x)  # fmt: skip
+    print(f"flow written to {args.out} (confidence {conf}) in {stats['seconds']:.2f} s; {told}")
 
 
 def _check_radii(radii: list[int]) -> None:
