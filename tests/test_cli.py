@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import rasterio
 import yaml
-from conftest import SHARED_DATA, demo_config, scene, write_raster
+from conftest import REPO, SHARED_DATA, demo_config, scene, write_raster
 from rasterio.crs import CRS
 from rasterio.transform import Affine
 
@@ -364,3 +364,17 @@ def test_warp_and_qc_refuse_another_datasets_files(demo_run, tmp_path, capsys):
         line = _one_line_error(capsys)
         assert line.startswith(f"costack: error: {start}"), line
         assert not out.exists()
+
+
+def test_a_gcp_raster_off_the_grid_is_sent_to_the_colocate_step(demo_run, tmp_path, capsys):
+    """The demo's Sentinel-1-like VV (GCPs only, pixel-centre convention) given to a pair step
+    as it is: refused, and the fix is the colocate step, not rio warp (GDAL alone would take
+    the GCPs at pixel corners, half a pixel off)."""
+    res = demo_run / "results"
+    raw = REPO / "resources/demo/s1/s0_db_c_vv.tif"
+    out = tmp_path / "f.tif"
+    assert main(["flow", str(res / "colocated/1.nir.tif"), str(raw), str(out)]) == 2
+    line = _one_line_error(capsys)
+    assert f"{raw} is not on the grid of" in line and "its CRS is none" in line, line
+    assert "colocate step" in line and "pixel centres" in line and "rio warp" not in line, line
+    assert not out.exists()

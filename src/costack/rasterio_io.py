@@ -248,11 +248,12 @@ def require_colocated(
 
     paths = (first, *others)
     need = bands or (1,) * len(paths)
-    grids = []
+    grids, gcps = [], []
     for path, n in zip(paths, need, strict=True):
         with rasterio.open(path) as src:
             count = src.count
             grids.append(Grid(src.crs, src.transform, src.width, src.height))
+            gcps.append(bool(src.gcps[0]))
         if count != n and n == 1:
             raise CostackError(
                 step, f"{path} has {count} bands; the step takes single-band rasters (one "
@@ -263,14 +264,16 @@ def require_colocated(
             raise CostackError(step, f"{path} has {count} band(s), {n} expected",
                                f"give the {step} step's own input")  # fmt: skip
     a = grids[0]
-    for path, b in zip(others, grids[1:], strict=True):
+    for path, b, by_gcps in zip(others, grids[1:], gcps[1:], strict=True):
         if why := grid_difference(a, b):
-            raise CostackError(
-                step, f"{path} is not on the grid of {first} ({why})",
-                off_grid_fix or f"co-locate it first, e.g. rio warp {path} ON_GRID.tif --like "
-                f"{first} --resampling cubic (the workflow's colocate step does this for STAC "
-                "inputs)",
+            fix = off_grid_fix or (
+                "co-locate it with the workflow's colocate step, which takes its GCPs at pixel "
+                "centres as Sentinel-1 GRD gives them (gcp_pixel_center; GDAL's warper alone "
+                "would put it half a pixel off)" if by_gcps else
+                f"co-locate it first, e.g. rio warp {path} ON_GRID.tif --like {first} "
+                "--resampling cubic (the workflow's colocate step does this for STAC inputs)"
             )  # fmt: skip
+            raise CostackError(step, f"{path} is not on the grid of {first} ({why})", fix)
     return a
 
 
