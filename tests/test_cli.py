@@ -378,3 +378,28 @@ def test_a_gcp_raster_off_the_grid_is_sent_to_the_colocate_step(demo_run, tmp_pa
     assert f"{raw} is not on the grid of" in line and "its CRS is none" in line, line
     assert "colocate step" in line and "pixel centres" in line and "rio warp" not in line, line
     assert not out.exists()
+
+
+def test_tiled_flow_and_warp_write_the_in_memory_tags(demo_run, tmp_path, monkeypatch):
+    """Above TILED_ABOVE the flow and the warp go tile by tile; they write the same costack
+    tags as the in-memory writers (they wrote none), so warp's and QC's checks hold there too."""
+    import costack.coregister
+    import costack.flow
+    from costack.coregister import run_warp
+    from costack.flow import run_flow
+
+    monkeypatch.setattr(costack.flow, "TILED_ABOVE", 1000)
+    monkeypatch.setattr(costack.coregister, "TILED_ABOVE", 1000)
+    res = demo_run / "results"
+    flow = tmp_path / "3.tif"
+    stats = run_flow(res / "colocated/1.nir.tif", res / "colocated/3.s0_db_c_vv.tif", flow,
+                     tmp_path / "3.confidence.tif")  # fmt: skip
+    assert "tiled" in stats
+    with rasterio.open(flow) as src:
+        assert src.tags()["costack_flow_secondary"] == "3.s0_db_c_vv", src.tags()
+    out = tmp_path / "w.tif"
+    run_warp(res / "colocated/3.s0_db_c_vh.tif", flow, out)
+    with rasterio.open(out) as src:
+        assert src.tags()["costack_key"] == "3.s0_db_c_vh" and src.tags()["costack_flow"]
+    with pytest.raises(CostackError, match="is dataset 3's flow"):
+        run_warp(res / "colocated/2.nir.tif", flow, tmp_path / "w2.tif")
