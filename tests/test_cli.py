@@ -337,6 +337,11 @@ def test_flow_refuses_a_model_of_another_pair(tmp_path, capsys):
         line = _one_line_error(capsys)
         assert line.startswith(f"costack: error: --model: {model} {why}"), line
         assert not out.exists() and not out.with_suffix(".confidence.tif").exists()
+    data["grid"]["transform"] = "abc"  # edited by hand: one line, not a traceback
+    model.write_text(json.dumps(data))
+    assert main(["flow", str(png["a"]), str(png["b"]), str(tmp_path / "x.tif"), "--model",
+                 str(model)]) == 2  # fmt: skip
+    assert "has a malformed grid record" in _one_line_error(capsys)
 
 
 def test_warp_and_qc_refuse_another_datasets_files(demo_run, tmp_path, capsys):

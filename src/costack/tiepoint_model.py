@@ -227,7 +227,12 @@ class TiePointModel:
         before the step recorded its pair (no ``grid``/``rasters``) are taken as they are."""
         fix = "give this pair's model (results/tiepoints/N.model.json of the same N), or none"
         if "grid" in self.data:
-            why = grid_difference(grid, Grid.from_json(self.data["grid"]))
+            try:
+                fitted = Grid.from_json(self.data["grid"])
+            except (KeyError, TypeError, ValueError) as err:
+                raise CostackError("--model", f"{self.path} has a malformed grid record "
+                                   f"({type(err).__name__}: {err})", fix) from err  # fmt: skip
+            why = grid_difference(grid, fitted)
             if why:
                 why = why.replace("its ", "the model's ").replace("the first's", "the flow's")
                 raise CostackError("--model", f"{self.path} was fitted on another grid ({why})",
