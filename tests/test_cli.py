@@ -408,3 +408,36 @@ def test_tiled_flow_and_warp_write_the_in_memory_tags(demo_run, tmp_path, monkey
         assert src.tags()["costack_key"] == "3.s0_db_c_vh" and src.tags()["costack_flow"]
     with pytest.raises(CostackError, match="is dataset 3's flow"):
         run_warp(res / "colocated/2.nir.tif", flow, tmp_path / "w2.tif")
+
+
+def test_catalog_refuses_swapped_assets_and_flows(demo_run, tmp_path, capsys):
+    """`costack catalog` with two assets' COGs swapped, or dataset 2's flow given as dataset
+    3's: refused from the COGs' own tags, in one line, before the catalog is written."""
+    res = demo_run / "results"
+    stack = res / "stack"
+    cfg = yaml.safe_load((demo_run / "config.yaml").read_text())
+    keys = cfg["assets"].split(",")
+    flows = {n: f"{stack / f'{n}-displacement.tif'},{stack / f'{n}-confidence.tif'},"
+                f"{res / f'flow/{n}.json'}" for n in (2, 3)}  # fmt: skip
+    base = ["catalog", str(res / "discover/manifest.csv"), str(res / "grid/grid.json"),
+            cfg["reference"], str(tmp_path / "catalog.json"), str(tmp_path / "item.json"),
+            "--item-id", "costack-demo", "--qc", str(res / "qc/summary.json")]  # fmt: skip
+    a, b = keys[0], keys[1]
+    swapped = {
+        **{k: stack / f"{k}.tif" for k in keys},
+        a: stack / f"{b}.tif",
+        b: stack / f"{a}.tif",
+    }
+    cases = [
+        ([x for k in keys for x in ("--asset", f"{k}={swapped[k]}")]
+         + [x for n in (2, 3) for x in ("--flow", f"{n}={flows[n]}")],
+         f"--asset: {stack / f'{b}.tif'} is asset {b}, given as {a}"),
+        ([x for k in keys for x in ("--asset", f"{k}={stack / f'{k}.tif'}")]
+         + ["--flow", f"2={flows[2]}", "--flow", f"3={flows[2]}"],
+         f"--flow: {stack / '2-displacement.tif'} is dataset 2's flow"),
+    ]  # fmt: skip
+    for extra, start in cases:
+        assert main([*base, *extra]) == 2
+        line = _one_line_error(capsys)
+        assert line.startswith(f"costack: error: {start}"), line
+        assert not (tmp_path / "catalog.json").exists() and not (tmp_path / "item.json").exists()

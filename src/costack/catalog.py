@@ -13,7 +13,7 @@ from typing import Any
 from costack.cog import write_cog
 from costack.errors import CostackError
 from costack.grid_model import Grid
-from costack.rasterio_io import raster_nodata
+from costack.rasterio_io import costack_tags, dataset_of, raster_nodata
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,21 @@ def run_catalog(
     manifest = read_manifest(manifest_csv)
     grid = Grid.load(grid_json)
     assets: list[StackAsset] = []
+    # before anything is written: a COG or flow published under another asset's key or
+    # dataset (a by-hand call with two paths swapped) would be catalogued without a word
+    for key, path in cogs.items():
+        tagged = costack_tags(path).get("costack_key")
+        if tagged and tagged != key:
+            raise CostackError("--asset", f"{path} is asset {tagged}, given as {key}",
+                               f"give {key}'s own COG (results/stack/{key}.tif)")  # fmt: skip
+    for n, (disp, _, _) in (flows or {}).items():
+        estimated_on = costack_tags(disp).get("costack_flow_secondary")
+        if dataset_of(estimated_on) not in (None, str(n)):
+            raise CostackError(
+                "--flow", f"{disp} is dataset {dataset_of(estimated_on)}'s flow (estimated on "
+                f"{estimated_on}), given as dataset {n}'s",
+                f"give dataset {n}'s flow COGs (results/stack/{n}-displacement.tif)",
+            )  # fmt: skip
     for key, path in cogs.items():
         row = manifest_row(manifest, key, manifest_csv)
         nodata = raster_nodata(path)
