@@ -355,6 +355,8 @@ def test_warp_and_qc_refuse_another_datasets_files(demo_run, tmp_path, capsys):
         assert src.tags()["costack_flow_reference"] == "1.nir"
     with rasterio.open(res / "coregistered/3.s0_db_c_vh.tif") as src:
         assert src.tags()["costack_key"] == "3.s0_db_c_vh"
+        # still dB, warped as linear power: a second warp reads it so, as co-location's
+        assert src.tags()["costack_resampling_domain"].startswith("linear power (dB")
     cases = [
         (["warp", str(res / "colocated/3.s0_db_c_vh.tif"), str(res / "flow/2.tif")],
          "warp: " + f"{res / 'flow/2.tif'} is dataset 2's flow (estimated on 2.nir)"),

@@ -66,6 +66,8 @@ def run_warp(
             f"give dataset {dataset_of(key)}'s flow (results/flow/{dataset_of(key)}.tif)",
         )  # fmt: skip
     tags = {"costack_flow": str(flow_tif), **({"costack_key": key} if key else {})}
+    if db:  # still dB, warped as linear power: as co-location says it (a second warp reads it)
+        tags["costack_resampling_domain"] = DB_DOMAIN
     n_pixels = grid.width * grid.height
     if n_pixels > TILED_ABOVE:
         from costack.tiled import warp_tiled
