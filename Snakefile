@@ -48,7 +48,7 @@ onstart:
 
 
 onsuccess:
-    from costack.qc import verdict_lines
+    from costack.stages.qc import verdict_lines
 
     forget_run(RUN_PID)
     for line in verdict_lines("results/qc/summary.json"):
@@ -56,7 +56,7 @@ onsuccess:
 
 
 onerror:
-    from costack.qc import verdict_lines
+    from costack.stages.qc import verdict_lines
 
     forget_run(RUN_PID)
     for line in verdict_lines("results/qc/summary.json"):

@@ -29,8 +29,8 @@ from scipy import ndimage
 from skimage import data
 from skimage.registration import optical_flow_ilk
 
-from costack.evaluation import affine_sinusoid, displace, epe, interior
-from costack.folki import FlowParams, estimate_flow
+from costack.registration.evaluation import affine_sinusoid, displace, epe, interior
+from costack.registration.folki import FlowParams, estimate_flow
 
 warnings.filterwarnings("ignore")
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -356,13 +356,14 @@ def main() -> None:
 
     demo = Path("results/flow")
     if demo.exists():
-        from costack.evaluation import flow_metrics
+        from costack.io.rasters import read_flow_and_truth
+        from costack.registration.evaluation import flow_metrics
 
         rows = []
         for n, truth_tif in (("2", "resources/demo/l8/truth.tif"),
                              ("3", "resources/demo/s1/truth.tif")):  # fmt: skip
             if (demo / f"{n}.tif").exists():
-                m = flow_metrics(demo / f"{n}.tif", truth_tif)
+                m = flow_metrics(*read_flow_and_truth(demo / f"{n}.tif", truth_tif))
                 rows.append(
                     (
                         f"dataset {n}",

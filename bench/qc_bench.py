@@ -18,8 +18,8 @@ from pathlib import Path
 
 CHILD = r"""
 import json, sys, time
-from costack.qc import run_qc
-from costack.tiepoints import TiePointParams, run_tiepoints
+from costack.stages.qc import run_qc
+from costack.stages.tiepoints import TiePointParams, run_tiepoints
 a = json.loads(sys.argv[1])
 t0 = time.perf_counter()
 if a.get("tiepoints"):
@@ -39,8 +39,8 @@ def make_pair(folder: Path, size: int) -> tuple[Path, Path, Path]:
     from rasterio.transform import Affine
     from scipy import ndimage
 
-    from costack.grid_model import Grid
-    from costack.rasterio_io import write_float32
+    from costack.io.grids import Grid
+    from costack.io.rasters import write_float32
 
     rng = np.random.default_rng(1)
     ref = ndimage.gaussian_filter(rng.standard_normal((size, size)).astype(np.float32), 2.0)
@@ -80,7 +80,7 @@ def main() -> None:
         print(f"qc: by blocks vs in memory, identical figures {same}")
         import numpy as np
 
-        from costack.tiepoint_model import apply_model
+        from costack.registration.tiepoint_model import apply_model
 
         fits = {}
         for mode, mx in (("in memory", 10**12), ("by tiles", 16_000_000)):

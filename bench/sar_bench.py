@@ -21,7 +21,8 @@ grid pixels) against the stored truth of:
 - the correlation of GEFolki's two images once exactly aligned, and the Lucas-Kanade gain: the
   fraction of a global 0.25 px offset that one global step removes (1 for a same-sensor pair).
 
-Scored 8 px from the grid's edge (as ``costack.evaluation.flow_metrics``) and 16 px inside the
+Scored 8 px from the grid's edge (as ``costack.registration.evaluation.flow_metrics``) and 16 px
+inside the
 SAR's footprint, where every method is known.
 Usage: ``python bench/sar_bench.py [--seeds 1 2 3 4]`` from the repository root (about 1 min per
 draw on 2 cores).
@@ -134,12 +135,13 @@ def _fit_form(prep, ok, basis, start) -> np.ndarray:
 
 def oracle(ref: np.ndarray, sec: np.ndarray, truth: np.ndarray, basis: list, mask: np.ndarray):
     """The fit of the truth's own form (:func:`_fit_form`) on GEFolki's images (rank and CLAHE)
-    and on CFOG descriptors at one-pixel scale (Ye et al. 2019, ``costack.matching.cfog``, what
+    and on CFOG descriptors at one-pixel scale (Ye et al. 2019,
+    ``costack.registration.matching.cfog``, what
     the tie points match across sensors), each from a start 0.28 px off the true mean; returns
     (field on GEFolki's images, field on CFOG, correlation of the aligned GEFolki images, gain
     of one global step on a 0.25 px offset)."""
-    from costack.folki import FlowParams, _valid, preprocess
-    from costack.matching import cfog
+    from costack.registration.folki import FlowParams, _valid, preprocess
+    from costack.registration.matching import cfog
 
     v1, v2 = _valid(ref, None), _valid(sec, None)
     i1, i2 = preprocess([(ref, v1), (sec, v2)], "gefolki", FlowParams(mode="gefolki"))
@@ -173,7 +175,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="*", default=[1, 2, 3, 4],
                     help="speckle draws besides the demo's own")  # fmt: skip
     args = ap.parse_args()
-    from costack.rasterio_io import read_float32
+    from costack.io.rasters import read_float32
 
     # pip GEFolki with 2 levels: its best of 2-5 on this 485 px pair (mean EPE 1.92, 2.84, 3.00
     # and 71.9 px on the demo's own draw; 5 is flow_bench's setting for 1024 px)

@@ -23,7 +23,7 @@ from rasterio.crs import CRS
 from rasterio.transform import Affine
 from scipy import ndimage
 
-from costack.evaluation import affine_sinusoid
+from costack.registration.evaluation import affine_sinusoid
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 

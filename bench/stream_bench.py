@@ -20,10 +20,10 @@ from pathlib import Path
 
 CHILD = r"""
 import json, sys, time
-from costack.grid_model import Grid
-from costack.colocate import colocate_array, colocate_asset
-from costack.rasterio_io import write_float32
-from costack.bandmath import run_bandmath
+from costack.io.grids import Grid
+from costack.stages.colocate import colocate_array, colocate_asset
+from costack.io.rasters import write_float32
+from costack.stages.bandmath import run_bandmath
 args = json.loads(sys.argv[1])
 t0 = time.perf_counter()
 if args["step"] == "colocate":
@@ -49,7 +49,7 @@ def make_scene(folder: Path, size: int) -> tuple[Path, Path, Path]:
     from rasterio.transform import Affine
     from rasterio.warp import transform_bounds
 
-    from costack.grid_model import Grid
+    from costack.io.grids import Grid
 
     t = Affine(10, 0, 300_000, 0, -10, 5_100_000)
     profile = dict(driver="GTiff", dtype="uint16", count=1, width=size, height=size,

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from costack.evaluation import displace
-from costack.tiepoint_model import apply_model, fit_models
-from costack.tiepoints import TiePointParams, match_tiepoints
+from costack.registration.evaluation import displace
+from costack.registration.tiepoint_model import apply_model, fit_models
+from costack.stages.tiepoints import TiePointParams, match_tiepoints
 
 warnings.filterwarnings("ignore")
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -127,8 +127,8 @@ def demo_cases() -> None:
     import rasterio
     from rasterio.windows import from_bounds
 
-    from costack.imaging import resolution_sigma
-    from costack.rasterio_io import read_float32
+    from costack.io.rasters import read_float32
+    from costack.registration.imaging import resolution_sigma
 
     ref, grid, _ = read_float32(col / "1.nir.tif")
     for key, truth_tif, multimodal, ratio in (

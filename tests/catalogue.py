@@ -3,7 +3,7 @@ test uses, which point at small GeoTIFF crops written in each item's own DN conv
 
 The items are those of ``../shared/data/stac_items`` (Earth Search and Planetary Computer). The
 DN conventions below are written from the catalogues' documentation, independently of
-:mod:`costack.radiometry`, so a test compares the code against them rather than against itself.
+:mod:`costack.io.radiometry`, so a test compares the code against them rather than against itself.
 """
 
 from __future__ import annotations

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from costack.bandmath import FUNCTIONS, ExpressionError, evaluate, parse
 from costack.errors import CostackError
+from costack.stages.bandmath import FUNCTIONS, ExpressionError, evaluate, parse
 
 RNG = np.random.default_rng(7)
 SHAPE = (6, 7)
@@ -264,8 +264,8 @@ def test_band_math_by_strips_gives_the_in_memory_values(tmp_path):
     from conftest import write_raster
     from rasterio.transform import Affine
 
-    from costack.bandmath import run_bandmath
-    from costack.rasterio_io import read_float32
+    from costack.io.rasters import read_float32
+    from costack.stages.bandmath import run_bandmath
 
     rng = np.random.default_rng(3)
     t = Affine(10, 0, 500_000, 0, -10, 5_000_000)

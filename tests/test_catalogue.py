@@ -25,12 +25,12 @@ from catalogue import (
 from conftest import scene, write_item, write_raster
 from rasterio.transform import Affine
 
-from costack.colocate import run_colocate
 from costack.config import parse_config
-from costack.discover import discover, run_discover
-from costack.grid import run_grid
-from costack.grid_model import Grid
-from costack.rasterio_io import read_float32
+from costack.io.grids import Grid
+from costack.io.rasters import read_float32
+from costack.stages.colocate import run_colocate
+from costack.stages.discover import discover, run_discover
+from costack.stages.grid import run_grid
 
 # (item, key of its 10 m near-infrared asset, window in that asset's lattice)
 NIR = {
@@ -59,7 +59,7 @@ def _nir_item(tmp_path, name, nodata_tag=True, fill=True):
 def _colocate_one(tmp_path, config):
     manifest = tmp_path / "manifest.csv"
     grid_json = tmp_path / "grid.json"
-    run_discover(config, manifest)
+    run_discover(parse_config(config), manifest)
     grid = run_grid(manifest, config["reference"], None, grid_json)
     out = tmp_path / "ref.tif"
     run_colocate(manifest, grid_json, config["reference"], out)
@@ -167,7 +167,7 @@ def test_landsat_grid_on_s2_reference_is_the_s2_lattice(tmp_path):
                   np.full((80, 80), 15000))})  # fmt: skip
     cfg = parse_config({"inputs": [str(s2), str(ls)], "assets": "1.nir,2.nir",
                         "reference": "1.nir"})  # fmt: skip
-    from costack.grid import compute_grid
+    from costack.stages.grid import compute_grid
 
     grid = compute_grid(discover(cfg), "1.nir", None)
     _, t = lattice(load(ES_L2A_13TDE), "nir")
@@ -241,7 +241,7 @@ def test_real_items_load_without_third_party_warnings(name):
 
     from catalogue import STAC_ITEMS, need_items
 
-    from costack.discover import load_item
+    from costack.stages.discover import load_item
 
     need_items()
     with warnings.catch_warnings(record=True) as caught:

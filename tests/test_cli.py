@@ -15,8 +15,8 @@ from rasterio.transform import Affine
 
 from costack.cli import build_parser, main
 from costack.errors import CostackError
-from costack.grid_model import Grid
-from costack.rasterio_io import read_float32
+from costack.io.grids import Grid
+from costack.io.rasters import read_float32
 
 
 def test_steps_by_hand_reproduce_the_workflow(demo_run, tmp_path, capsys):
@@ -127,7 +127,7 @@ def test_costack_catalog_by_hand_is_the_rules_item(demo_run, tmp_path):
 def test_flow_defaults_are_one_set():
     """`costack flow`, the rule's config schema and FlowParams share their defaults."""
     from costack.config import load_schema
-    from costack.flow import FlowParams
+    from costack.stages.flow import FlowParams
 
     args = build_parser().parse_args(["flow", "a.tif", "b.tif", "o.tif"])
     props = load_schema()["properties"]
@@ -238,7 +238,8 @@ def test_pair_steps_refuse_the_real_uavsar_files_as_they_are(tmp_path, capsys):
 def test_one_grid_up_to_rounding_other_crs_or_flow_grid_refused(tmp_path, capsys):
     """A transform rounded differently (1e-9 px) is the same grid; the same numbers in another
     UTM zone are not (named); a flow on another grid is refused by warp with its own fix."""
-    from costack.rasterio_io import SAME_GRID_PX, grid_offset_px, require_colocated
+    from costack.io.grids import SAME_GRID_PX, grid_offset_px
+    from costack.io.rasters import require_colocated
 
     img = scene(64, 64).astype(np.float32)
     t = Affine(10.0, 0, 500_000.0, 0, -10.0, 4_000_000.0)
@@ -292,7 +293,7 @@ def test_flow_on_plain_images_is_quiet_and_right(tmp_path):
     assert np.nanmedian(inner[1]) == pytest.approx(1.0, abs=0.02)
     geo = write_raster(tmp_path / "g.tif", ref, transform=Affine(10.0, 0, 0, 0, -10.0, 0))
     with pytest.raises(CostackError, match="its CRS is none, not EPSG:32631"):
-        from costack.rasterio_io import require_colocated
+        from costack.io.rasters import require_colocated
 
         require_colocated("flow", geo, tmp_path / "a.png")
 
@@ -390,13 +391,13 @@ def test_a_gcp_raster_off_the_grid_is_sent_to_the_colocate_step(demo_run, tmp_pa
 def test_tiled_flow_and_warp_write_the_in_memory_tags(demo_run, tmp_path, monkeypatch):
     """Above TILED_ABOVE the flow and the warp go tile by tile; they write the same costack
     tags as the in-memory writers (they wrote none), so warp's and QC's checks hold there too."""
-    import costack.coregister
-    import costack.flow
-    from costack.coregister import run_warp
-    from costack.flow import run_flow
+    import costack.stages.coregister
+    import costack.stages.flow
+    from costack.stages.coregister import run_warp
+    from costack.stages.flow import run_flow
 
-    monkeypatch.setattr(costack.flow, "TILED_ABOVE", 1000)
-    monkeypatch.setattr(costack.coregister, "TILED_ABOVE", 1000)
+    monkeypatch.setattr(costack.stages.flow, "TILED_ABOVE", 1000)
+    monkeypatch.setattr(costack.stages.coregister, "TILED_ABOVE", 1000)
     res = demo_run / "results"
     flow = tmp_path / "3.tif"
     stats = run_flow(res / "colocated/1.nir.tif", res / "colocated/3.s0_db_c_vv.tif", flow,

@@ -5,9 +5,9 @@ from conftest import write_raster
 from rasterio.crs import CRS
 from rasterio.transform import Affine
 
-from costack.colocate import colocate_array, colocate_asset
-from costack.grid_model import Grid
-from costack.rasterio_io import read_float32
+from costack.io.grids import Grid
+from costack.io.rasters import read_float32
+from costack.stages.colocate import colocate_array, colocate_asset
 
 UTM = CRS.from_epsg(32631)
 
@@ -109,7 +109,7 @@ def test_streamed_colocation_of_a_large_gcp_source_shifts_its_gcps(tmp_path, mon
     float rounding of the shifted GCPs)."""
     from conftest import demo_config
 
-    import costack.colocate as colocate
+    import costack.stages.colocate as colocate
     from costack.plan import preflight
 
     plan = preflight(demo_config())

@@ -28,10 +28,10 @@ from conftest import (
 from rasterio.crs import CRS
 from rasterio.transform import Affine
 
-from costack.bandmath import evaluate, parse
 from costack.errors import CostackError
+from costack.io.files import atomic_path
 from costack.plan import preflight
-from costack.rasterio_io import atomic_path
+from costack.stages.bandmath import evaluate, parse
 
 T = Affine(10, 0, 500_000, 0, -10, 5_000_000)
 CLI = [sys.executable, "-m", "costack.cli"]
@@ -157,8 +157,8 @@ def _wrong_files(tmp_path: Path) -> dict[str, str]:
     """Files a user may give a subcommand by mistake: a good raster and a good grid to pair
     them with, text named .tif, a GeoTIFF cut after its header, JSON that is no model or grid,
     a CSV that is no manifest."""
-    from costack.grid_model import Grid
-    from costack.rasterio_io import write_float32
+    from costack.io.grids import Grid
+    from costack.io.rasters import write_float32
 
     grid = Grid(CRS.from_epsg(32631), T, 64, 64)
     good = tmp_path / "good.tif"
@@ -231,9 +231,10 @@ def test_subcommands_on_wrong_files_are_one_line(tmp_path, case):
     (or the parameter) and what to give, no traceback, no output."""
     files = _wrong_files(tmp_path)
     item = write_item(tmp_path, "x", {"nir": {"href": "./good.tif"}})
-    from costack.discover import run_discover
+    from costack.config import parse_config
+    from costack.stages.discover import run_discover
 
-    run_discover({"inputs": [str(item)], "assets": "1.nir", "reference": "1.nir"},
+    run_discover(parse_config({"inputs": [str(item)], "assets": "1.nir", "reference": "1.nir"}),
                  tmp_path / "manifest.csv")  # fmt: skip
     files |= {"manifest": str(tmp_path / "manifest.csv"), "out": str(tmp_path / "out" / "o.tif")}
     argv, pattern = WRONG_FILES[case]
@@ -246,15 +247,16 @@ def test_subcommands_on_wrong_files_are_one_line(tmp_path, case):
 
 
 def test_truncated_source_fails_colocation_with_one_line(tmp_path):
-    from costack.colocate import run_colocate
-    from costack.discover import run_discover
-    from costack.grid import run_grid
+    from costack.config import parse_config
+    from costack.stages.colocate import run_colocate
+    from costack.stages.discover import run_discover
+    from costack.stages.grid import run_grid
 
     tif = write_raster(tmp_path / "nir.tif", scene(256, 256), transform=T)
     data = tif.read_bytes()
     item = write_item(tmp_path, "x", {"nir": {"href": "./nir.tif"}})
     cfg = {"inputs": [str(item)], "assets": "1.nir", "reference": "1.nir"}
-    run_discover(cfg, tmp_path / "m.csv")
+    run_discover(parse_config(cfg), tmp_path / "m.csv")
     run_grid(tmp_path / "m.csv", "1.nir", None, tmp_path / "g.json")
     tif.write_bytes(data[: len(data) // 2])  # the header survives, the pixels do not
     with pytest.raises(CostackError, match=r"^assets: 1.nir: cannot read .*nir.tif"):
@@ -279,8 +281,8 @@ def test_temporaries_left_by_a_killed_job_are_removed(tmp_path):
 def test_unwritable_results_fail_the_job_with_one_line(tmp_path, capsys):
     """A results folder that cannot be written (here a path under the read-only sysfs): one
     line and exit 1, whatever the user (root included)."""
+    from costack.io.rasters import write_float32
     from costack.jobs import run_step
-    from costack.rasterio_io import write_float32
 
     grid = SimpleNamespace(height=4, width=4, crs=CRS.from_epsg(32631), transform=T)
     fake = SimpleNamespace(log=[str(tmp_path / "job.log")], rule="colocate_asset")
@@ -372,7 +374,7 @@ from rasterio.crs import CRS
 from rasterio.transform import Affine
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (65536, 65536))
-from costack.rasterio_io import write_float32
+from costack.io.rasters import write_float32
 from costack.jobs import run_step
 grid = SimpleNamespace(height=1024, width=1024, crs=CRS.from_epsg(32631),
                        transform=Affine(10, 0, 500000, 0, -10, 5000000))
@@ -390,11 +392,12 @@ run_step(SimpleNamespace(log=[], rule="coregister_asset"),
 def test_listed_assets_named_like_flow_outputs_keep_their_keys(tmp_path):
     """Listed assets 2.confidence and 2.displacement and dataset 2's flow layers all reach the
     item (the flow's are keyed confidence:2 and displacement:2)."""
-    from costack.catalog import run_catalog
-    from costack.cog import write_cog
-    from costack.discover import run_discover
-    from costack.grid import run_grid
-    from costack.rasterio_io import write_float32
+    from costack.config import parse_config
+    from costack.io.cog import write_cog
+    from costack.io.rasters import write_float32
+    from costack.stages.catalog import run_catalog
+    from costack.stages.discover import run_discover
+    from costack.stages.grid import run_grid
 
     t2 = Affine(10, 0, 500_000, 0, -10, 5_000_000)
     write_raster(tmp_path / "d1" / "nir.tif", scene(64, 64, 1), transform=T)
@@ -405,7 +408,7 @@ def test_listed_assets_named_like_flow_outputs_keep_their_keys(tmp_path):
                                            ("confidence", "displacement")})  # fmt: skip
     cfg = {"inputs": [str(i1), str(i2)], "assets": "1.nir,2.confidence,2.displacement",
            "reference": "1.nir"}  # fmt: skip
-    run_discover(cfg, tmp_path / "m.csv")
+    run_discover(parse_config(cfg), tmp_path / "m.csv")
     grid = run_grid(tmp_path / "m.csv", "1.nir", None, tmp_path / "g.json")
     cogs = {}
     for key in ("1.nir", "2.confidence", "2.displacement"):
@@ -444,8 +447,8 @@ def test_a_full_filesystem_fails_colocation_with_one_line(tmp_path):
 from types import SimpleNamespace
 from rasterio.crs import CRS
 from rasterio.transform import Affine
-from costack.colocate import colocate_asset
-from costack.grid_model import Grid
+from costack.stages.colocate import colocate_asset
+from costack.io.grids import Grid
 from costack.jobs import run_step
 grid = Grid(CRS.from_epsg(32631), Affine(10, 0, 500000, 0, -10, 5000000), 1024, 1024)
 out = {str(disk / "1.nir.tif")!r}
@@ -467,7 +470,7 @@ def test_a_flow_whose_confidence_cannot_be_written_leaves_no_flow(tmp_path, caps
     """The flow and its confidence are written on two threads: when one cannot be written (the
     confidence under the read-only sysfs), the step fails with one line and leaves neither."""
     from costack.cli import main
-    from costack.rasterio_io import write_float32
+    from costack.io.rasters import write_float32
 
     grid = SimpleNamespace(height=96, width=96, crs=CRS.from_epsg(32631), transform=T)
     img = np.random.default_rng(3).random((96, 96)).astype(np.float32)
@@ -485,8 +488,8 @@ def test_the_flow_memory_estimate_covers_a_sar_optical_flow(tmp_path):
     """The plan's in-memory flow estimate (GEFolki's path, the larger: two starts and the CFOG
     comparisons) is above the peak resident memory of a real `costack flow --mode gefolki`
     process (1000x1000: 0.55 GB measured, 0.81 GB estimated)."""
+    from costack.io.rasters import write_float32
     from costack.plan import FLOW_BASE_BYTES, FLOW_BYTES_PER_PIXEL
-    from costack.rasterio_io import write_float32
 
     n = 1000
     grid = SimpleNamespace(height=n, width=n, crs=CRS.from_epsg(32631), transform=T)

@@ -8,9 +8,9 @@ from conftest import SHARED_DATA
 from scipy import ndimage
 from skimage import data
 
-from costack.evaluation import affine_sinusoid, displace, epe, interior
-from costack.folki import FlowParams, auto_levels, estimate_flow, resolve_mode
-from costack.imaging import warp_array
+from costack.registration.evaluation import affine_sinusoid, displace, epe, interior
+from costack.registration.folki import FlowParams, auto_levels, estimate_flow, resolve_mode
+from costack.registration.imaging import warp_array
 
 FIELD = {"shift": (1.3, -0.8), "amplitude": 0.8, "wavelength": 150.0}
 
@@ -200,9 +200,9 @@ def test_tiled_flow_matches_in_memory(camera_pair, tmp_path):
     from rasterio.crs import CRS
     from rasterio.transform import Affine
 
-    from costack.grid_model import Grid
-    from costack.rasterio_io import read_float32, write_float32
-    from costack.tiled import flow_tiled, warp_tiled
+    from costack.io.grids import Grid
+    from costack.io.rasters import read_float32, write_float32
+    from costack.stages._tiled import flow_tiled, warp_tiled
 
     img, sec, truth, mask = camera_pair
     grid = Grid(CRS.from_epsg(32631), Affine(10, 0, 500_000, 0, -10, 5_000_000), 256, 256)
@@ -227,10 +227,10 @@ def test_tiled_flow_starts_from_the_tiepoint_model(tmp_path):
     from rasterio.crs import CRS
     from rasterio.transform import Affine
 
-    from costack.grid_model import Grid
-    from costack.rasterio_io import read_float32, write_float32
-    from costack.tiepoint_model import TiePointModel
-    from costack.tiled import flow_tiled
+    from costack.io.grids import Grid
+    from costack.io.rasters import read_float32, write_float32
+    from costack.registration.tiepoint_model import TiePointModel
+    from costack.stages._tiled import flow_tiled
 
     img = data.camera().astype(np.float32)[:256, :256]
     field = {"shift": (23.0, -17.0), "amplitude": 0.5, "wavelength": 150.0}
@@ -261,7 +261,7 @@ def _box_sums(planes: list[np.ndarray], r: int) -> np.ndarray:
 
 def test_fused_window_solve_matches_box_sums():
     """The fused kernel's window sums equal plain box sums (clipped borders)."""
-    from costack import _kernels as K
+    from costack.registration import _kernels as K
 
     rng = np.random.default_rng(3)
     h, w, r = 70, 53, 5
@@ -321,7 +321,7 @@ def test_clahe_kernel_masks_nodata_and_matches_skimage():
     counts them as data)."""
     from skimage import exposure
 
-    from costack import _kernels as K
+    from costack.registration import _kernels as K
 
     img = data.camera().astype(np.float32) / 255.0
     ok = np.ones(img.shape, bool)
@@ -337,7 +337,7 @@ def test_clahe_kernel_masks_nodata_and_matches_skimage():
 
 def test_rank_transform_fast_and_masked_paths_agree():
     """The integer path (windows without nodata) and the masked path give the same ranks."""
-    from costack import _kernels as K
+    from costack.registration import _kernels as K
 
     rng = np.random.default_rng(5)
     img = np.round(rng.normal(size=(60, 70)), 1).astype(np.float32)  # with ties
@@ -366,7 +366,7 @@ def test_rank_transform_fast_and_masked_paths_agree():
 def test_rank_transform_is_the_brute_force_rank_everywhere():
     """Every pixel, borders and holes included, against the rank counted window by window
     (share of the valid window below the centre, ties one half, the centre left out)."""
-    from costack import _kernels as K
+    from costack.registration import _kernels as K
 
     rng = np.random.default_rng(8)
     img = np.round(rng.normal(size=(23, 31)), 1).astype(np.float32)
@@ -387,7 +387,7 @@ def test_rank_transform_is_the_brute_force_rank_everywhere():
 def test_compiled_masked_blur_is_scipys_to_the_byte(sigma):
     """The compiled normalised convolution gives SciPy's gaussian_filter result bit for bit
     (holes, borders, an image thinner than the kernel), and leaves invalid pixels at 0."""
-    from costack.imaging import masked_blur
+    from costack.registration.imaging import masked_blur
 
     rng = np.random.default_rng(int(10 * sigma))
     for shape in ((64, 80), (3, 50)):
@@ -408,7 +408,7 @@ def test_compiled_masked_blur_is_scipys_to_the_byte(sigma):
 
 def test_weak_tiepoint_model_does_not_seed_the_flow():
     """A model on few points, or fitting them loosely, is refused as the flow's start."""
-    from costack.tiepoint_model import TiePointModel
+    from costack.registration.tiepoint_model import TiePointModel
 
     p = FlowParams()
 
@@ -430,7 +430,7 @@ def test_global_searches_find_shifts_near_the_search_limit(size, shift):
     level) and the mode decision's coarse alignment (exhaustive at half its 128 px, refined
     there) find a translation close to ``max_displacement`` (16 px), on a small image and a
     large one, with and without inverted contrast; the contrast shares follow the sign."""
-    from costack.folki import _down, contrast_relation, global_shift, preprocess
+    from costack.registration.folki import _down, contrast_relation, global_shift, preprocess
 
     img = ndimage.gaussian_filter(data.camera().astype(np.float32), 1.0)
     sec, _ = displace(img, lambda c, r: (shift[0] + 0 * c, shift[1] + 0 * r), order=3)
@@ -453,13 +453,13 @@ def test_global_searches_find_shifts_near_the_search_limit(size, shift):
 @pytest.mark.parametrize("window", [(-80, -80, 400, 300), (200, 136, 256, 256), (600, 700, 120, 90),
                                     (-80, 500, 64, 400)])  # fmt: skip
 def test_tile_seed_is_scipys_bilinear_upsampling(window):
-    """The tiles' seed (:func:`costack.tiled._upsample`, separable) is the same bilinear,
+    """The tiles' seed (:func:`costack.stages._tiled._upsample`, separable) is the same bilinear,
     edge-extended sampling of the coarse field as SciPy's map_coordinates (order 1, nearest),
     inside the raster and in the halo beyond its edges."""
     from rasterio.windows import Window
     from scipy import ndimage
 
-    from costack.tiled import _upsample
+    from costack.stages._tiled import _upsample
 
     coarse = np.random.default_rng(5).normal(size=(85, 90)).astype(np.float32)
     win = Window(*window)
@@ -474,10 +474,11 @@ def test_tile_seed_is_scipys_bilinear_upsampling(window):
 
 @pytest.mark.parametrize("shape", [(1, 9), (9, 1), (2, 2), (7, 5), (3, 257), (300, 257)])
 def test_bspline_prefilter_is_scipys_spline_filter_to_the_byte(shape):
-    """The flow's B-spline coefficients (:func:`costack._kernels.bspline_prefilter`) are
+    """The flow's B-spline coefficients (:func:`costack.registration._kernels.bspline_prefilter`)
+    are
     SciPy's ``spline_filter1d`` (order 3, mirror) along the rows then the columns, rounded to
     float32 between them, to the byte, on every shape (axes of length 1 and 2 included)."""
-    from costack import _kernels as K
+    from costack.registration import _kernels as K
 
     img = (np.random.default_rng(7).normal(size=shape) * 300).astype(np.float32)
     want = img.copy()
@@ -488,9 +489,10 @@ def test_bspline_prefilter_is_scipys_spline_filter_to_the_byte(shape):
 
 
 def test_box_mean_is_scipys_uniform_filter_with_zeros_beyond_the_edges():
-    """The window means of the contrast decision (:func:`costack.folki._box_mean`) against
+    """The window means of the contrast decision (:func:`costack.registration.folki._box_mean`)
+    against
     ``scipy.ndimage.uniform_filter(mode="constant")``, inside and at the edges."""
-    from costack.folki import _box_mean
+    from costack.registration.folki import _box_mean
 
     x = np.random.default_rng(8).random((37, 23)) * 1e4
     for radius in (1, 4, 12):
@@ -502,7 +504,7 @@ def test_symmetric_gradient_rewrites_every_pixel_of_reused_buffers():
     """The Lucas-Kanade iterations reuse the symmetric gradient's planes: its kernel must write
     every pixel, border included, to the efficient second-order gradient (the mean of both
     images' 5-tap derivatives) where wg1 and the nine taps' validity allow, zero elsewhere."""
-    from costack import _kernels as K
+    from costack.registration import _kernels as K
 
     rng = np.random.default_rng(5)
     h, w = 23, 31
@@ -531,13 +533,14 @@ def test_symmetric_gradient_rewrites_every_pixel_of_reused_buffers():
 
 @pytest.mark.parametrize("nodata", ["none", "scattered", "edge strip"])
 def test_bspline_warp_is_scipys_cubic_spline_where_its_neighbourhood_is_valid(nodata):
-    """The flow's warp (:func:`costack._kernels.warp_bspline`, float32 weights, the nodata
+    """The flow's warp (:func:`costack.registration._kernels.warp_bspline`, float32 weights, the
+    nodata
     neighbourhoods eroded once) samples the cubic B-spline as SciPy's map_coordinates (order 3
     on the same coefficients) does, and is defined exactly where the sample's 4x4
     neighbourhood lies inside the image and is valid."""
     from scipy import ndimage
 
-    from costack import _kernels as K
+    from costack.registration import _kernels as K
 
     rng = np.random.default_rng(11)
     h, w = 70, 90

@@ -4,9 +4,9 @@ import pytest
 from rasterio.warp import transform as warp_transform
 
 from costack.config import parse_config
-from costack.discover import discover
 from costack.errors import CostackError
-from costack.grid import compute_grid
+from costack.stages.discover import discover
+from costack.stages.grid import compute_grid
 
 
 def test_common_area_snapped_to_reference_lattice(two_datasets):

@@ -10,9 +10,9 @@ from conftest import loopback_server, scene, write_item, write_raster
 from rasterio.transform import Affine
 
 from costack.config import parse_config
-from costack.discover import discover
 from costack.errors import CostackError
-from costack.manifest import read_manifest, write_manifest
+from costack.io.manifest import read_manifest, write_manifest
+from costack.stages.discover import discover
 
 T = Affine(10, 0, 500_000, 0, -10, 5_000_000)
 

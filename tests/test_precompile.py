@@ -14,11 +14,11 @@ import pytest
 
 pytestmark = pytest.mark.workflow
 
-#: the signatures each kernel of costack._kernels was called with in this process
+#: the signatures each kernel of costack.registration._kernels was called with in this process
 SIGNATURES = r"""
 import json
 from numba.core.registry import CPUDispatcher
-from costack import _kernels as K
+from costack.registration import _kernels as K
 print(json.dumps({n: sorted(str(s) for s in d.signatures) for n, d in vars(K).items()
                   if isinstance(d, CPUDispatcher) and d.signatures}))
 """
@@ -28,10 +28,10 @@ STAGES = r"""
 import numpy as np
 from scipy import ndimage
 from skimage import data
-from costack.evaluation import displace
-from costack.folki import FlowParams, estimate_flow
-from costack.imaging import warp_array
-from costack.matching import lsm, prepare
+from costack.registration.evaluation import displace
+from costack.registration.folki import FlowParams, estimate_flow
+from costack.registration.imaging import warp_array
+from costack.registration.matching import lsm, prepare
 img = ndimage.gaussian_filter(data.camera().astype(np.float32), 1.0)[:160, :160]
 sec, _ = displace(img, lambda c, r: (0.6 + 0 * c, -0.4 + 0 * r), order=5)
 sec[:, :8] = np.nan
@@ -115,6 +115,7 @@ def test_bytecode_is_written_where_python_would_not(tmp_path, monkeypatch):
     (pkg / "_kernels.py").write_text("X = 1\n", encoding="utf-8")
     (pkg / "stage.py").write_text("Y = 2\n", encoding="utf-8")
     monkeypatch.setattr(precompile, "_KERNELS", pkg / "_kernels.py")
+    monkeypatch.setattr(precompile, "_PACKAGE", pkg)
     monkeypatch.setattr(sys, "dont_write_bytecode", True)
     precompile.write_bytecode()
     for name in ("_kernels.py", "stage.py"):
@@ -127,7 +128,7 @@ def test_idle_kernel_threads_wait_passively_unless_the_user_says():
     checked in fresh processes by the spin count libgomp itself reports (OMP_DISPLAY_ENV): 0
     passive, 300000 by default (it reports that as "PASSIVE" too), 3e10 active."""
     code = (
-        "import numpy as np; from costack import _kernels as K; "
+        "import numpy as np; from costack.registration import _kernels as K; "
         "K.rank_transform(np.zeros((8, 8), np.float32), np.ones((8, 8), np.uint8), 1)"
     )
     for given, expected in ((None, "0"), ("ACTIVE", "30000000000")):
@@ -146,8 +147,8 @@ def test_stale_cache_files_are_pruned_and_current_ones_kept():
     go once the kernels are compiled; the current kernels' files and another Python's stay."""
     import numba
 
-    from costack import _kernels as K
     from costack.precompile import compile_share, prune_stale_cache
+    from costack.registration import _kernels as K
 
     compile_share(("weighted_trace",))  # at least one current kernel in the cache
     folder = Path(K.window_solve._cache._cache_path)

@@ -6,10 +6,10 @@ from conftest import scene
 from rasterio.crs import CRS
 from rasterio.transform import Affine
 
-from costack.evaluation import displace
-from costack.grid_model import Grid
-from costack.qc import run_qc
-from costack.rasterio_io import write_float32
+from costack.io.grids import Grid
+from costack.io.rasters import write_float32
+from costack.registration.evaluation import displace
+from costack.stages.qc import run_qc
 
 
 @pytest.mark.parametrize("multimodal", [False, True])
@@ -43,7 +43,7 @@ def test_report_figures_of_a_large_grid_come_from_reduced_reads(tmp_path, monkey
     """Beyond FIGURE_MAX_SIDE the composites find their windows on a reduced read and read
     only those at full resolution; the flow maps are drawn reduced. Same figures' kind, no
     whole-grid read (here the limit is lowered to 128 px on a 400 x 300 grid)."""
-    from costack import report
+    from costack.stages import report
 
     h, w = 400, 300
     ref = scene(h, w, seed=5) + 3.0

@@ -18,8 +18,8 @@ from conftest import SHARED_DATA, run_snakemake, write_item, write_raster
 from rasterio.crs import CRS
 from rasterio.warp import Resampling, calculate_default_transform, reproject
 
-from costack.evaluation import affine_sinusoid, displace
-from costack.rasterio_io import read_float32
+from costack.io.rasters import read_float32
+from costack.registration.evaluation import affine_sinusoid, displace
 
 pytestmark = pytest.mark.workflow
 UAVSAR = SHARED_DATA / "radar_optical_uavsar"
@@ -99,7 +99,7 @@ def test_uavsar_whole_pair_consistency_needs_the_deeper_pyramid():
     coarsest level (4 levels) does better (0.16 and 0.46), and with the coarse levels' extra
     small radius (``coarse_detail``, GEFolki) better still (0.14 and 0.40). bench/flow_bench.py's
     crop of the pair: 0.23/0.88 -> 0.17/0.44 -> 0.14/0.31, where pip GEFolki gives 0.34/0.54."""
-    from costack.folki import FlowParams, estimate_flow
+    from costack.registration.folki import FlowParams, estimate_flow
 
     stem = next(UAVSAR.glob("*_optique.tif")).name[: -len("_optique.tif")]
     opt, t = _luminance_utm(UAVSAR / f"{stem}_optique.tif")
@@ -126,7 +126,7 @@ def test_orthophoto_under_known_fields_by_the_default_radii():
     under the affine with the 1.5 px sinusoid, flow by the library's defaults (EFolki, radii by
     the mode: (32, 8) with the scale blend). Measured: affine 0.0089 px, sinusoid 0.0195 (with
     (16, 8), GEFolki's radii: 0.0110 and 0.0278)."""
-    from costack.folki import FlowParams, estimate_flow
+    from costack.registration.folki import FlowParams, estimate_flow
 
     stem = next(UAVSAR.glob("*_optique.tif")).name[: -len("_optique.tif")]
     opt, _ = _luminance_utm(UAVSAR / f"{stem}_optique.tif")

@@ -13,13 +13,13 @@ import pytest
 from conftest import loopback_server, scene, write_item, write_raster
 from rasterio.transform import Affine
 
-from costack.colocate import run_colocate
 from costack.config import parse_config
-from costack.discover import discover, run_discover
 from costack.errors import CostackError
-from costack.grid import run_grid
-from costack.rasterio_io import read_float32
-from costack.remote import needs_pc_signing
+from costack.io.rasters import read_float32
+from costack.io.remote import needs_pc_signing
+from costack.stages.colocate import run_colocate
+from costack.stages.discover import discover, run_discover
+from costack.stages.grid import run_grid
 
 T = Affine(10, 0, 500_000, 0, -10, 5_000_000)
 
@@ -47,7 +47,7 @@ def test_http_asset_read_with_one_retried_failure(tmp_path, flaky_server, monkey
         "href": f"{url}/nir.tif", "raster:bands": [{"scale": 1e-4, "offset": -0.1}]}})  # fmt: skip
     cfg = {"inputs": [str(item)], "assets": "1.nir", "reference": "1.nir",
            "allowed_sources": ["127.0.0.1"]}  # fmt: skip
-    run_discover(cfg, tmp_path / "m.csv")
+    run_discover(parse_config(cfg), tmp_path / "m.csv")
     run_grid(tmp_path / "m.csv", "1.nir", None, tmp_path / "g.json")
     run_colocate(tmp_path / "m.csv", tmp_path / "g.json", "1.nir", tmp_path / "out.tif")
     out, _, _ = read_float32(tmp_path / "out.tif")
@@ -89,7 +89,7 @@ def test_s3_href_through_vsis3_with_request_payer(tmp_path, monkeypatch):
                      "AWS_HTTPS": "NO", "AWS_VIRTUAL_HOSTING": "FALSE",
                      "AWS_NO_SIGN_REQUEST": "YES"}.items():  # fmt: skip
             monkeypatch.setenv(k, v)
-        run_discover(cfg, tmp_path / "m.csv")
+        run_discover(parse_config(cfg), tmp_path / "m.csv")
         run_grid(tmp_path / "m.csv", "1.nir", None, tmp_path / "g.json")
         run_colocate(tmp_path / "m.csv", tmp_path / "g.json", "1.nir", tmp_path / "o.tif")
     out, _, _ = read_float32(tmp_path / "o.tif")

@@ -10,8 +10,8 @@ from rasterio.control import GroundControlPoint
 from rasterio.crs import CRS
 from rasterio.transform import Affine
 
-from costack.colocate import colocate_array
-from costack.grid_model import Grid
+from costack.io.grids import Grid
+from costack.stages.colocate import colocate_array
 
 UTM = CRS.from_epsg(32631)
 SPACING = 20.0
@@ -91,14 +91,14 @@ SAFE = SHARED_DATA / "s1_grd_safe"
 
 @pytest.mark.skipif(not SAFE.exists(), reason="shared Sentinel-1 SAFE not present")
 def test_safe_annotation_210_points_land_where_annotated(tmp_path):
-    from costack.safe import annotation_for, read_geolocation_grid
+    from costack.io.safe import annotation_for, read_geolocation_grid
 
     measurement = next(SAFE.glob("*.SAFE/measurement/*vv*.tiff"))
     annotation = annotation_for(measurement)
     gcps = read_geolocation_grid(annotation)
     assert len(gcps) == 210
     with rasterio.open(measurement) as src:
-        from costack.georef import read_georef
+        from costack.io.georef import read_georef
 
         georef = read_georef(src, pixel_center=True)
         assert georef.kind == "gcps" and len(georef.gcps) == 210

@@ -15,11 +15,11 @@ from scipy import ndimage
 from skimage import data
 
 from costack.errors import CostackError
-from costack.evaluation import displace
-from costack.grid_model import Grid
-from costack.rasterio_io import write_float32
-from costack.tiepoint_model import apply_model, fit_models, rmse
-from costack.tiepoints import CSV_COLUMNS, TiePointParams, match_tiepoints
+from costack.io.grids import Grid
+from costack.io.rasters import write_float32
+from costack.registration.evaluation import displace
+from costack.registration.tiepoint_model import apply_model, fit_models, rmse
+from costack.stages.tiepoints import CSV_COLUMNS, TiePointParams, match_tiepoints
 
 SHIFT, LIN = (2.3, -1.6), (0.002, -0.001, 0.0015, 0.001)
 
@@ -81,9 +81,9 @@ def test_flat_image_gives_no_points_not_a_crash(tmp_path, caplog):
     from rasterio.crs import CRS
     from rasterio.transform import Affine
 
-    from costack.grid_model import Grid
-    from costack.rasterio_io import write_float32
-    from costack.tiepoints import run_tiepoints
+    from costack.io.grids import Grid
+    from costack.io.rasters import write_float32
+    from costack.stages.tiepoints import run_tiepoints
 
     grid = Grid(CRS.from_epsg(32631), Affine(10, 0, 0, 0, -10, 0), 200, 200)
     write_float32(tmp_path / "a.tif", np.full((200, 200), 0.2, np.float32), grid)
@@ -106,7 +106,7 @@ def test_all_nodata_is_an_error():
 
 def test_prior_shift_sign_and_masks():
     """The prior is the (row, col) shift d with sec(p + d) = ref(p), nodata ignored."""
-    from costack.matching import prior_shift
+    from costack.registration.matching import prior_shift
 
     img = ndimage.gaussian_filter(np.random.default_rng(1).normal(size=(140, 150)), 2)
     ref = img[20:120, 20:120].astype(np.float32)
@@ -120,7 +120,7 @@ def test_prior_shift_sign_and_masks():
 
 
 def test_cfog_ignores_contrast_inversion_and_nodata():
-    from costack.matching import cfog
+    from costack.registration.matching import cfog
 
     img = data.camera().astype(np.float32)[:128, :128]
     ok = np.ones(img.shape, bool)
@@ -133,7 +133,7 @@ def test_cfog_ignores_contrast_inversion_and_nodata():
 
 def test_lsm_subpixel_translation():
     """Cubic-spline LSM recovers a sub-pixel shift of a smooth real image to 0.02 px."""
-    from costack.matching import lsm, prepare
+    from costack.registration.matching import lsm, prepare
 
     img = ndimage.gaussian_filter(data.camera().astype(np.float32), 1.5)[100:300, 100:300]
     sec, truth = displace(img, lambda c, r: (0.37 + 0 * c, -0.61 + 0 * r), order=5)
@@ -152,7 +152,7 @@ def test_lsm_recovers_a_patch_affine_and_cfog_translation():
     """The compiled LSM loop: the 6-parameter patch geometry follows a local affine (rotation
     and scale of the image) to 0.02 px at the patch centre, and the translation-only CFOG
     matcher finds a shift of an inverted-contrast copy to 0.1 px."""
-    from costack.matching import lsm, prepare
+    from costack.registration.matching import lsm, prepare
 
     img = ndimage.gaussian_filter(data.camera().astype(np.float32), 1.5)[100:300, 100:300]
     th, s = 0.02, 1.01  # rotation (rad) and scale about the image centre
@@ -184,7 +184,7 @@ def test_lsm_recovers_a_patch_affine_and_cfog_translation():
 def test_small_solver_matches_numpy_and_refuses_a_singular_system():
     """The LSM kernel's normal-equation solver: numpy's answer on well-posed systems (2x2 and
     6x6), NaN where a pivot is zero (numpy raises LinAlgError)."""
-    from costack._kernels import _solve_small
+    from costack.registration._kernels import _solve_small
 
     rng = np.random.default_rng(3)
     for n in (2, 6):
@@ -201,7 +201,7 @@ def test_tiles_of_a_large_grid_give_the_whole_grids_model(tmp_path, camera_affin
     """A grid over max_in_memory_pixels is matched tile by tile (here 4 tiles of 256 x 256 on
     the 512 x 512 camera under a known affine) and one model is fitted to all their points:
     it is the whole grid's model within a few hundredths of a pixel."""
-    from costack.tiepoints import run_tiepoints
+    from costack.stages.tiepoints import run_tiepoints
 
     img, sec, truth = camera_affine
     grid = Grid(CRS.from_epsg(32631), Affine(10, 0, 500_000, 0, -10, 5_000_000), 512, 512)
@@ -227,7 +227,7 @@ def test_foerstner_operator_is_scikit_images(camera_affine):
     strip (w and q 0 where the tensor is not finite) and a flat patch (trace 0)."""
     from skimage.feature import corner_foerstner
 
-    from costack.tiepoints import foerstner
+    from costack.stages.tiepoints import foerstner
 
     _, sec, _ = camera_affine
     holed = sec.copy()
@@ -250,8 +250,8 @@ def test_grid_sampler_is_the_pointwise_sampler_bit_for_bit():
     of the point-by-point bilinear sampler exactly, inside the image and where the patch
     mirrors beyond its edges; and LSM on CFOG descriptors (the path that uses it) still
     recovers a known translation."""
-    from costack import _kernels as K
-    from costack.matching import lsm, prepare
+    from costack.registration import _kernels as K
+    from costack.registration.matching import lsm, prepare
 
     rng = np.random.default_rng(3)
     a, b, c = (rng.standard_normal((3, 40, 50)).astype(np.float32) for _ in range(3))

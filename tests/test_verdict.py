@@ -14,9 +14,9 @@ from conftest import REPO, demo_config, run_snakemake
 from rasterio.windows import from_bounds
 from scipy import ndimage
 
-from costack.qc import VerdictThresholds, judge
-from costack.rasterio_io import read_float32
-from costack.tiepoint_model import TiePointModel
+from costack.io.rasters import read_float32
+from costack.registration.tiepoint_model import TiePointModel
+from costack.stages.qc import VerdictThresholds, judge
 
 OVERHANG = "POLYGON((6.0 44.46, 6.1 44.46, 6.1 44.52, 6.0 44.52, 6.0 44.46))"
 TINY = "POLYGON((5.98 44.44, 5.99 44.44, 5.99 44.441, 5.98 44.441, 5.98 44.44))"

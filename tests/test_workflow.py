@@ -12,7 +12,7 @@ import rasterio
 from conftest import REPO, run_snakemake, scene, write_item, write_raster
 from rasterio.transform import Affine
 
-from costack.cog import is_valid_cog
+from costack.io.cog import is_valid_cog
 
 pytestmark = pytest.mark.workflow
 
@@ -84,7 +84,7 @@ def test_demo_item_is_valid_stac_and_portable(demo_run: Path):
         if link["rel"] == "derived_from":
             target = (demo_run / "results" / "stack" / link["href"]).resolve()
             assert target.is_file(), link
-    from costack.rasterio_io import current_umask
+    from costack.io.files import current_umask
 
     modes = {p.stat().st_mode & 0o777 for p in (demo_run / "results").rglob("*") if p.is_file()}
     assert modes == {0o666 & ~current_umask()}
@@ -219,11 +219,16 @@ def test_catalog_json_links_item(demo_run: Path):
 
 
 def test_demo_flows_match_stored_truth(demo_run: Path):
-    from costack.evaluation import flow_metrics
+    from costack.io.rasters import read_flow_and_truth
+    from costack.registration.evaluation import flow_metrics
 
     res = demo_run / "results"
-    optical = flow_metrics(res / "flow/2.tif", REPO / "resources/demo/l8/truth.tif")
-    sar = flow_metrics(res / "flow/3.tif", REPO / "resources/demo/s1/truth.tif")
+    optical = flow_metrics(
+        *read_flow_and_truth(res / "flow/2.tif", REPO / "resources/demo/l8/truth.tif")
+    )
+    sar = flow_metrics(
+        *read_flow_and_truth(res / "flow/3.tif", REPO / "resources/demo/s1/truth.tif")
+    )
     # measured 0.058 and 0.378 px mean EPE (0.081 and 0.455 before the scale blend and the
     # pyramid depth from the windows)
     assert optical["mean_epe"] <= 0.07
@@ -253,8 +258,8 @@ def test_demo_item_has_flow_metadata_assets(demo_run: Path):
 def test_demo_tiepoints_contract(demo_run: Path):
     import pandas as pd
 
-    from costack.tiepoint_model import apply_model
-    from costack.tiepoints import CSV_COLUMNS
+    from costack.registration.tiepoint_model import apply_model
+    from costack.stages.tiepoints import CSV_COLUMNS
 
     res = demo_run / "results" / "tiepoints"
     df = pd.read_csv(res / "2.csv")
@@ -318,11 +323,14 @@ def test_demo_qc_summary(demo_run: Path):
 def test_demo_sar_qc_is_within_a_factor_2_of_the_truth(demo_run: Path):
     """The SAR/optical QC (CFOG re-matching) rests on >= 20 points and reads the residual
     within [0.5x, 2x] of the true error of the co-registration (flow against the truth)."""
-    from costack.evaluation import flow_metrics
+    from costack.io.rasters import read_flow_and_truth
+    from costack.registration.evaluation import flow_metrics
 
     sar = json.loads((demo_run / "results/qc/summary.json").read_text())["3"]
     assert sar["after"]["figure"] == "measured" and sar["after"]["points"] >= 20
-    true = flow_metrics(demo_run / "results/flow/3.tif", REPO / "resources/demo/s1/truth.tif")
+    true = flow_metrics(
+        *read_flow_and_truth(demo_run / "results/flow/3.tif", REPO / "resources/demo/s1/truth.tif")
+    )
     ratio = sar["after"]["pixels"]["mean"] / true["mean_epe"]
     assert 0.5 <= ratio <= 2.0, (sar["after"], true)
 

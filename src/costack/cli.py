@@ -79,7 +79,7 @@ def cmd_check(args: argparse.Namespace) -> None:
 
 def cmd_verify(args: argparse.Namespace) -> None:
     """Check the published files of an item against its file:size and file:checksum."""
-    from costack.stac import verify_item
+    from costack.io.stac import verify_item
 
     if not Path(args.item).is_file():
         raise CostackError("item", f"{args.item} does not exist", "give the stack's item JSON")
@@ -99,21 +99,22 @@ def cmd_verify(args: argparse.Namespace) -> None:
 
 def cmd_discover(args: argparse.Namespace) -> None:
     """Step discover."""
-    from costack.discover import run_discover
+    from costack.config import parse_config
+    from costack.stages.discover import run_discover
 
-    run_discover(_config_from_args(args), args.out)
+    run_discover(parse_config(_config_from_args(args)), args.out)
 
 
 def cmd_grid(args: argparse.Namespace) -> None:
     """Step grid."""
-    from costack.grid import run_grid
+    from costack.stages.grid import run_grid
 
     run_grid(args.manifest, args.reference, args.aoi, args.out)
 
 
 def cmd_colocate(args: argparse.Namespace) -> None:
     """Step colocate."""
-    from costack.colocate import run_colocate
+    from costack.stages.colocate import run_colocate
 
     run_colocate(
         args.manifest, args.grid, args.key, args.out, args.resampling,
@@ -123,7 +124,7 @@ def cmd_colocate(args: argparse.Namespace) -> None:
 
 def cmd_coregister(args: argparse.Namespace) -> None:
     """Step coregister for the reference dataset's assets, which are not moved (a copy)."""
-    from costack.coregister import run_coregister_identity
+    from costack.stages.coregister import run_coregister_identity
 
     run_coregister_identity(args.colocated, args.out)
 
@@ -141,7 +142,7 @@ def _key_paths(specs: list[str], option: str = "--asset") -> dict[str, str]:
 
 def cmd_bandmath(args: argparse.Namespace) -> None:
     """Band math on rasters given by hand."""
-    from costack.bandmath import run_bandmath
+    from costack.stages.bandmath import run_bandmath
 
     run_bandmath(args.expression, _key_paths(args.asset), args.out, grid_json=args.grid)
 
@@ -159,7 +160,7 @@ def _resolution_ratio(given: float | None, secondary: str) -> float:
 
 def cmd_tiepoints(args: argparse.Namespace) -> None:
     """Tie points between two co-located rasters."""
-    from costack.tiepoints import TiePointParams, run_tiepoints
+    from costack.stages.tiepoints import TiePointParams, run_tiepoints
 
     for path in (args.ref, args.sec):
         if not Path(path).exists():
@@ -178,7 +179,7 @@ def cmd_tiepoints(args: argparse.Namespace) -> None:
 
 def cmd_qc(args: argparse.Namespace) -> None:
     """Residual misregistration of a secondary before and after co-registration."""
-    from costack.qc import run_qc
+    from costack.stages.qc import run_qc
 
     for path in (args.ref, args.colocated, args.coregistered):
         if not Path(path).exists():
@@ -198,7 +199,7 @@ def cmd_qc(args: argparse.Namespace) -> None:
 
 def cmd_flow(args: argparse.Namespace) -> None:
     """Dense flow between two co-located rasters."""
-    from costack.flow import FlowParams, run_flow
+    from costack.stages.flow import FlowParams, run_flow
 
     for path in (args.ref, args.sec):
         if not Path(path).exists():
@@ -237,7 +238,7 @@ def _check_radii(radii: list[int]) -> None:
 
 def cmd_warp(args: argparse.Namespace) -> None:
     """Warp a co-located raster with a flow."""
-    from costack.coregister import run_warp
+    from costack.stages.coregister import run_warp
 
     for path in (args.sec, args.flow):
         if not Path(path).exists():
@@ -247,14 +248,14 @@ def cmd_warp(args: argparse.Namespace) -> None:
 
 def cmd_cog(args: argparse.Namespace) -> None:
     """Step cog."""
-    from costack.catalog import run_cog
+    from costack.stages.catalog import run_cog
 
     run_cog(args.src, args.out)
 
 
 def cmd_catalog(args: argparse.Namespace) -> None:
     """Step catalog."""
-    from costack.catalog import run_catalog
+    from costack.stages.catalog import run_catalog
 
     cogs = _key_paths(args.asset)
     flows = {}
@@ -498,7 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-#: Subcommands whose rasters :func:`costack.rasterio_io.require_colocated` checks.
+#: Subcommands whose rasters :func:`costack.io.rasters.require_colocated` checks.
 PIXEL_GRID_COMMANDS = ("tiepoints", "flow", "warp", "bandmath", "qc")
 
 

@@ -20,12 +20,11 @@ import jsonschema
 import yaml
 
 from costack.errors import CostackError
+from costack.io.manifest import AssetRef
+from costack.stages.bandmath import MAX_NAME_LENGTH, Expression, split_expression
 
-_TOKEN = re.compile(r"^(?P<dataset>[1-9][0-9]*)\.(?P<band>[A-Za-z_][A-Za-z0-9_\-]*)$")
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _ITEM_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-#: Longest expression name and item id: both become file names and Snakemake wildcards.
-MAX_NAME_LENGTH = 64
+#: the item id's longest is an expression name's (MAX_NAME_LENGTH): both name files and wildcards
 
 
 def schema_path() -> Path:
@@ -40,47 +39,6 @@ def load_schema() -> dict[str, Any]:
     """The configuration schema as a mapping."""
     with open(schema_path(), encoding="utf-8") as fh:
         return yaml.safe_load(fh)
-
-
-@dataclass(frozen=True, order=True)
-class AssetRef:
-    """One ``DATASET.BAND`` token of the asset list."""
-
-    dataset: int
-    band: str
-
-    @property
-    def key(self) -> str:
-        """The token as written, also the asset key of the output item (``1.nir``)."""
-        return f"{self.dataset}.{self.band}"
-
-    @classmethod
-    def parse(cls, token: str, parameter: str = "assets") -> AssetRef:
-        """Parse one token, e.g. ``"2.nir"``; raise a CostackError naming ``parameter``."""
-        if token != token.strip() or " " in token:
-            raise CostackError(
-                parameter,
-                f"asset token {token!r} contains spaces",
-                "write the list as comma-separated DATASET.BAND tokens without spaces, "
-                "e.g. 1.nir,2.nir",
-            )
-        match = _TOKEN.fullmatch(token)
-        if not match:
-            raise CostackError(
-                parameter,
-                f"asset token {token!r} is malformed",
-                "write DATASET.BAND with a 1-based dataset index and a band name, e.g. 1.nir",
-            )
-        return cls(int(match["dataset"]), match["band"])
-
-
-@dataclass(frozen=True)
-class Expression:
-    """A ``name:(s-expression)`` band-math definition (evaluated by :mod:`costack.bandmath`)."""
-
-    name: str
-    text: str
-    source: str
 
 
 @dataclass
@@ -172,43 +130,6 @@ def parse_asset_list(assets: str | list[str]) -> list[AssetRef]:
             raise CostackError("assets", f"asset {ref.key} is listed twice", "list it once")
         seen.add(ref.key)
     return refs
-
-
-def split_expression(source: str) -> Expression:
-    """Split ``name:(expr)`` into its name and expression text, checking the name part."""
-    name, sep, text = source.partition(":")
-    if not sep or not name.strip():
-        raise CostackError(
-            "expressions",
-            f"{source!r} has no 'name:' part",
-            "write it as name:(s-expression), e.g. ndvi:(norm_diff 1.nir 1.red)",
-        )
-    name = name.strip()
-    if not _NAME.fullmatch(name):
-        raise CostackError(
-            "expressions",
-            f"name {name[:80]!r} in {source[:120]!r} is not a valid identifier",
-            "use letters, digits and underscores, starting with a letter",
-        )
-    if len(name) > MAX_NAME_LENGTH:
-        raise CostackError(
-            "expressions",
-            f"name {name[:20]}... is {len(name)} characters long (it names a file)",
-            f"use at most {MAX_NAME_LENGTH} characters",
-        )
-    if re.fullmatch(r"(.+?)\1{3,}", name):
-        raise CostackError(
-            "expressions",
-            f"name {name[:40]!r} repeats one pattern, which Snakemake takes for a runaway rule",
-            "give it a descriptive name, e.g. ndvi or water_mask",
-        )
-    if not text.strip():
-        raise CostackError(
-            "expressions",
-            f"expression {name!r} is empty",
-            "write an s-expression after the colon, e.g. ndvi:(norm_diff 1.nir 1.red)",
-        )
-    return Expression(name=name, text=text.strip(), source=source)
 
 
 def _check_finite(value: Any, where: str = "config") -> None:

@@ -6,7 +6,7 @@ the Snakefile imports none.
 
 import math
 
-#: Grids larger than this (pixels): the flow and warp go by tiles (:mod:`costack.tiled`).
+#: Grids larger than this (pixels): the flow and warp go by tiles (:mod:`costack.stages._tiled`).
 TILED_ABOVE = 16_000_000
 
 #: Grids larger than this (pixels): the tie points are matched by tiles of at most this size.

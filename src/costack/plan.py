@@ -20,20 +20,12 @@ from typing import Any
 
 import pandas as pd
 
-from costack.bandmath import (
-    BANDMATH_IN_MEMORY_BYTES,
-    BANDMATH_STRIP_BYTES,
-    STRIP_OVERHEAD,
-    ParsedExpression,
-    memory_bytes,
-    parse,
-)
-from costack.colocate import streamed_bytes
 from costack.config import RunConfig, parse_config
-from costack.discover import discover
 from costack.errors import CostackError
-from costack.grid import compute_grid
-from costack.grid_model import Grid, resolution_ratio
+from costack.io.files import atomic_path, write_json
+from costack.io.grids import Grid, resolution_ratio
+from costack.io.manifest import read_manifest, write_manifest
+from costack.io.rasters import BLOCK
 from costack.limits import (
     QC_BLOCK_MARGIN,
     TIEPOINT_BYTES_PER_PIXEL,
@@ -44,8 +36,17 @@ from costack.limits import (
     qc_in_memory_pixels,
     qc_parallel,
 )
-from costack.manifest import read_manifest, write_manifest
-from costack.rasterio_io import BLOCK, atomic_path, write_json
+from costack.stages.bandmath import (
+    BANDMATH_IN_MEMORY_BYTES,
+    BANDMATH_STRIP_BYTES,
+    STRIP_OVERHEAD,
+    ParsedExpression,
+    memory_bytes,
+    parse,
+)
+from costack.stages.colocate import streamed_bytes
+from costack.stages.discover import discover
+from costack.stages.grid import compute_grid
 
 log = logging.getLogger(__name__)
 
@@ -96,10 +97,10 @@ def qc_bytes(px: int, width: int, multimodal: bool) -> int:
 def job_memory(cfg: RunConfig, manifest: pd.DataFrame, grid: Grid) -> dict[str, int]:
     """Estimated peak memory (bytes) of the heaviest job of each kind on this grid.
 
-    Co-location streams (:func:`costack.colocate.streamed_bytes`: GDAL's cache and chunk, two
+    Co-location streams (:func:`costack.stages.colocate.streamed_bytes`: GDAL's cache and chunk, two
     strips, geolocation arrays of a GCP source). Flow: 0.6 GB and 205 B per
     grid pixel in memory up to 16 Mpx (GEFolki's path), tiled above; the warp likewise. Band math:
-    :func:`costack.bandmath.memory_bytes`, by strips beyond 1 GB. QC: :func:`qc_bytes` (up to
+    :func:`costack.stages.bandmath.memory_bytes`, by strips beyond 1 GB. QC: :func:`qc_bytes` (up to
     1 GB in memory, by blocks above). Tie points: 80 B per pixel up to 16 Mpx, by tiles of at most
     that above.
     """

@@ -24,7 +24,9 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-_KERNELS = Path(__file__).with_name("_kernels.py")
+#: the package whose bytecode the warm-up writes, and the kernels module numba caches
+_PACKAGE = Path(__file__).parent
+_KERNELS = _PACKAGE / "registration" / "_kernels.py"
 
 #: the kernels, in two shares of about equal compile time (seconds measured on 2 cores:
 #: window_solve 6.4, lsm_point 5, warp_bspline 3.9, pyramid_down 3.2, clahe 3, rank 2.8, ...)
@@ -51,11 +53,12 @@ def stamp_path() -> Path:
 
 
 def compile_share(names: tuple[str, ...]) -> None:
-    """Call each named kernel once on tiny inputs of the types :mod:`costack.folki` and
-    :mod:`costack.matching` give it, so that numba compiles and caches that signature."""
+    """Call each named kernel once on tiny inputs of the types :mod:`costack.registration.folki` and
+    :mod:`costack.registration.matching` give it, so that numba compiles and caches that
+    signature."""
     import numpy as np
 
-    from costack import _kernels as K
+    from costack.registration import _kernels as K
 
     f32, u8 = np.float32, np.uint8
     a = np.zeros((8, 8), f32)
@@ -109,7 +112,7 @@ def prune_stale_cache() -> int:
 
     import numba
 
-    from costack import _kernels as K
+    from costack.registration import _kernels as K
 
     current: dict[Path, set[str]] = {}  # cache folder -> the current kernels' file stems
     pytag = None
@@ -139,7 +142,8 @@ def prune_stale_cache() -> int:
 def write_bytecode() -> None:
     """Byte-compile the package's modules where Python will not (``PYTHONDONTWRITEBYTECODE``
     set, as in many container images and on this project's machine): every process would
-    otherwise compile costack's source again on import (``import costack.flow``: 0.84 -> 0.72 s
+    otherwise compile costack's source again on import (``import costack.stages.flow``: 0.84 ->
+    0.72 s
     measured). Files already compiled are only checked (a few milliseconds); a folder that is
     not writable is left as it is."""
     if not sys.dont_write_bytecode:
@@ -147,7 +151,7 @@ def write_bytecode() -> None:
     import compileall
 
     try:
-        compileall.compile_dir(str(_KERNELS.parent), quiet=2, workers=1)
+        compileall.compile_dir(str(_PACKAGE), quiet=2, workers=1)
     except OSError:
         pass
 

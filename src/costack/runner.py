@@ -78,8 +78,8 @@ def run_workflow(
         ResourceSettings,
     )
 
-    from costack.discover import normalise_item_ref
     from costack.plan import preflight
+    from costack.stages.discover import normalise_item_ref
 
     out = Path(out).resolve()
     preflight(dict(raw_config))  # every bad input stops here, before anything is written

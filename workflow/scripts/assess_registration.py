@@ -1,7 +1,7 @@
 """Rule assess_registration: residual misregistration before and after co-registration."""
 
 from costack.jobs import run_step
-from costack.qc import run_qc
+from costack.stages.qc import run_qc
 
 run_step(
     snakemake,

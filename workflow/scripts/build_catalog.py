@@ -1,7 +1,7 @@
 """Rule build_catalog: the STAC catalog and the stack's item."""
 
-from costack.catalog import run_catalog
 from costack.jobs import run_step
+from costack.stages.catalog import run_catalog
 
 run_step(
     snakemake,

@@ -1,7 +1,7 @@
 """Rule colocate_asset: warp one asset onto the common grid with GDAL's warper."""
 
-from costack.colocate import run_colocate
 from costack.jobs import run_step
+from costack.stages.colocate import run_colocate
 
 run_step(
     snakemake,

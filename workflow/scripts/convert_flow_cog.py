@@ -1,7 +1,7 @@
 """Rule convert_flow_cog: the displacement and confidence rasters as COGs for the item."""
 
-from costack.catalog import run_cog
 from costack.jobs import run_step
+from costack.stages.catalog import run_cog
 
 
 def step() -> None:

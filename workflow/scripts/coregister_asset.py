@@ -1,7 +1,7 @@
 """Rule coregister_asset: warp a secondary asset with its dataset's flow (reference: copy)."""
 
-from costack.coregister import run_coregister_identity, run_warp
 from costack.jobs import run_step
+from costack.stages.coregister import run_coregister_identity, run_warp
 
 if "flow" in snakemake.input.keys():
     step = lambda: run_warp(  # noqa: E731

@@ -1,7 +1,7 @@
 """Rule define_grid: the common grid (reference CRS and pixels over the AOI or common area)."""
 
-from costack.grid import run_grid
 from costack.jobs import run_step
+from costack.stages.grid import run_grid
 
 run_step(
     snakemake,

@@ -1,7 +1,7 @@
 """Rule estimate_flow: dense flow between the reference and a secondary dataset."""
 
-from costack.flow import FlowParams, run_flow
 from costack.jobs import run_step
+from costack.stages.flow import FlowParams, run_flow
 
 params = FlowParams(
     mode=snakemake.params.mode,

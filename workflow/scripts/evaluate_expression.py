@@ -1,7 +1,7 @@
 """Rule evaluate_expression: one band-math s-expression into results/bandmath/{name}.tif."""
 
-from costack.bandmath import run_bandmath
 from costack.jobs import run_step
+from costack.stages.bandmath import run_bandmath
 
 rasters = {key: snakemake.input[f"asset_{i}"] for i, key in enumerate(snakemake.params.asset_keys)}
 run_step(

@@ -1,7 +1,7 @@
 """Rule match_tiepoints: sub-pixel tie points and the global model (Yan et al. 2016)."""
 
 from costack.jobs import run_step
-from costack.tiepoints import TiePointParams, run_tiepoints
+from costack.stages.tiepoints import TiePointParams, run_tiepoints
 
 run_step(
     snakemake,

@@ -3,7 +3,7 @@
 import shutil
 
 from costack.jobs import run_step
-from costack.report import models_table, plot_composites, plot_flow
+from costack.stages.report import models_table, plot_composites, plot_flow
 
 
 def step() -> None:

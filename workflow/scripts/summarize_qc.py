@@ -1,8 +1,8 @@
 """Rule summarize_qc: results/qc/summary.json from the per-dataset checks, with each secondary
-dataset's verdict (pass, warn, fail) and its reasons (see costack.qc.judge)."""
+dataset's verdict (pass, warn, fail) and its reasons (see costack.stages.qc.judge)."""
 
 from costack.jobs import run_step
-from costack.qc import VerdictThresholds, merge_summaries
+from costack.stages.qc import VerdictThresholds, merge_summaries
 
 keys = list(map(str, snakemake.params.datasets))
 run_step(

@@ -590,7 +590,8 @@ def window_solve(
     through a ring buffer of the last 2r+1 row sums, so no full-size plane is ever stored
     and the cost does not grow with r. Rows are split into ``nbands`` bands run in parallel.
 
-    Call it with keyword arguments (as :mod:`costack.folki` does); unused inputs take any
+    Call it with keyword arguments (as :mod:`costack.registration.folki` does); unused inputs take
+    any
     array of the right shape and unused scalars 0.
 
     ``kind`` 0 (SOLVE_FLOW), Folki (Plyer et al. 2015, eq. 3): a, b are the gradients Ix, Iy;
@@ -707,7 +708,7 @@ def window_solve(
 def confidence_map(lmin, r2, good, lref, rref):  # pragma: no cover - compiled
     """The flow's confidence in one pass: lmin / (lmin + lref) * exp(-(res / rref)^2 / 2) with
     res = sqrt(max(r2, 0)), clipped to [0, 1]; 0 where ``good`` is 0 or the value is not finite
-    (see :func:`costack.folki.confidence`; float32 as the NumPy expression was)."""
+    (see :func:`costack.registration.folki.confidence`; float32 as the NumPy expression was)."""
     h, w = lmin.shape
     out = np.empty((h, w), np.float32)
     lr = np.float32(lref)
@@ -871,7 +872,8 @@ def masked_blur(img, valid, wts):  # pragma: no cover - compiled
     SciPy's ``gaussian_filter`` (mode constant) step for step: rows then columns, each output a
     sum in float64 of the centre times w0 and the symmetric pairs (far pair first) times their
     tap, rounded to float32 between the passes, so the result is the same bytes as
-    :func:`costack.imaging.masked_blur`'s SciPy path; numerator and denominator are fused in
+    :func:`costack.registration.imaging.masked_blur`'s SciPy path; numerator and denominator are
+    fused in
     one pass per axis over row vectors (2000x2000: 0.023 s instead of 0.068 s). Serial and
     free of the GIL, so that callers may run two on two threads (as the flow and the QC do)
     whatever numba's threading layer.
@@ -1250,7 +1252,8 @@ def lsm_point(
     g1, sec, sec_gy, sec_gx, sec_ok, yy, xx, t0, half, order, kind, affine, max_iterations
 ):  # pragma: no cover - compiled
     """Least-squares matching of one patch (Gruen 1985), the loop of
-    :func:`costack.matching.lsm`: reference patch ``g1`` (C, n) at offsets (``yy``, ``xx``)
+    :func:`costack.registration.matching.lsm`: reference patch ``g1`` (C, n) at offsets (``yy``,
+    ``xx``)
     from its centre; secondary position t + A (y, x), A = I and t = ``t0`` at start.
 
     Each iteration samples the secondary (``order`` 3: cubic B-spline coefficients, 1:

@@ -13,7 +13,7 @@ import logging
 import os
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
 import numpy as np
@@ -22,12 +22,14 @@ import pystac
 import rasterio
 from rasterio.errors import RasterioIOError
 
-from costack import radiometry
-from costack.config import AssetRef, RunConfig
 from costack.errors import CostackError
-from costack.georef import WGS84, read_georef
-from costack.manifest import MANIFEST_COLUMNS, write_manifest
-from costack.remote import check_requester_pays, check_source, gdal_path, is_url
+from costack.io import radiometry
+from costack.io.georef import WGS84, read_georef
+from costack.io.manifest import MANIFEST_COLUMNS, AssetRef, write_manifest
+from costack.io.remote import check_requester_pays, check_source, gdal_path, is_url
+
+if TYPE_CHECKING:  # the run's parsed config, a type only: stages import nothing above them
+    from costack.config import RunConfig
 
 #: Product types of complex (single-look complex) SAR products, refused by the service.
 COMPLEX_PRODUCT_TYPES = {"SLC", "SSC", "L1A", "SCS"}
@@ -292,7 +294,7 @@ def _reconcile_nodata(
 
     When both exist and differ, the file's tag is kept (it is what the pixels use) and a
     warning says so; the item's value is then masked as well by colocation (see
-    :func:`costack.colocate.colocate_array`, which reads ``item_nodata``).
+    :func:`costack.stages.colocate.colocate_array`, which reads ``item_nodata``).
     """
     if file_nodata is None:
         if item_nodata is not None:
@@ -320,13 +322,12 @@ def discover(cfg: RunConfig) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
 
 
-def run_discover(raw_config: dict[str, Any], out_csv: str | Path) -> pd.DataFrame:
+def run_discover(cfg: RunConfig, out_csv: str | Path) -> pd.DataFrame:
     """The discover stage (rule ``discover_assets``, ``costack discover``): resolve every
-    listed asset into the manifest CSV."""
-    from costack.config import parse_config
-    from costack.rasterio_io import atomic_path
+    listed asset into the manifest CSV, from the run's parsed configuration
+    (:func:`costack.config.parse_config`, which the rule's script and the subcommand call)."""
+    from costack.io.files import atomic_path
 
-    cfg = parse_config(raw_config)
     manifest = discover(cfg)
     with atomic_path(out_csv) as tmp:
         write_manifest(manifest, tmp)

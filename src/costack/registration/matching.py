@@ -4,7 +4,7 @@ of what a pair is matched on.
 - What is matched (:func:`representation`): intensities, compared by the spectral angle (SAM,
   Yan et al. 2016, eq. 4), or for SAR against optical and inverted contrast CFOG descriptors
   (channel features of oriented gradients, Ye et al. 2019), compared by normalised correlation;
-  :func:`decide_mode` and :func:`matches_on_descriptors` choose from the rasters themselves.
+  :func:`costack.stages._common.decide_mode` chooses from the rasters themselves.
 - How (:func:`lsm`): least-squares matching of a patch (Gruen 1985), affine geometry and linear
   radiometry, on a cubic B-spline of the secondary (Unser 1999).
 - The global prior (:func:`prior_shift`, :func:`multimodal_prior`) and the CFOG similarity of a
@@ -16,14 +16,12 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-import rasterio
 
-from costack import _kernels as K
-from costack._kernels import lsm_point
-from costack.imaging import fill_nearest, masked_blur
+from costack.registration import _kernels as K
+from costack.registration._kernels import lsm_point
+from costack.registration.imaging import fill_nearest, masked_blur
 
 #: NCC of CFOG descriptors that a multimodal match must reach (tie points and QC)
 MIN_SIMILARITY_MULTIMODAL = 0.4
@@ -150,7 +148,8 @@ def prepare(
                        order=order)  # fmt: skip
 
 
-#: the similarity kinds of :func:`costack._kernels.lsm_point`: SAM (intensities), NCC (means
+#: the similarity kinds of :func:`costack.registration._kernels.lsm_point`: SAM (intensities), NCC
+#: (means
 #: removed per channel) and its absolute value (locally inverted contrast)
 _SIMILARITY = {"sam": 0, "ncc": 1, "absncc": 2}
 
@@ -300,54 +299,3 @@ def prior_shift(
     dy, dx = arg
     return (dy + vertex(score(dy - 1, dx), best, score(dy + 1, dx)),
             dx + vertex(score(dy, dx - 1), best, score(dy, dx + 1)))  # fmt: skip
-
-
-def decide_mode(
-    requested: str, ref_tif: str | Path, sec_tif: str | Path, max_displacement: float = 16.0
-) -> tuple[str, dict]:
-    """The GeFolki-family mode for a co-located pair of rasters and the evidence for it.
-
-    ``auto`` follows :func:`costack.folki.resolve_mode`: GEFolki when the assets' kinds differ
-    (the ``costack_kind`` tags co-location writes; untagged rasters count as optical) or when
-    their local contrast is inverted in a quarter of the windows, else EFolki. Both rasters are
-    read reduced to at most 512 px (GDAL average of the valid pixels), so the tie-point, flow
-    and QC steps, which each call this on the same pair, take the same decision cheaply at any
-    raster size. Another mode is returned as asked."""
-    import math
-
-    from costack.folki import resolve_mode
-    from costack.rasterio_io import read_average
-
-    def reduced(path: str | Path) -> tuple[np.ndarray, str, int]:
-        with rasterio.open(path) as src:
-            f = max(1, math.ceil(max(src.height, src.width) / 512))
-            shape = (math.ceil(src.height / f), math.ceil(src.width / f))
-            return read_average(src, shape), src.tags().get("costack_kind", "optical"), f
-
-    if requested != "auto":
-        return requested, {"requested": requested, "reason": "as requested"}
-    ref, ref_kind, f = reduced(ref_tif)
-    sec, sec_kind, _ = reduced(sec_tif)
-    if ref.shape != sec.shape:
-        from costack.errors import CostackError
-
-        raise CostackError(
-            "flow", f"{sec_tif} is not on the grid of {ref_tif}", "co-locate both first"
-        )
-    mode, evidence = resolve_mode(requested, ref, sec, ref_kind, sec_kind, max_displacement / f)
-    if "contrast" in evidence:
-        rel = evidence["contrast"]
-        rel["coarse_shift"] = [c * f for c in rel["coarse_shift"]]
-        rel["read_reduced_by"] = f
-    return mode, evidence
-
-
-def matches_on_descriptors(
-    ref_tif: str | Path, sec_tif: str | Path, max_displacement: float = 16.0
-) -> tuple[bool, dict]:
-    """Whether the tie points and the QC match this pair on CFOG descriptors rather than on
-    intensities, from the rasters themselves whatever flow mode the user asked for: the pairs
-    ``auto`` sends to GEFolki (kinds differ: SAR against optical) and those whose local contrast
-    is inverted (:func:`decide_mode`); with the decision's evidence."""
-    mode, why = decide_mode("auto", ref_tif, sec_tif, max_displacement)
-    return mode == "gefolki" or bool(why.get("invert_secondary")), why

@@ -5,13 +5,13 @@ of Yan et al. 2016, eqs. 1-3, by least squares with the paper's RMSE, eq. 5, and
 3-sigma outlier rejection) and writes it; the flow step reads it and, when it is strong enough
 (:meth:`TiePointModel.seed_refusal`), starts from its displacement field
 (:meth:`TiePointModel.displacement`); the QC's verdict and the report read its fits. Every one
-of them reads the file through :meth:`TiePointModel.read`, which refuses a file that is not a
-model with one line.
+of them reads the file with :func:`costack.io.files.read_json` and takes it through
+:meth:`TiePointModel.from_data`, which refuses a file that is not a model with one line; this
+module itself opens no file.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import dataclass, field
@@ -21,8 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from costack.errors import CostackError
-from costack.grid_model import Grid
-from costack.rasterio_io import grid_difference, write_json
+from costack.io.grids import Grid, grid_difference
 
 if TYPE_CHECKING:  # pandas costs 0.2 s to import; the flow step reads the model without it
     import pandas as pd
@@ -31,6 +30,9 @@ log = logging.getLogger(__name__)
 
 #: coefficients per axis of each model (t of eq. 5)
 MODEL_TERMS = {"translation": 1, "affine": 3, "polynomial2": 6}
+
+#: the fix of a --model that is not a model
+MODEL_FIX = "give the tie-point step's N.model.json"
 
 
 def _fit(src: np.ndarray, dst: np.ndarray, name: str) -> np.ndarray:
@@ -138,21 +140,14 @@ class TiePointModel:
         return cls({"chosen": "none", "coefficients": None, "outliers": 0, "models": {}})
 
     @classmethod
-    def read(cls, path: str | Path) -> TiePointModel:
-        """Read a model JSON; a missing file or one that is not a model is a one-line error."""
-        try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except FileNotFoundError as err:
-            raise CostackError("--model", f"{path} does not exist",
-                               "give the tie-point step's N.model.json") from err  # fmt: skip
-        except (OSError, UnicodeDecodeError, ValueError) as err:
-            raise CostackError("--model", f"{path} is not a tie-point model JSON ({err})",
-                               "give the tie-point step's N.model.json") from err  # fmt: skip
-        model = cls(data if isinstance(data, dict) else {}, str(path))
+    def from_data(cls, data: Any, source: str | Path) -> TiePointModel:
+        """The model of a parsed model JSON (``source`` names its file in messages); one that is
+        not a model is a one-line error. :func:`costack.io.files.read_json` reads the file."""
+        model = cls(data if isinstance(data, dict) else {}, str(source))
         problem = model._problem()
         if problem:
-            raise CostackError("--model", f"{path} is not a tie-point model JSON ({problem})",
-                               "give the tie-point step's N.model.json")  # fmt: skip
+            raise CostackError("--model", f"{source} is not a tie-point model JSON ({problem})",
+                               MODEL_FIX)  # fmt: skip
         return model
 
     def _problem(self) -> str | None:
@@ -172,10 +167,6 @@ class TiePointModel:
         if not isinstance(self.data.get("models", {}), dict):
             return "'models' is not a mapping"
         return None
-
-    def write(self, path: str | Path) -> None:
-        """Write the model JSON atomically."""
-        write_json(path, self.data)
 
     @property
     def chosen(self) -> str:

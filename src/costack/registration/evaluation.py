@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
-
-from costack.rasterio_io import read_float32
 
 Field = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
@@ -74,19 +71,11 @@ def interior(shape: tuple[int, int], margin: int) -> np.ndarray:
     return m
 
 
-def flow_metrics(flow_tif: str | Path, truth_tif: str | Path, margin: int = 8) -> dict:
-    """EPE statistics of a flow against a truth raster covering the grid (pixels)."""
-    import rasterio
-    from rasterio.windows import from_bounds
-
-    flow, grid, _ = read_float32(flow_tif, band=None)
-    with rasterio.open(truth_tif) as t:
-        win = from_bounds(*grid.bounds, transform=t.transform).round_offsets().round_lengths()
-        truth = t.read(window=win).astype(np.float32)
+def flow_metrics(flow: np.ndarray, truth: np.ndarray, margin: int = 8) -> dict:
+    """EPE statistics of a flow (2, h, w) against its truth (2, h, w), pixels at least
+    ``margin`` from the border (:func:`costack.io.rasters.read_flow_and_truth` reads both)."""
     err = np.hypot(flow[0] - truth[0], flow[1] - truth[1])
-    m = np.zeros(err.shape, bool)
-    m[margin:-margin, margin:-margin] = True
-    e = err[m & np.isfinite(err)]
+    e = err[interior(err.shape, margin) & np.isfinite(err)]
     return {
         "mean_epe": float(e.mean()),
         "median_epe": float(np.median(e)),

@@ -3,7 +3,7 @@
 A GRD measurement GeoTIFF is geolocated by the annotation's ``geolocationGrid`` (about 10x21
 points: ``line``, ``pixel``, ``latitude``, ``longitude``, ``height``). ESA's convention: a
 point's ``pixel``/``line`` is the index of a pixel and its latitude/longitude is the centre of
-that pixel (see :mod:`costack.georef`, which adds the half pixel before any warp).
+that pixel (see :mod:`costack.io.georef`, which adds the half pixel before any warp).
 """
 
 from __future__ import annotations

@@ -21,11 +21,12 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
-from costack.folki import FlowParams, estimate_flow
-from costack.grid_model import Grid
-from costack.imaging import fill_nearest
-from costack.rasterio_io import atomic_path, float32_profile, read_average, read_window
-from costack.tiepoint_model import TiePointModel
+from costack.io.files import atomic_path
+from costack.io.grids import Grid
+from costack.io.rasters import float32_profile, read_average, read_window
+from costack.registration.folki import FlowParams, estimate_flow
+from costack.registration.imaging import fill_nearest
+from costack.registration.tiepoint_model import TiePointModel
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,7 @@ def flow_tiled(
         ref_filter: optional function applied to each reference window (resolution matching).
         seed_model: optional tie-point model (``*.model.json``); the coarse pass starts
             from it instead of its own global shift search.
-        tags: GeoTIFF tags of the flow (:func:`costack.flow.flow_tags`), as the in-memory
+        tags: GeoTIFF tags of the flow (:func:`costack.stages.flow.flow_tags`), as the in-memory
             flow writes them.
     """
     t0 = time.perf_counter()
@@ -208,7 +209,7 @@ def warp_tiled(
     tags: dict[str, str] | None = None,
 ) -> None:
     """Warp a raster with a flow tile by tile (``warp_fn(data, dx, dy) -> array``, e.g.
-    :func:`costack.imaging.warp_array`); ``tags`` as the in-memory warp writes them."""
+    :func:`costack.registration.imaging.warp_array`); ``tags`` as the in-memory warp writes them."""
     with (
         rasterio.Env(GDAL_CACHEMAX=TILED_CACHE_MB),
         rasterio.open(sec_tif) as src,

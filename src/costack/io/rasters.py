@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import glob
-import json
-import os
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,60 +10,11 @@ from typing import Any
 import numpy as np
 import rasterio
 
-from costack.grid_model import Grid
+from costack.io.files import atomic_path
+from costack.io.grids import Grid, grid_difference
 
 #: GDAL block cache (MB) of the jobs that stream a raster by strips (co-location, band math)
 STREAM_CACHE_MB = 128
-
-
-def current_umask() -> int:
-    """The process's umask (read without changing it where /proc allows)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except OSError:
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-@contextmanager
-def scratch_path(beside: str | Path) -> Iterator[str]:
-    """A temporary file beside ``beside``, removed on exit. Named ``.NAME.XXXX.tmp``, so a
-    killed job's leftover is removed by the next :func:`atomic_path` of ``beside``."""
-    beside = Path(beside)
-    fd, tmp = tempfile.mkstemp(prefix=f".{beside.name}.", suffix=".tmp", dir=beside.parent)
-    os.close(fd)
-    try:
-        yield tmp
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
-@contextmanager
-def atomic_path(path: str | Path) -> Iterator[str]:
-    """Yield a temporary path beside ``path``; move it into place only on success, with the
-    permissions a plain ``open`` would give (``mkstemp``'s 0600 would make every output
-    unreadable to the user's group whatever the umask)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # a job killed while writing (SIGKILL, OOM) leaves its temporary files: one job writes one
-    # output at a time, so any earlier temporary of this output is such a leftover
-    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
-        stale.unlink(missing_ok=True)
-    with scratch_path(path) as tmp:
-        yield tmp
-        os.chmod(tmp, 0o666 & ~current_umask())
-        os.replace(tmp, path)
-
-
-def write_json(path: str | Path, data: Any) -> None:
-    """Write ``data`` as indented JSON, atomically (a reader never sees half a file)."""
-    with atomic_path(path) as tmp:
-        Path(tmp).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
 #: Rows of a streamed strip are a multiple of this (the intermediates' block height), so each
@@ -192,42 +139,6 @@ def read_average(
     return np.ma.filled(data.astype(np.float32), np.nan)
 
 
-#: Largest disagreement (pixels of the first grid) between two rasters' georeferencing that is
-#: still one grid: the rounding of transforms written by other software, not a misplacement.
-SAME_GRID_PX = 1e-6
-
-
-def grid_offset_px(a: Grid, b: Grid) -> float:
-    """How far apart (pixels of ``a``) the transforms of ``a`` and ``b`` put the corners of
-    ``a``'s pixel grid: 0 for one grid, the shift for a translated one, and it also catches a
-    pixel size or a rotation that differ."""
-    inv = ~a.transform
-    worst = 0.0
-    for col, row in ((0, 0), (a.width, 0), (0, a.height), (a.width, a.height)):
-        c2, r2 = inv @ (b.transform @ (col, row))
-        worst = max(worst, float(np.hypot(c2 - col, r2 - row)))
-    return worst
-
-
-def grid_difference(a: Grid, b: Grid) -> str | None:
-    """How grid ``b`` differs from grid ``a`` (CRS, size, or pixels more than
-    :data:`SAME_GRID_PX` away), in words; None when they are one grid."""
-    if a.crs != b.crs:
-        return f"its CRS is {_crs_name(b.crs)}, not {_crs_name(a.crs)}"
-    if b.shape != a.shape:
-        return f"its size is {b.width}x{b.height} px, not {a.width}x{a.height}"
-    if (off := grid_offset_px(a, b)) > SAME_GRID_PX:
-        return f"its pixels are up to {off:.3g} px away from the first's"
-    return None
-
-
-def _crs_name(crs) -> str:
-    if crs is None:
-        return "none"
-    epsg = crs.to_epsg()
-    return f"EPSG:{epsg}" if epsg else "a custom CRS"
-
-
 def require_colocated(
     step: str,
     first: str | Path,
@@ -308,3 +219,17 @@ def read_float32(path: str | Path, band: int | None = 1) -> tuple[np.ndarray, Gr
     if not np.isnan(nodata):
         data[data == np.float32(nodata)] = np.nan
     return data, grid, nodata
+
+
+def read_flow_and_truth(
+    flow_tif: str | Path, truth_tif: str | Path
+) -> tuple[np.ndarray, np.ndarray]:
+    """A flow raster (dx, dy) and the window of a truth raster (dx, dy) that covers its grid,
+    both (2, h, w) float32 (benchmarks and tests score one against the other)."""
+    from rasterio.windows import from_bounds
+
+    flow, grid, _ = read_float32(flow_tif, band=None)
+    with rasterio.open(truth_tif) as t:
+        win = from_bounds(*grid.bounds, transform=t.transform).round_offsets().round_lengths()
+        truth = t.read(window=win).astype(np.float32)
+    return flow, truth

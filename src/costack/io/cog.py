@@ -8,7 +8,7 @@ import rasterio
 import rasterio.shutil
 from rio_cogeo.cogeo import cog_validate
 
-from costack.rasterio_io import atomic_path
+from costack.io.files import atomic_path
 
 COG_OPTIONS = {
     "COMPRESS": "DEFLATE",

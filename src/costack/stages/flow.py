@@ -2,11 +2,12 @@
 secondary dataset, between the reference asset and that dataset's matching asset.
 
 The file-level entry point is :func:`run_flow`: it decides the GeFolki-family mode from the
-rasters (:func:`costack.matching.decide_mode`), seeds the flow from the tie-point model when
+rasters (:func:`costack.stages._common.decide_mode`), seeds the flow from the tie-point model when
 it is strong enough, blurs the reference to a coarser secondary's resolution and widens the
 windows for it, works on the valid overlap, and writes the dx, dy bands, the confidence and
-the statistics JSON. Scene-sized grids go by tiles (:mod:`costack.tiled`). The algorithm
-itself, written from Plyer et al. 2015 and Brigot et al. 2016, is :mod:`costack.folki`, whose
+the statistics JSON. Scene-sized grids go by tiles (:mod:`costack.stages._tiled`). The algorithm
+itself, written from Plyer et al. 2015 and Brigot et al. 2016, is
+:mod:`costack.registration.folki`, whose
 public face this module re-exports.
 """
 
@@ -19,19 +20,18 @@ from pathlib import Path
 
 import numpy as np
 
-from costack.folki import FlowParams, FlowResult, estimate_flow, resolve_mode
-from costack.imaging import blur_valid, on_two_threads, resolution_sigma, warp_array
+from costack.io.files import write_json
+from costack.io.rasters import costack_tags, read_float32, require_colocated, write_float32
 from costack.limits import TILED_ABOVE
-from costack.matching import cfog_of, decide_mode, multimodal_prior, multimodal_similarity
-from costack.overlap import OVERLAP_MARGIN, overlap_window
-from costack.rasterio_io import (
-    costack_tags,
-    read_float32,
-    require_colocated,
-    write_float32,
-    write_json,
+from costack.registration.folki import FlowParams, FlowResult, estimate_flow, resolve_mode
+from costack.registration.imaging import blur_valid, on_two_threads, resolution_sigma, warp_array
+from costack.registration.matching import (
+    cfog_of,
+    multimodal_prior,
+    multimodal_similarity,
 )
-from costack.tiepoint_model import TiePointModel
+from costack.registration.overlap import OVERLAP_MARGIN, overlap_window
+from costack.stages._common import decide_mode, read_model
 
 __all__ = ["FlowParams", "FlowResult", "adapt_to_resolution", "estimate_flow",
            "reference_blur", "resolve_mode", "run_flow"]  # fmt: skip
@@ -58,7 +58,8 @@ def run_flow(
     Windows are widened for coarse secondaries (see :func:`adapt_to_resolution`). The rank
     filter makes dB or linear scales irrelevant.
 
-    ``model_json``: the tie-point step's model (:class:`costack.tiepoint_model.TiePointModel`);
+    ``model_json``: the tie-point step's model
+    (:class:`costack.registration.tiepoint_model.TiePointModel`);
     when it is strong enough (``seed_min_points``, ``seed_max_rmse``) the flow starts from its
     displacement field instead of its own global search, as the rule ``estimate_flow`` does.
     The ``costack flow`` subcommand calls this with the same defaults.
@@ -66,7 +67,7 @@ def run_flow(
     params = params or FlowParams()
     grid = require_colocated("flow", ref_tif, sec_tif)
     # before any work: a model of another pair would seed the flow, unseen, from its field
-    tp_model = TiePointModel.read(model_json) if model_json is not None else None
+    tp_model = read_model(model_json) if model_json is not None else None
     if tp_model is not None:
         tp_model.require_pair(grid, sec_tif)
     mode, mode_choice = decide_mode(params.mode, ref_tif, sec_tif, params.max_displacement)
@@ -162,7 +163,7 @@ def flow_tags(mode: str, ref_tif: str | Path, sec_tif: str | Path) -> dict[str, 
 
 
 def _write_flow_file(path, data, grid, tags, descriptions) -> None:
-    """:func:`costack.rasterio_io.write_float32` with positional tags and band descriptions."""
+    """:func:`costack.io.rasters.write_float32` with positional tags and band descriptions."""
     write_float32(path, data, grid, tags=tags, band_descriptions=descriptions)
 
 
@@ -180,7 +181,8 @@ def _embed(res, window: tuple[slice, slice], shape: tuple[int, int]):
 
 def _estimate_with_start(ref, sec, params: FlowParams, init):
     """:func:`estimate_flow`, and for SAR against optical (GEFolki, no tie-point seed) a
-    second start from the CFOG global shift (:func:`costack.matching.multimodal_prior`),
+    second start from the CFOG global shift
+    (:func:`costack.registration.matching.multimodal_prior`),
     keeping the result whose co-registered secondary has the higher CFOG similarity to the
     reference. The flow's own global search correlates CLAHE/rank images, which can lock on a
     wrong peak over small SAR/optical overlaps (1.65 px from the truth over the demo's
@@ -212,9 +214,9 @@ def _run_flow_tiled(
     ref_tif, sec_tif, out_tif, confidence_tif, params, stats_json, ratio, tp_model=None,
     model_json=None, seed_note=None, mode_choice=None,
 ):  # fmt: skip
-    """:func:`run_flow` for scene-sized grids (see :mod:`costack.tiled`); an accepted
+    """:func:`run_flow` for scene-sized grids (see :mod:`costack.stages._tiled`); an accepted
     tie-point model ``tp_model`` seeds the coarse pass."""
-    from costack.tiled import flow_tiled
+    from costack.stages._tiled import flow_tiled
 
     blur = reference_blur(params, ratio)
     ref_filter = (lambda a: blur_valid(a, blur)) if blur else None
@@ -244,7 +246,8 @@ def adapt_to_resolution(params: FlowParams, ratio: float) -> FlowParams:
 
     A window must hold enough of the secondary's own detail: radii are scaled by the square of
     the ratio (at most 4x), EFolki's rank radius by the ratio (at most 2x); :func:`estimate_flow`
-    then caps them to the image (:func:`costack.folki.fit_radii`). Measured on the demo's 30 m
+    then caps them to the image (:func:`costack.registration.folki.fit_radii`). Measured on the
+    demo's 30 m
     and 20 m secondaries (ratio 3 and 2.05), mean EPE: EFolki's (32, 8) widened to (128, 32)
     and capped to (68, 32) on the 485 px grid, 0.058 px optical; GEFolki's (16, 8) widened to
     (64, 32), 0.378 px SAR (against 0.555 with (32, 16) and 0.467 with (48, 24) before the

@@ -43,17 +43,17 @@ import pandas as pd
 from scipy import ndimage
 
 from costack.errors import CostackError
-from costack.imaging import masked_blur, resolution_sigma
 from costack.limits import TIEPOINT_IN_MEMORY_PIXELS
-from costack.matching import (
+from costack.registration.imaging import masked_blur, resolution_sigma
+from costack.registration.matching import (
     MIN_SIMILARITY_MULTIMODAL,
     lsm,
-    matches_on_descriptors,
     prepare,
     prior_shift,
     representation,
 )
-from costack.tiepoint_model import TiePointModel, fit_models
+from costack.registration.tiepoint_model import TiePointModel, fit_models
+from costack.stages._common import matches_on_descriptors, write_model
 
 log = logging.getLogger(__name__)
 
@@ -284,15 +284,18 @@ def run_tiepoints(
     scene), and one model is fitted to all their points; memory is then bounded by the tile.
 
     ``params.multimodal`` None (the default) decides from the rasters
-    (:func:`costack.matching.matches_on_descriptors`): SAR against optical and locally inverted
+    (:func:`costack.stages._common.matches_on_descriptors`): SAR against optical and locally
+    inverted
     contrast are matched on CFOG descriptors, other pairs on intensities; True or False forces.
 
     ``resolution_ratio``: the secondary's native pixel over the grid's. A secondary over 1.5x
     coarser (30 m on a 10 m grid) is matched against the reference blurred to its resolution
-    (:func:`costack.imaging.resolution_sigma`); on the demo's 30 m pair this took the tie points
+    (:func:`costack.registration.imaging.resolution_sigma`); on the demo's 30 m pair this took the
+    tie points
     from 77 to 127 and their error from 0.28 to 0.19 px RMSE.
     """
-    from costack.rasterio_io import atomic_path, read_average, read_float32, require_colocated
+    from costack.io.files import atomic_path
+    from costack.io.rasters import read_average, read_float32, require_colocated
 
     grid = require_colocated("tiepoints", ref_tif, sec_tif)
     p = params or TiePointParams()
@@ -337,7 +340,7 @@ def run_tiepoints(
     with atomic_path(out_csv) as tmp:
         df[CSV_COLUMNS].to_csv(tmp, index=False)
     if model_json:
-        model.write(model_json)
+        write_model(model, model_json)
     if png:
         plot_vectors(ref, df, png, label, scale)
     return model
@@ -348,9 +351,10 @@ def _match_window(
 ) -> pd.DataFrame:
     """:func:`match_tiepoints` on the valid overlap of two co-located arrays whose first pixel
     is grid pixel ``origin`` (row, col); positions in grid pixels."""
-    from costack.overlap import overlap_window
+    from costack.registration.overlap import overlap_window
 
-    # match on the valid overlap only (see costack.overlap); positions back in grid pixels
+    # match on the valid overlap only (see costack.registration.overlap); positions back in grid
+    # pixels
     window = overlap_window(ref, sec, margin=0)
     r0, c0 = (window[0].start, window[1].start) if window else (0, 0)
     df = match_tiepoints(ref[window] if window else ref, sec[window] if window else sec, p,
@@ -371,7 +375,7 @@ def _match_by_tiles(
     import rasterio
     from rasterio.windows import Window
 
-    from costack.rasterio_io import read_window
+    from costack.io.rasters import read_window
 
     h, w = shape
     side = math.isqrt(max_pixels)
@@ -399,7 +403,7 @@ def plot_vectors(
 ) -> None:
     """Misregistration vectors over the reference, enlarged (like Yan et al. 2016, Fig. 5);
     ``ref`` reduced ``scale`` times (a tiled grid's plot): positions and vectors follow."""
-    from costack.figures import png_figure
+    from costack.io.figures import png_figure
 
     if scale != 1:
         df = df.assign(ref_col=df["ref_col"] / scale, ref_row=df["ref_row"] / scale,

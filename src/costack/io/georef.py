@@ -114,7 +114,7 @@ def read_georef(src: rasterio.io.DatasetReader, pixel_center: bool = True) -> So
         return SourceGeoref(src.crs, src.transform, None, src.width, src.height)
     if not gcps:
         # a Sentinel-1 SAFE measurement without GCPs in the TIFF: its annotation's grid
-        from costack.safe import annotation_for, read_geolocation_grid
+        from costack.io.safe import annotation_for, read_geolocation_grid
 
         annotation = annotation_for(src.name)
         if annotation is not None:

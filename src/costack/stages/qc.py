@@ -22,8 +22,9 @@ import numpy as np
 import rasterio
 
 from costack.errors import CostackError
-from costack.grid_model import Grid
-from costack.imaging import masked_blur, on_two_threads, resolution_sigma
+from costack.io.files import write_json
+from costack.io.grids import Grid
+from costack.io.rasters import costack_tags, read_float32, require_colocated
 from costack.limits import (
     QC_BLOCK_BYTES,
     QC_BLOCK_MARGIN,
@@ -31,9 +32,10 @@ from costack.limits import (
     qc_in_memory_pixels,
     qc_parallel,
 )
-from costack.matching import MIN_SIMILARITY_MULTIMODAL, lsm, prepare
-from costack.rasterio_io import costack_tags, read_float32, require_colocated, write_json
-from costack.tiepoint_model import TiePointModel
+from costack.registration.imaging import masked_blur, on_two_threads, resolution_sigma
+from costack.registration.matching import MIN_SIMILARITY_MULTIMODAL, lsm, prepare
+from costack.registration.tiepoint_model import TiePointModel
+from costack.stages._common import read_model
 
 #: Half patch (px) of the multimodal QC matcher (51 px patches, as the tie points' coarse).
 MULTIMODAL_HALF = 25
@@ -61,7 +63,7 @@ def residual_misregistration(
     """Residual shifts (dx, dy) at grid points where LSM succeeds; shape (n, 2).
 
     ``reference_blur`` (grid px) brings a sharp reference to a coarser secondary's resolution
-    (see :func:`costack.imaging.resolution_sigma`) before matching.
+    (see :func:`costack.registration.imaging.resolution_sigma`) before matching.
 
     A block of a larger grid: ``ref`` and ``sec`` start at grid row ``row_offset`` and column
     ``col_offset`` of a grid ``grid_height`` x ``grid_width``, and only the points of the whole
@@ -149,7 +151,7 @@ def _residuals_by_blocks(
 
     from rasterio.windows import Window
 
-    from costack.rasterio_io import STREAM_CACHE_MB, read_window, strips
+    from costack.io.rasters import STREAM_CACHE_MB, read_window, strips
 
     side = qc_block_side(kw["multimodal"], block_bytes)
     before_all, after_all = [], []
@@ -204,7 +206,7 @@ def run_qc(
     demo's SAR dataset: 4.0 -> 1.6 s).
 
     ``multimodal`` None (the default) decides from the rasters as the tie points do
-    (:func:`costack.matching.matches_on_descriptors`): SAR against optical and inverted
+    (:func:`costack.stages._common.matches_on_descriptors`): SAR against optical and inverted
     contrast are re-matched on CFOG descriptors; True or False forces.
 
     ``resolution_ratio``: the secondary's native pixel over the grid's (a 30 m secondary is
@@ -219,7 +221,7 @@ def run_qc(
             f"asset {before_key} co-located", "give one asset before and after co-registration",
         )  # fmt: skip
     if multimodal is None:
-        from costack.matching import matches_on_descriptors
+        from costack.stages._common import matches_on_descriptors
 
         multimodal, _ = matches_on_descriptors(ref_tif, colocated_tif, max_displacement)
     blur = 0.0 if multimodal else resolution_sigma(resolution_ratio)
@@ -381,7 +383,7 @@ def merge_summaries(
         t = thresholds or VerdictThresholds()
         for n, qc in summary.items():
             path = (models or {}).get(n)
-            model = TiePointModel.read(path) if path else TiePointModel.none()
+            model = read_model(path) if path else TiePointModel.none()
             qc.update(judge(qc, load(flows.get(n)), model, t))
             if labels and n in labels:
                 qc["label"] = labels[n]

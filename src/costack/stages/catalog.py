@@ -1,6 +1,6 @@
 """The catalog stage (rules ``convert_cog``, ``convert_expression_cog``, ``convert_flow_cog``,
 ``build_catalog``; ``costack cog``, ``costack catalog``): validated Cloud Optimized GeoTIFFs
-(:mod:`costack.cog`) and the STAC catalog with the stack's item (:mod:`costack.stac`).
+(:mod:`costack.io.cog`) and the STAC catalog with the stack's item (:mod:`costack.io.stac`).
 """
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from costack.cog import write_cog
 from costack.errors import CostackError
-from costack.grid_model import Grid
-from costack.rasterio_io import costack_tags, dataset_of, raster_nodata
+from costack.io.cog import write_cog
+from costack.io.grids import Grid
+from costack.io.rasters import costack_tags, dataset_of, raster_nodata
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +68,8 @@ def run_catalog(
             "or set on_failed_registration: publish to publish it flagged",
         )
     # pandas and pystac: imported by this job only, not by the many COG conversions
-    from costack.manifest import manifest_row, read_manifest
-    from costack.stac import StackAsset, build_item, portable_href, write_catalog
+    from costack.io.manifest import manifest_row, read_manifest
+    from costack.io.stac import StackAsset, build_item, portable_href, write_catalog
 
     manifest = read_manifest(manifest_csv)
     grid = Grid.load(grid_json)

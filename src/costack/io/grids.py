@@ -1,7 +1,7 @@
 """The common grid as a contract (``results/grid/grid.json``): CRS, transform and size, read
 and written by every stage that works on the grid.
 
-The grid stage (:mod:`costack.grid`) computes it; :class:`Grid` is what the others hold.
+The grid stage (:mod:`costack.stages.grid`) computes it; :class:`Grid` is what the others hold.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import rasterio
 from rasterio.crs import CRS
 from rasterio.transform import Affine
@@ -17,7 +18,7 @@ from rasterio.warp import transform_geom
 from shapely.geometry import Polygon, box, mapping, shape
 
 from costack.errors import CostackError
-from costack.georef import WGS84
+from costack.io.georef import WGS84
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,7 @@ class Grid:
 
     def save(self, path: str | Path) -> None:
         """Write the grid as JSON (the contract of the grid step), atomically."""
-        from costack.rasterio_io import write_json  # which imports this module
+        from costack.io.files import write_json  # which imports this module
 
         write_json(path, self.to_json())
 
@@ -91,3 +92,39 @@ def resolution_ratio(res_x: float, res_y: float, grid: Grid) -> float:
     """An asset's native pixel size (the larger side) over the grid's, to 3 decimals: how much
     coarser than the grid the asset really is (a 30 m asset on a 10 m grid: 3)."""
     return round(float(max(res_x, res_y)) / abs(grid.transform.a), 3)
+
+
+#: Largest disagreement (pixels of the first grid) between two rasters' georeferencing that is
+#: still one grid: the rounding of transforms written by other software, not a misplacement.
+SAME_GRID_PX = 1e-6
+
+
+def grid_offset_px(a: Grid, b: Grid) -> float:
+    """How far apart (pixels of ``a``) the transforms of ``a`` and ``b`` put the corners of
+    ``a``'s pixel grid: 0 for one grid, the shift for a translated one, and it also catches a
+    pixel size or a rotation that differ."""
+    inv = ~a.transform
+    worst = 0.0
+    for col, row in ((0, 0), (a.width, 0), (0, a.height), (a.width, a.height)):
+        c2, r2 = inv @ (b.transform @ (col, row))
+        worst = max(worst, float(np.hypot(c2 - col, r2 - row)))
+    return worst
+
+
+def grid_difference(a: Grid, b: Grid) -> str | None:
+    """How grid ``b`` differs from grid ``a`` (CRS, size, or pixels more than
+    :data:`SAME_GRID_PX` away), in words; None when they are one grid."""
+    if a.crs != b.crs:
+        return f"its CRS is {_crs_name(b.crs)}, not {_crs_name(a.crs)}"
+    if b.shape != a.shape:
+        return f"its size is {b.width}x{b.height} px, not {a.width}x{a.height}"
+    if (off := grid_offset_px(a, b)) > SAME_GRID_PX:
+        return f"its pixels are up to {off:.3g} px away from the first's"
+    return None
+
+
+def _crs_name(crs) -> str:
+    if crs is None:
+        return "none"
+    epsg = crs.to_epsg()
+    return f"EPSG:{epsg}" if epsg else "a custom CRS"

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from costack.rasterio_io import atomic_path
+from costack.io.files import atomic_path
 
 
 @contextmanager

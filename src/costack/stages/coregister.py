@@ -1,6 +1,6 @@
 """The co-registration stage: each asset warped by its dataset's dense flow.
 
-As the service defines it, the flow (:mod:`costack.flow`) is computed once per secondary
+As the service defines it, the flow (:mod:`costack.stages.flow`) is computed once per secondary
 dataset between the reference asset and that dataset's matching asset, and the same flow warps
 every listed asset of the dataset (:func:`run_warp`, rule ``coregister_asset``, ``costack
 warp``). The reference dataset's assets are not moved (:func:`run_coregister_identity`,
@@ -18,17 +18,17 @@ import rasterio
 from rasterio.errors import RasterioIOError
 
 from costack.errors import CostackError
-from costack.imaging import db_to_linear, linear_to_db, warp_array
-from costack.limits import TILED_ABOVE
-from costack.rasterio_io import (
+from costack.io.files import atomic_path
+from costack.io.rasters import (
     DB_DOMAIN,
-    atomic_path,
     costack_tags,
     dataset_of,
     read_float32,
     require_colocated,
     write_float32,
 )
+from costack.limits import TILED_ABOVE
+from costack.registration.imaging import db_to_linear, linear_to_db, warp_array
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def run_warp(
         tags["costack_resampling_domain"] = DB_DOMAIN
     n_pixels = grid.width * grid.height
     if n_pixels > TILED_ABOVE:
-        from costack.tiled import warp_tiled
+        from costack.stages._tiled import warp_tiled
 
         def fn(data: np.ndarray, dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
             if db:

@@ -35,8 +35,8 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
-from costack import _kernels as K
-from costack.imaging import masked_blur, on_two_threads
+from costack.registration import _kernels as K
+from costack.registration.imaging import masked_blur, on_two_threads
 
 log = logging.getLogger(__name__)
 
@@ -310,7 +310,8 @@ def _lk_level(
 
     Each iteration warps the secondary with the current field, (GEFolki) chooses per pixel
     between it and its inverted contrast, and solves the windowed Folki system at every pixel
-    (:func:`costack._kernels.window_solve`, window sums fused with the solve). ``grad`` is the
+    (:func:`costack.registration._kernels.window_solve`, window sums fused with the solve).
+    ``grad`` is the
     reference's :func:`_gradient`, when the caller has it.
     """
     i1 = np.ascontiguousarray(i1, dtype=np.float32)
@@ -756,7 +757,7 @@ WARPS = {"bspline": K.warp_bspline, "cubic": K.warp_cubic, "bilinear": K.warp_bi
 
 def spline_coefficients(img: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """Cubic B-spline coefficients of ``img`` (invalid pixels set to the valid mean first):
-    :func:`costack._kernels.bspline_prefilter`, SciPy's ``spline_filter1d`` (order 3,
+    :func:`costack.registration._kernels.bspline_prefilter`, SciPy's ``spline_filter1d`` (order 3,
     mirror) along each axis to the byte."""
     fill = float(img[valid].mean()) if valid.any() else 0.0
     filled = np.where(valid, img, fill).astype(np.float32)

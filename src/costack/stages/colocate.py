@@ -24,21 +24,20 @@ from rasterio.warp import reproject, transform
 from rasterio.windows import Window
 
 from costack.errors import CostackError
-from costack.georef import GCP_WARP_OPTIONS, read_georef
-from costack.grid_model import Grid, resolution_ratio
-from costack.imaging import db_to_linear, linear_to_db
-from costack.manifest import manifest_row, read_manifest
-from costack.rasterio_io import (
+from costack.io.files import atomic_path, scratch_path
+from costack.io.georef import GCP_WARP_OPTIONS, read_georef
+from costack.io.grids import Grid, resolution_ratio
+from costack.io.manifest import manifest_row, read_manifest
+from costack.io.rasters import (
     DB_DOMAIN,
     STREAM_CACHE_MB,
-    atomic_path,
     float32_profile,
-    scratch_path,
     strip_rows,
     strips,
     to_nodata,
 )
-from costack.remote import gdal_path
+from costack.io.remote import gdal_path
+from costack.registration.imaging import db_to_linear, linear_to_db
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +87,7 @@ def _physical(
     db: bool,
 ) -> np.ndarray:
     """Stored values to the Float32 values the warper resamples: fill values masked (NaN),
-    ``raw * scale + offset`` (see :mod:`costack.radiometry`), dB to linear power."""
+    ``raw * scale + offset`` (see :mod:`costack.io.radiometry`), dB to linear power."""
     invalid = np.zeros(raw.shape, dtype=bool)
     for fill in (src_nodata, extra_nodata):
         if fill is not None and not np.isnan(fill):
@@ -170,10 +169,10 @@ def colocate_array(
         grid: the target grid.
         resampling: GDAL resampling name.
         db: the data are decibels; resample in the linear power domain.
-        pixel_center: GCPs refer to pixel centres (see :mod:`costack.georef`).
+        pixel_center: GCPs refer to pixel centres (see :mod:`costack.io.georef`).
         threads: warper threads.
         scale, offset: physical value = stored value * scale + offset, applied before the
-            warp (see :mod:`costack.radiometry`); fill values are masked first.
+            warp (see :mod:`costack.io.radiometry`); fill values are masked first.
         nodata: the source's fill value when the file has no tag (the item's
             ``raster:bands`` nodata); the file's own tag wins.
         extra_nodata: a second fill value to mask (the item's, where it disagrees with the

@@ -25,7 +25,7 @@ from pystac.extensions.raster import DataType, RasterBand, RasterExtension
 from shapely.geometry import mapping
 
 from costack import __version__
-from costack.grid_model import Grid
+from costack.io.grids import Grid
 
 EO_COMMON_NAMES = {
     "pan", "coastal", "blue", "green", "green05", "yellow", "red", "rededge", "rededge071",

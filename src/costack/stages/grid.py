@@ -25,8 +25,8 @@ from shapely.errors import ShapelyError
 from shapely.geometry import Polygon, box, mapping, shape
 
 from costack.errors import CostackError
-from costack.georef import WGS84
-from costack.grid_model import Grid
+from costack.io.georef import WGS84
+from costack.io.grids import Grid
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ def compute_grid(
             smaller one is refused with the sizes: the matching steps could not see a window.
     """
     manifest = manifest.set_index("key", drop=False)
-    from costack.manifest import manifest_row
+    from costack.io.manifest import manifest_row
 
     crs, x0, y0, rx, ry = reference_lattice(manifest_row(manifest, reference))
     common = None
@@ -208,7 +208,7 @@ def run_grid(
 ) -> Grid:
     """The grid stage (rule ``define_grid``, ``costack grid``): the common grid from the
     manifest (AOI, else the common area)."""
-    from costack.manifest import read_manifest
+    from costack.io.manifest import read_manifest
 
     manifest = read_manifest(manifest_csv)
     grid = compute_grid(manifest, reference, aoi, min_overlap_px)

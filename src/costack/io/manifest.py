@@ -5,6 +5,8 @@ run plan.
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -19,6 +21,42 @@ MANIFEST_COLUMNS = [
     "constellation", "scale", "offset", "source_scale", "source_offset", "unit",
     "radiometry", "footprint_native", "item_nodata", "item_ref",
 ]  # fmt: skip
+
+
+#: one DATASET.BAND token of the service's asset list
+_TOKEN = re.compile(r"^(?P<dataset>[1-9][0-9]*)\.(?P<band>[A-Za-z_][A-Za-z0-9_\-]*)$")
+
+
+@dataclass(frozen=True, order=True)
+class AssetRef:
+    """One ``DATASET.BAND`` token of the asset list."""
+
+    dataset: int
+    band: str
+
+    @property
+    def key(self) -> str:
+        """The token as written, also the asset key of the output item (``1.nir``)."""
+        return f"{self.dataset}.{self.band}"
+
+    @classmethod
+    def parse(cls, token: str, parameter: str = "assets") -> AssetRef:
+        """Parse one token, e.g. ``"2.nir"``; raise a CostackError naming ``parameter``."""
+        if token != token.strip() or " " in token:
+            raise CostackError(
+                parameter,
+                f"asset token {token!r} contains spaces",
+                "write the list as comma-separated DATASET.BAND tokens without spaces, "
+                "e.g. 1.nir,2.nir",
+            )
+        match = _TOKEN.fullmatch(token)
+        if not match:
+            raise CostackError(
+                parameter,
+                f"asset token {token!r} is malformed",
+                "write DATASET.BAND with a 1-based dataset index and a band name, e.g. 1.nir",
+            )
+        return cls(int(match["dataset"]), match["band"])
 
 
 def write_manifest(manifest: pd.DataFrame, path: str | Path) -> None:

@@ -14,9 +14,10 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
-from costack.figures import png_figure, stretch
-from costack.rasterio_io import atomic_path, read_average, read_float32, read_window
-from costack.tiepoint_model import TiePointModel
+from costack.io.figures import png_figure, stretch
+from costack.io.files import atomic_path
+from costack.io.rasters import read_average, read_float32, read_window
+from costack.stages._common import read_model
 
 
 def high_contrast_windows(ref: np.ndarray, size: int = 96, count: int = 3) -> list[tuple[int, int]]:
@@ -130,7 +131,7 @@ def models_table(
 
     import pandas as pd
 
-    model = TiePointModel.read(model_json)
+    model = read_model(model_json)
     qc = json.loads(Path(qc_json).read_text(encoding="utf-8"))
     rows = [
         {

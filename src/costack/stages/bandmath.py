@@ -32,8 +32,8 @@ import rasterio
 from rasterio.windows import Window
 
 from costack.errors import CostackError
-from costack.grid_model import Grid
-from costack.rasterio_io import (
+from costack.io.grids import Grid
+from costack.io.rasters import (
     STREAM_CACHE_MB,
     grid_difference,
     open_float32,
@@ -54,6 +54,58 @@ _NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?", r
 _ASSET = re.compile(r"[1-9][0-9]*\.[A-Za-z_][A-Za-z0-9_\-]*", re.ASCII)
 
 log = logging.getLogger(__name__)
+
+
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+#: Longest expression name: it becomes a file name and a Snakemake wildcard.
+MAX_NAME_LENGTH = 64
+
+
+@dataclass(frozen=True)
+class Expression:
+    """A ``name:(s-expression)`` band-math definition (evaluated by
+    :mod:`costack.stages.bandmath`)."""
+
+    name: str
+    text: str
+    source: str
+
+
+def split_expression(source: str) -> Expression:
+    """Split ``name:(expr)`` into its name and expression text, checking the name part."""
+    name, sep, text = source.partition(":")
+    if not sep or not name.strip():
+        raise CostackError(
+            "expressions",
+            f"{source!r} has no 'name:' part",
+            "write it as name:(s-expression), e.g. ndvi:(norm_diff 1.nir 1.red)",
+        )
+    name = name.strip()
+    if not _NAME.fullmatch(name):
+        raise CostackError(
+            "expressions",
+            f"name {name[:80]!r} in {source[:120]!r} is not a valid identifier",
+            "use letters, digits and underscores, starting with a letter",
+        )
+    if len(name) > MAX_NAME_LENGTH:
+        raise CostackError(
+            "expressions",
+            f"name {name[:20]}... is {len(name)} characters long (it names a file)",
+            f"use at most {MAX_NAME_LENGTH} characters",
+        )
+    if re.fullmatch(r"(.+?)\1{3,}", name):
+        raise CostackError(
+            "expressions",
+            f"name {name[:40]!r} repeats one pattern, which Snakemake takes for a runaway rule",
+            "give it a descriptive name, e.g. ndvi or water_mask",
+        )
+    if not text.strip():
+        raise CostackError(
+            "expressions",
+            f"expression {name!r} is empty",
+            "write an s-expression after the colon, e.g. ndvi:(norm_diff 1.nir 1.red)",
+        )
+    return Expression(name=name, text=text.strip(), source=source)
 
 
 class ExpressionError(CostackError):
@@ -298,8 +350,6 @@ def parse(source: str, assets: set[str] | None = None) -> ParsedExpression:
         ExpressionError: with the expression, the position (0-based, in ``source``) and
             the fix.
     """
-    from costack.config import split_expression
-
     if len(source) > MAX_LENGTH:
         raise ExpressionError(
             source[:60] + "...", f"longer than {MAX_LENGTH} characters", None, "shorten it"
@@ -578,11 +628,13 @@ def evaluate_by_strips(
     return n_valid
 
 
-#: Band math whose in-memory peak (:func:`costack.bandmath.memory_bytes`) would pass this runs
-#: by strips of about BANDMATH_STRIP_BYTES (:func:`costack.bandmath.evaluate_by_strips`).
+#: Band math whose in-memory peak (:func:`costack.stages.bandmath.memory_bytes`) would pass this
+#: runs
+#: by strips of about BANDMATH_STRIP_BYTES (:func:`costack.stages.bandmath.evaluate_by_strips`).
 BANDMATH_IN_MEMORY_BYTES = 1_000_000_000
 BANDMATH_STRIP_BYTES = 256_000_000
-#: Measured peak of a strip over :func:`costack.bandmath.memory_bytes` (the reads, the writer's
+#: Measured peak of a strip over :func:`costack.stages.bandmath.memory_bytes` (the reads, the
+#: writer's
 #: copies and NumPy's temporaries: about 140 B/px for a 49 B/px estimate on a 4291 px wide grid).
 STRIP_OVERHEAD = 3
 

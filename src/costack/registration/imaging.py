@@ -14,11 +14,14 @@ def masked_blur(img: np.ndarray, valid: np.ndarray, sigma: float) -> np.ndarray:
     """Gaussian blur by normalised convolution (Knutsson and Westin 1993): invalid pixels are
     neither used nor filled (0 there).
 
-    A Float32 image goes through the compiled :func:`costack._kernels.masked_blur` (the same
+    A Float32 image goes through the compiled :func:`costack.registration._kernels.masked_blur`
+    (the same
     bytes as the SciPy path below, six times faster); other types through SciPy's
     ``gaussian_filter`` (truncated at 3 sigma, zero outside the image)."""
     if img.dtype == np.float32 and img.ndim == 2 and float(sigma) > 0:
-        from costack import _kernels as K  # numba: imported by the jobs that filter only
+        from costack.registration import (
+            _kernels as K,  # numba: imported by the jobs that filter only
+        )
 
         r = int(3.0 * float(sigma) + 0.5)
         x = np.arange(-r, r + 1)
@@ -87,7 +90,7 @@ def warp_array(
     if resampling == "nearest":
         u = np.round(u + 0.0)
         v = np.round(v + 0.0)
-    from costack import _kernels as K  # numba: imported by the jobs that warp only
+    from costack.registration import _kernels as K  # numba: imported by the jobs that warp only
 
     out, ok = (np.empty(src.shape, np.float32) for _ in range(2))
     out, ok = K.warp_bilinear(src, valid.astype(np.uint8), u, v, out, ok)
