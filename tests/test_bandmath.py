@@ -188,7 +188,8 @@ def _text(node) -> str:
 
 
 def _direct(node):
-    """(values, nodata mask) by plain NumPy: any raster operand's nodata is nodata."""
+    """(values, nodata mask) by plain NumPy: any raster operand's nodata is nodata, and so is
+    any intermediate that is not finite."""
     if node[0] == "asset":
         a = R[node[1]].astype(np.float64)
         return a, np.isnan(a)
@@ -206,7 +207,8 @@ def _direct(node):
             out = (v[0] - v[1]) / (v[0] + v[1])
         else:
             out = BINARY[node[1]](v[0], v[1]).astype(np.float64)
-    return out, mask
+    # a non-finite intermediate is nodata from there on (the documented rule)
+    return out, mask | ~np.isfinite(out)
 
 
 @settings(max_examples=300, deadline=None)

@@ -43,13 +43,6 @@ OPEN = {
     "test_a_full_disk_leaves_a_complete_raster_or_none[cog]",
     "test_a_full_disk_leaves_a_complete_raster_or_none[warp]",
     "test_allowed_paths_lets_an_item_name_files_elsewhere",
-    "test_band_math_with_a_nodata_operand_gives_nodata[(!= (log10 (- 0 1.nir)) 0)]",
-    "test_band_math_with_a_nodata_operand_gives_nodata[(& 1.nir (/ 1.nir 0))]",
-    "test_band_math_with_a_nodata_operand_gives_nodata[(< (sqrt (- 0 1.nir)) 1)]",
-    "test_band_math_with_a_nodata_operand_gives_nodata[(== (/ 1.nir 0) (/ 1.nir 0))]",
-    "test_band_math_with_a_nodata_operand_gives_nodata[(> 1.nir (/ 1.nir 0))]",
-    "test_band_math_with_a_nodata_operand_gives_nodata[(where (> 1.nir (/ 1.nir 0)) 1 2)]",
-    "test_band_math_with_a_nodata_operand_gives_nodata[(| 1.nir (/ 1.nir 0))]",
     "test_deeply_nested_yaml_is_one_line",
     "test_duplicate_keys_in_an_item_are_refused[asset]",
     "test_duplicate_keys_in_an_item_are_refused[item]",
@@ -519,7 +512,8 @@ def test_raster_bands_given_as_an_object_is_one_line(tmp_path):
     "(< (sqrt (- 0 1.nir)) 1)",
 ])  # fmt: skip
 def test_band_math_with_a_nodata_operand_gives_nodata(tmp_path, expression):
-    data = scene(64, 64, 5) + 3  # positive: 1.nir / 0 is +inf, never a number
+    data = scene(64, 64, 5)
+    data = data - data.min() + 1  # positive: 1.nir / 0 is +inf, log10 and sqrt of -1.nir NaN
     write_raster(tmp_path / "nir.tif", data, transform=T)
     out = tmp_path / "out.tif"
     proc = run([*CLI, "bandmath", f"x:{expression}", "--asset", f"1.nir={tmp_path / 'nir.tif'}",

@@ -14,7 +14,10 @@ parser only ever produces nodes from :data:`FUNCTIONS`, and anything else is an
 
 Semantics: results are Float32 on the common grid; a pixel that is nodata (NaN) in any raster
 operand of an element-wise operation is nodata in its result; division by zero and other
-non-finite results are nodata (never inf); comparisons and logical results are 0/1.
+non-finite results are nodata (never inf); comparisons and logical results are 0/1. Nodata
+propagates through every step: an intermediate that is not finite (``(/ 1.nir 0)``,
+``(log10 -1)``) is nodata, so a comparison, a logical operation or a ``where`` that reads it
+gives nodata, not 0, 1 or the other branch.
 """
 
 from __future__ import annotations
@@ -165,10 +168,10 @@ def _union(*values: Value) -> np.ndarray | None:
     masks = [v.invalid for v in values if v.invalid is not None]
     if not masks:
         return None
-    out = masks[0].copy()
+    out = masks[0]
     for m in masks[1:]:
-        out |= m
-    return out
+        out = out | m  # not in place: a scalar's mask broadcasts to a raster's
+    return np.array(out, copy=True)
 
 
 def _elementwise(fn: Callable[..., Any]) -> Callable[..., Value]:
@@ -564,7 +567,16 @@ def _value(tree: Node, rasters: Mapping[str, np.ndarray], means: Mapping[Call, f
             return cache[node.key]
         if node in means:
             return Value(np.float64(means[node]))
-        return FUNCTIONS[node.name][2](*(value_of(a) for a in node.args))
+        out = FUNCTIONS[node.name][2](*(value_of(a) for a in node.args))
+        if out.is_array:
+            return out
+        # a non-finite intermediate (1/0, log10 of a negative, NaN) is nodata from here on: a
+        # comparison, a logical operation or a where on it gives nodata, never 0 or 1
+        with np.errstate(all="ignore"):
+            bad = ~np.isfinite(np.asarray(out.data, dtype=np.float64))
+        if bad.any():
+            out = Value(out.data, bad if out.invalid is None else (out.invalid | bad))
+        return out
 
     try:
         return value_of(tree)
