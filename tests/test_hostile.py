@@ -63,7 +63,6 @@ OPEN = {
     "test_impossible_raster_bands_values_are_refused_before_any_job[scale-1e+39]",
     "test_impossible_raster_bands_values_are_refused_before_any_job[scale-abc]",
     "test_impossible_raster_bands_values_are_refused_before_any_job[scale-nan]",
-    "test_item_text_cannot_forge_log_lines_or_kill_a_job",
     "test_item_text_runs_no_script_in_the_report",
     "test_local_file_outside_the_items_folder_is_refused[absolute]",
     "test_local_file_outside_the_items_folder_is_refused[dotdot]",

@@ -507,10 +507,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``costack`` command."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    from costack.jobs import PrintableFormatter
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(PrintableFormatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        handlers=[handler])  # fmt: skip
     try:
         with warnings.catch_warnings():
             if args.command in PIXEL_GRID_COMMANDS:

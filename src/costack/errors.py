@@ -16,7 +16,20 @@ class CostackError(ValueError):
         text = f"{parameter}: {problem}"
         if fix:
             text += f"; {fix}"
-        super().__init__(" ".join(text.split()))
+        super().__init__(printable(" ".join(text.split())))
+
+
+def printable(text: object) -> str:
+    """``text`` with its control characters (newline, carriage return, terminal escapes...)
+    written as escapes: text from an item is data, and must neither start a line of its own
+    (a forged log or verdict line) nor drive the terminal."""
+    out = []
+    for ch in str(text):
+        if ch.isprintable() or ch == " ":
+            out.append(ch)
+        else:
+            out.append(ch.encode("unicode_escape").decode("ascii"))
+    return "".join(out)
 
 
 #: Errors from reading or writing files (OS, GDAL through rasterio, parsers) that front ends

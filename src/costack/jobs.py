@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from costack.errors import CostackError, describe, file_errors
+from costack.errors import CostackError, describe, file_errors, printable
 
 
 def setup_logging(log_path: str | None = None, level: int = logging.INFO) -> None:
@@ -21,12 +21,19 @@ def setup_logging(log_path: str | None = None, level: int = logging.INFO) -> Non
         except OSError as err:  # a read-only logs folder: log to stderr only
             print(f"costack: warning: cannot write the log {log_path} ({err.strerror})",
                   file=sys.stderr)  # fmt: skip
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        handlers=handlers,
-        force=True,
-    )
+    formatter = PrintableFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for handler in handlers:
+        handler.setFormatter(formatter)
+    logging.basicConfig(level=level, handlers=handlers, force=True)
+
+
+class PrintableFormatter(logging.Formatter):
+    """A log line whose message has its control characters escaped (item text logged as data
+    cannot forge a line or drive the terminal); a traceback below it keeps its lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's API)
+        record.message = printable(record.message)
+        return super().formatMessage(record)
 
 
 #: A folder with less free space than this, when a write fails, is taken to be why.

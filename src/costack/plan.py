@@ -21,7 +21,7 @@ from typing import Any
 import pandas as pd
 
 from costack.config import RunConfig, parse_config
-from costack.errors import CostackError
+from costack.errors import CostackError, printable
 from costack.io.files import atomic_path, write_json
 from costack.io.grids import Grid, resolution_ratio
 from costack.io.manifest import read_manifest, write_manifest
@@ -287,7 +287,9 @@ def make_plan(cfg: RunConfig, manifest: pd.DataFrame, grid: Grid) -> RunPlan:
     label = {}
     for n, key in matching.items():
         platform, date = str(rows.loc[key, "platform"]), str(rows.loc[key, "datetime"])[:10]
-        label[n] = " ".join(x for x in (platform, date) if x) or f"dataset {n}"
+        # item text, shown in logs, figures and the report: printable, and short
+        platform = printable(" ".join(platform.split()))[:60]
+        label[n] = " ".join(x for x in (platform, printable(date)) if x) or f"dataset {n}"
     return RunPlan(
         cfg=cfg,
         manifest=manifest,

@@ -1,7 +1,8 @@
 """Figures of the tie-point and report stages: one way to draw and save a PNG.
 
 Matplotlib runs on its Agg back end (no screen needed); a figure is written atomically and
-always closed, so a failing plot leaves neither a half-written PNG nor a leaked figure.
+always closed, so a failing plot leaves neither a half-written PNG nor a leaked figure. Text is
+drawn as given (mathtext and LaTeX off): titles carry item text such as a platform name.
 """
 
 from __future__ import annotations
@@ -25,13 +26,16 @@ def png_figure(png: str | Path, dpi: int = 90, **subplots: Any) -> Iterator[tupl
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(**subplots)
-    try:
-        yield fig, axes
-        with atomic_path(png) as tmp:
-            fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
-    finally:
-        plt.close(fig)
+    # text from items (a platform name in a title) is data: no mathtext, no LaTeX, so "$"
+    # and backslashes are drawn as they are and cannot fail the plot
+    with matplotlib.rc_context({"text.usetex": False, "text.parse_math": False}):
+        fig, axes = plt.subplots(**subplots)
+        try:
+            yield fig, axes
+            with atomic_path(png) as tmp:
+                fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
+        finally:
+            plt.close(fig)
 
 
 def stretch(a: np.ndarray) -> np.ndarray:

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import rasterio
 
-from costack.errors import CostackError
+from costack.errors import CostackError, printable
 from costack.io.files import write_json
 from costack.io.grids import Grid
 from costack.io.rasters import costack_tags, read_float32, require_colocated
@@ -360,7 +360,8 @@ def verdict_lines(summary_json: str | Path) -> list[str]:
         after = q.get("after", {})
         figure = (f", residual {after['pixels']['median']:.2f} px median on {after['points']} "
                   "points" if after.get("figure") == "measured" else "")  # fmt: skip
-        lines.append(f"costack: registration of dataset {n}{label}: {q['verdict']}{figure}{why}")
+        line = f"costack: registration of dataset {n}{label}: {q['verdict']}{figure}{why}"
+        lines.append(printable(line))  # the label is item text: it cannot start a line
     return lines
 
 
