@@ -52,7 +52,12 @@ def test_href_forms(tmp_path, form):
         "file_url": tif.as_uri(),
     }[form]
     item = write_item(tmp_path / "item", "x", {"nir": {"href": href}})
-    m = _discover({"inputs": [str(item)], "assets": "1.nir", "reference": "1.nir"})
+    cfg = {"inputs": [str(item)], "assets": "1.nir", "reference": "1.nir"}
+    # the raster is outside the item's folder: read only when allowed_paths names its folder
+    with pytest.raises(CostackError, match=r"outside the item's folder .* add '.*data' to "
+                       r"allowed_paths"):  # fmt: skip
+        _discover(cfg)
+    m = _discover(dict(cfg, allowed_paths=[str(tmp_path / "data")]))
     assert Path(m.loc[0, "gdal_path"]).resolve() == tif.resolve()
 
 
@@ -69,7 +74,7 @@ def test_http_item_and_asset_over_loopback(tmp_path, http_server):
     cfg = {"inputs": [f"{http_server}/item.json"], "assets": "1.nir", "reference": "1.nir"}
     # an item's href to a loopback address is refused unless the config allows that host
     with pytest.raises(CostackError, match=r"points at a non-public address \(127.0.0.1\); "
-                       r"add '127.0.0.1' to allowed_sources"):  # fmt: skip
+                       r"add '127.0.0.1' \(or '127.0.0.1:\d+'\) to allowed_sources"):  # fmt: skip
         _discover(cfg)
     m = _discover(dict(cfg, allowed_sources=["127.0.0.1"]))
     assert m.loc[0, "gdal_path"] == f"/vsicurl/{http_server}/nir.tif"

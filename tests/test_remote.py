@@ -49,7 +49,11 @@ def test_http_asset_read_with_one_retried_failure(tmp_path, flaky_server, monkey
            "allowed_sources": ["127.0.0.1"]}  # fmt: skip
     run_discover(parse_config(cfg), tmp_path / "m.csv")
     run_grid(tmp_path / "m.csv", "1.nir", None, tmp_path / "g.json")
-    run_colocate(tmp_path / "m.csv", tmp_path / "g.json", "1.nir", tmp_path / "out.tif")
+    # the job checks its source again, with the run's policy (and refuses it without)
+    with pytest.raises(CostackError, match=r"non-public address \(127.0.0.1\)"):
+        run_colocate(tmp_path / "m.csv", tmp_path / "g.json", "1.nir", tmp_path / "out.tif")
+    run_colocate(tmp_path / "m.csv", tmp_path / "g.json", "1.nir", tmp_path / "out.tif",
+                 policy={"allowed_sources": ["127.0.0.1"]})  # fmt: skip
     out, _, _ = read_float32(tmp_path / "out.tif")
     np.testing.assert_allclose(out, data * 1e-4 - 0.1, atol=1e-6)
     reqs = _requests(log)

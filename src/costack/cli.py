@@ -114,11 +114,14 @@ def cmd_grid(args: argparse.Namespace) -> None:
 
 def cmd_colocate(args: argparse.Namespace) -> None:
     """Step colocate."""
+    from costack.io.remote import SourcePolicy
     from costack.stages.colocate import run_colocate
 
+    policy = SourcePolicy(tuple(args.allowed_source), tuple(args.allowed_path),
+                          args.http_timeout, args.http_retries)  # fmt: skip
     run_colocate(
         args.manifest, args.grid, args.key, args.out, args.resampling,
-        not args.gcp_corner, args.threads,
+        not args.gcp_corner, args.threads, policy,
     )  # fmt: skip
 
 
@@ -335,6 +338,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="GCP pixel/line are GDAL area coordinates (default: pixel-centre indices, as S1 GRD)",
     )  # fmt: skip
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--allowed-source", action="append", default=[], metavar="HOST",
+                   help="as the config's allowed_sources; repeat")  # fmt: skip
+    p.add_argument("--allowed-path", action="append", default=[], metavar="FOLDER",
+                   help="as the config's allowed_paths; repeat")  # fmt: skip
+    p.add_argument("--http-timeout", type=float, default=30.0,
+                   help="seconds per HTTP request (config http_timeout)")  # fmt: skip
+    p.add_argument("--http-retries", type=int, default=3,
+                   help="retries of a failed HTTP read (config http_retries)")  # fmt: skip
     p.set_defaults(func=cmd_colocate)
 
     p = sub.add_parser(

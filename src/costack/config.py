@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import re
+import stat
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -65,6 +67,10 @@ class RunConfig:
     max_job_memory_mb: int = 12000
     max_grid_pixels: int = 500_000_000
     allowed_sources: list[str] = field(default_factory=list)
+    allowed_paths: list[str] = field(default_factory=list)
+    http_timeout: float = 30.0
+    http_retries: int = 3
+    max_item_bytes: int = 32_000_000
 
     @property
     def keys(self) -> list[str]:
@@ -153,6 +159,7 @@ def parse_config(config: dict[str, Any]) -> RunConfig:
             f"the configuration is a {type(config).__name__}, not a mapping of keys to values",
             "write it as 'key: value' lines (see config/config.yaml)",
         )
+    check_size(config)
     _check_finite(config)
     raw = validate_schema(config)
     assets = parse_asset_list(raw["assets"])
@@ -231,13 +238,138 @@ def parse_config(config: dict[str, Any]) -> RunConfig:
         max_job_memory_mb=int(raw["max_job_memory_mb"]),
         max_grid_pixels=int(raw["max_grid_pixels"]),
         allowed_sources=list(raw["allowed_sources"]),
+        allowed_paths=list(raw["allowed_paths"]),
+        http_timeout=float(raw["http_timeout"]),
+        http_retries=int(raw["http_retries"]),
+        max_item_bytes=int(raw["max_item_bytes"]),
     )
 
 
-def read_config_file(path: str | Path, parameter: str = "--configfile") -> dict[str, Any]:
-    """A YAML config file as a mapping; unreadable, invalid YAML or not a mapping is one line."""
+#: Most values a configuration may expand to (aliases counted as often as they are used): a
+#: real one has a few hundred; a YAML alias bomb has billions.
+MAX_CONFIG_VALUES = 100_000
+#: Deepest nesting of a configuration (the schema's deepest is 3).
+MAX_CONFIG_DEPTH = 32
+#: Largest config file read (bytes).
+MAX_CONFIG_BYTES = 10_000_000
+
+
+class _DuplicateKeyError(yaml.YAMLError):
+    """A mapping that gives one key twice."""
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that refuses a key given twice in one mapping (PyYAML keeps the
+    last silently)."""
+
+    def construct_mapping(self, node, deep=False):  # noqa: ANN001, ANN201 (PyYAML's API)
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, list | dict):
+                continue  # unhashable: PyYAML reports it itself
+            if key in seen:
+                raise _DuplicateKeyError(f"the key {key!r} is given twice (line "
+                                         f"{key_node.start_mark.line + 1})")  # fmt: skip
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def _expanded_size(node: yaml.Node) -> tuple[int, int]:
+    """(values, depth) of a composed YAML document once its aliases are expanded, counted
+    without expanding them (each node once, memoised), iteratively (no recursion)."""
+    sizes: dict[int, tuple[int, int]] = {}
+    todo: list[tuple[yaml.Node, bool]] = [(node, False)]
+    while todo:
+        n, ready = todo.pop()
+        if id(n) in sizes:
+            continue
+        children: list[yaml.Node] = []
+        if isinstance(n, yaml.SequenceNode):
+            children = list(n.value)
+        elif isinstance(n, yaml.MappingNode):
+            children = [c for pair in n.value for c in pair]
+        if not ready:
+            todo.append((n, True))
+            todo.extend((c, False) for c in children if id(c) not in sizes)
+            continue
+        total = 1 + sum(sizes.get(id(c), (1, 0))[0] for c in children)
+        depth = 1 + max((sizes.get(id(c), (1, 0))[1] for c in children), default=0)
+        sizes[id(n)] = (min(total, 10 * MAX_CONFIG_VALUES), depth)
+    return sizes[id(node)]
+
+
+def check_size(value: Any, parameter: str = "configfile") -> None:
+    """Refuse a configuration (as Python values, shared references counted each time they
+    are used, as Snakemake's own loader builds YAML aliases) that expands to more than
+    :data:`MAX_CONFIG_VALUES` values or nests deeper than :data:`MAX_CONFIG_DEPTH`."""
+    sizes: dict[int, tuple[int, int]] = {}
+    todo: list[tuple[Any, bool]] = [(value, False)]
+    while todo:
+        v, ready = todo.pop()
+        if id(v) in sizes:
+            continue
+        children = list(v.values()) if isinstance(v, dict) else list(v) if isinstance(
+            v, list | tuple) else []  # fmt: skip
+        if not ready:
+            if len(todo) > MAX_CONFIG_VALUES:
+                break
+            todo.append((v, True))
+            todo.extend((c, False) for c in children if id(c) not in sizes)
+            continue
+        total = 1 + sum(sizes.get(id(c), (1, 0))[0] for c in children)
+        depth = 1 + max((sizes.get(id(c), (1, 0))[1] for c in children), default=0)
+        sizes[id(v)] = (min(total, 10 * MAX_CONFIG_VALUES), depth)
+    total, depth = sizes.get(id(value), (10 * MAX_CONFIG_VALUES, 0))
+    _refuse_size(total, depth, parameter)
+
+
+def _refuse_size(total: int, depth: int, parameter: str) -> None:
+    if total > MAX_CONFIG_VALUES:
+        raise CostackError(parameter, f"the configuration expands to more than "
+                           f"{MAX_CONFIG_VALUES:,} values (YAML aliases repeat what they name)",
+                           "write the values out, without alias chains")  # fmt: skip
+    if depth > MAX_CONFIG_DEPTH:
+        raise CostackError(parameter, f"the configuration is nested {depth} levels deep",
+                           f"no key takes more than a few levels (at most "
+                           f"{MAX_CONFIG_DEPTH}); see config/schema.yaml")  # fmt: skip
+
+
+def load_yaml(text: str, parameter: str, name: str) -> Any:
+    """YAML text as Python values: keys given twice, alias chains that expand beyond
+    :data:`MAX_CONFIG_VALUES` (checked on the composed document, before anything is expanded)
+    and nesting beyond :data:`MAX_CONFIG_DEPTH` are refused in one line."""
+    loader = _StrictLoader(text)
     try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        total, depth = _expanded_size(node)
+        _refuse_size(total, depth, parameter)
+        return loader.construct_document(node)
+    except _DuplicateKeyError as err:
+        raise CostackError(parameter, f"{name}: {err}", "give each key once") from err
+    except RecursionError as err:
+        raise CostackError(
+            parameter,
+            f"{name} is nested too deeply to be read",
+            f"no key takes more than {MAX_CONFIG_DEPTH} levels",
+        ) from err
+    finally:
+        loader.dispose()
+
+
+def read_config_file(path: str | Path, parameter: str = "--configfile") -> dict[str, Any]:
+    """A YAML config file as a mapping; unreadable, invalid YAML or not a mapping is one line
+    (so are a key given twice, an alias bomb and deep nesting: :func:`load_yaml`)."""
+    try:
+        st = os.stat(path)  # before any open: a FIFO would block
+        if not stat.S_ISREG(st.st_mode):
+            raise CostackError(parameter, f"{path} is not a regular file", "give a YAML file")
+        if st.st_size > MAX_CONFIG_BYTES:
+            raise CostackError(parameter, f"{path} is larger than {MAX_CONFIG_BYTES:,} bytes",
+                               "give the run's YAML config file")  # fmt: skip
+        raw = load_yaml(Path(path).read_text(encoding="utf-8"), parameter, str(path)) or {}
     except OSError as err:
         raise CostackError(parameter, f"cannot read {path} ({err.strerror})", None) from err
     except (yaml.YAMLError, UnicodeDecodeError) as err:

@@ -8,6 +8,8 @@ rule colocate_asset:
     params:
         resampling=config["resampling"],
         pixel_center=config["gcp_pixel_center"],
+        # the sources' gate, as in discovery (docs/security.md)
+        policy=POLICY,
     log:
         "logs/colocate_asset/{key}.log",
     threads: colocate_threads

@@ -7,8 +7,9 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
-from costack.config import schema_path
+from costack.config import read_config_file, schema_path
 from costack.errors import CostackError
+from costack.io.remote import configure_gdal
 from costack.jobs import forget_run, live_run, record_run
 from costack.plan import cached_preflight, parse_expressions, unused_inputs_warning
 
@@ -22,6 +23,10 @@ if "--unlock" in sys.argv and live_run(RUN_PID):
     )
 
 try:
+    # the config files again, strictly: Snakemake's own YAML loader keeps the last of a key
+    # given twice without a word (docs/security.md)
+    for configfile_path in workflow.overwrite_configfiles:
+        read_config_file(configfile_path)
     PLAN = cached_preflight(config)
 except CostackError as err:
     sys.exit(f"costack: error: {err}")
@@ -34,6 +39,16 @@ if isinstance(config.get("matching_assets"), dict):
 validate(config, schema=str(schema_path()), set_default=True)
 
 CFG, MANIFEST, GRID = PLAN.cfg, PLAN.manifest, PLAN.grid
+# what an item may make this machine read, and the time limits of remote reads: the jobs
+# check their sources with it again (docs/security.md); GDAL's own HTTP settings go to the
+# jobs through the environment
+POLICY = dict(
+    allowed_sources=list(CFG.allowed_sources),
+    allowed_paths=list(CFG.allowed_paths),
+    timeout=CFG.http_timeout,
+    retries=CFG.http_retries,
+)
+configure_gdal(CFG.http_timeout, CFG.http_retries)
 KEYS = CFG.keys
 EXPRESSIONS = parse_expressions(CFG)
 EXPRESSION_NAMES = list(EXPRESSIONS)

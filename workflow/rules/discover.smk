@@ -8,7 +8,8 @@ rule discover_assets:
             k: config[k]
             for k in (
                 "inputs", "assets", "reference", "gcp_pixel_center", "physical_units",
-                "allowed_sources",
+                "allowed_sources", "allowed_paths", "http_timeout", "http_retries",
+                "max_item_bytes",
             )
         },
     log:

@@ -13,5 +13,6 @@ run_step(
         resampling=snakemake.params.resampling,
         pixel_center=snakemake.params.pixel_center,
         threads=snakemake.threads,
+        policy=dict(snakemake.params.policy),
     ),
 )

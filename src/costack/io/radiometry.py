@@ -116,6 +116,67 @@ def band_fields(item: pystac.Item, asset: pystac.Asset) -> dict[str, Any]:
     return out
 
 
+#: Largest magnitude a physical value may take: the Float32 outputs hold it.
+FLOAT32_MAX = 3.4028234663852886e38
+
+
+def check_encoding(item: pystac.Item, asset_key: str, asset: pystac.Asset, parameter: str) -> None:
+    """Refuse, before any job, an encoding that cannot be right: a scale or offset that is not
+    a number, not finite, beyond Float32, or a scale of 0 (every value would be the offset); a
+    nodata that is neither a number nor "nan"/"inf"/"-inf". Raises a one-line CostackError."""
+    from costack.errors import CostackError
+
+    fields = band_fields(item, asset)
+    where = f"item {item.id} asset {asset_key}"
+    for name in ("scale", "offset"):
+        if name not in fields:
+            continue
+        value, found = fields[name], fields[f"{name}_from"]
+        number = value if isinstance(value, int | float) and not isinstance(value, bool) else None
+        problem = None
+        if number is None:
+            problem = f"is {type(value).__name__} {str(value)[:40]!r}, not a number"
+        elif not math.isfinite(number):
+            problem = "is not a finite number"
+        elif abs(number) > FLOAT32_MAX:
+            problem = "is beyond the Float32 range of the outputs"
+        elif name == "scale" and number == 0:
+            problem = "is 0 (every pixel would be the offset)"
+        if problem:
+            raise CostackError(parameter, f"{where}: {name} {str(value)[:40]} (in the {found}) "
+                               f"{problem}", "fix the item's raster:bands")  # fmt: skip
+    if "nodata" in fields:
+        value = fields["nodata"]
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        ok = ok or (
+            isinstance(value, str) and value.strip().lower() in {"nan", "inf", "+inf", "-inf"}
+        )
+        if not ok:
+            raise CostackError(parameter, f"{where}: nodata {str(value)[:40]!r} (in the "
+                               f"{fields['nodata_from']}) is not a number", "fix the item's "
+                               "raster:bands: a number, or \"nan\", \"inf\", \"-inf\"")  # fmt: skip
+
+
+def check_range(radio: Radiometry, dtype: str, parameter: str, where: str) -> None:
+    """Refuse a scale and offset that take an integer raster's stored values beyond Float32
+    (the output would be infinite: a scale of 1e39)."""
+    import numpy as np
+
+    from costack.errors import CostackError
+
+    kind = np.dtype(dtype).kind
+    if kind not in "iu":
+        return
+    info = np.iinfo(np.dtype(dtype))
+    worst = max(
+        abs(info.min * radio.scale + radio.offset), abs(info.max * radio.scale + radio.offset)
+    )
+    if not math.isfinite(worst) or worst > FLOAT32_MAX:
+        raise CostackError(parameter, f"{where}: scale {radio.scale:g} and offset "
+                           f"{radio.offset:g} take its {dtype} values beyond the Float32 range",
+                           "fix the item's raster:bands")  # fmt: skip
+
+
 def _nodata_value(value: Any) -> float | None:
     if isinstance(value, str):
         low = value.strip().lower()

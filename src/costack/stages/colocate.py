@@ -12,7 +12,9 @@ from __future__ import annotations
 import logging
 import time
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import rasterio
@@ -36,7 +38,7 @@ from costack.io.rasters import (
     strips,
     to_nodata,
 )
-from costack.io.remote import gdal_path
+from costack.io.remote import SourcePolicy, source_path
 from costack.registration.imaging import db_to_linear, linear_to_db
 
 log = logging.getLogger(__name__)
@@ -161,6 +163,7 @@ def colocate_array(
     offset: float = 0.0,
     nodata: float | None = None,
     extra_nodata: float | None = None,
+    driver: str | None = None,
 ) -> tuple[np.ndarray, float]:
     """Warp a single-band raster onto ``grid``, in memory.
 
@@ -177,13 +180,15 @@ def colocate_array(
             ``raster:bands`` nodata); the file's own tag wins.
         extra_nodata: a second fill value to mask (the item's, where it disagrees with the
             file's).
+        driver: the only GDAL driver to open the source with (the gate's,
+            :func:`costack.io.remote.source_path`); None: any.
 
     Returns:
         (Float32 array with NaN where there is no data, output fill value). The fill value is
         the source's when its numbers are kept, NaN when they were scaled (a fill value of 0
         DN is a valid reflectance).
     """
-    with rasterio.open(path) as src:
+    with rasterio.open(path, driver=driver or None) as src:
         georef = read_georef(src, pixel_center)
         src_nodata = src.nodata if src.nodata is not None else nodata
         raw = src.read(1, masked=False)
@@ -279,6 +284,7 @@ def _colocate_streamed(
     nodata: float | None = None,
     extra_nodata: float | None = None,
     strip_bytes: int = STRIP_BYTES,
+    driver: str | None = None,
 ) -> int:
     """:func:`colocate_array` with bounded memory, into ``out_path``.
 
@@ -289,7 +295,7 @@ def _colocate_streamed(
 
     Returns the number of valid grid pixels.
     """
-    with rasterio.open(path) as src:
+    with rasterio.open(path, driver=driver or None) as src:
         georef = read_georef(src, pixel_center)
         src_nodata = src.nodata if src.nodata is not None else nodata
         fill = _fill_value(src_nodata, scale, offset)
@@ -313,7 +319,10 @@ def _colocate_streamed(
             if georef.gcps:
                 del profile["transform"]
             rows = strip_rows(window.width, window.height, 16, strip_bytes)
-            with rasterio.open(path) as src, rasterio.open(physical, "w", **profile) as dst:
+            with (
+                rasterio.open(path, driver=driver or None) as src,
+                rasterio.open(physical, "w", **profile) as dst,
+            ):
                 if gcps is not None:
                     dst.gcps = (gcps, georef.crs)
                 for r0, r1 in strips(window.height, rows):
@@ -360,6 +369,7 @@ def colocate_asset(
     threads: int = 1,
     tags: dict[str, str] | None = None,
     strip_bytes: int = STRIP_BYTES,
+    driver: str | None = None,
     **radiometry: float | None,
 ) -> None:
     """Warp one asset onto the grid and write it as a Float32 GeoTIFF, in bounded memory.
@@ -375,7 +385,8 @@ def colocate_asset(
         meta["costack_resampling_domain"] = DB_DOMAIN
     meta.update(tags or {})
     valid = _colocate_streamed(path, grid, Path(out_path), meta, resampling, db, pixel_center,
-                               threads, strip_bytes=strip_bytes, **radiometry)  # fmt: skip
+                               threads, strip_bytes=strip_bytes, driver=driver,
+                               **radiometry)  # fmt: skip
     log.info("colocated %s: %d of %d grid pixels valid", path, valid, grid.width * grid.height)
 
 
@@ -387,10 +398,16 @@ def run_colocate(
     resampling: str = "bilinear",
     pixel_center: bool = True,
     threads: int = 1,
+    policy: SourcePolicy | Mapping[str, Any] | None = None,
 ) -> None:
     """The co-location stage (rule ``colocate_asset``, ``costack colocate``): warp asset ``key``
-    of the manifest onto the grid (Float32 GeoTIFF in physical units, nodata carried)."""
+    of the manifest onto the grid (Float32 GeoTIFF in physical units, nodata carried).
+
+    The source passes the same gate as in discovery (:func:`costack.io.remote.source_path`,
+    with the config's ``policy``: allowed sources and paths, HTTP time limit and retries)
+    before GDAL opens it, so a manifest or a server changed since then is checked again."""
     row = manifest_row(read_manifest(manifest_csv), key, manifest_csv)
+    source = source_path(key, str(row["href"]), str(row["item_href"]), SourcePolicy.coerce(policy))
     grid = Grid.load(grid_json)
     start = time.perf_counter()
     ratio = resolution_ratio(row["res_x"], row["res_y"], grid)
@@ -410,8 +427,8 @@ def run_colocate(
         )
     try:
         colocate_asset(
-            gdal_path(str(row["href"])), grid, out_tif, resampling, bool(row["db"]),
-            pixel_center, threads, tags, **radiometry,
+            source.path, grid, out_tif, resampling, bool(row["db"]),
+            pixel_center, threads, tags, driver=source.driver, **radiometry,
         )  # fmt: skip
     except RasterioIOError as err:
         raise CostackError(

@@ -9,8 +9,10 @@ item, absolute, ``file://`` or http(s) URLs, which GDAL reads through ``/vsicurl
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import stat
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,14 +21,21 @@ from urllib.parse import unquote, urlparse
 import numpy as np
 import pandas as pd
 import pystac
-import rasterio
 from rasterio.errors import RasterioIOError
 
 from costack.errors import CostackError
+from costack.errors import printable as clean
 from costack.io import radiometry
 from costack.io.georef import WGS84, read_georef
 from costack.io.manifest import MANIFEST_COLUMNS, AssetRef, write_manifest
-from costack.io.remote import check_requester_pays, check_source, gdal_path, is_url
+from costack.io.remote import (
+    SourcePolicy,
+    check_requester_pays,
+    fetch_bytes,
+    is_url,
+    open_source,
+    source_path,
+)
 
 if TYPE_CHECKING:  # the run's parsed config, a type only: stages import nothing above them
     from costack.config import RunConfig
@@ -48,12 +57,67 @@ def normalise_item_ref(ref: str) -> str:
     return str(Path(ref).resolve())
 
 
-def load_item(ref: str, index: int) -> pystac.Item:
-    """Read the STAC item of dataset ``index`` (1-based)."""
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object's members, refusing a key given twice (which one would be read?)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
+def _item_bytes(ref: str, href: str, param: str, cfg: RunConfig | None) -> bytes:
+    """The item's bytes: a URL fetched within ``http_timeout`` and ``max_item_bytes``, a local
+    file that must be a regular file of at most ``max_item_bytes``."""
+    max_bytes = cfg.max_item_bytes if cfg is not None else 32_000_000
+    if is_url(href):
+        timeout = cfg.http_timeout if cfg is not None else 30.0
+        retries = cfg.http_retries if cfg is not None else 3
+        return fetch_bytes(href, param, timeout, max_bytes, retries)
+    try:
+        st = os.stat(href)  # before any open: a FIFO would block
+    except OSError as err:
+        raise CostackError(param, f"{clean(ref)} does not exist ({err.strerror})",
+                           "give the path or URL of a STAC item") from err  # fmt: skip
+    if not stat.S_ISREG(st.st_mode):
+        raise CostackError(param, f"{clean(ref)} is not a regular file",
+                           "give the path or URL of a STAC item JSON file")  # fmt: skip
+    if st.st_size > max_bytes:
+        raise CostackError(param, f"{clean(ref)} is larger than max_item_bytes = {max_bytes:,} "
+                           "bytes", "raise max_item_bytes if the item is that large")  # fmt: skip
+    with open(href, "rb") as fh:
+        return fh.read(max_bytes + 1)
+
+
+def load_item(ref: str, index: int, cfg: RunConfig | None = None) -> pystac.Item:
+    """Read the STAC item of dataset ``index`` (1-based), bounded in time and size (see
+    :func:`costack.io.remote.fetch_bytes`); a key given twice in any object, or band lists
+    that are not lists of objects, are refused in one line."""
     href = normalise_item_ref(ref)
     param = f"inputs[{index}]"
-    if not is_url(href) and not os.path.exists(href):
-        raise CostackError(param, f"{ref} does not exist", "give the path or URL of a STAC item")
+    data = _item_bytes(ref, href, param, cfg)
+    try:
+        d = json.loads(data.decode("utf-8"), object_pairs_hook=_no_duplicates)
+    except _DuplicateKey as err:
+        raise CostackError(param, f"{clean(ref)} gives the key {clean(err.args[0])!r} twice in "
+                           "one object (which one would be read?)",
+                           "fix the item: give each key once") from err  # fmt: skip
+    except RecursionError as err:
+        raise CostackError(param, f"{clean(ref)} is nested too deeply to be a STAC item",
+                           "give a STAC item JSON file") from err  # fmt: skip
+    except (UnicodeDecodeError, ValueError) as err:
+        reason = " ".join(str(err).split())[:160]
+        raise CostackError(param, f"{clean(ref)} is not JSON ({reason})",
+                           "give a STAC item JSON file") from err  # fmt: skip
+    if not isinstance(d, dict):
+        raise CostackError(param, f"{clean(ref)} holds a JSON {type(d).__name__}, not a STAC "
+                           "item", "give a STAC item JSON file")  # fmt: skip
+    _check_band_lists(d, ref, param)
     try:
         with warnings.catch_warnings():
             # pystac migrates old extension versions as it reads; the storage extension's
@@ -61,12 +125,43 @@ def load_item(ref: str, index: int) -> pystac.Item:
             # items: two lines per item) about fields the workflow never reads
             warnings.filterwarnings("ignore", message="Could not parse bucket/account",
                                     category=UserWarning)  # fmt: skip
-            return pystac.Item.from_file(href)
-    except Exception as err:  # pystac raises many types for unreadable or non-item JSON
+            item = pystac.Item.from_dict(d, href=href, migrate=True, preserve_dict=False)
+            item.set_self_href(href)
+            return item
+    except Exception as err:  # pystac raises many types for non-item JSON
         reason = " ".join(str(err).split())[:200]
         raise CostackError(
-            param, f"{ref} is not a readable STAC item ({reason})", "give a STAC item JSON file"
+            param,
+            f"{clean(ref)} is not a readable STAC item ({clean(reason)})",
+            "give a STAC item JSON file",
         ) from err
+
+
+#: Fields of an asset (or of the item's properties) that must be lists of band objects.
+BAND_LISTS = ("eo:bands", "raster:bands", "bands")
+
+
+def _check_band_lists(d: dict[str, Any], ref: str, param: str) -> None:
+    """Refuse band lists of the wrong shape (an object, a list of lists or strings)."""
+    places = [("the item's properties", d.get("properties"))]
+    assets = d.get("assets")
+    if isinstance(assets, dict):
+        places += [(f"asset {clean(k)!r}", a) for k, a in assets.items()]
+    for where, fields in places:
+        if not isinstance(fields, dict):
+            continue
+        for name in BAND_LISTS:
+            value = fields.get(name)
+            if value is None:
+                continue
+            if not isinstance(value, list) or not all(isinstance(b, dict) for b in value):
+                got = type(value).__name__ if not isinstance(value, list) else "list of " + (
+                    ", ".join(sorted({type(b).__name__ for b in value
+                                      if not isinstance(b, dict)})))  # fmt: skip
+                raise CostackError(
+                    param, f"{clean(ref)}: {name} of {where} is a {got}, not a list of band "
+                    "objects", f"fix the item: {name} is a list of objects, one per band",
+                )  # fmt: skip
 
 
 #: The service's common band names and the sensor-specific common names they stand for when an
@@ -191,9 +286,10 @@ def describe_asset(
     """One manifest row: the asset's item metadata and its raster header."""
     asset_key, asset = find_asset(item, ref)
     href = asset.get_absolute_href() or asset.href
-    check_source(ref.key, href, cfg.allowed_sources)
+    radiometry.check_encoding(item, asset_key, asset, f"inputs[{ref.dataset}]")
     check_requester_pays(ref.key, href, asset.extra_fields)
-    path = gdal_path(href)
+    source = source_path(ref.key, href, item_href, SourcePolicy.of(cfg))
+    path = source.path
     product_type = str(item.properties.get("sar:product_type", "")).upper()
     if product_type in COMPLEX_PRODUCT_TYPES:
         raise CostackError(
@@ -202,7 +298,7 @@ def describe_asset(
             "use a calibrated detected (GRD) dataset",
         )
     try:
-        with rasterio.open(path) as src:
+        with open_source(source) as src:
             if np.dtype(src.dtypes[0]).kind == "c" or src.dtypes[0].startswith("complex"):
                 raise CostackError(
                     "assets",
@@ -234,6 +330,7 @@ def describe_asset(
             "check the href in the item and that the file or URL is reachable",
         ) from err
     radio = radiometry.resolve(item, asset_key, asset, file_scale, file_offset)
+    radiometry.check_range(radio, dtype, f"inputs[{ref.dataset}]", f"{item.id} asset {asset_key}")
     nodata = _reconcile_nodata(ref.key, href, nodata, radio.nodata)
     scale, offset = (radio.scale, radio.offset) if cfg.physical_units else (1.0, 0.0)
     if not radio.is_identity:
@@ -316,7 +413,8 @@ def discover(cfg: RunConfig) -> pd.DataFrame:
     for ref in cfg.assets:
         if ref.dataset not in items:
             item_ref = cfg.inputs[ref.dataset - 1]
-            items[ref.dataset] = (load_item(item_ref, ref.dataset), normalise_item_ref(item_ref))
+            items[ref.dataset] = (load_item(item_ref, ref.dataset, cfg),
+                                  normalise_item_ref(item_ref))  # fmt: skip
         item, item_href = items[ref.dataset]
         rows.append(describe_asset(cfg, ref, item, item_href))
     return pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
