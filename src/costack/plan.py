@@ -21,10 +21,10 @@ from typing import Any
 import pandas as pd
 
 from costack.config import RunConfig, parse_config
-from costack.errors import CostackError, printable
+from costack.errors import CostackError
 from costack.io.files import atomic_path, write_json
 from costack.io.grids import Grid, resolution_ratio
-from costack.io.manifest import read_manifest, write_manifest
+from costack.io.manifest import dataset_label, read_manifest, write_manifest
 from costack.io.rasters import BLOCK
 from costack.limits import (
     QC_BLOCK_MARGIN,
@@ -284,12 +284,8 @@ def make_plan(cfg: RunConfig, manifest: pd.DataFrame, grid: Grid) -> RunPlan:
     rows = manifest.set_index("key", drop=False)
     matching = {n: matching_asset(cfg, n, cfg.matching_assets) for n in cfg.secondary_datasets}
     kind = {str(k): str(v) for k, v in zip(rows["key"], rows["kind"], strict=True)}
-    label = {}
-    for n, key in matching.items():
-        platform, date = str(rows.loc[key, "platform"]), str(rows.loc[key, "datetime"])[:10]
-        # item text, shown in logs, figures and the report: printable, and short
-        platform = printable(" ".join(platform.split()))[:60]
-        label[n] = " ".join(x for x in (platform, printable(date)) if x) or f"dataset {n}"
+    label = {n: dataset_label(rows.loc[key, "platform"], rows.loc[key, "datetime"], n)
+             for n, key in matching.items()}  # fmt: skip
     return RunPlan(
         cfg=cfg,
         manifest=manifest,

@@ -28,11 +28,13 @@ rule summarize_qc:
         qc=expand("results/qc/{n}.json", n=SECONDARY),
         flows=expand("results/flow/{n}.json", n=SECONDARY),
         models=expand("results/tiepoints/{n}.model.json", n=SECONDARY),
+        # the labels (item text) are read there, never passed as params (docs/security.md)
+        manifest="results/discover/manifest.csv",
     output:
         "results/qc/summary.json",
     params:
         datasets=SECONDARY,
-        labels={str(n): LABEL[n] for n in SECONDARY},
+        matching={str(n): MATCH[n] for n in SECONDARY},
         thresholds=config["verdict"],
     log:
         "logs/summarize_qc/summary.log",

@@ -12,6 +12,9 @@ rule plot_registration:
         qc="results/qc/{n}.json",
         vectors="results/tiepoints/{n}.png",
         summary="results/qc/summary.json",
+        # the label (item text) is read there, never passed as a param: Snakemake writes a
+        # report figure's params into the report's script block unescaped (docs/security.md)
+        manifest="results/discover/manifest.csv",
     output:
         composite=report(
             "results/qc/{n}.composite.png",
@@ -42,7 +45,7 @@ rule plot_registration:
             labels={"dataset": "{n}", "figure": "verdict, models and residual"},
         ),
     params:
-        label=lambda wc: f"dataset {wc.n}, {LABEL[int(wc.n)]} ({MATCH[int(wc.n)]})",
+        key=lambda wc: MATCH[int(wc.n)],
     log:
         "logs/plot_registration/{n}.log",
     threads: 1

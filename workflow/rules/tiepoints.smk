@@ -6,12 +6,14 @@ rule match_tiepoints:
     input:
         ref=f"results/colocated/{REF}.tif",
         sec=lambda wc: f"results/colocated/{MATCH[int(wc.n)]}.tif",
+        # the label (item text) is read there, never passed as a param (docs/security.md)
+        manifest="results/discover/manifest.csv",
     output:
         csv="results/tiepoints/{n}.csv",
         model="results/tiepoints/{n}.model.json",
         png="results/tiepoints/{n}.png",
     params:
-        label=lambda wc: f"dataset {wc.n}, {LABEL[int(wc.n)]} ({MATCH[int(wc.n)]})",
+        key=lambda wc: MATCH[int(wc.n)],
         resolution_ratio=lambda wc: RES_RATIO[MATCH[int(wc.n)]],
         max_shift=config["max_displacement"],
     log:

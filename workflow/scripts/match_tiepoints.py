@@ -1,7 +1,7 @@
 """Rule match_tiepoints: sub-pixel tie points and the global model (Yan et al. 2016)."""
 
 from costack.jobs import run_step
-from costack.stages.tiepoints import TiePointParams, run_tiepoints
+from costack.stages.tiepoints import TiePointParams, registration_label, run_tiepoints
 
 run_step(
     snakemake,
@@ -12,7 +12,9 @@ run_step(
         snakemake.output.model,
         snakemake.output.png,
         TiePointParams(max_shift=float(snakemake.params.max_shift)),
-        label=snakemake.params.label,
+        label=registration_label(
+            snakemake.input.manifest, snakemake.wildcards.n, snakemake.params.key
+        ),
         resolution_ratio=float(snakemake.params.resolution_ratio),
     ),
 )

@@ -2,7 +2,7 @@
 dataset's verdict (pass, warn, fail) and its reasons (see costack.stages.qc.judge)."""
 
 from costack.jobs import run_step
-from costack.stages.qc import VerdictThresholds, merge_summaries
+from costack.stages.qc import VerdictThresholds, dataset_labels, merge_summaries
 
 keys = list(map(str, snakemake.params.datasets))
 run_step(
@@ -12,7 +12,7 @@ run_step(
         snakemake.output[0],
         flows=dict(zip(keys, snakemake.input.flows, strict=True)),
         models=dict(zip(keys, snakemake.input.models, strict=True)),
-        labels=dict(snakemake.params.labels),
+        labels=dataset_labels(snakemake.input.manifest, dict(snakemake.params.matching)),
         thresholds=VerdictThresholds(**snakemake.params.thresholds),
     ),
 )

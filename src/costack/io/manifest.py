@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from costack.errors import CostackError
+from costack.errors import CostackError, printable
 
 MANIFEST_COLUMNS = [
     "key", "dataset", "band", "asset_key", "item_id", "item_href", "datetime", "platform",
@@ -99,3 +99,28 @@ def manifest_row(manifest: pd.DataFrame, key: str, where: str | Path = "manifest
         raise CostackError("key", f"{key!r} is not an asset of {where} (it has {known})",
                            "give one of its keys, e.g. 2.nir")  # fmt: skip
     return manifest.loc[key]
+
+
+def dataset_label(platform: object, datetime: object, n: int) -> str:
+    """A dataset's label in logs, figures and the report: its item's platform and acquisition
+    date, made printable and short (item text is data: no line breaks or terminal codes)."""
+    platform = printable(" ".join(str(platform).split()))[:60]
+    date = printable(str(datetime)[:10])
+    return " ".join(x for x in (platform, date) if x) or f"dataset {n}"
+
+
+def registration_label(manifest_csv: str | Path, n: int | str, key: str) -> str:
+    """``dataset N, PLATFORM DATE (KEY)``, from the manifest: a job reads its label there, not
+    from a rule's params (Snakemake's report writes params into a script block unescaped, so
+    item text must never be one; see docs/security.md)."""
+    return f"dataset {n}, {dataset_labels(manifest_csv, {n: key})[str(n)]} ({key})"
+
+
+def dataset_labels(manifest_csv: str | Path, matching: dict) -> dict[str, str]:
+    """{dataset number: :func:`dataset_label`} of each dataset's matching asset ``key``."""
+    rows = read_manifest(manifest_csv)
+    out = {}
+    for n, key in matching.items():
+        row = manifest_row(rows, str(key), manifest_csv)
+        out[str(n)] = dataset_label(row["platform"], row["datetime"], int(n))
+    return out

@@ -63,11 +63,20 @@ SAR_SCHEMA = "https://stac-extensions.github.io/sar/v1.3.0/schema.json"
 
 def portable_href(href: str, base: str | Path) -> str:
     """``href`` as an output item should carry it: URLs as they are, local paths relative to
-    ``base`` (the item's folder), so the item stays valid when the folder moves."""
+    ``base`` (the item's folder), so the item stays valid when the folder moves.
+
+    The relative path is taken on the paths as given (as a STAC client joins it to the item's
+    own path, without resolving symlinks); when that and the file system's reading of it (which
+    follows a symlinked folder before its ``..``) would reach different files, as when
+    ``results/`` is a symlink and the target is outside it, the absolute path is written."""
     if "://" in href and not href.startswith("file://"):
         return href
     path = href[len("file://") :] if href.startswith("file://") else href
-    return Path(os.path.relpath(Path(path).resolve(), Path(base).resolve())).as_posix()
+    path, base = os.path.abspath(path), os.path.abspath(base)
+    rel = os.path.relpath(path, base)
+    if os.path.realpath(os.path.join(base, rel)) != os.path.realpath(path):
+        return Path(path).as_posix()
+    return Path(rel).as_posix()
 
 
 def sha256_multihash(path: str | Path) -> str:

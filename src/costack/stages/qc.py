@@ -24,6 +24,7 @@ import rasterio
 from costack.errors import CostackError, printable
 from costack.io.files import write_json
 from costack.io.grids import Grid
+from costack.io.manifest import dataset_labels  # noqa: F401 (the rule script's labels)
 from costack.io.rasters import costack_tags, read_float32, require_colocated
 from costack.limits import (
     QC_BLOCK_BYTES,

@@ -16,6 +16,7 @@ from rasterio.windows import Window
 
 from costack.io.figures import png_figure, stretch
 from costack.io.files import atomic_path
+from costack.io.manifest import registration_label  # noqa: F401 (the rule script's label)
 from costack.io.rasters import read_average, read_float32, read_window
 from costack.stages._common import read_model
 

@@ -43,6 +43,7 @@ import pandas as pd
 from scipy import ndimage
 
 from costack.errors import CostackError
+from costack.io.manifest import registration_label  # noqa: F401 (the rule script's label)
 from costack.limits import TIEPOINT_IN_MEMORY_PIXELS
 from costack.registration.imaging import masked_blur, resolution_sigma
 from costack.registration.matching import (
