@@ -39,9 +39,6 @@ LIMIT = 60
 OPEN = {
     "test_a_failed_run_publishes_no_cog[all_nodata]",
     "test_a_failed_run_publishes_no_cog[constant]",
-    "test_a_full_disk_leaves_a_complete_raster_or_none[bandmath]",
-    "test_a_full_disk_leaves_a_complete_raster_or_none[cog]",
-    "test_a_full_disk_leaves_a_complete_raster_or_none[warp]",
     "test_raster_server_stalling_on_pixels_fails_the_job_in_bounded_time",
 }
 

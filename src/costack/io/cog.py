@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import rasterio
 import rasterio.shutil
 from rio_cogeo.cogeo import cog_validate
 
-from costack.io.files import atomic_path
+from costack.io.files import no_space_error
+from costack.io.rasters import atomic_raster
 
 COG_OPTIONS = {
     "COMPRESS": "DEFLATE",
@@ -20,15 +25,51 @@ COG_OPTIONS = {
 }
 
 
+@contextlib.contextmanager
+def _stderr_of_libtiff() -> Iterator:
+    """Capture what is written to file descriptor 2 in the block (and write it out after):
+    writing a COG, libtiff reports a full disk ("_tiffWriteProc: No space left on device")
+    straight to stderr, and GDAL then raises only "TIFFAppendToStrip: Seek error". Yields a
+    function returning the text captured so far. The copy is in memory (memfd): the disk may be
+    the full one."""
+    if not hasattr(os, "memfd_create"):
+        yield lambda: ""
+        return
+    sys.stderr.flush()
+    saved, buf = os.dup(2), os.memfd_create("costack-stderr")
+    os.dup2(buf, 2)
+
+    def said() -> str:
+        os.lseek(buf, 0, os.SEEK_SET)
+        return os.read(buf, 1 << 20).decode("utf-8", "replace")
+
+    try:
+        yield said
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        text = said()
+        os.close(buf)
+        if text:
+            sys.stderr.write(text)
+            sys.stderr.flush()
+
+
 def write_cog(src_path: str | Path, dst_path: str | Path, resampling: str = "average") -> None:
     """Copy a GeoTIFF to a COG (tiles, overviews, deflate), keeping nodata and tags.
 
     Overviews use ``resampling`` (``average`` for continuous data, ``nearest`` for masks).
     """
     options = dict(COG_OPTIONS, OVERVIEW_RESAMPLING=resampling.upper())
-    with atomic_path(dst_path) as tmp:
-        with rasterio.open(src_path) as src:
-            rasterio.shutil.copy(src, tmp, driver="COG", **options)
+    with atomic_raster(dst_path) as tmp:
+        with rasterio.open(src_path) as src, _stderr_of_libtiff() as said:
+            try:
+                rasterio.shutil.copy(src, tmp, driver="COG", **options)
+            except Exception as err:
+                if "no space left" in said().lower():
+                    raise no_space_error(Path(dst_path).parent) from err
+                raise
         valid, errors, _ = cog_validate(tmp, strict=False, quiet=True)
         if not valid:
             raise RuntimeError(f"GDAL wrote an invalid COG for {src_path}: {errors}")

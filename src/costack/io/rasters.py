@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any
 import numpy as np
 import rasterio
 
-from costack.io.files import atomic_path
+from costack.io.files import atomic_path, no_space_error
 from costack.io.grids import Grid, grid_difference
 
 #: GDAL block cache (MB) of the jobs that stream a raster by strips (co-location, band math)
@@ -51,6 +52,55 @@ def float32_profile(grid: Grid, count: int = 1, nodata: float = float("nan")) ->
     return profile
 
 
+class _GdalErrors(logging.Handler):
+    """Collects the errors GDAL reports through rasterio's loggers (it reports some failures,
+    such as a block or the TIFF directory not written at close, without raising)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def verify_raster(path: str | Path) -> None:
+    """Re-open ``path`` and read every block of every band (an incomplete file, such as a TIFF
+    whose directory or strips were not written, fails here)."""
+    with rasterio.open(path) as src:
+        for band in src.indexes:
+            for _, window in src.block_windows(band):
+                src.read(band, window=window, masked=False)
+
+
+@contextmanager
+def atomic_raster(path: str | Path) -> Iterator[str]:
+    """:func:`~costack.io.files.atomic_path` for a raster: the file is moved into place only
+    when GDAL reported no error while it was written and closed (a full disk is reported by
+    GDAL at close without an exception), it reached its device, and it reads back whole
+    (:func:`verify_raster`); otherwise nothing is left, and a full disk is one line."""
+    errors = _GdalErrors()
+    loggers = [logging.getLogger("rasterio")]  # rasterio._env and ._err propagate to it
+    for lg in loggers:
+        lg.addHandler(errors)
+
+    def verify(tmp: str) -> None:
+        name = Path(tmp).name
+        ours = [m for m in errors.messages if name in m or "no space left" in m.lower()]
+        if any("no space left" in m.lower() for m in ours):
+            raise no_space_error(Path(path).parent)
+        if ours:
+            raise OSError(f"GDAL reported while writing {Path(path).name}: {ours[0][:200]}")
+        verify_raster(tmp)
+
+    try:
+        with atomic_path(path, verify) as tmp:
+            yield tmp
+    finally:
+        for lg in loggers:
+            lg.removeHandler(errors)
+
+
 @contextmanager
 def open_float32(
     path: str | Path,
@@ -63,7 +113,7 @@ def open_float32(
     """A Float32 GeoTIFF on ``grid`` open for writing by windows, moved into place only when the
     block exits without an error (see :func:`atomic_path`). The caller writes ``nodata``, not
     NaN, where there is no data (see :func:`to_nodata`)."""
-    with atomic_path(path) as tmp:
+    with atomic_raster(path) as tmp:
         with rasterio.open(tmp, "w", **float32_profile(grid, count, nodata)) as dst:
             yield dst
             # after the pixels, as GeoTIFFs written whole always were (the same bytes)

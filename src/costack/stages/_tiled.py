@@ -21,9 +21,8 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
-from costack.io.files import atomic_path
 from costack.io.grids import Grid
-from costack.io.rasters import float32_profile, read_average, read_window
+from costack.io.rasters import atomic_raster, float32_profile, read_average, read_window
 from costack.registration.folki import FlowParams, estimate_flow
 from costack.registration.imaging import fill_nearest
 from costack.registration.tiepoint_model import TiePointModel
@@ -155,7 +154,7 @@ def flow_tiled(
         fine = replace(params, levels=1, global_search=False)
         out_profile = float32_profile(Grid(profile["crs"], profile["transform"], w, h), count=2)
         windows = list(tiles(h, w, tile))
-        with atomic_path(out_tif) as tmp_flow, atomic_path(confidence_tif) as tmp_conf:
+        with atomic_raster(out_tif) as tmp_flow, atomic_raster(confidence_tif) as tmp_conf:
             with (
                 rasterio.open(tmp_flow, "w", **out_profile) as dst,
                 rasterio.open(tmp_conf, "w", **dict(out_profile, count=1)) as cdst,
@@ -240,7 +239,7 @@ def warp_tiled(
                 out = np.where(np.isnan(out), np.float32(nodata), out)
             return out.astype(np.float32)
 
-        with atomic_path(out_tif) as tmp, rasterio.open(tmp, "w", **out_profile) as dst:
+        with atomic_raster(out_tif) as tmp, rasterio.open(tmp, "w", **out_profile) as dst:
             _pipelined(list(tiles(src.height, src.width, tile)), load, work,
                        lambda core, out: dst.write(out, 1, window=core))  # fmt: skip
             if tags:

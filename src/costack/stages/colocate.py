@@ -26,13 +26,14 @@ from rasterio.warp import reproject, transform
 from rasterio.windows import Window
 
 from costack.errors import CostackError
-from costack.io.files import atomic_path, scratch_path
+from costack.io.files import scratch_path
 from costack.io.georef import GCP_WARP_OPTIONS, read_georef
 from costack.io.grids import Grid, resolution_ratio
 from costack.io.manifest import manifest_row, read_manifest
 from costack.io.rasters import (
     DB_DOMAIN,
     STREAM_CACHE_MB,
+    atomic_raster,
     float32_profile,
     strip_rows,
     strips,
@@ -304,7 +305,7 @@ def _colocate_streamed(
     with (
         warnings.catch_warnings(),
         rasterio.Env(GDAL_CACHEMAX=STREAM_CACHE_MB),
-        atomic_path(out_path) as final,
+        atomic_raster(out_path) as final,
         scratch_path(out_path) as physical,
         scratch_path(out_path) as warped,
     ):

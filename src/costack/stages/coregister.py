@@ -18,9 +18,9 @@ import rasterio
 from rasterio.errors import RasterioIOError
 
 from costack.errors import CostackError
-from costack.io.files import atomic_path
 from costack.io.rasters import (
     DB_DOMAIN,
+    atomic_raster,
     costack_tags,
     dataset_of,
     read_float32,
@@ -118,5 +118,5 @@ def run_coregister_identity(colocated: str | Path, out_tif: str | Path) -> None:
             f"{colocated} is not a readable raster ({' '.join(str(err).split())[:160]})",
             "give the co-located GeoTIFF (results/colocated/KEY.tif)",
         ) from err  # fmt: skip
-    with atomic_path(out_tif) as tmp:
+    with atomic_raster(out_tif) as tmp:
         shutil.copyfile(colocated, tmp)
