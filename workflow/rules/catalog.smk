@@ -1,8 +1,13 @@
+# The COGs of the stack wait for the registration verdicts and are refused with them: a run
+# whose item is not published leaves no COG in results/stack (docs/security.md).
 rule convert_cog:
     input:
-        "results/coregistered/{key}.tif",
+        src="results/coregistered/{key}.tif",
+        qc="results/qc/summary.json",
     output:
         "results/stack/{key}.tif",
+    params:
+        on_failed_registration=config["on_failed_registration"],
     log:
         "logs/convert_cog/{key}.log",
     threads: 1
@@ -19,9 +24,12 @@ rule convert_flow_cog:
     input:
         flow="results/flow/{n}.tif",
         confidence="results/flow/{n}.confidence.tif",
+        qc="results/qc/summary.json",
     output:
         displacement="results/stack/{n}-displacement.tif",
         confidence="results/stack/{n}-confidence.tif",
+    params:
+        on_failed_registration=config["on_failed_registration"],
     log:
         "logs/convert_flow_cog/{n}.log",
     threads: 1
@@ -36,9 +44,12 @@ rule convert_flow_cog:
 
 rule convert_expression_cog:
     input:
-        "results/bandmath/{name}.tif",
+        src="results/bandmath/{name}.tif",
+        qc="results/qc/summary.json",
     output:
         "results/stack/{name}.tif",
+    params:
+        on_failed_registration=config["on_failed_registration"],
     log:
         "logs/convert_expression_cog/{name}.log",
     threads: 1

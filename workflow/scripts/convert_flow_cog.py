@@ -1,12 +1,14 @@
-"""Rule convert_flow_cog: the displacement and confidence rasters as COGs for the item."""
+"""Rule convert_flow_cog: the displacement and confidence rasters as COGs for the item, once
+the registration verdicts allow the stack to be published."""
 
 from costack.jobs import run_step
 from costack.stages.catalog import run_cog
 
 
 def step() -> None:
-    run_cog(snakemake.input.flow, snakemake.output.displacement)
-    run_cog(snakemake.input.confidence, snakemake.output.confidence)
+    i, policy = snakemake.input, snakemake.params.on_failed_registration
+    run_cog(i.flow, snakemake.output.displacement, i.qc, policy)
+    run_cog(i.confidence, snakemake.output.confidence, i.qc, policy)
 
 
 run_step(snakemake, step)

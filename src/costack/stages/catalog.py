@@ -30,9 +30,38 @@ def _without_timings(stats: dict) -> dict:
             for k, v in stats.items() if k != "seconds"}  # fmt: skip
 
 
-def run_cog(src: str | Path, dst: str | Path) -> None:
-    """Convert a co-registered raster to a validated COG (same pixels, same tags)."""
+def run_cog(
+    src: str | Path,
+    dst: str | Path,
+    qc_json: str | Path | None = None,
+    on_failed_registration: str = "stop",
+) -> None:
+    """Convert a co-registered raster to a validated COG (same pixels, same tags).
+
+    With ``qc_json`` (the run's ``results/qc/summary.json``, as the workflow gives it), the
+    registration verdicts are checked first, as :func:`run_catalog` does: a run whose item
+    would not be published writes no COG into the stack either."""
+    if qc_json is not None:
+        check_registration(qc_json, on_failed_registration)
     write_cog(src, dst)
+
+
+def check_registration(qc_json: str | Path, on_failed_registration: str = "stop") -> dict:
+    """The QC summary; a secondary dataset whose verdict is ``fail`` is one line unless
+    ``on_failed_registration`` is ``publish``."""
+    qc = json.loads(Path(qc_json).read_text(encoding="utf-8"))
+    failed = {n: q for n, q in qc.items() if q.get("verdict") == "fail"}
+    if failed and on_failed_registration != "publish":
+        n, q = next(iter(failed.items()))
+        label = f" ({q['label']})" if q.get("label") else ""
+        more = f"; {len(failed) - 1} more dataset(s) failed" if len(failed) > 1 else ""
+        raise CostackError(
+            "registration",
+            f"dataset {n}{label} failed: {q['reasons'][0]}{more}; no item was published",
+            f"inspect results/qc/{n}.json and the report (snakemake --report), fix the input "
+            "or set on_failed_registration: publish to publish it flagged",
+        )
+    return qc
 
 
 def run_catalog(
@@ -54,19 +83,8 @@ def run_catalog(
     A secondary dataset whose verdict (``results/qc/summary.json``) is ``fail`` stops this step
     before anything is written, unless ``on_failed_registration`` is ``publish``: the item is
     then published flagged (``costack:verdict``: ``fail``)."""
-    qc = json.loads(Path(qc_json).read_text(encoding="utf-8")) if qc_json else {}
+    qc = check_registration(qc_json, on_failed_registration) if qc_json else {}
     verdict = registration_verdict(qc)
-    failed = {n: q for n, q in qc.items() if q.get("verdict") == "fail"}
-    if failed and on_failed_registration != "publish":
-        n, q = next(iter(failed.items()))
-        label = f" ({q['label']})" if q.get("label") else ""
-        more = f"; {len(failed) - 1} more dataset(s) failed" if len(failed) > 1 else ""
-        raise CostackError(
-            "registration",
-            f"dataset {n}{label} failed: {q['reasons'][0]}{more}; no item was published",
-            f"inspect results/qc/{n}.json and the report (snakemake --report), fix the input "
-            "or set on_failed_registration: publish to publish it flagged",
-        )
     # pandas and pystac: imported by this job only, not by the many COG conversions
     from costack.io.manifest import manifest_row, read_manifest
     from costack.io.stac import StackAsset, build_item, portable_href, write_catalog

@@ -25,7 +25,7 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.warp import reproject, transform
 from rasterio.windows import Window
 
-from costack.errors import CostackError
+from costack.errors import CostackError, describe
 from costack.io.files import scratch_path
 from costack.io.georef import GCP_WARP_OPTIONS, read_georef
 from costack.io.grids import Grid, resolution_ratio
@@ -434,7 +434,8 @@ def run_colocate(
     except RasterioIOError as err:
         raise CostackError(
             "assets",
-            f"{key}: cannot read {row['href']} ({' '.join(str(err).split())[:160]})",
-            "check that the file or URL is reachable, then rerun",
+            f"{key}: cannot read {row['href']} ({describe(err, 160)})",
+            "check that the file or URL is reachable (an HTTP read is retried http_retries "
+            "times, each within http_timeout seconds), then rerun",
         ) from err
     log.info("colocated %s in %.2f s", key, time.perf_counter() - start)
