@@ -403,6 +403,20 @@ def test_duplicate_keys_in_the_config_are_refused(tmp_path):
     assert line.startswith("costack: error: --configfile:") and "'reference'" in line, line
 
 
+def test_duplicate_keys_in_snakemakes_configfile_are_refused(tmp_path):
+    """Snakemake's own loader keeps the last of a key given twice: the workflow reads the
+    config files again strictly."""
+    item = _local_item(tmp_path / "item")
+    folder = tmp_path / "run"
+    folder.mkdir()
+    cfg = folder / "config.yaml"
+    cfg.write_text(f"inputs: [{item}]\nassets: 1.nir\nreference: 1.nir\nreference: 1.nir\n")
+    proc = run([*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(folder), "--configfile",
+                str(cfg), "-n", "--cores", "1"], folder)  # fmt: skip
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "costack: error: --configfile:" in proc.stderr and "'reference'" in proc.stderr
+
+
 def test_yaml_alias_bomb_is_refused_at_once(tmp_path):
     lines = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
     for i in range(1, 10):
