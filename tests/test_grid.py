@@ -64,6 +64,6 @@ def test_tiny_common_area_is_refused(tmp_path):
     i1 = write_item(tmp_path / "1", "a", {"nir": {"href": str(tmp_path / "a.tif")}})
     i2 = write_item(tmp_path / "2", "b", {"nir": {"href": str(tmp_path / "b.tif")}})
     cfg = parse_config({"inputs": [str(i1), str(i2)], "assets": "1.nir,2.nir",
-                        "reference": "1.nir"})  # fmt: skip
+                        "reference": "1.nir", "allowed_paths": [str(tmp_path)]})  # fmt: skip
     with pytest.raises(CostackError, match=r"^assets: the common area .* over 3 x 3 grid pix"):
         compute_grid(discover(cfg), "1.nir")

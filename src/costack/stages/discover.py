@@ -9,6 +9,7 @@ item, absolute, ``file://`` or http(s) URLs, which GDAL reads through ``/vsicurl
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -82,7 +83,8 @@ def _item_bytes(ref: str, href: str, param: str, cfg: RunConfig | None) -> bytes
     try:
         st = os.stat(href)  # before any open: a FIFO would block
     except OSError as err:
-        raise CostackError(param, f"{clean(ref)} does not exist ({err.strerror})",
+        what = "does not exist" if err.errno == errno.ENOENT else f"cannot be read ({err.strerror})"
+        raise CostackError(param, f"{clean(ref)} {what}",
                            "give the path or URL of a STAC item") from err  # fmt: skip
     if not stat.S_ISREG(st.st_mode):
         raise CostackError(param, f"{clean(ref)} is not a regular file",
