@@ -188,7 +188,10 @@ def cmd_qc(args: argparse.Namespace) -> None:
     result = run_qc(args.ref, args.colocated, args.coregistered, args.out,
                     multimodal=True if args.multimodal else None,
                     resolution_ratio=_resolution_ratio(args.resolution_ratio, args.colocated),
-                    max_displacement=args.max_displacement, threads=args.threads)  # fmt: skip
+                    max_displacement=args.max_displacement, threads=args.threads,
+                    confidence_tif=args.confidence,
+                    **({} if args.qc_points is None else
+                       {"sample_points": args.qc_points}))  # fmt: skip
     after = result["after"]
     figure = (
         f"{after['pixels']['median']:.3f} px median on {after['points']} points"
@@ -450,6 +453,16 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--threads", type=int, default=2,
                    help="2 (as the rule): re-match before and after side by side")  # fmt: skip
+    p.add_argument(
+        "--confidence", default=None,
+        help="the flow's confidence raster (results/flow/N.confidence.tif, as the rule): "
+        "sample more points where it is low; default: uniform",
+    )  # fmt: skip
+    p.add_argument(
+        "--qc-points", type=int, default=None,
+        help="points re-matched when the QC's lattice holds more (config qc_points; default "
+        "1024 as the rule's); 0: every point",
+    )  # fmt: skip
     p.set_defaults(func=cmd_qc)
 
     p = sub.add_parser("warp", help="warp a co-located raster with a flow (nodata outside)")

@@ -6,10 +6,12 @@ rule assess_registration:
         ref=f"results/colocated/{REF}.tif",
         colocated=lambda wc: f"results/colocated/{MATCH[int(wc.n)]}.tif",
         coregistered=lambda wc: f"results/coregistered/{MATCH[int(wc.n)]}.tif",
+        confidence="results/flow/{n}.confidence.tif",
     output:
         "results/qc/{n}.json",
     params:
         max_displacement=config["max_displacement"],
+        qc_points=config["qc_points"],
         resolution_ratio=lambda wc: RES_RATIO[MATCH[int(wc.n)]],
     log:
         "logs/assess_registration/{n}.log",
