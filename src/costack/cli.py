@@ -172,6 +172,7 @@ def cmd_tiepoints(args: argparse.Namespace) -> None:
         args.ref, args.sec, args.out, stem + ".model.json", stem + ".png", params,
         label=Path(args.sec).stem,
         resolution_ratio=_resolution_ratio(args.resolution_ratio, args.sec),
+        threads=args.threads,
     )  # fmt: skip
     print(f"{model.tiepoints} tie points in {args.out}; model {model.chosen} in "
           f"{stem}.model.json; vectors in {stem}.png")  # fmt: skip
@@ -388,6 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="secondary's native pixel size over the grid's (blurs the reference); default: "
         "the costack_resolution_ratio tag co-location writes, else 1",
     )
+    p.add_argument("--threads", type=int, default=2,
+                   help="tiles matched at once on a grid matched by tiles")  # fmt: skip
     p.set_defaults(func=cmd_tiepoints)
 
     p = sub.add_parser(

@@ -1,5 +1,10 @@
 # Independent check: residual misregistration after co-registration, re-matched on a grid.
 
+from costack.stages.qc import qc_threads
+
+# cores the QC keeps busy on this grid: one when it re-matches a sample (tile-sized grids)
+QC_THREADS = qc_threads(GRID.height, GRID.width, config["qc_points"])
+
 
 rule assess_registration:
     input:
@@ -15,7 +20,7 @@ rule assess_registration:
         resolution_ratio=lambda wc: RES_RATIO[MATCH[int(wc.n)]],
     log:
         "logs/assess_registration/{n}.log",
-    threads: 2
+    threads: QC_THREADS
     resources:
         mem_mb=2048,
         runtime=30,

@@ -14,5 +14,6 @@ run_step(
         TiePointParams(max_shift=float(snakemake.params.max_shift)),
         label=snakemake.params.label,
         resolution_ratio=float(snakemake.params.resolution_ratio),
+        threads=snakemake.threads,
     ),
 )

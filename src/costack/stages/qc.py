@@ -181,6 +181,18 @@ def lattice(height: int, width: int, half: int, spacing: int = QC_SPACING):
             np.arange(half + 2, width - half - 2, spacing))  # fmt: skip
 
 
+def qc_threads(height: int, width: int, sample_points: int = QC_SAMPLE_POINTS) -> int:
+    """Cores the QC of a ``height`` x ``width`` grid keeps busy (the rule's ``threads``,
+    known at parse time): 2 only on the in-memory path whose before and after re-matchings
+    run side by side (:func:`costack.limits.qc_parallel`); the sampled windows and the blocks
+    are matched one after another."""
+    rows, cols = lattice(height, width, MULTIMODAL_HALF)
+    if sample_points and len(rows) * len(cols) > sample_points:
+        return 1
+    px = height * width
+    return 2 if px <= qc_in_memory_pixels(False) and qc_parallel(px, False) else 1
+
+
 def window_margin(multimodal: bool, reference_blur: float) -> int:
     """Pixels read around a sampled point so that its re-matching in the window equals that in
     the whole grid: the patch's half, its 2 px border and the 3 px tolerance, plus the reach of
