@@ -17,8 +17,10 @@ then per stage (rule) the time per dataset, the whole run's wall time, and the a
 recovered shifts: the flow's end-point error against the known translation (on a sample of the
 tile), the tie-point model's mean shift, and the QC's residual and verdict per dataset.
 
-Usage: ``python bench/stack_bench.py [--datasets 3] [--size 10980] [--data /tmp/costack-stack]``
-(run from the repository root; ``--build-only`` only makes the datasets).
+Usage: ``python bench/stack_bench.py --size 10980 --datasets 3`` (a tile stack; the default
+``--size 2048`` is a quick check), ``--data /tmp/costack-stack`` (where datasets are built once
+and runs go), ``--build-only`` (only make the datasets). Record the machine's load beside the
+figures (printed): the wall times mean little on a busy machine, the CPU times more.
 """
 
 from __future__ import annotations
@@ -220,12 +222,15 @@ def job_times(workdir: Path) -> list[dict]:
             continue
         s = line.strip()
         if s.startswith("rule ") or s.startswith("localrule "):
-            current = {"rule": s.split()[1].rstrip(":"), "start": stamp, "wildcards": ""}
+            current = {"rule": s.split()[1].rstrip(":"), "start": stamp, "wildcards": "",
+                       "threads": 1}  # fmt: skip
         elif current is not None and s.startswith("wildcards:"):
             current["wildcards"] = s.split(":", 1)[1].strip()
+        elif current is not None and s.startswith("threads:"):
+            current["threads"] = int(s.split(":", 1)[1])
         elif current is not None and s.startswith("jobid:"):
+            # the same dict: the wildcards line may come after the jobid
             jobs[s.split(":", 1)[1].strip()] = current
-            current = None
         elif s.startswith("Finished jobid:") or s.startswith("Finished job "):
             jid = re.findall(r"\d+", s)[0]
             if jid in jobs:
@@ -308,7 +313,8 @@ def accuracy(workdir: Path, items: list[Path]) -> list[str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--datasets", type=int, default=3, help="datasets, the reference included")
-    ap.add_argument("--size", type=int, default=10980, help="tile side in pixels")
+    ap.add_argument("--size", type=int, default=2048,
+                    help="tile side, px (a Sentinel-2 tile: 10980)")  # fmt: skip
     ap.add_argument("--data", type=Path, default=Path("/tmp/costack-stack"),
                     help="where the datasets are built (once) and the runs go")  # fmt: skip
     ap.add_argument("--cores", type=int, default=2)
@@ -330,26 +336,44 @@ def main() -> None:
           f"assets each, snakemake --cores {args.cores}")  # fmt: skip
     print(f"# uptime before: {up0}\n# uptime after:  {up1}")
     jobs = job_times(workdir)
-    print(f"\n{'job':<36} {'start s':>8} {'wall s':>7} {'step s':>7} {'CPU s':>7} {'peak MB':>8}")
+    print(
+        "\n(wall s: Snakemake's, start to end of the job; step s and CPU s: the job's own log, "
+        "its step without the interpreter's start-up; CPU s sums the job's threads)"
+    )
+    print(f"{'job':<36} {'thr':>3} {'start s':>8} {'wall s':>7} {'step s':>7} {'CPU s':>7} "
+          f"{'peak MB':>8}")  # fmt: skip
     by_rule: dict[str, list] = {}
+    chains: dict[str, list] = {}
     peak_any = 0.0
     for j in jobs:
         step, cpu, peak = job_peak(workdir, j)
         peak_any = max(peak_any, peak or 0)
-        by_rule.setdefault(j["rule"], []).append((j["seconds"], peak))
-        name = f"{j['rule']} {j['wildcards'].replace('key=', '').replace('n=', '')}".strip()
-        print(f"{name:<36} {j['start_s']:8.0f} {j['seconds']:7.0f} "
+        by_rule.setdefault(j["rule"], []).append((j["seconds"], peak, cpu))
+        label = j["wildcards"].replace("key=", "").replace("n=", "")
+        dataset = label.split(".", 1)[0]
+        if dataset.isdigit() and int(dataset) > 1:
+            chains.setdefault(dataset, []).append((j["seconds"], cpu or 0.0))
+        name = f"{j['rule']} {label}".strip()
+        print(f"{name:<36} {j['threads']:3d} {j['start_s']:8.0f} {j['seconds']:7.0f} "
               f"{'' if step is None else f'{step:7.1f}':>7} "
               f"{'' if cpu is None else f'{cpu:7.1f}':>7} "
               f"{'' if peak is None else f'{peak:8.0f}':>8}")  # fmt: skip
-    print(
-        f"\n{'stage (rule)':<26} {'jobs':>4} {'wall s each (mean, max)':>24} {'peak MB (max)':>14}"
-    )
+    print(f"\n{'stage (rule)':<26} {'jobs':>4} {'wall s each (mean, max)':>24} "
+          f"{'CPU s (mean)':>13} {'peak MB (max)':>14}")  # fmt: skip
     for rule, xs in by_rule.items():
         secs = [x[0] for x in xs]
         peaks = [x[1] for x in xs if x[1] is not None]
+        cpus = [x[2] for x in xs if x[2] is not None]
         print(f"{rule:<26} {len(xs):4d} {np.mean(secs):12.1f} {max(secs):11.1f} "
+              f"{np.mean(cpus) if cpus else float('nan'):13.1f} "
               f"{max(peaks) if peaks else float('nan'):14.0f}")  # fmt: skip
+    print(
+        "\nchain of each secondary dataset (its tie points, flow, co-registrations, COGs, QC "
+        "and figures, one after another):"
+    )
+    for n, xs in sorted(chains.items(), key=lambda kv: int(kv[0])):
+        print(f"  dataset {n}: {len(xs)} jobs, {sum(x[0] for x in xs):.0f} s wall, "
+              f"{sum(x[1] for x in xs):.0f} s CPU")  # fmt: skip
     print(f"\nwhole run: {wall:.0f} s wall ({wall / 60:.1f} min) for {args.datasets} datasets; "
           f"peak RSS of any job {peak_any / 1024:.2f} GiB; snakemake's process tree max RSS "
           f"{int(peak_run[0]) / 1024**2 if peak_run else float('nan'):.2f} GiB "
