@@ -127,3 +127,15 @@ def test_sampled_qc_estimates_the_whole_lattice(tmp_path):
         assert p[k] == pytest.approx(b[k], rel=0.1), k
     assert part["coverage"] == whole["coverage"] and part["overlap"] == whole["overlap"]
     assert part["after"]["pixels"]["median"] < 0.05
+
+
+def test_a_sample_with_too_few_matches_is_drawn_again_larger(tmp_path, monkeypatch):
+    """Fewer than QC_SAMPLE_MIN_MEASURED re-matched points (here the minimum raised to 100 for
+    a sample of 40): the sample is drawn twice as large until enough match (40 -> 80 -> 160)."""
+    from costack.stages import qc
+
+    monkeypatch.setattr(qc, "QC_SAMPLE_MIN_MEASURED", 100)
+    paths, _, _, _ = _pair(tmp_path, 700, 420)
+    got = run_qc(*paths, tmp_path / "part.json", multimodal=False, sample_points=40)
+    assert got["sampling"]["size"] == 40 and got["sampling"]["drawn"] == 160
+    assert got["sampling"]["sampled"] == 160 and got["before"]["points"] >= 100

@@ -85,13 +85,16 @@ def spread_sample(
 
 
 def weighted_quantile(values: np.ndarray, weights: np.ndarray, q: float) -> float:
-    """The ``q`` quantile (0-1) of the distribution that puts mass ``weights`` on ``values``:
-    the weighted distribution function at the points' mid-masses, interpolated linearly (with
-    equal weights: the Hazen plotting positions)."""
+    """The ``q`` quantile (0-1) of the distribution that puts mass ``weights`` on ``values``,
+    interpolated linearly between the sorted values placed at (S_i - w_i) / (S_n - w_n), S_i
+    the cumulated weights: with equal weights the positions i / (n - 1) of NumPy's default
+    (linear) percentile, so that a sample holding the whole lattice gives its figures."""
     v = np.asarray(values, dtype=np.float64)
     w = np.asarray(weights, dtype=np.float64)
     order = np.argsort(v, kind="stable")
     v, w = v[order], w[order]
+    if len(v) == 1:
+        return float(v[0])
     cum = np.cumsum(w)
-    mid = (cum - 0.5 * w) / cum[-1]
-    return float(np.interp(q, mid, v))
+    pos = (cum - w) / (cum[-1] - w[-1])
+    return float(np.interp(q, pos, v))

@@ -48,6 +48,9 @@ QC_SPACING = 24
 #: Points of the lattice the QC re-matches (config ``qc_points``): grids whose lattice holds
 #: more are sampled (:func:`_residuals_sampled`); 0 re-matches every point.
 QC_SAMPLE_POINTS = 1024
+#: Fewest points of a sample that must re-match (before and after); fewer, the sample is
+#: drawn again twice as large (up to the whole lattice), the points already matched reused.
+QC_SAMPLE_MIN_MEASURED = 4 * QC_MIN_POINTS
 #: Sampling weight of a point where the flow's confidence is 0, against 1 where it is 1.
 LOW_CONFIDENCE_WEIGHT = 4.0
 
@@ -218,7 +221,9 @@ def _residuals_sampled(
     drawn spread over the overlap, with a probability that grows as the confidence falls
     (1 at confidence 1, LOW_CONFIDENCE_WEIGHT at 0 or where the flow is unknown; see
     :func:`costack.registration.sampling.spread_sample`), and each is re-matched at full
-    resolution in a window of :func:`window_margin` px around it. Returns a dict: ``before``
+    resolution in a window of :func:`window_margin` px around it. Where fewer than
+    QC_SAMPLE_MIN_MEASURED of them re-match, the sample is drawn again twice as large (the
+    points' results reused), up to the whole lattice. Returns a dict: ``before``
     and ``after`` (the shifts, (n, 2)), ``before_weights`` and ``after_weights`` (1 / pi),
     ``before_points`` and ``after_points`` (grid row and column of each, (n, 2)),
     ``coverage``, ``overlap`` and ``record`` (the sampling's description)."""
@@ -266,12 +271,10 @@ def _residuals_sampled(
         ii, jj = np.nonzero(ok)
         c = np.clip(np.nan_to_num(conf[ii, jj], nan=0.0), 0.0, 1.0)
         weight = 1.0 + (LOW_CONFIDENCE_WEIGHT - 1.0) * (1.0 - c)
-        taken, pi = spread_sample(ii, jj, weight, size, seed)
-        order = np.lexsort((jj[taken], ii[taken]))  # row by row: reads follow the file's tiles
-        taken, pi = taken[order], pi[order]
         m = window_margin(multimodal, kw["reference_blur"])
-        out: dict[str, list] = {"before": [], "after": []}
-        for k, p in zip(taken, pi, strict=True):
+        cache: dict[int, tuple] = {}  # lattice point -> (shift before or None, after or None)
+
+        def rematch(k: int) -> tuple:
             rg, cg = int(rows[ii[k]]), int(cols[jj[k]])
             w0, w1 = max(0, rg - m), min(grid.height, rg + m + 1)
             v0, v1 = max(0, cg - m), min(grid.width, cg + m + 1)
@@ -281,15 +284,34 @@ def _residuals_sampled(
                 kw, row_offset=w0, point_rows=(rg, rg + 1), grid_height=grid.height,
                 col_offset=v0, point_cols=(cg, cg + 1), grid_width=grid.width,
             )  # fmt: skip
-            for name, src in (("before", before_src), ("after", after_src)):
-                got = residual_misregistration(ref, read_window(src, win), **point_kw)
-                if len(got):
-                    out[name].append((got[0, 0], got[0, 1], 1.0 / p, rg, cg))
+            got = [residual_misregistration(ref, read_window(src, win), **point_kw)
+                   for src in (before_src, after_src)]  # fmt: skip
+            return tuple(g[0] if len(g) else None for g in got)
+
+        drawn = size
+        while True:
+            taken, pi = spread_sample(ii, jj, weight, drawn, seed)
+            order = np.lexsort((jj[taken], ii[taken]))  # row by row: reads follow the tiles
+            taken, pi = taken[order], pi[order]
+            for k in taken:
+                if int(k) not in cache:
+                    cache[int(k)] = rematch(int(k))
+            measured = min(sum(cache[int(k)][i] is not None for k in taken) for i in (0, 1))
+            # too few of the drawn points re-match (SAR, small grids): draw twice as many
+            if measured >= QC_SAMPLE_MIN_MEASURED or drawn >= len(ii):
+                break
+            drawn = min(len(ii), 2 * drawn)
+        out: dict[str, list] = {"before": [], "after": []}
+        for k, p in zip(taken, pi, strict=True):
+            for name, got in zip(("before", "after"), cache[int(k)], strict=True):
+                if got is not None:
+                    out[name].append((got[0], got[1], 1.0 / p, rows[ii[k]], cols[jj[k]]))
     px = grid.width * grid.height
     record = {
         "lattice_points": int(len(ii)),
         "sampled": int(len(taken)),
         "size": int(size),
+        "drawn": int(drawn),
         "seed": int(seed),
         "weighted_by_confidence": confidence_tif is not None,
     }
