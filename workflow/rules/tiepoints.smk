@@ -3,7 +3,7 @@
 
 from costack.limits import TIEPOINT_IN_MEMORY_PIXELS
 
-# a grid matched by tiles keeps both cores busy (two tiles at a time); one in memory, one core
+# a grid matched by tiles keeps both cores busy (two tiles of half the size at a time)
 TIEPOINT_THREADS = 2 if GRID.width * GRID.height > TIEPOINT_IN_MEMORY_PIXELS else 1
 
 

@@ -328,7 +328,8 @@ def run_tiepoints(
     Grids over ``max_in_memory_pixels`` are matched tile by tile (:func:`_match_by_tiles`,
     tiles of at most that size, each with its own pyramid and prior as the paper's method on a
     scene), and one model is fitted to all their points; memory is then bounded by the tile
-    (by ``threads`` tiles: so many are matched at once, the same points in the same order).
+    (``threads`` tiles are matched at once, each of at most ``max_in_memory_pixels /
+    threads`` px).
 
     ``params.multimodal`` None (the default) decides from the rasters
     (:func:`costack.stages._common.matches_on_descriptors`): SAR against optical and locally
@@ -362,8 +363,9 @@ def run_tiepoints(
         sec, _, _ = read_float32(sec_tif)
         df = _match_window(ref, sec, p, label, (0, 0))
     else:
-        df = _match_by_tiles(ref_tif, sec_tif, (height, width), p, label, max_in_memory_pixels,
-                             threads)  # fmt: skip
+        # two tiles at once: tiles of half the pixels, the memory bound unchanged
+        df = _match_by_tiles(ref_tif, sec_tif, (height, width), p, label,
+                             max_in_memory_pixels // max(1, threads), threads)  # fmt: skip
         scale = math.ceil(max(height, width) / VECTOR_PLOT_SIDE)
         with rasterio.open(ref_tif) as src:  # the vector plot over a reduced reference
             ref = read_average(src, (math.ceil(height / scale), math.ceil(width / scale)))
