@@ -5,7 +5,7 @@ rule convert_cog:
         "results/stack/{key}.tif",
     log:
         "logs/convert_cog/{key}.log",
-    threads: 1
+    threads: warp_threads  # GDAL compresses a large grid's tiles on both cores
     resources:
         mem_mb=1024,
         runtime=10,
@@ -24,7 +24,7 @@ rule convert_flow_cog:
         confidence="results/stack/{n}-confidence.tif",
     log:
         "logs/convert_flow_cog/{n}.log",
-    threads: 1
+    threads: warp_threads  # GDAL compresses a large grid's tiles on both cores
     resources:
         mem_mb=1024,
         runtime=10,
@@ -41,7 +41,7 @@ rule convert_expression_cog:
         "results/stack/{name}.tif",
     log:
         "logs/convert_expression_cog/{name}.log",
-    threads: 1
+    threads: warp_threads  # GDAL compresses a large grid's tiles on both cores
     resources:
         mem_mb=1024,
         runtime=10,

@@ -5,8 +5,8 @@ from costack.stages.catalog import run_cog
 
 
 def step() -> None:
-    run_cog(snakemake.input.flow, snakemake.output.displacement)
-    run_cog(snakemake.input.confidence, snakemake.output.confidence)
+    run_cog(snakemake.input.flow, snakemake.output.displacement, threads=snakemake.threads)
+    run_cog(snakemake.input.confidence, snakemake.output.confidence, threads=snakemake.threads)
 
 
 run_step(snakemake, step)

@@ -30,9 +30,10 @@ def _without_timings(stats: dict) -> dict:
             for k, v in stats.items() if k != "seconds"}  # fmt: skip
 
 
-def run_cog(src: str | Path, dst: str | Path) -> None:
-    """Convert a co-registered raster to a validated COG (same pixels, same tags)."""
-    write_cog(src, dst)
+def run_cog(src: str | Path, dst: str | Path, threads: int = 1) -> None:
+    """Convert a co-registered raster to a validated COG (same pixels, same tags), compressed
+    on ``threads`` threads (the same bytes)."""
+    write_cog(src, dst, threads=threads)
 
 
 def run_catalog(
