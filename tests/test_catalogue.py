@@ -249,3 +249,21 @@ def test_real_items_load_without_third_party_warnings(name):
         item = load_item(str(STAC_ITEMS / name), 1)
     assert item.assets, name
     assert not [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+
+
+def test_a_cog_compressed_on_two_threads_is_the_same_file(tmp_path):
+    """GDAL's multi-threaded compression (the COG rules' threads on a large grid) writes the
+    same bytes as one thread, and a valid COG."""
+    from rasterio.crs import CRS
+
+    from costack.io.cog import is_valid_cog, write_cog
+    from costack.io.rasters import write_float32
+
+    grid = Grid(CRS.from_epsg(32631), Affine(10, 0, 500_000, 0, -10, 5_000_000), 700, 600)
+    img = scene(600, 700, seed=2).astype(np.float32)
+    img[:50, :80] = np.nan
+    write_float32(tmp_path / "a.tif", img, grid)
+    write_cog(tmp_path / "a.tif", tmp_path / "one.tif")
+    write_cog(tmp_path / "a.tif", tmp_path / "two.tif", threads=2)
+    assert is_valid_cog(tmp_path / "two.tif")
+    assert (tmp_path / "two.tif").read_bytes() == (tmp_path / "one.tif").read_bytes()

@@ -219,6 +219,48 @@ def test_tiles_of_a_large_grid_give_the_whole_grids_model(tmp_path, camera_affin
     err = float(np.sqrt(np.mean((fields["tiles"] - truth) ** 2)))
     assert rms < 0.05 and err < 0.05, (rms, err)  # measured: see the closing note
     assert (tmp_path / "tiles.png").stat().st_size > 10_000
+    # two tiles at a time, each of half the limit: the same tiles give the same points, in
+    # the same order, byte for byte
+    run_tiepoints(tmp_path / "ref.tif", tmp_path / "sec.tif", tmp_path / "two.csv", None, None,
+                  TiePointParams(multimodal=False), max_in_memory_pixels=2 * 256 * 256,
+                  threads=2)  # fmt: skip
+    assert (tmp_path / "two.csv").read_bytes() == (tmp_path / "tiles.csv").read_bytes()
+
+
+def test_pyramid_levels_from_the_level_above_are_the_direct_ones(camera_affine):
+    """Each coarse level made from the one above (the low-pass whose variance completes the
+    direct one's) is the level made from the full resolution within 1.5 % of the image's range
+    (with a NaN hole: the same masked pixels); a chain that repeats the whole 0.5 f low-pass
+    at each step would blur more and miss by several times that."""
+    from costack.stages.tiepoints import _masked_level, pyramid
+
+    img = camera_affine[0].copy()
+    img[100:140, 300:360] = np.nan
+    valid = np.isfinite(img)
+    a = np.where(valid, img, 0).astype(np.float32)
+    span = float(np.nanmax(img) - np.nanmin(img))
+    chained = pyramid(a, valid, (1, 3, 6, 12))
+    for f, (level, ok) in zip((1, 3, 6, 12), chained, strict=True):
+        direct, dok = _masked_level(a, valid, f)
+        assert level.shape == direct.shape
+        np.testing.assert_array_equal(ok, dok)
+        assert float(np.abs(level - direct)[ok].max()) < 0.015 * span, f
+
+
+def test_candidates_are_capped_and_stay_spread(camera_affine):
+    """``max_points`` thins the Förstner candidates to at most about that many, the strongest
+    per larger cell: every quadrant keeps its share."""
+    from costack.stages.tiepoints import feature_points
+
+    img = camera_affine[0]
+    valid = np.ones(img.shape, bool)
+    every = feature_points(img, valid, 2, 0.2, margin=12)
+    few = feature_points(img, valid, 2, 0.2, margin=12, max_points=200)
+    assert len(every) > 1000 and 100 <= len(few) <= 200
+    for top in (True, False):
+        for left in (True, False):
+            inq = ((few[:, 0] < 256) == top) & ((few[:, 1] < 256) == left)
+            assert inq.sum() >= 0.1 * len(few)
 
 
 def test_foerstner_operator_is_scikit_images(camera_affine):

@@ -175,6 +175,7 @@ def cmd_tiepoints(args: argparse.Namespace) -> None:
         args.ref, args.sec, args.out, stem + ".model.json", stem + ".png", params,
         label=Path(args.sec).stem,
         resolution_ratio=_resolution_ratio(args.resolution_ratio, args.sec),
+        threads=args.threads,
     )  # fmt: skip
     print(f"{model.tiepoints} tie points in {args.out}; model {model.chosen} in "
           f"{stem}.model.json; vectors in {stem}.png")  # fmt: skip
@@ -191,7 +192,10 @@ def cmd_qc(args: argparse.Namespace) -> None:
     result = run_qc(args.ref, args.colocated, args.coregistered, args.out,
                     multimodal=True if args.multimodal else None,
                     resolution_ratio=_resolution_ratio(args.resolution_ratio, args.colocated),
-                    max_displacement=args.max_displacement, threads=args.threads)  # fmt: skip
+                    max_displacement=args.max_displacement, threads=args.threads,
+                    confidence_tif=args.confidence,
+                    **({} if args.qc_points is None else
+                       {"sample_points": args.qc_points}))  # fmt: skip
     after = result["after"]
     figure = (
         f"{after['pixels']['median']:.3f} px median on {after['points']} points"
@@ -396,6 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="secondary's native pixel size over the grid's (blurs the reference); default: "
         "the costack_resolution_ratio tag co-location writes, else 1",
     )
+    p.add_argument("--threads", type=int, default=2,
+                   help="tiles matched at once on a grid matched by tiles")  # fmt: skip
     p.set_defaults(func=cmd_tiepoints)
 
     p = sub.add_parser(
@@ -461,6 +467,16 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--threads", type=int, default=2,
                    help="2 (as the rule): re-match before and after side by side")  # fmt: skip
+    p.add_argument(
+        "--confidence", default=None,
+        help="the flow's confidence raster (results/flow/N.confidence.tif, as the rule): "
+        "sample more points where it is low; default: uniform",
+    )  # fmt: skip
+    p.add_argument(
+        "--qc-points", type=int, default=None,
+        help="points re-matched when the QC's lattice holds more (config qc_points; default "
+        "1024 as the rule's); 0: every point",
+    )  # fmt: skip
     p.set_defaults(func=cmd_qc)
 
     p = sub.add_parser("warp", help="warp a co-located raster with a flow (nodata outside)")

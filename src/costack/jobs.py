@@ -68,12 +68,33 @@ def freeze_heap() -> None:
     gc.freeze()
 
 
+def peak_rss_mb() -> float:
+    """The process's peak resident memory (MB): the kernel's high-water mark (VmHWM), or the
+    largest of its children's if one of them went higher."""
+    import resource
+
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return max(own, children) / 1024
+
+
 def run_step(snakemake: Any, step: Callable[[], Any]) -> None:
-    """Run a rule's step with logging; a CostackError becomes one line and exit status 1."""
+    """Run a rule's step with logging; a CostackError becomes one line and exit status 1.
+
+    The log's last line gives the step's wall and CPU time (their ratio: the cores it kept
+    busy, against the rule's ``threads``) and the job's peak resident memory (for a profile's
+    ``mem_mb``); ``bench/stack_bench.py`` reads it."""
+    import time
+
     setup_logging(snakemake.log[0] if len(snakemake.log) else None)
     _inject_failure(snakemake.rule)
+    t0, c0 = time.perf_counter(), time.process_time()
     try:
         step()
+        logging.getLogger("costack.jobs").info(
+            "%s: done in %.1f s (CPU %.1f s), peak RSS %.0f MB", snakemake.rule,
+            time.perf_counter() - t0, time.process_time() - c0, peak_rss_mb(),
+        )  # fmt: skip
         freeze_heap()
     except CostackError as err:
         _fail(str(err))

@@ -10,7 +10,7 @@ rule convert_cog:
         on_failed_registration=config["on_failed_registration"],
     log:
         "logs/convert_cog/{key}.log",
-    threads: 1
+    threads: warp_threads  # GDAL compresses a large grid's tiles on both cores
     resources:
         mem_mb=1024,
         runtime=10,
@@ -32,7 +32,7 @@ rule convert_flow_cog:
         on_failed_registration=config["on_failed_registration"],
     log:
         "logs/convert_flow_cog/{n}.log",
-    threads: 1
+    threads: warp_threads  # GDAL compresses a large grid's tiles on both cores
     resources:
         mem_mb=1024,
         runtime=10,
@@ -52,7 +52,7 @@ rule convert_expression_cog:
         on_failed_registration=config["on_failed_registration"],
     log:
         "logs/convert_expression_cog/{name}.log",
-    threads: 1
+    threads: warp_threads  # GDAL compresses a large grid's tiles on both cores
     resources:
         mem_mb=1024,
         runtime=10,

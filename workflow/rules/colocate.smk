@@ -13,6 +13,10 @@ rule colocate_asset:
     log:
         "logs/colocate_asset/{key}.log",
     threads: colocate_threads
+    # as high as the registration chain it feeds (tie points, flow): without it, a dataset's
+    # matching asset waited behind the COGs and QC of the datasets before it (4096 px stack
+    # bench: dataset 3's tie points started at 206 s, when dataset 2's chain was done)
+    priority: 10
     resources:
         mem_mb=2048,
         runtime=30,

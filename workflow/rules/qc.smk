@@ -1,19 +1,26 @@
 # Independent check: residual misregistration after co-registration, re-matched on a grid.
 
+from costack.stages.qc import qc_threads
+
+# cores the QC keeps busy on this grid: one when it re-matches a sample (tile-sized grids)
+QC_THREADS = qc_threads(GRID.height, GRID.width, config["qc_points"])
+
 
 rule assess_registration:
     input:
         ref=f"results/colocated/{REF}.tif",
         colocated=lambda wc: f"results/colocated/{MATCH[int(wc.n)]}.tif",
         coregistered=lambda wc: f"results/coregistered/{MATCH[int(wc.n)]}.tif",
+        confidence="results/flow/{n}.confidence.tif",
     output:
         "results/qc/{n}.json",
     params:
         max_displacement=config["max_displacement"],
+        qc_points=config["qc_points"],
         resolution_ratio=lambda wc: RES_RATIO[MATCH[int(wc.n)]],
     log:
         "logs/assess_registration/{n}.log",
-    threads: 2
+    threads: QC_THREADS
     resources:
         mem_mb=2048,
         runtime=30,

@@ -1,6 +1,11 @@
 # Tie points (Yan et al. 2016) between the reference and each secondary dataset's matching
 # asset: the evidence a user inspects and the global model that seeds the dense flow.
 
+from costack.limits import TIEPOINT_IN_MEMORY_PIXELS
+
+# a grid matched by tiles keeps both cores busy (two tiles of half the size at a time)
+TIEPOINT_THREADS = 2 if GRID.width * GRID.height > TIEPOINT_IN_MEMORY_PIXELS else 1
+
 
 rule match_tiepoints:
     input:
@@ -18,7 +23,7 @@ rule match_tiepoints:
         max_shift=config["max_displacement"],
     log:
         "logs/match_tiepoints/{n}.log",
-    threads: 1
+    threads: TIEPOINT_THREADS
     # the registration chain (tie points, then flow) is the run's longest path: scheduled before
     # the COGs and QC of the datasets already registered (priority changes no output)
     priority: 10

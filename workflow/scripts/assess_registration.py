@@ -13,5 +13,7 @@ run_step(
         resolution_ratio=float(snakemake.params.resolution_ratio),
         max_displacement=float(snakemake.params.max_displacement),
         threads=snakemake.threads,
+        confidence_tif=snakemake.input.confidence,
+        sample_points=int(snakemake.params.qc_points),
     ),
 )

@@ -11,5 +11,6 @@ run_step(
         snakemake.output[0],
         qc_json=snakemake.input.qc,
         on_failed_registration=snakemake.params.on_failed_registration,
+        threads=snakemake.threads,
     ),
 )

@@ -7,8 +7,8 @@ from costack.stages.catalog import run_cog
 
 def step() -> None:
     i, policy = snakemake.input, snakemake.params.on_failed_registration
-    run_cog(i.flow, snakemake.output.displacement, i.qc, policy)
-    run_cog(i.confidence, snakemake.output.confidence, i.qc, policy)
+    run_cog(i.flow, snakemake.output.displacement, i.qc, policy, snakemake.threads)
+    run_cog(i.confidence, snakemake.output.confidence, i.qc, policy, snakemake.threads)
 
 
 run_step(snakemake, step)

@@ -16,5 +16,6 @@ run_step(
             snakemake.input.manifest, snakemake.wildcards.n, snakemake.params.key
         ),
         resolution_ratio=float(snakemake.params.resolution_ratio),
+        threads=snakemake.threads,
     ),
 )

@@ -35,15 +35,17 @@ def run_cog(
     dst: str | Path,
     qc_json: str | Path | None = None,
     on_failed_registration: str = "stop",
+    threads: int = 1,
 ) -> None:
     """Convert a co-registered raster to a validated COG (same pixels, same tags).
 
     With ``qc_json`` (the run's ``results/qc/summary.json``, as the workflow gives it), the
     registration verdicts are checked first, as :func:`run_catalog` does: a run whose item
-    would not be published writes no COG into the stack either."""
+    would not be published writes no COG into the stack either. Tiles are compressed on
+    ``threads`` threads (the same bytes)."""
     if qc_json is not None:
         check_registration(qc_json, on_failed_registration)
-    write_cog(src, dst)
+    write_cog(src, dst, threads=threads)
 
 
 def check_registration(qc_json: str | Path, on_failed_registration: str = "stop") -> dict:

@@ -44,12 +44,22 @@ MULTIMODAL_HALF = 25
 WORSE_BY_PX = 0.1
 #: Fewest re-matched points a residual figure rests on; below, the figure is "insufficient".
 QC_MIN_POINTS = 20
+#: Spacing (grid px) of the QC's regular lattice of points.
+QC_SPACING = 24
+#: Points of the lattice the QC re-matches (config ``qc_points``): grids whose lattice holds
+#: more are sampled (:func:`_residuals_sampled`); 0 re-matches every point.
+QC_SAMPLE_POINTS = 1024
+#: Fewest points of a sample that must re-match (before and after); fewer, the sample is
+#: drawn again twice as large (up to the whole lattice), the points already matched reused.
+QC_SAMPLE_MIN_MEASURED = 4 * QC_MIN_POINTS
+#: Sampling weight of a point where the flow's confidence is 0, against 1 where it is 1.
+LOW_CONFIDENCE_WEIGHT = 4.0
 
 
 def residual_misregistration(
     ref: np.ndarray,
     sec: np.ndarray,
-    spacing: int = 24,
+    spacing: int = QC_SPACING,
     half: int = 17,
     multimodal: bool = False,
     min_similarity: float | None = None,
@@ -103,13 +113,21 @@ def residual_misregistration(
     width = ref.shape[1] if grid_width is None else grid_width
     first, stop = (0, height) if point_rows is None else point_rows
     left, right = (0, width) if point_cols is None else point_cols
-    for rg in range(half + 2, height - half - 2, spacing):
+
+    def walk(size: int, lo: int, hi: int) -> range:
+        # the lattice half + 2, half + 2 + spacing, ... below size - half - 2, within [lo, hi)
+        start = half + 2
+        lo = max(start, lo)
+        return range(start + -(-(lo - start) // spacing) * spacing, min(size - half - 2, hi),
+                     spacing)  # fmt: skip
+
+    for rg in walk(height, first, stop):
         r = rg - row_offset
-        if not first <= rg < stop or r < half + 2 or r >= ref.shape[0] - half - 2:
+        if r < half + 2 or r >= ref.shape[0] - half - 2:
             continue
-        for cg in range(half + 2, width - half - 2, spacing):
+        for cg in walk(width, left, right):
             c = cg - col_offset
-            if not left <= cg < right or c < half + 2 or c >= ref.shape[1] - half - 2:
+            if c < half + 2 or c >= ref.shape[1] - half - 2:
                 continue
             p = (r + 0.5, c + 0.5)
             got = lsm(m, p, p, half, max_iterations=10)
@@ -121,23 +139,191 @@ def residual_misregistration(
     return np.array(out, dtype=float).reshape(-1, 2)
 
 
-def summarise(shifts: np.ndarray, pixel_size: float, min_points: int = QC_MIN_POINTS) -> dict:
+def summarise(
+    shifts: np.ndarray,
+    pixel_size: float,
+    min_points: int = QC_MIN_POINTS,
+    weights: np.ndarray | None = None,
+) -> dict:
     """Mean, median and 90th percentile of the residual magnitudes, in pixels and metres,
     with the number of points they rest on; under ``min_points`` points no figure is given
-    (``"figure": "insufficient"``), since a handful of matches says little."""
+    (``"figure": "insufficient"``), since a handful of matches says little.
+
+    ``weights``: a sample's points weighted by the inverse of their inclusion probability
+    (:func:`costack.registration.sampling.spread_sample`): the figures then estimate those of
+    the whole lattice (weighted mean; quantiles of the weighted distribution)."""
     if len(shifts) < min_points:
         return {"points": int(len(shifts)), "figure": "insufficient", "min_points": min_points}
     mag = np.hypot(shifts[:, 0], shifts[:, 1])
-    px = {"mean": float(mag.mean()), "median": float(np.median(mag)),
-          "p90": float(np.percentile(mag, 90))}  # fmt: skip
+    if weights is None:
+        px = {"mean": float(mag.mean()), "median": float(np.median(mag)),
+              "p90": float(np.percentile(mag, 90))}  # fmt: skip
+        mean_dx, mean_dy = float(shifts[:, 0].mean()), float(shifts[:, 1].mean())
+    else:
+        from costack.registration.sampling import weighted_quantile
+
+        w = np.asarray(weights, dtype=np.float64)
+        px = {"mean": float(np.average(mag, weights=w)),
+              "median": weighted_quantile(mag, w, 0.5),
+              "p90": weighted_quantile(mag, w, 0.9)}  # fmt: skip
+        mean_dx = float(np.average(shifts[:, 0], weights=w))
+        mean_dy = float(np.average(shifts[:, 1], weights=w))
     return {
         "points": int(len(mag)),
         "figure": "measured",
         "pixels": {k: round(v, 4) for k, v in px.items()},
         "metres": {k: round(v * pixel_size, 3) for k, v in px.items()},
-        "mean_dx": round(float(shifts[:, 0].mean()), 4),
-        "mean_dy": round(float(shifts[:, 1].mean()), 4),
+        "mean_dx": round(mean_dx, 4),
+        "mean_dy": round(mean_dy, 4),
     }
+
+
+def lattice(height: int, width: int, half: int, spacing: int = QC_SPACING):
+    """Grid rows and columns of the QC's regular lattice (as :func:`residual_misregistration`
+    walks it): every ``spacing`` px from ``half + 2`` to ``half + 2`` short of the far edge."""
+    return (np.arange(half + 2, height - half - 2, spacing),
+            np.arange(half + 2, width - half - 2, spacing))  # fmt: skip
+
+
+def qc_threads(height: int, width: int, sample_points: int = QC_SAMPLE_POINTS) -> int:
+    """Cores the QC of a ``height`` x ``width`` grid keeps busy (the rule's ``threads``,
+    known at parse time): 2 only on the in-memory path whose before and after re-matchings
+    run side by side (:func:`costack.limits.qc_parallel`); the sampled windows and the blocks
+    are matched one after another."""
+    rows, cols = lattice(height, width, MULTIMODAL_HALF)
+    if sample_points and len(rows) * len(cols) > sample_points:
+        return 1
+    px = height * width
+    return 2 if px <= qc_in_memory_pixels(False) and qc_parallel(px, False) else 1
+
+
+def window_margin(multimodal: bool, reference_blur: float) -> int:
+    """Pixels read around a sampled point so that its re-matching in the window equals that in
+    the whole grid: the patch's half, its 2 px border and the 3 px tolerance, plus the reach of
+    the filters: on intensities the light blur (3 sigma) and the cubic B-spline prefilter
+    (pole -0.268: 16 px bring an edge's influence under 1e-9), on CFOG descriptors the
+    gradient, the blurs of 1 px and the 8 px norm (3 sigma each) and the erosions."""
+    if multimodal:
+        return MULTIMODAL_HALF + 5 + 1 + 4 + 4 + 25 + 4 + 8
+    sigma = float(np.hypot(1.0, reference_blur))
+    return 17 + 5 + int(3.0 * sigma + 0.5) + 1 + 16 + 4
+
+
+def _residuals_sampled(
+    paths: tuple, grid: Grid, kw: dict, confidence_tif: str | Path | None, size: int,
+    seed: int = 0,
+) -> dict:  # fmt: skip
+    """:func:`residual_misregistration` before and after at ``size`` points of the lattice,
+    each in its own window: the whole-grid figures at the cost of their evidence.
+
+    One pass by strips reads the reference and the secondary before co-registration (the
+    coverage and overlap, exact) and keeps the lattice points whose patch has valid corners
+    and centre in both, with the flow's confidence there. Among them ``size`` points are
+    drawn spread over the overlap, with a probability that grows as the confidence falls
+    (1 at confidence 1, LOW_CONFIDENCE_WEIGHT at 0 or where the flow is unknown; see
+    :func:`costack.registration.sampling.spread_sample`), and each is re-matched at full
+    resolution in a window of :func:`window_margin` px around it. Where fewer than
+    QC_SAMPLE_MIN_MEASURED of them re-match, the sample is drawn again twice as large (the
+    points' results reused), up to the whole lattice. Returns a dict: ``before``
+    and ``after`` (the shifts, (n, 2)), ``before_weights`` and ``after_weights`` (1 / pi),
+    ``before_points`` and ``after_points`` (grid row and column of each, (n, 2)),
+    ``coverage``, ``overlap`` and ``record`` (the sampling's description)."""
+    from contextlib import ExitStack
+
+    from rasterio.windows import Window
+
+    from costack.io.rasters import STREAM_CACHE_MB, read_window, strip_rows, strips
+    from costack.registration.sampling import spread_sample
+
+    multimodal = kw["multimodal"]
+    half = MULTIMODAL_HALF if multimodal else 17
+    rows, cols = lattice(grid.height, grid.width, half)
+    need = {int(r + d) for r in rows for d in (-half, 0, half)}
+    both_rows: dict[int, np.ndarray] = {}
+    conf = np.full((len(rows), len(cols)), np.nan, np.float32)
+    row_of = {int(r): i for i, r in enumerate(rows)}
+    n_before = n_overlap = 0
+    with ExitStack() as stack:
+        stack.enter_context(rasterio.Env(GDAL_CACHEMAX=STREAM_CACHE_MB))
+        ref_src, before_src, after_src = (stack.enter_context(rasterio.open(p)) for p in paths)
+        conf_src = stack.enter_context(rasterio.open(confidence_tif)) if confidence_tif else None
+        for r0, r1 in strips(grid.height, strip_rows(grid.width, grid.height, 8, 64_000_000)):
+            win = Window(0, r0, grid.width, r1 - r0)
+            ok_before = np.isfinite(read_window(before_src, win))
+            both = ok_before & np.isfinite(read_window(ref_src, win))
+            n_before += int(ok_before.sum())
+            n_overlap += int(both.sum())
+            del ok_before
+            for r in range(r0, r1):
+                if r in need:
+                    both_rows[r] = both[r - r0]
+            if conf_src is not None:
+                inside = [r for r in range(r0, r1) if r in row_of]
+                if inside:
+                    c = read_window(conf_src, win)
+                    for r in inside:
+                        conf[row_of[r]] = c[r - r0, cols]
+        ok = np.ones((len(rows), len(cols)), bool)
+        for dr in (-half, 0, half):
+            block = np.stack([both_rows[int(r + dr)] for r in rows])
+            for dc in (-half, 0, half):
+                ok &= block[:, cols + dc]
+        del both_rows
+        ii, jj = np.nonzero(ok)
+        c = np.clip(np.nan_to_num(conf[ii, jj], nan=0.0), 0.0, 1.0)
+        weight = 1.0 + (LOW_CONFIDENCE_WEIGHT - 1.0) * (1.0 - c)
+        m = window_margin(multimodal, kw["reference_blur"])
+        cache: dict[int, tuple] = {}  # lattice point -> (shift before or None, after or None)
+
+        def rematch(k: int) -> tuple:
+            rg, cg = int(rows[ii[k]]), int(cols[jj[k]])
+            w0, w1 = max(0, rg - m), min(grid.height, rg + m + 1)
+            v0, v1 = max(0, cg - m), min(grid.width, cg + m + 1)
+            win = Window(v0, w0, v1 - v0, w1 - w0)
+            ref = read_window(ref_src, win)
+            point_kw = dict(
+                kw, row_offset=w0, point_rows=(rg, rg + 1), grid_height=grid.height,
+                col_offset=v0, point_cols=(cg, cg + 1), grid_width=grid.width,
+            )  # fmt: skip
+            got = [residual_misregistration(ref, read_window(src, win), **point_kw)
+                   for src in (before_src, after_src)]  # fmt: skip
+            return tuple(g[0] if len(g) else None for g in got)
+
+        drawn = size
+        while True:
+            taken, pi = spread_sample(ii, jj, weight, drawn, seed)
+            order = np.lexsort((jj[taken], ii[taken]))  # row by row: reads follow the tiles
+            taken, pi = taken[order], pi[order]
+            for k in taken:
+                if int(k) not in cache:
+                    cache[int(k)] = rematch(int(k))
+            measured = min(sum(cache[int(k)][i] is not None for k in taken) for i in (0, 1))
+            # too few of the drawn points re-match (SAR, small grids): draw twice as many
+            if measured >= QC_SAMPLE_MIN_MEASURED or drawn >= len(ii):
+                break
+            drawn = min(len(ii), 2 * drawn)
+        out: dict[str, list] = {"before": [], "after": []}
+        for k, p in zip(taken, pi, strict=True):
+            for name, got in zip(("before", "after"), cache[int(k)], strict=True):
+                if got is not None:
+                    out[name].append((got[0], got[1], 1.0 / p, rows[ii[k]], cols[jj[k]]))
+    px = grid.width * grid.height
+    record = {
+        "lattice_points": int(len(ii)),
+        "sampled": int(len(taken)),
+        "size": int(size),
+        "drawn": int(drawn),
+        "seed": int(seed),
+        "weighted_by_confidence": confidence_tif is not None,
+    }
+
+    got = {k: np.array(v, dtype=float).reshape(-1, 5) for k, v in out.items()}
+    return {
+        **{k: v[:, :2] for k, v in got.items()},
+        **{f"{k}_weights": v[:, 2] for k, v in got.items()},
+        **{f"{k}_points": v[:, 3:].astype(np.int64) for k, v in got.items()},
+        "coverage": n_before / px, "overlap": n_overlap / px, "record": record,
+    }  # fmt: skip
 
 
 def _residuals_by_blocks(
@@ -195,6 +381,9 @@ def run_qc(
     max_in_memory_pixels: int | None = None,
     block_bytes: int = QC_BLOCK_BYTES,
     threads: int = 2,
+    confidence_tif: str | Path | None = None,
+    sample_points: int = QC_SAMPLE_POINTS,
+    seed: int = 0,
 ) -> dict:
     """The QC stage (rule ``assess_registration``, ``costack qc``): residual misregistration
     before (colocated) and after co-registration, as JSON.
@@ -212,7 +401,15 @@ def run_qc(
 
     ``resolution_ratio``: the secondary's native pixel over the grid's (a 30 m secondary is
     compared with the reference blurred to 30 m: on the demo the residual after co-registration
-    then reads 0.11 px median, near the flow's true error, instead of 0.24 px)."""
+    then reads 0.11 px median, near the flow's true error, instead of 0.24 px).
+
+    ``sample_points``: a grid whose lattice holds more points than this is not re-matched
+    everywhere but at that many points (:func:`_residuals_sampled`): spread over the valid
+    overlap, more where the flow's confidence (``confidence_tif``, the flow's confidence
+    raster; None: uniform) is low, each re-matched at full resolution in its own window, the
+    figures weighted back to the whole lattice's (a 10980 x 10980 tile: 1024 of 209,000
+    points). 0 re-matches every point. ``seed`` draws the sample (the same seed, the same
+    points)."""
     require_colocated("qc", ref_tif, colocated_tif, coregistered_tif)
     before_key = costack_tags(colocated_tif).get("costack_key")
     after_key = costack_tags(coregistered_tif).get("costack_key")
@@ -232,7 +429,17 @@ def run_qc(
     size = abs(grid.transform.a)
     if max_in_memory_pixels is None:
         max_in_memory_pixels = qc_in_memory_pixels(multimodal)
-    if grid.width * grid.height <= max_in_memory_pixels:
+    half = MULTIMODAL_HALF if multimodal else 17
+    rows, cols = lattice(grid.height, grid.width, half)
+    weights_before = weights_after = None
+    sampling = None
+    if sample_points and len(rows) * len(cols) > sample_points:
+        got = _residuals_sampled((ref_tif, colocated_tif, coregistered_tif), grid, kw,
+                                 confidence_tif, sample_points, seed)  # fmt: skip
+        shifts_before, weights_before = got["before"], got["before_weights"]
+        shifts_after, weights_after = got["after"], got["after_weights"]
+        coverage, overlap, sampling = got["coverage"], got["overlap"], got["record"]
+    elif grid.width * grid.height <= max_in_memory_pixels:
         ref, _, _ = read_float32(ref_tif)
         before, _, _ = read_float32(colocated_tif)
         after, _, _ = read_float32(coregistered_tif)
@@ -250,8 +457,14 @@ def run_qc(
         shifts_before, shifts_after, coverage, overlap = _residuals_by_blocks(
             (ref_tif, colocated_tif, coregistered_tif), grid, kw, block_bytes
         )
+    where = (
+        f"LSM re-matching at {sampling['sampled']} of the {sampling['lattice_points']} points "
+        f"of a regular grid every {QC_SPACING} px in the overlap (spread, more where the flow "
+        "is less confident; figures weighted by 1 / inclusion probability); "
+        if sampling else f"LSM re-matching on a regular grid every {QC_SPACING} px; "
+    )  # fmt: skip
     result = {
-        "method": "LSM re-matching on a regular grid every 24 px; "
+        "method": where
         + (
             "NCC of CFOG descriptors >= 0.4, 51x51 patches"
             if multimodal
@@ -260,9 +473,11 @@ def run_qc(
         "reference_blur_sigma": round(blur, 3),
         "coverage": round(coverage, 4),
         "overlap": round(overlap, 4),
-        "before": summarise(shifts_before, size),
-        "after": summarise(shifts_after, size),
+        "before": summarise(shifts_before, size, weights=weights_before),
+        "after": summarise(shifts_after, size, weights=weights_after),
     }
+    if sampling:
+        result["sampling"] = sampling
     write_json(out_json, result)
     return result
 

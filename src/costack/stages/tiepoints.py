@@ -72,6 +72,9 @@ class TiePointParams:
     min_similarity: float = 0.995
     max_jump: float = 1.0 / 3.0
     cell: int = 2  # coarse pixels per point-selection cell
+    # candidates per matched window (a tile): beyond, the strongest per larger cell (issue 40:
+    # a 3660 px tile held about 1700, matched at four levels each)
+    max_candidates: int | None = 512
     roundness: float = 0.2
     max_iterations: int = 20
     multimodal: bool | None = None  # CFOG descriptors; None: decided from the rasters
@@ -99,14 +102,18 @@ def pyramid_factors(factors: tuple[int, ...], size: int, patch: int) -> list[int
     return out
 
 
-def _masked_level(img: np.ndarray, valid: np.ndarray, f: int) -> tuple[np.ndarray, np.ndarray]:
-    """One pyramid level: Gaussian low-pass then f x f block mean (centred), nodata masked."""
+def _masked_level(
+    img: np.ndarray, valid: np.ndarray, f: int, sigma: float | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """One pyramid level: Gaussian low-pass (``sigma``, default 0.5 f) then f x f block mean
+    (centred), nodata masked (normalised convolution; skipped where all is valid)."""
     if f == 1:
         return np.where(valid, img, 0).astype(np.float32), valid
     w = valid.astype(np.float32)
-    sigma = 0.5 * f
+    sigma = 0.5 * f if sigma is None else sigma
     num = ndimage.gaussian_filter(np.where(valid, img, 0).astype(np.float32), sigma)
-    den = ndimage.gaussian_filter(w, sigma)
+    # all valid: the filtered weights are 1 everywhere (the filter reflects at the border)
+    den = w if valid.all() else ndimage.gaussian_filter(w, sigma)
     h, wd = (img.shape[0] // f) * f, (img.shape[1] // f) * f
 
     def block(a: np.ndarray) -> np.ndarray:
@@ -117,6 +124,25 @@ def _masked_level(img: np.ndarray, valid: np.ndarray, f: int) -> tuple[np.ndarra
         out = np.where(d > 1e-6, n / d, 0).astype(np.float32)
     ok = cover > 0.99
     return np.where(ok, out, 0).astype(np.float32), ok
+
+
+def pyramid(
+    img: np.ndarray, valid: np.ndarray, factors: tuple[int, ...] | list[int]
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The levels of :func:`_masked_level` for ``factors`` (increasing, each dividing the
+    next), each made from the one before rather than from the full resolution: level f_k is
+    level f_(k-1) low-passed and reduced by f_k / f_(k-1), the low-pass's variance chosen so
+    that the chain's equals the direct one's: Gaussians add their variances, and the block
+    means of f_(k-1) then f_k / f_(k-1) add (f_k^2 - 1) / 12 grid px^2 as one block of f_k
+    does, so the low-pass is 0.5 sqrt(f_k^2 - f_(k-1)^2) grid px. The coarse levels then cost a
+    fraction of the first reduction (a 2048 px tile: 17 s -> 2 s of its 28 s)."""
+    out = [_masked_level(img, valid, factors[0])]
+    for prev, f in zip(factors[:-1], factors[1:], strict=True):
+        var = (0.5 * f) ** 2 - (0.5 * prev) ** 2 * (prev > 1)  # grid px^2
+        sigma = math.sqrt(var) / prev
+        level, ok = out[-1]
+        out.append(_masked_level(level, ok, f // prev, sigma))
+    return out
 
 
 def foerstner(img: np.ndarray, sigma: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
@@ -146,13 +172,31 @@ def foerstner(img: np.ndarray, sigma: float = 1.0) -> tuple[np.ndarray, np.ndarr
     return np.nan_to_num(w), np.nan_to_num(q)
 
 
+def _strongest_per_cell(rows: np.ndarray, cols: np.ndarray, s: np.ndarray, cell: int) -> np.ndarray:
+    """Indices of the strongest (``s``) point in each ``cell`` x ``cell`` block."""
+    keys = (rows // cell) * 100_000 + cols // cell
+    order = np.lexsort((-s, keys))
+    keys_sorted = keys[order]
+    first = np.ones(order.size, bool)
+    first[1:] = keys_sorted[1:] != keys_sorted[:-1]
+    return order[first]
+
+
 def feature_points(
-    img: np.ndarray, valid: np.ndarray, cell: int, roundness: float, margin: int = 3
+    img: np.ndarray,
+    valid: np.ndarray,
+    cell: int,
+    roundness: float,
+    margin: int = 3,
+    max_points: int | None = None,
 ) -> np.ndarray:
     """Förstner points (row, col) on ``img``, the strongest per ``cell`` x ``cell`` block.
 
     Förstner and Gülch (1987): w = det(N) / tr(N) measures distinctness, q = 4 det(N) / tr(N)^2
     roundness (1 for a corner or a circular feature, 0 for an edge).
+
+    ``max_points``: more points than this are thinned to the strongest per larger block (its
+    side grown by the square root of the excess), so that they stay spread over the image.
     """
     w, q = foerstner(img, sigma=1.0)
     ok = ndimage.binary_erosion(valid, iterations=margin, border_value=0) & (q > roundness)
@@ -163,13 +207,13 @@ def feature_points(
     thresh = np.percentile(score[peak], 10)
     rows, cols = np.nonzero(peak & (score >= thresh))
     s = score[rows, cols]
-    keys = (rows // cell) * 100_000 + cols // cell
-    order = np.lexsort((-s, keys))
-    keys_sorted = keys[order]
-    first = np.ones(order.size, bool)
-    first[1:] = keys_sorted[1:] != keys_sorted[:-1]
-    sel = order[first]
-    return np.column_stack([rows[sel], cols[sel]])
+    sel = _strongest_per_cell(rows, cols, s, cell)
+    rows, cols, s = rows[sel], cols[sel], s[sel]
+    while max_points and len(rows) > max_points:
+        cell = max(cell + 1, math.ceil(cell * math.sqrt(len(rows) / max_points)))
+        sel = _strongest_per_cell(rows, cols, s, cell)
+        rows, cols, s = rows[sel], cols[sel], s[sel]
+    return np.column_stack([rows, cols])
 
 
 def match_tiepoints(
@@ -205,7 +249,7 @@ def match_tiepoints(
     if tuple(factors) != tuple(p.factors):
         log.info("%s: image too small for factors %s, using %s", label, p.factors, factors)
     p = replace(p, factors=tuple(factors))
-    raw = [(_masked_level(a, v1, f), _masked_level(b, v2, f)) for f in p.factors]
+    raw = list(zip(pyramid(a, v1, p.factors), pyramid(b, v2, p.factors), strict=True))
     threshold = p.min_similarity_multimodal if p.multimodal else p.min_similarity
     patches = (
         (p.patch_fine_multimodal, p.patch_coarse_multimodal)
@@ -213,7 +257,8 @@ def match_tiepoints(
         else (p.patch_fine, p.patch_coarse)
     )
     (ca, cv), (cb, cw) = raw[-1]
-    pts = feature_points(ca, cv, p.cell, p.roundness, margin=patches[1] // 2 + 2)
+    pts = feature_points(ca, cv, p.cell, p.roundness, margin=patches[1] // 2 + 2,
+                         max_points=p.max_candidates)  # fmt: skip
     top = len(p.factors) - 1
     # descriptor matches (translation only) rarely settle below 1e-3 px and then run to the
     # cap; 8 Gauss-Newton steps reach their best similarity (demo SAR pair: 14 -> 9 s)
@@ -262,8 +307,10 @@ def match_tiepoints(
     return df
 
 
-#: The vector plot of a tiled grid is drawn over the reference reduced to this side (px).
-VECTOR_PLOT_SIDE = 4096
+#: The vector plot of a tiled grid is drawn over the reference reduced to this side (px): twice
+#: the 800 px figure's; at 4096 px matplotlib's buffers for the image took about 700 MB (the
+#: tie-point job's peak, 4096x4096 stack: 1.53 GB with the plot, 0.81 GB without).
+VECTOR_PLOT_SIDE = 1600
 
 
 def run_tiepoints(
@@ -276,13 +323,16 @@ def run_tiepoints(
     label: str = "secondary",
     resolution_ratio: float = 1.0,
     max_in_memory_pixels: int = TIEPOINT_IN_MEMORY_PIXELS,
+    threads: int = 1,
 ) -> TiePointModel:
     """The tie-point stage (rule ``match_tiepoints``, ``costack tiepoints``) on two co-located
     rasters: CSV, model JSON and vector plot.
 
     Grids over ``max_in_memory_pixels`` are matched tile by tile (:func:`_match_by_tiles`,
     tiles of at most that size, each with its own pyramid and prior as the paper's method on a
-    scene), and one model is fitted to all their points; memory is then bounded by the tile.
+    scene), and one model is fitted to all their points; memory is then bounded by the tile
+    (``threads`` tiles are matched at once, each of at most ``max_in_memory_pixels /
+    threads`` px).
 
     ``params.multimodal`` None (the default) decides from the rasters
     (:func:`costack.stages._common.matches_on_descriptors`): SAR against optical and locally
@@ -316,7 +366,9 @@ def run_tiepoints(
         sec, _, _ = read_float32(sec_tif)
         df = _match_window(ref, sec, p, label, (0, 0))
     else:
-        df = _match_by_tiles(ref_tif, sec_tif, (height, width), p, label, max_in_memory_pixels)
+        # two tiles at once: tiles of half the pixels, the memory bound unchanged
+        df = _match_by_tiles(ref_tif, sec_tif, (height, width), p, label,
+                             max_in_memory_pixels // max(1, threads), threads)  # fmt: skip
         scale = math.ceil(max(height, width) / VECTOR_PLOT_SIDE)
         with rasterio.open(ref_tif) as src:  # the vector plot over a reduced reference
             ref = read_average(src, (math.ceil(height / scale), math.ceil(width / scale)))
@@ -367,12 +419,15 @@ def _match_window(
 
 def _match_by_tiles(
     ref_tif: str | Path, sec_tif: str | Path, shape: tuple[int, int], p: TiePointParams,
-    label: str, max_pixels: int,
+    label: str, max_pixels: int, threads: int = 1,
 ) -> pd.DataFrame:  # fmt: skip
     """Tie points of a scene-sized pair, tile by tile: the grid is cut into equal tiles of at
     most ``max_pixels`` and each tile is matched on its own (pyramid, Foerstner points, prior,
     depth-first LSM: Yan et al. 2016 per tile); a tile without valid data in both is skipped.
-    Points come back in grid pixels, concatenated."""
+    ``threads`` tiles at a time (SciPy's filters and the compiled LSM release the GIL; each
+    thread reads its own tile). Points come back in grid pixels, concatenated in tile order."""
+    from concurrent.futures import ThreadPoolExecutor
+
     import rasterio
     from rasterio.windows import Window
 
@@ -382,18 +437,22 @@ def _match_by_tiles(
     side = math.isqrt(max_pixels)
     rows, cols = math.ceil(h / side), math.ceil(w / side)
     th, tw = math.ceil(h / rows), math.ceil(w / cols)
-    parts = []
-    with rasterio.open(ref_tif) as rsrc, rasterio.open(sec_tif) as ssrc:
-        for r0 in range(0, h, th):
-            for c0 in range(0, w, tw):
-                win = Window(c0, r0, min(tw, w - c0), min(th, h - r0))
-                ref, sec = read_window(rsrc, win), read_window(ssrc, win)
-                if not (np.isfinite(ref) & np.isfinite(sec)).any():
-                    continue
-                where = f"{label}, tile rows {r0}-{r0 + win.height}, cols {c0}-{c0 + win.width}"
-                parts.append(_match_window(ref, sec, p, where, (r0, c0)))
-                del ref, sec
-    log.info("%s: %d tiles of %d x %d px matched", label, len(parts), th, tw)
+
+    def tile(origin: tuple[int, int]) -> pd.DataFrame | None:
+        r0, c0 = origin
+        win = Window(c0, r0, min(tw, w - c0), min(th, h - r0))
+        with rasterio.open(ref_tif) as rsrc, rasterio.open(sec_tif) as ssrc:
+            ref, sec = read_window(rsrc, win), read_window(ssrc, win)
+        if not (np.isfinite(ref) & np.isfinite(sec)).any():
+            return None
+        where = f"{label}, tile rows {r0}-{r0 + win.height}, cols {c0}-{c0 + win.width}"
+        return _match_window(ref, sec, p, where, (r0, c0))
+
+    origins = [(r0, c0) for r0 in range(0, h, th) for c0 in range(0, w, tw)]
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as ex:
+        parts = [df for df in ex.map(tile, origins) if df is not None]
+    log.info("%s: %d tiles of %d x %d px matched on %d thread(s)", label, len(parts), th, tw,
+             max(1, threads))  # fmt: skip
     if not parts:
         return pd.DataFrame(columns=CSV_COLUMNS[:8])
     return pd.concat(parts, ignore_index=True)
