@@ -294,13 +294,17 @@ def main() -> None:
         cs.append(c)
         gs.append(g)
         verdict = "met" if ratio <= 0.9 else "MISSED"
-        print(f"  {key:<10} costack {c:.4f}  GEFolki {g:.4f}  DeepFlow {d:.4f}  costack/GEFolki "
-              f"{ratio:.3f} ({100 * (1 - ratio):+.1f} % below; target >= 10 %: {verdict})")
+        print(
+            f"  {key:<10} costack {c:.4f}  GEFolki {g:.4f}  DeepFlow {d:.4f}  costack/GEFolki "
+            f"{ratio:.3f} ({100 * (1 - ratio):+.1f} % below; target >= 10 %: {verdict})"
+        )
     if summary and np.isfinite(gs).all():
         mc, mg = float(np.mean(cs)), float(np.mean(gs))
         verdict = "met" if mc <= 0.7 * mg else "MISSED"
-        print(f"  mean over {len(cs)} pairs: costack {mc:.4f}  GEFolki {mg:.4f}  "
-              f"({100 * (1 - mc / mg):+.1f} % below; target >= 30 %: {verdict})")
+        print(
+            f"  mean over {len(cs)} pairs: costack {mc:.4f}  GEFolki {mg:.4f}  "
+            f"({100 * (1 - mc / mg):+.1f} % below; target >= 30 %: {verdict})"
+        )
 
 
 if __name__ == "__main__":

@@ -1,0 +1,230 @@
+"""What kind of images a pair holds, from the pixels alone, and a radar-aware structure to
+match radar against optical (arrays only: the stage reads the rasters).
+
+- :func:`speckle_index`: how strongly an image shows multiplicative speckle. Fully developed
+  speckle makes the intensity of a homogeneous area vary about its mean with a coefficient of
+  variation 1/sqrt(L) whatever the mean (L looks; Goodman 1976, JOSA 66(11):1145; Ulaby and
+  Dobson 1989): the least variable windows of a radar image keep a CV of 0.1-0.5, those of an
+  optical image (additive, mostly sensor noise) a few hundredths. dB data are taken back to
+  linear power first.
+- :func:`assess`: radar against optical when no tag says so: the pair is multimodal (weak or
+  sign-changing local correlation after the coarse alignment, from
+  :func:`costack.folki.contrast_relation`) and one image is clearly more speckled than the
+  other (its index :data:`SPECKLE_RATIO` times the other's, and at least
+  :data:`SPECKLE_MIN`). A same-sensor pair is neither, so nothing changes for it.
+- :func:`roewa`: the ratio of exponentially weighted averages (ROEWA, Fjortoft, Lopes,
+  Marthon and Cubero-Castan 1998, IEEE TGRS 36(3):793, eq. 8-12; as SAR-SIFT computes its
+  gradient, Dellinger, Delon, Gousseau, Michel and Tupin 2015, IEEE TGRS 53(1):453, eq. 2-3):
+  per axis the log of the ratio of the exponentially weighted means on either side of the
+  pixel, an edge strength whose distribution does not depend on the local mean under
+  multiplicative speckle, where a difference of intensities grows with the mean (false edges
+  in bright areas).
+- :func:`structure_images`: ROEWA magnitude on the radar side, the Gaussian gradient
+  magnitude on the optical side: both are high on the same edges whatever the contrast sign
+  between the sensors, so the flow can match them as one modality (the idea of CFOG and HOPC,
+  Ye et al. 2017, IEEE TGRS 55(5):2941; 2019, 57(11):9059, with SAR-SIFT's ratio gradient on
+  the radar side as their SAR adaptations use).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+#: a radar image's speckle index is at least this many times the optical image's ...
+SPECKLE_RATIO = 1.5
+#: ... and at least this (the 10th percentile of the 7x7 coefficient of variation)
+SPECKLE_MIN = 0.05
+#: a pair is multimodal when its windows' mean |local correlation| is under this ...
+WEAK_CORRELATION = 0.6
+#: ... or when at least this share of the correlated windows is anti-correlated
+SIGN_CHANGING = 0.1
+#: the side (pixels) of the central crop :func:`speckle_index` reads
+SPECKLE_CROP = 1024
+#: the scales of the structure images (ROEWA's alpha, the Gaussian's sigma, pixels)
+ROEWA_ALPHA = 0.7
+OPTICAL_SIGMA = 0.7
+
+
+def looks_like_db(values: np.ndarray) -> bool:
+    """Finite values that read as decibels of a backscatter: negative values, and the 1st to
+    99th percentiles within -60 to +40 dB."""
+    if values.size == 0 or values.min() >= 0:
+        return False
+    lo, hi = np.percentile(values, [1, 99])
+    return bool(lo > -60.0 and hi < 40.0)
+
+
+def _box_sum(x: np.ndarray, radius: int) -> np.ndarray:
+    """Sum over each (2r+1)^2 window (zeros beyond the edges), by running sums."""
+    for axis in (0, 1):
+        pad = [(0, 0), (0, 0)]
+        pad[axis] = (radius + 1, radius)
+        c = np.cumsum(np.pad(x, pad), axis=axis)
+        n = x.shape[axis]
+        size = 2 * radius + 1
+        x = c.take(np.arange(size, size + n), axis=axis) - c.take(np.arange(n), axis=axis)
+    return x
+
+
+def central_crop(shape: tuple[int, int], side: int = SPECKLE_CROP) -> tuple[slice, slice]:
+    """The central window of at most ``side`` x ``side`` pixels of an image of ``shape``."""
+    h, w = shape
+    r0, c0 = max(0, (h - side) // 2), max(0, (w - side) // 2)
+    return slice(r0, r0 + min(h, side)), slice(c0, c0 + min(w, side))
+
+
+def speckle_index(img: np.ndarray, radius: int = 3) -> dict:
+    """How speckled an image is (NaN = nodata), read at full resolution.
+
+    The coefficient of variation sd/mean of every (2r+1)^2 window wholly valid with a positive
+    mean, on linear power (dB taken back by 10^(x/10); other data shifted to be non-negative
+    when they are not): the 10th percentile is the ``index`` (the homogeneous areas, where
+    speckle is all that varies), with the 99.9th percentile over the median of the intensity
+    (``tail``: bright point scatterers make radar heavy-tailed) and whether the data read as
+    dB, for the record. Reads at most :data:`SPECKLE_CROP` pixels square at the centre.
+    """
+    a = np.asarray(img, dtype=np.float64)[central_crop(img.shape)]
+    valid = np.isfinite(a)
+    vals = a[valid]
+    out = {"index": None, "db": False, "tail": None, "windows": 0}
+    if vals.size < 64:
+        return out
+    db = looks_like_db(vals)
+    if db:
+        x = np.where(valid, 10.0 ** (np.where(valid, a, 0.0) / 10.0), 0.0)
+    else:
+        lo = float(vals.min())
+        x = np.where(valid, a - min(lo, 0.0), 0.0)
+    w = valid.astype(np.float64)
+    n = _box_sum(w, radius)
+    s1 = _box_sum(x, radius)
+    s2 = _box_sum(x * x, radius)
+    full = n >= (2 * radius + 1) ** 2 - 0.5
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = s1 / n
+        sd = np.sqrt(np.maximum(s2 / n - mean * mean, 0.0))
+        ok = full & (mean > 0)
+        cv = sd[ok] / mean[ok]
+    lin = x[valid]
+    med = float(np.median(lin))
+    tail = round(float(np.percentile(lin, 99.9)) / med, 3) if med > 0 else None
+    out.update(db=db, windows=int(cv.size), tail=tail)
+    if cv.size >= 16:
+        out["index"] = round(float(np.percentile(cv, 10)), 4)
+    return out
+
+
+def assess(ref: np.ndarray, sec: np.ndarray, contrast: dict) -> dict:
+    """Which image of an untagged pair is the radar, if the pixels say so.
+
+    ``ref``, ``sec``: full-resolution images (NaN = nodata; :func:`speckle_index` reads their
+    centre); ``contrast``: :func:`costack.folki.contrast_relation` of the pair. Radar against
+    optical when the pair is multimodal (mean |r| under :data:`WEAK_CORRELATION` or at least
+    :data:`SIGN_CHANGING` of the windows anti-correlated) and one image's speckle index is
+    :data:`SPECKLE_RATIO` times the other's and at least :data:`SPECKLE_MIN`. Returns the
+    evidence: ``radar`` ("reference", "secondary" or None), ``multimodal``, both indices and
+    the reason.
+    """
+    sp = {"reference": speckle_index(ref), "secondary": speckle_index(sec)}
+    mac, neg = contrast.get("mean_abs_corr"), contrast.get("negative")
+    multimodal = bool((mac is not None and mac < WEAK_CORRELATION)
+                      or (neg is not None and neg >= SIGN_CHANGING))  # fmt: skip
+    out = {"multimodal": multimodal, "speckle": sp, "radar": None}
+    ia, ib = sp["reference"]["index"], sp["secondary"]["index"]
+    if ia is None or ib is None:
+        out["reason"] = "too few valid windows to read the speckle"
+        return out
+    side, hi, lo = ("secondary", ib, ia) if ib >= ia else ("reference", ia, ib)
+    speckled = hi >= SPECKLE_MIN and hi >= SPECKLE_RATIO * max(lo, 1e-12)
+    if multimodal and speckled:
+        out["radar"] = side
+        out["reason"] = (
+            f"the {side} is speckled (coefficient of variation {hi:.3f} in its "
+            f"most homogeneous windows against {lo:.3f}) and the pair is multimodal"
+        )
+    elif speckled:
+        out["reason"] = f"the {side} is speckled but the pair correlates as one sensor"
+    else:
+        out["reason"] = "neither image is more speckled than the other"
+    return out
+
+
+def _exp_kernels(alpha: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """ROEWA's 1-D kernels: symmetric exp(-|j|/alpha), and its halves j > 0 and j < 0."""
+    k = max(1, int(math.ceil(4.0 * alpha)))
+    j = np.arange(-k, k + 1)
+    sym = np.exp(-np.abs(j) / alpha)
+    plus = np.where(j > 0, sym, 0.0)
+    return sym, plus, plus[::-1].copy()
+
+
+def roewa(img: np.ndarray, alpha: float = ROEWA_ALPHA) -> np.ndarray:
+    """ROEWA edge strength of a radar image (NaN = nodata), NaN where it is unknown.
+
+    Fjortoft et al. 1998 (eq. 8-12): the exponentially weighted means of the half-planes on
+    either side of the pixel, M+ and M- (weights exp(-(|dx| + |dy|)/alpha), separable), give
+    per axis r = log(M+ / M-); the magnitude sqrt(rx^2 + ry^2) is SAR-SIFT's gradient
+    magnitude (Dellinger et al. 2015, eq. 3). The means are normalised convolutions over the
+    valid pixels (nodata neither counts nor leaks); dB input is taken to linear power first.
+    """
+    from scipy import ndimage
+
+    a = np.asarray(img, dtype=np.float64)
+    valid = np.isfinite(a)
+    vals = a[valid]
+    if vals.size == 0:
+        return np.full(a.shape, np.nan, np.float32)
+    if looks_like_db(vals):
+        x = np.where(valid, 10.0 ** (np.where(valid, a, 0.0) / 10.0), 0.0)
+    else:
+        x = np.where(valid, a - min(float(vals.min()), 0.0), 0.0)
+    w = valid.astype(np.float64)
+    sym, plus, minus = _exp_kernels(alpha)
+
+    def sm(z: np.ndarray, kx: np.ndarray, ky: np.ndarray) -> np.ndarray:
+        z = ndimage.correlate1d(z, kx, axis=1, mode="constant")
+        return ndimage.correlate1d(z, ky, axis=0, mode="constant")
+
+    eps = 1e-6 * float(x[valid].mean()) + 1e-30
+    floor = 1e-3 * float(sym.sum())  # a half-plane with (almost) no valid pixel
+
+    def log_ratio(k1: tuple, k2: tuple) -> np.ndarray:
+        """log(M+ / M-), 0 where either half-plane holds no valid pixel (the image's edge,
+        nodata): no edge is claimed where one side is unknown."""
+        w1, w2 = sm(w, *k1), sm(w, *k2)
+        both = (w1 > floor) & (w2 > floor)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            r = np.log((sm(x, *k1) / w1 + eps) / (sm(x, *k2) / w2 + eps))
+        return np.where(both, r, 0.0)
+
+    rx = log_ratio((plus, sym), (minus, sym))
+    ry = log_ratio((sym, plus), (sym, minus))
+    mag = np.hypot(rx, ry)
+    return np.where(valid & np.isfinite(mag), mag, np.nan).astype(np.float32)
+
+
+def gradient_magnitude(img: np.ndarray, sigma: float = OPTICAL_SIGMA) -> np.ndarray:
+    """Gaussian gradient magnitude of an optical image (NaN = nodata): a normalised Gaussian
+    blur of ``sigma`` over the valid pixels, extended into the nodata by the nearest valid
+    value (so that its border is no edge), then central differences; NaN where unknown."""
+    from costack.imaging import fill_nearest, masked_blur
+
+    a = np.asarray(img, dtype=np.float32)
+    valid = np.isfinite(a)
+    sm = masked_blur(np.where(valid, a, 0).astype(np.float32), valid, sigma)
+    sm = fill_nearest(sm, valid)
+    gy, gx = np.gradient(sm.astype(np.float64))
+    mag = np.hypot(gx, gy)
+    return np.where(valid & np.isfinite(mag), mag, np.nan).astype(np.float32)
+
+
+def structure_images(ref: np.ndarray, sec: np.ndarray, radar: str) -> tuple[np.ndarray, np.ndarray]:
+    """The pair as edge strengths: :func:`roewa` on the ``radar`` side ("reference" or
+    "secondary"), :func:`gradient_magnitude` on the other (NaN = nodata in and out)."""
+    if radar not in ("reference", "secondary"):
+        raise ValueError("radar must be 'reference' or 'secondary'")
+    if radar == "secondary":
+        return gradient_magnitude(ref), roewa(sec)
+    return roewa(ref), gradient_magnitude(sec)

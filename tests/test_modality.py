@@ -1,0 +1,129 @@
+"""Radar against optical from the pixels alone (costack.registration.modality): the speckle
+index, the decision on real pairs and same-sensor pairs, and ROEWA's unbiased edge strength."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import DEMO, SHARED_DATA
+
+from costack.evaluation import affine_sinusoid, displace
+from costack.folki import contrast_relation
+from costack.registration.modality import (
+    assess,
+    gradient_magnitude,
+    looks_like_db,
+    roewa,
+    speckle_index,
+    structure_images,
+)
+
+UAVSAR = SHARED_DATA / "radar_optical_uavsar"
+MISC = SHARED_DATA / "gefolki_misc"
+FIELD = {"shift": (2.3, -1.6), "amplitude": 1.5, "wavelength": 400.0}
+
+
+def _uavsar(size: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    import rasterio
+
+    stem = next(UAVSAR.glob("*_optique.tif")).name[: -len("_optique.tif")]
+    out = []
+    for kind in ("optique", "radar"):
+        with rasterio.open(UAVSAR / f"{stem}_{kind}.tif") as src:
+            out.append(src.read().astype(np.float32).mean(0)[:size, :size])
+    return out[0], out[1]
+
+
+def _speckled_steps(looks: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A scene of two reflectivities (10 and 1000, a vertical edge at column 64) under
+    L-look gamma speckle, and the scene itself."""
+    rng = np.random.default_rng(seed)
+    scene = np.full((128, 128), 10.0)
+    scene[:, 64:] = 1000.0
+    speckle = rng.gamma(looks, 1.0 / looks, scene.shape)
+    return (scene * speckle).astype(np.float32), scene.astype(np.float32)
+
+
+def test_speckle_index_reads_multiplicative_noise_whatever_the_scale():
+    """Gamma speckle of L looks gives a coefficient of variation about 1/sqrt(L) in the
+    homogeneous windows, in linear power as in dB; the scene without speckle gives ~0."""
+    sar, scene = _speckled_steps(looks=4)
+    lin = speckle_index(sar)
+    db = speckle_index(10 * np.log10(sar))
+    assert db["db"] and not lin["db"]
+    assert 0.3 < lin["index"] < 0.5  # 1/sqrt(4) = 0.5, the 10th percentile below it
+    assert db["index"] == pytest.approx(lin["index"], rel=1e-3)
+    assert speckle_index(scene + 5.0)["index"] < 0.01
+    assert not looks_like_db(np.array([0.0, 3.0, 255.0]))
+
+
+def test_roewa_is_unbiased_by_the_mean_where_a_difference_is_not():
+    """Over homogeneous speckle, the ROEWA edge strength has the same level at reflectivity 10
+    and 1000 (its distribution depends on the looks only: Fjortoft et al. 1998), while the
+    gradient of the intensities grows with the mean; at the edge ROEWA peaks."""
+    sar, _ = _speckled_steps(looks=4)
+    r = roewa(sar)
+    g = gradient_magnitude(sar)
+    dark, bright = (slice(8, 120), slice(8, 48)), (slice(8, 120), slice(80, 120))
+    assert np.median(r[bright]) / np.median(r[dark]) == pytest.approx(1.0, abs=0.15)
+    assert np.median(g[bright]) / np.median(g[dark]) > 50
+    cols = np.nanmedian(r[8:120], axis=0)
+    assert 62 <= int(np.argmax(cols)) <= 65
+
+
+def test_roewa_keeps_nodata_out():
+    sar, _ = _speckled_steps()
+    holed = sar.copy()
+    holed[:, 20:30] = np.nan
+    r = roewa(holed)
+    assert np.isnan(r[:, 20:30]).all()
+    assert np.isfinite(r[:, 40:60]).all()  # the nodata edge is no radar edge, and no NaN leaks
+    far = (slice(None), slice(40, 60))
+    assert np.nanmax(np.abs(r[far] - roewa(sar)[far])) < 0.05
+
+
+@pytest.mark.skipif(not UAVSAR.exists(), reason="../shared/data (UAVSAR pair) absent")
+def test_the_real_uavsar_pair_is_radar_against_optical_without_a_tag():
+    """The UAVSAR L-band image against the orthophoto: the radar is found on whichever side it
+    is; the orthophoto against itself displaced is no radar pair."""
+    opt, radar = _uavsar()
+    why = assess(opt, radar, contrast_relation(opt, radar))
+    assert why["radar"] == "secondary" and why["multimodal"], why
+    why = assess(radar, opt, contrast_relation(radar, opt))
+    assert why["radar"] == "reference", why
+    sec, _ = displace(opt, affine_sinusoid(opt.shape, **FIELD), order=5)
+    why = assess(opt, sec, contrast_relation(opt, sec))
+    assert why["radar"] is None and not why["multimodal"], why
+    a, b = structure_images(opt, radar, "secondary")
+    assert a.shape == b.shape == opt.shape
+
+
+@pytest.mark.skipif(not MISC.exists(), reason="../shared/data (GeFolki images) absent")
+def test_real_sar_chips_read_as_speckled_and_the_lidar_image_as_one_sensor():
+    """Sandia's Ku-band SAR chip (Washington DC) is speckled in the sense of the index; the
+    demo's Sentinel-1-like VV (dB) reads as dB and speckled; the demo's optical NIR is not."""
+    import imageio.v3 as iio
+    import rasterio
+
+    chip = iio.imread(MISC / "WhashingtonDC_sandiaKu_project.png").astype(np.float32)
+    chip = chip[..., :3].mean(-1)
+    chip[chip == 0] = np.nan  # the projection's black margins
+    assert speckle_index(chip)["index"] > 0.1
+    with rasterio.open(DEMO / "s1" / "s0_db_c_vv.tif") as src:
+        vv = src.read(1).astype(np.float32)
+        vv[vv == src.nodata] = np.nan
+    with rasterio.open(DEMO / "s2" / "nir.tif") as src:
+        nir = src.read(1).astype(np.float32)
+    got = speckle_index(vv)
+    assert got["db"] and got["index"] > 0.2
+    assert speckle_index(nir)["index"] < 0.05
+
+
+def test_optical_gradient_sees_no_edge_at_nodata():
+    rng = np.random.default_rng(1)
+    img = (100 + rng.normal(0, 1, (64, 64))).astype(np.float32)
+    holed = img.copy()
+    holed[:, :20] = np.nan
+    g = gradient_magnitude(holed)
+    assert np.isnan(g[:, :20]).all()
+    assert np.nanmax(g[:, 20:23]) < 2 * np.nanmax(g[:, 30:])  # a false edge: about 50
