@@ -57,7 +57,7 @@ warnings.filterwarnings("ignore")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from flow_bench import SHARED, UAVSAR, gefolki_method, opencv_method, timed  # noqa: E402
 
-from costack.evaluation import affine_sinusoid, displace, interior  # noqa: E402
+from costack.registration.evaluation import affine_sinusoid, displace, interior  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 FIELD = {"shift": (2.3, -1.6), "amplitude": 1.5, "wavelength": 400.0}
@@ -129,7 +129,7 @@ def pair_demo(data: Path, keep: dict) -> tuple[np.ndarray, np.ndarray] | str:
     """The demo generated and co-located by costack (as bench/sar_bench.py), tags dropped."""
     from sar_bench import _truth_window, colocated_pair
 
-    from costack.rasterio_io import read_float32
+    from costack.io.rasters import read_float32
 
     folder = Path(keep["tmp"]) / "demo_pair"
     folder.mkdir()
@@ -163,7 +163,7 @@ def write_plain(path: Path, img: np.ndarray) -> None:
 
 def costack_cli(ref: np.ndarray, sec: np.ndarray, folder: Path, name: str, extra=()):
     """``costack flow REF SEC OUT`` (no flag) on plain GeoTIFFs; (dx, dy, seconds, stats)."""
-    from costack.rasterio_io import read_float32
+    from costack.io.rasters import read_float32
 
     r, s, out = folder / f"{name}_ref.tif", folder / f"{name}_sec.tif", folder / f"{name}.tif"
     write_plain(r, ref)

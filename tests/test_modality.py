@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from conftest import DEMO, SHARED_DATA
 
-from costack.evaluation import affine_sinusoid, displace
-from costack.folki import contrast_relation
+from costack.registration.evaluation import affine_sinusoid, displace
+from costack.registration.folki import contrast_relation
 from costack.registration.modality import (
     assess,
     gradient_magnitude,

@@ -9,7 +9,7 @@ match radar against optical (arrays only: the stage reads the rasters).
   linear power first.
 - :func:`assess`: radar against optical when no tag says so: the pair is multimodal (weak or
   sign-changing local correlation after the coarse alignment, from
-  :func:`costack.folki.contrast_relation`) and one image is clearly more speckled than the
+  :func:`costack.registration.folki.contrast_relation`) and one image is clearly more speckled than the
   other (its index :data:`SPECKLE_RATIO` times the other's, and at least
   :data:`SPECKLE_MIN`). A same-sensor pair is neither, so nothing changes for it.
 - :func:`roewa`: the ratio of exponentially weighted averages (ROEWA, Fjortoft, Lopes,
@@ -120,7 +120,7 @@ def assess(ref: np.ndarray, sec: np.ndarray, contrast: dict) -> dict:
     """Which image of an untagged pair is the radar, if the pixels say so.
 
     ``ref``, ``sec``: full-resolution images (NaN = nodata; :func:`speckle_index` reads their
-    centre); ``contrast``: :func:`costack.folki.contrast_relation` of the pair. Radar against
+    centre); ``contrast``: :func:`costack.registration.folki.contrast_relation` of the pair. Radar against
     optical when the pair is multimodal (mean |r| under :data:`WEAK_CORRELATION` or at least
     :data:`SIGN_CHANGING` of the windows anti-correlated) and one image's speckle index is
     :data:`SPECKLE_RATIO` times the other's and at least :data:`SPECKLE_MIN`. Returns the
@@ -209,7 +209,7 @@ def gradient_magnitude(img: np.ndarray, sigma: float = OPTICAL_SIGMA) -> np.ndar
     """Gaussian gradient magnitude of an optical image (NaN = nodata): a normalised Gaussian
     blur of ``sigma`` over the valid pixels, extended into the nodata by the nearest valid
     value (so that its border is no edge), then central differences; NaN where unknown."""
-    from costack.imaging import fill_nearest, masked_blur
+    from costack.registration.imaging import fill_nearest, masked_blur
 
     a = np.asarray(img, dtype=np.float32)
     valid = np.isfinite(a)
