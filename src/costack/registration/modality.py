@@ -9,8 +9,8 @@ match radar against optical (arrays only: the stage reads the rasters).
   linear power first.
 - :func:`assess`: radar against optical when no tag says so: the pair is multimodal (weak or
   sign-changing local correlation after the coarse alignment, from
-  :func:`costack.registration.folki.contrast_relation`) and one image is clearly more speckled than the
-  other (its index :data:`SPECKLE_RATIO` times the other's, and at least
+  :func:`~costack.registration.folki.contrast_relation`) and one image is clearly more
+  speckled than the other (its index :data:`SPECKLE_RATIO` times the other's, and at least
   :data:`SPECKLE_MIN`). A same-sensor pair is neither, so nothing changes for it.
 - :func:`roewa`: the ratio of exponentially weighted averages (ROEWA, Fjortoft, Lopes,
   Marthon and Cubero-Castan 1998, IEEE TGRS 36(3):793, eq. 8-12; as SAR-SIFT computes its
@@ -119,13 +119,13 @@ def speckle_index(img: np.ndarray, radius: int = 3) -> dict:
 def assess(ref: np.ndarray, sec: np.ndarray, contrast: dict) -> dict:
     """Which image of an untagged pair is the radar, if the pixels say so.
 
-    ``ref``, ``sec``: full-resolution images (NaN = nodata; :func:`speckle_index` reads their
-    centre); ``contrast``: :func:`costack.registration.folki.contrast_relation` of the pair. Radar against
-    optical when the pair is multimodal (mean |r| under :data:`WEAK_CORRELATION` or at least
-    :data:`SIGN_CHANGING` of the windows anti-correlated) and one image's speckle index is
-    :data:`SPECKLE_RATIO` times the other's and at least :data:`SPECKLE_MIN`. Returns the
-    evidence: ``radar`` ("reference", "secondary" or None), ``multimodal``, both indices and
-    the reason.
+    ``ref``, ``sec``: full-resolution images (NaN = nodata; :func:`speckle_index` reads
+    their centre); ``contrast``: :func:`~costack.registration.folki.contrast_relation` of
+    the pair. Radar against optical when the pair is multimodal (mean |r| under
+    :data:`WEAK_CORRELATION` or at least :data:`SIGN_CHANGING` of the windows
+    anti-correlated) and one image's speckle index is :data:`SPECKLE_RATIO` times the
+    other's and at least :data:`SPECKLE_MIN`. Returns the evidence: ``radar``
+    ("reference", "secondary" or None), ``multimodal``, both indices and the reason.
     """
     sp = {"reference": speckle_index(ref), "secondary": speckle_index(sec)}
     mac, neg = contrast.get("mean_abs_corr"), contrast.get("negative")
