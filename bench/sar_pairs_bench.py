@@ -205,7 +205,7 @@ def describe_choice(stats: dict) -> str:
 
 
 def run_pair(key: str, opt: np.ndarray, radar: np.ndarray, folder: Path, keep: dict,
-             only_costack: bool = False) -> dict:  # fmt: skip
+             only_costack: bool = False, extra: tuple[str, ...] = ()) -> dict:  # fmt: skip
     field = affine_sinusoid(opt.shape, **FIELD)
     known = np.isfinite(radar)
     # the spline's prefilter would spread NaN over the whole image: displace the filled radar
@@ -217,8 +217,8 @@ def run_pair(key: str, opt: np.ndarray, radar: np.ndarray, folder: Path, keep: d
     mask = interior(opt.shape, MARGIN) & np.isfinite(opt) & np.isfinite(radar)
     mask &= np.isfinite(moved)
     rows: dict[str, dict] = {}
-    c0 = costack_cli(opt, radar, folder, f"{key}_native")
-    c1 = costack_cli(opt, moved, folder, f"{key}_moved")
+    c0 = costack_cli(opt, radar, folder, f"{key}_native", extra)
+    c1 = costack_cli(opt, moved, folder, f"{key}_moved", extra)
     mean, med, cover = differential(c0[:2], c1[:2], truth, mask)
     rows["costack flow (CLI)"] = dict(mean=mean, median=med, cover=cover, time=c1[2],
                                       note=describe_choice(c1[3]))  # fmt: skip
@@ -260,6 +260,12 @@ def main() -> None:
     ap.add_argument("--data", default=default, help="folder with gefolki/ and cfog/")
     ap.add_argument("--pairs", nargs="*", default=list(PAIRS), choices=list(PAIRS))
     ap.add_argument("--costack-only", action="store_true", help="skip the peers")
+    ap.add_argument(
+        "--costack-args",
+        default="",
+        help="extra arguments of costack flow "
+        "(space-separated; for experiments: the defaults are what is scored)",
+    )
     args = ap.parse_args()
     data = Path(args.data)
     print(f"field added to the radar: {FIELD}, affine linear terms 1e-3; differential error over "
@@ -275,7 +281,8 @@ def main() -> None:
                 print(f"\n## {title}: skipped ({got})")
                 continue
             opt, radar = got
-            rows = run_pair(key, opt, radar, Path(tmp), keep, args.costack_only)
+            rows = run_pair(key, opt, radar, Path(tmp), keep, args.costack_only,
+                            tuple(args.costack_args.split()))  # fmt: skip
             print(f"\n## {title}")
             for name, r in rows.items():
                 extra = f"  absolute {r['absolute']:.4f} px" if "absolute" in r else ""

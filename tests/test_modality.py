@@ -127,3 +127,104 @@ def test_optical_gradient_sees_no_edge_at_nodata():
     g = gradient_magnitude(holed)
     assert np.isnan(g[:, :20]).all()
     assert np.nanmax(g[:, 20:23]) < 2 * np.nanmax(g[:, 30:])  # a false edge: about 50
+
+
+def _plain_copy(src_tif, dst_tif) -> None:
+    """``src_tif`` rewritten without any ``costack_*`` tag (a raster costack did not write)."""
+    import rasterio
+
+    with rasterio.open(src_tif) as src:
+        prof, data = src.profile, src.read()
+        tags = {k: v for k, v in src.tags().items() if not k.startswith("costack")}
+    with rasterio.open(dst_tif, "w", **prof) as dst:
+        dst.write(data)
+        dst.update_tags(**tags)
+
+
+def _cli_flow(tmp_path, ref, sec, name, *extra) -> tuple[np.ndarray, dict]:
+    import json
+    import subprocess
+    import sys
+
+    import rasterio
+
+    out, stats = tmp_path / f"{name}.tif", tmp_path / f"{name}.json"
+    cmd = [sys.executable, "-m", "costack.cli", "flow", str(ref), str(sec), str(out),
+           "--stats", str(stats), *extra]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with rasterio.open(out) as src:
+        return src.read(), json.loads(stats.read_text())
+
+
+def test_an_untagged_sar_pair_gets_the_tagged_pairs_flow(demo_run, tmp_path):
+    """The demo's co-located NIR and SAR VV written again without any costack tag: ``costack
+    flow`` with no mode reads the radar from the pixels, runs GEFolki and gives the flow of the
+    tagged pair (within 0.01 px; the resolution ratio, which no pixel tells, given as the tag
+    has it), the evidence in the statistics JSON."""
+    import rasterio
+
+    col = demo_run / "results" / "colocated"
+    with rasterio.open(col / "3.s0_db_c_vv.tif") as src:
+        ratio = src.tags()["costack_resolution_ratio"]
+    ref, sec = tmp_path / "ref.tif", tmp_path / "sec.tif"
+    _plain_copy(col / "1.nir.tif", ref)
+    _plain_copy(col / "3.s0_db_c_vv.tif", sec)
+    tagged, why_tagged = _cli_flow(tmp_path, col / "1.nir.tif", col / "3.s0_db_c_vv.tif", "t")
+    plain, why = _cli_flow(tmp_path, ref, sec, "u", "--resolution-ratio", ratio)
+    assert why_tagged["mode_choice"]["kinds_from"] == "tags"
+    choice = why["mode_choice"]
+    assert why["mode"] == "gefolki" and choice["kinds"] == ["optical", "sar"], choice
+    assert choice["kinds_from"] == "pixels" and choice["modality"]["radar"] == "secondary"
+    assert choice["modality"]["speckle"]["secondary"]["db"]
+    ok = np.isfinite(tagged).all(0)
+    assert ok.mean() > 0.9 and (np.isfinite(plain).all(0) == ok).all()
+    assert np.hypot(*(tagged - plain))[ok].max() <= 0.01
+
+
+def test_a_tag_wins_over_the_pixels(demo_run, tmp_path):
+    """The same SAR raster tagged optical (as a user's own tag would say): the tags decide,
+    the pixels are not read for the kinds."""
+    import shutil
+
+    import rasterio
+
+    from costack.stages._common import decide_mode
+
+    col = demo_run / "results" / "colocated"
+    sec = tmp_path / "sec.tif"
+    shutil.copy(col / "3.s0_db_c_vv.tif", sec)
+    with rasterio.open(sec, "r+") as dst:
+        dst.update_tags(costack_kind="optical")
+    mode, why = decide_mode("auto", col / "1.nir.tif", sec)
+    assert why["kinds"] == ["optical", "optical"] and why["kinds_from"] == "tags"
+    assert "modality" not in why
+    mode, why = decide_mode("auto", col / "1.nir.tif", col / "3.s0_db_c_vv.tif")
+    assert mode == "gefolki" and why["kinds_from"] == "tags"
+
+
+@pytest.mark.skipif(not UAVSAR.exists(), reason="../shared/data (UAVSAR pair) absent")
+def test_an_unsure_guess_runs_both_modes_and_keeps_the_more_similar(tmp_path):
+    """An untagged pair that is multimodal but in which neither side is speckled (the
+    orthophoto against itself with the contrast inverted over the right half): the flow runs
+    the other mode too and keeps the one whose co-registered secondary is the more similar to
+    the reference by the CFOG similarity, both scores in the JSON."""
+    from conftest import write_raster
+    from rasterio.transform import Affine
+
+    opt, _ = _uavsar(256)
+    sec, _ = displace(opt, affine_sinusoid(opt.shape, **FIELD), order=5)
+    sec = np.where(np.isfinite(sec), sec, np.nanmean(sec)).astype(np.float32)
+    sec[:, 128:] = 255.0 - sec[:, 128:]
+    ref_tif, sec_tif = tmp_path / "ref.tif", tmp_path / "sec.tif"
+    grid = Affine(10, 0, 500000, 0, -10, 5000000)
+    write_raster(ref_tif, opt[None], transform=grid)
+    write_raster(sec_tif, sec[None], transform=grid)
+    _, stats = _cli_flow(tmp_path, ref_tif, sec_tif, "f")
+    choice = stats["mode_choice"]
+    assert choice["modality"]["multimodal"] and choice["modality"]["radar"] is None, choice
+    other = "efolki" if choice["verify_with"] == "efolki" else "gefolki"
+    scores = choice["verified"]["cfog_similarity"]
+    assert set(scores) == {"efolki", "gefolki"} and other in scores
+    kept = max(scores, key=scores.get)
+    assert choice["verified"]["kept"] == kept == stats["mode"]

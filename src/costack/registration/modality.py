@@ -116,6 +116,15 @@ def speckle_index(img: np.ndarray, radius: int = 3) -> dict:
     return out
 
 
+def is_multimodal(contrast: dict) -> bool:
+    """Whether a pair's local contrasts (:func:`~costack.registration.folki.contrast_relation`)
+    read as two modalities: mean |local correlation| under :data:`WEAK_CORRELATION`, or at
+    least :data:`SIGN_CHANGING` of the correlated windows anti-correlated."""
+    mac, neg = contrast.get("mean_abs_corr"), contrast.get("negative")
+    return bool((mac is not None and mac < WEAK_CORRELATION)
+                or (neg is not None and neg >= SIGN_CHANGING))  # fmt: skip
+
+
 def assess(ref: np.ndarray, sec: np.ndarray, contrast: dict) -> dict:
     """Which image of an untagged pair is the radar, if the pixels say so.
 
@@ -128,9 +137,7 @@ def assess(ref: np.ndarray, sec: np.ndarray, contrast: dict) -> dict:
     ("reference", "secondary" or None), ``multimodal``, both indices and the reason.
     """
     sp = {"reference": speckle_index(ref), "secondary": speckle_index(sec)}
-    mac, neg = contrast.get("mean_abs_corr"), contrast.get("negative")
-    multimodal = bool((mac is not None and mac < WEAK_CORRELATION)
-                      or (neg is not None and neg >= SIGN_CHANGING))  # fmt: skip
+    multimodal = is_multimodal(contrast)
     out = {"multimodal": multimodal, "speckle": sp, "radar": None}
     ia, ib = sp["reference"]["index"], sp["secondary"]["index"]
     if ia is None or ib is None:

@@ -31,7 +31,7 @@ from costack.registration.matching import (
     multimodal_similarity,
 )
 from costack.registration.overlap import OVERLAP_MARGIN, overlap_window
-from costack.stages._common import decide_mode, read_model
+from costack.stages._common import better_by_similarity, decide_mode, read_model
 
 __all__ = ["FlowParams", "FlowResult", "adapt_to_resolution", "estimate_flow",
            "reference_blur", "resolve_mode", "run_flow"]  # fmt: skip
@@ -71,6 +71,7 @@ def run_flow(
     if tp_model is not None:
         tp_model.require_pair(grid, sec_tif)
     mode, mode_choice = decide_mode(params.mode, ref_tif, sec_tif, params.max_displacement)
+    asked = params
     if mode != params.mode:
         log.info("flow %s: mode %s (%s)", sec_tif, mode, mode_choice["reason"])
     params = replace(params, mode=mode,
@@ -108,6 +109,9 @@ def run_flow(
         if init is not None:
             init = (init[0][window], init[1][window])
     res, start = _estimate_with_start(ref, sec, params, init)
+    if mode_choice.get("verify_with"):  # untagged, multimodal, no side read as radar
+        res, params, start = _verified(ref, sec, res, params, start, asked, mode_choice, init,
+                                       resolution_ratio)  # fmt: skip
     if window is not None:
         res = _embed(res, window, full_shape)
     seconds = time.perf_counter() - t0
@@ -264,3 +268,21 @@ def adapt_to_resolution(params: FlowParams, ratio: float) -> FlowParams:
         params.rank_radius if params.mode == "gefolki" else int(round(params.rank_radius * scale))
     )
     return replace(params, radii=radii, fine_radii=fine or None, rank_radius=rank)
+
+
+def _verified(ref, sec, res, params, start, asked, mode_choice, init, ratio):
+    """The flow in the other mode too (``mode_choice["verify_with"]``, set by
+    :func:`decide_mode` for an untagged multimodal pair no side of which reads as radar), and
+    the better of the two by :func:`better_by_similarity`; the scores go in ``mode_choice``.
+    Returns (result, its parameters, its start)."""
+    alt_params = replace(asked, mode=mode_choice["verify_with"], invert_secondary=False)
+    alt_params = adapt_to_resolution(replace(alt_params, radii=alt_params.window_radii()), ratio)
+    if init is not None:
+        alt_params = replace(alt_params, global_search=False)
+    alt, alt_start = _estimate_with_start(ref, sec, alt_params, init)
+    take_alt, scores = better_by_similarity(ref, sec, res, alt)
+    mode_choice["verified"] = {
+        "cfog_similarity": {params.mode: scores[0], alt_params.mode: scores[1]},
+        "kept": alt_params.mode if take_alt else params.mode,
+    }
+    return (alt, alt_params, alt_start) if take_alt else (res, params, start)
