@@ -72,7 +72,7 @@ def test_costack_flow_reproduces_the_rule(demo_run, tmp_path):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert out.read_bytes() == (res / "flow" / "2.tif").read_bytes()
-    # the SAR dataset with no flag but the model: auto takes GEFolki from the rasters' kinds
+    # the SAR dataset with no flag but the model: auto takes the structure mode from the kinds
     # and the resolution ratio comes from the co-located raster's tag, as in the rule
     out3 = tmp_path / "3.tif"
     proc = subprocess.run(
@@ -84,7 +84,7 @@ def test_costack_flow_reproduces_the_rule(demo_run, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert out3.read_bytes() == (res / "flow" / "3.tif").read_bytes()
     stats = json.loads((tmp_path / "3.json").read_text())
-    assert stats["mode"] == "gefolki" and stats["mode_choice"]["reason"] == "sar against optical"
+    assert stats["mode"] == "structure" and stats["mode_choice"]["reason"] == "sar against optical"
 
 
 def test_costack_catalog_by_hand_is_the_rules_item(demo_run, tmp_path):

@@ -174,7 +174,7 @@ def test_an_untagged_sar_pair_gets_the_tagged_pairs_flow(demo_run, tmp_path):
     plain, why = _cli_flow(tmp_path, ref, sec, "u", "--resolution-ratio", ratio)
     assert why_tagged["mode_choice"]["kinds_from"] == "tags"
     choice = why["mode_choice"]
-    assert why["mode"] == "gefolki" and choice["kinds"] == ["optical", "sar"], choice
+    assert why["mode"] == "structure" and choice["kinds"] == ["optical", "sar"], choice
     assert choice["kinds_from"] == "pixels" and choice["modality"]["radar"] == "secondary"
     assert choice["modality"]["speckle"]["secondary"]["db"]
     ok = np.isfinite(tagged).all(0)
@@ -200,7 +200,7 @@ def test_a_tag_wins_over_the_pixels(demo_run, tmp_path):
     assert why["kinds"] == ["optical", "optical"] and why["kinds_from"] == "tags"
     assert "modality" not in why
     mode, why = decide_mode("auto", col / "1.nir.tif", col / "3.s0_db_c_vv.tif")
-    assert mode == "gefolki" and why["kinds_from"] == "tags"
+    assert mode == "structure" and why["kinds_from"] == "tags" and why["radar"] == "secondary"
 
 
 @pytest.mark.skipif(not UAVSAR.exists(), reason="../shared/data (UAVSAR pair) absent")

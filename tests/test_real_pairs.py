@@ -72,7 +72,7 @@ def test_uavsar_radar_optical_consistency_through_the_workflow(tmp_path):
     assert not (work / "results/catalog.json").exists()
     for n in (2, 3):
         stats = json.loads((work / f"results/flow/{n}.json").read_text())
-        assert stats["mode"] == "gefolki", stats["mode_choice"]
+        assert stats["mode"] == "structure", stats["mode_choice"]
     native, _, _ = read_float32(work / "results/flow/2.tif", None)
     shifted, _, _ = read_float32(work / "results/flow/3.tif", None)
     err = np.hypot(shifted[0] - native[0] - truth[0], shifted[1] - native[1] - truth[1])

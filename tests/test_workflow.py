@@ -246,7 +246,7 @@ def test_demo_item_has_flow_metadata_assets(demo_run: Path):
         assert len(disp.extra_fields["raster:bands"]) == 2
         assert item.assets[f"confidence:{n}"].roles == ["metadata"]
     reg = item.properties["costack:registration"]["datasets"]
-    assert reg["2"]["mode"] == "efolki" and reg["3"]["mode"] == "gefolki"
+    assert reg["2"]["mode"] == "efolki" and reg["3"]["mode"] == "structure"
     # the reference dataset's assets are not moved
     with (
         rasterio.open(item.assets["1.nir"].get_absolute_href()) as a,

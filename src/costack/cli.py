@@ -413,9 +413,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--mode",
         default="auto",
-        choices=["auto", "folki", "efolki", "gefolki"],
-        help="auto (the workflow's default): gefolki when the rasters' kinds differ (SAR "
-        "against optical) or their local contrast is inverted, else efolki",
+        choices=["auto", "folki", "efolki", "gefolki", "structure"],
+        help="auto (the workflow's default): structure (edge strengths, ROEWA on the radar "
+        "side, then efolki) for SAR against optical, the kinds read from the rasters' tags or, "
+        "untagged, from their pixels; gefolki when their local contrast is inverted; else "
+        "efolki (docs/sar.md)",
     )
     p.add_argument(
         "--radii",
@@ -423,7 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         default=None,
         help="window radii at full resolution (widened for coarser secondaries); default by "
-        "the mode: 32 8 for efolki and folki, 16 8 for gefolki",
+        "the mode: 32 8 for efolki and folki, 16 8 for gefolki and structure",
     )
     p.add_argument(
         "--max-displacement",

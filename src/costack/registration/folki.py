@@ -44,7 +44,9 @@ log = logging.getLogger(__name__)
 # serves every kind (float64 literals compiled it three times, 7 s each on first use)
 _F0 = np.float32(0.0)
 
-MODES = ("folki", "efolki", "gefolki")
+MODES = ("folki", "efolki", "gefolki", "structure")
+#: Lucas-Kanade iterations per radius by mode when none are given (see :class:`FlowParams`)
+DEFAULT_ITERATIONS = {"structure": 6}
 
 
 @dataclass
@@ -108,7 +110,7 @@ class FlowParams:
 
     mode: str = "efolki"
     radii: tuple[int, ...] | None = None
-    iterations: int = 2
+    iterations: int | None = None
     levels: int | None = None
     max_displacement: float = 16.0
     rank_radius: int = 4
@@ -124,9 +126,14 @@ class FlowParams:
     seed_min_points: int = 20
     seed_max_rmse: float = 1.0 / 3.0
     invert_secondary: bool = False
+    radar: str = "secondary"
     detail_blend: bool = True
     fine_iterations: int | None = None
     coarse_detail: bool | None = None
+
+    def lk_iterations(self) -> int:
+        """``iterations``, else 6 in structure mode and 2 in the others."""
+        return self.iterations or DEFAULT_ITERATIONS.get(self.mode, 2)
 
     def window_radii(self) -> tuple[int, ...]:
         """``radii``, else :func:`default_radii` of the mode (resolve ``auto`` first)."""
@@ -181,9 +188,18 @@ def preprocess(
 ) -> list[np.ndarray]:
     """The images the flow is computed on, for ``mode`` (Brigot et al. 2016, section III), from
     (image, validity) pairs (the reference's and the secondary's): EFolki's rank filter,
-    after GEFolki's CLAHE in that mode, or (Folki) the standardised intensities."""
-    imgs = [np.where(valid, img, 0).astype(np.float32) for img, valid in pair]
+    after GEFolki's CLAHE in that mode, or after the edge strengths in structure mode (ROEWA
+    on the ``params.radar`` side, the Gaussian gradient magnitude on the other:
+    :func:`costack.registration.modality.structure_images`), or (Folki) the standardised
+    intensities."""
     valids = [valid for _, valid in pair]
+    if mode == "structure":
+        from costack.registration.modality import structure_images
+
+        edges = structure_images(*(np.where(v, img, np.nan) for img, v in pair), params.radar)
+        valids = [v & np.isfinite(e) for v, e in zip(valids, edges, strict=True)]
+        pair = list(zip(edges, valids, strict=True))
+    imgs = [np.where(valid, img, 0).astype(np.float32) for img, valid in pair]
     if mode == "folki":
         out = []
         for img, valid in zip(imgs, valids, strict=True):
@@ -230,7 +246,7 @@ def _down(img: np.ndarray, wgt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 WINDOWS_AT_COARSEST = 3.5
 
 #: window radii by mode when none are given (:func:`default_radii`)
-DEFAULT_RADII = {"efolki": (32, 8), "folki": (32, 8), "gefolki": (16, 8)}
+DEFAULT_RADII = {"efolki": (32, 8), "folki": (32, 8), "gefolki": (16, 8), "structure": (16, 8)}
 
 
 def default_radii(mode: str) -> tuple[int, ...]:
@@ -418,6 +434,7 @@ def estimate_flow(
         p,
         radii=fit_radii(p.window_radii(), ref.shape),
         fine_radii=p.fine_radii and fit_radii(p.fine_radii, ref.shape),
+        iterations=p.lk_iterations(),
     )
     if p.invert_secondary:
         sec = np.where(v2, -sec, 0).astype(np.float32)
@@ -466,7 +483,7 @@ def estimate_flow(
         iterations = p.iterations
         if lvl == 0 and p.fine_iterations is not None:
             iterations = p.fine_iterations
-        elif blend and p.mode != "gefolki":
+        elif blend and p.mode in ("efolki", "folki"):
             iterations = 1
         u, v, support = _lk_level(
             a, wa, b, wb, u, v, tuple(radii), iterations, p.mode == "gefolki",
@@ -659,18 +676,23 @@ def resolve_mode(
     sec_kind: str = "optical",
     max_displacement: float = 16.0,
 ) -> tuple[str, dict]:
-    """The flow mode to run and why: ``auto`` takes GEFolki for SAR against optical (the kinds
-    differ) and for pairs whose local contrast is inverted in at least a quarter of the
-    correlated windows (:func:`contrast_relation`); EFolki on the negated secondary
-    (``invert_secondary`` in the evidence) where it is inverted in 95 % of them (an inverted
-    LIDAR: 0.030 px instead of GEFolki's 0.062 in bench/flow_bench.py); else EFolki. Another
-    mode is kept as asked.
+    """The flow mode to run and why: ``auto`` takes the structure mode for SAR against optical
+    (the kinds differ; ``radar`` in the evidence names the SAR side), GEFolki for pairs whose
+    local contrast is inverted in at least a quarter of the correlated windows
+    (:func:`contrast_relation`); EFolki on the negated secondary (``invert_secondary`` in the
+    evidence) where it is inverted in 95 % of them (an inverted LIDAR: 0.030 px instead of
+    GEFolki's 0.062 in bench/flow_bench.py); else EFolki. Another mode is kept as asked.
+    Kinds that differ with no SAR side take GEFolki.
     """
     evidence: dict = {"requested": requested, "kinds": [ref_kind, sec_kind]}
     if requested != "auto":
         return requested, dict(evidence, reason="as requested")
     if ref_kind != sec_kind:
-        return "gefolki", dict(evidence, reason=f"{sec_kind} against {ref_kind}")
+        why = f"{sec_kind} against {ref_kind}"
+        if "sar" in (ref_kind, sec_kind):
+            side = "reference" if ref_kind == "sar" else "secondary"
+            return "structure", dict(evidence, reason=why, radar=side)
+        return "gefolki", dict(evidence, reason=why)
     rel = contrast_relation(ref, sec, max_displacement)
     evidence["contrast"] = rel
     if rel["negative"] is not None and rel["negative"] >= INVERTED_EVERYWHERE:

@@ -56,6 +56,18 @@ def looks_like_db(values: np.ndarray) -> bool:
     return bool(lo > -60.0 and hi < 40.0)
 
 
+def as_power(a: np.ndarray, valid: np.ndarray, vals: np.ndarray) -> np.ndarray:
+    """An image as a non-negative intensity, 0 where invalid: dB taken back to linear power by
+    10^(x/10); other data shifted by their 0.1st percentile when it is negative, then clipped
+    at 0 (the few negative values a spline's overshoot leaves in a resampled intensity must
+    not shift the whole image: CFOG's SAR shifted by a quintic spline has a minimum of -22 on
+    a 0-255 scale, which, added to every pixel, took its speckle index from 0.27 to 0.18)."""
+    if looks_like_db(vals):
+        return np.where(valid, 10.0 ** (np.where(valid, a, 0.0) / 10.0), 0.0)
+    lo = min(float(np.percentile(vals, 0.1)), 0.0)
+    return np.where(valid, np.maximum(a - lo, 0.0), 0.0)
+
+
 def _box_sum(x: np.ndarray, radius: int) -> np.ndarray:
     """Sum over each (2r+1)^2 window (zeros beyond the edges), by running sums."""
     for axis in (0, 1):
@@ -79,11 +91,11 @@ def speckle_index(img: np.ndarray, radius: int = 3) -> dict:
     """How speckled an image is (NaN = nodata), read at full resolution.
 
     The coefficient of variation sd/mean of every (2r+1)^2 window wholly valid with a positive
-    mean, on linear power (dB taken back by 10^(x/10); other data shifted to be non-negative
-    when they are not): the 10th percentile is the ``index`` (the homogeneous areas, where
-    speckle is all that varies), with the 99.9th percentile over the median of the intensity
-    (``tail``: bright point scatterers make radar heavy-tailed) and whether the data read as
-    dB, for the record. Reads at most :data:`SPECKLE_CROP` pixels square at the centre.
+    mean, on the intensity (:func:`as_power`): the 10th percentile is the ``index`` (the
+    homogeneous areas, where speckle is all that varies), with the 99.9th percentile over the
+    median of the intensity (``tail``: bright point scatterers make radar heavy-tailed) and
+    whether the data read as dB, for the record. Reads at most :data:`SPECKLE_CROP` pixels
+    square at the centre.
     """
     a = np.asarray(img, dtype=np.float64)[central_crop(img.shape)]
     valid = np.isfinite(a)
@@ -92,11 +104,8 @@ def speckle_index(img: np.ndarray, radius: int = 3) -> dict:
     if vals.size < 64:
         return out
     db = looks_like_db(vals)
-    if db:
-        x = np.where(valid, 10.0 ** (np.where(valid, a, 0.0) / 10.0), 0.0)
-    else:
-        lo = float(vals.min())
-        x = np.where(valid, a - min(lo, 0.0), 0.0)
+    x = as_power(a, valid, vals)
+    lin = x[valid]
     w = valid.astype(np.float64)
     n = _box_sum(w, radius)
     s1 = _box_sum(x, radius)
@@ -107,7 +116,6 @@ def speckle_index(img: np.ndarray, radius: int = 3) -> dict:
         sd = np.sqrt(np.maximum(s2 / n - mean * mean, 0.0))
         ok = full & (mean > 0)
         cv = sd[ok] / mean[ok]
-    lin = x[valid]
     med = float(np.median(lin))
     tail = round(float(np.percentile(lin, 99.9)) / med, 3) if med > 0 else None
     out.update(db=db, windows=int(cv.size), tail=tail)
@@ -183,10 +191,7 @@ def roewa(img: np.ndarray, alpha: float = ROEWA_ALPHA) -> np.ndarray:
     vals = a[valid]
     if vals.size == 0:
         return np.full(a.shape, np.nan, np.float32)
-    if looks_like_db(vals):
-        x = np.where(valid, 10.0 ** (np.where(valid, a, 0.0) / 10.0), 0.0)
-    else:
-        x = np.where(valid, a - min(float(vals.min()), 0.0), 0.0)
+    x = as_power(a, valid, vals)
     w = valid.astype(np.float64)
     sym, plus, minus = _exp_kernels(alpha)
 

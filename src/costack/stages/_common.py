@@ -145,7 +145,7 @@ def matches_on_descriptors(
 ) -> tuple[bool, dict]:
     """Whether the tie points and the QC match this pair on CFOG descriptors rather than on
     intensities, from the rasters themselves whatever flow mode the user asked for: the pairs
-    ``auto`` sends to GEFolki (kinds differ: SAR against optical) and those whose local contrast
-    is inverted (:func:`decide_mode`); with the decision's evidence."""
+    ``auto`` sends to the structure mode or GEFolki (kinds differ: SAR against optical) and
+    those whose local contrast is inverted (:func:`decide_mode`); with the decision's evidence."""
     mode, why = decide_mode("auto", ref_tif, sec_tif, max_displacement)
-    return mode == "gefolki" or bool(why.get("invert_secondary")), why
+    return mode in ("gefolki", "structure") or bool(why.get("invert_secondary")), why

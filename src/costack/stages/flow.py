@@ -74,7 +74,7 @@ def run_flow(
     asked = params
     if mode != params.mode:
         log.info("flow %s: mode %s (%s)", sec_tif, mode, mode_choice["reason"])
-    params = replace(params, mode=mode,
+    params = replace(params, mode=mode, radar=mode_choice.get("radar", params.radar),
                      invert_secondary=bool(mode_choice.get("invert_secondary")))  # fmt: skip
     params = replace(params, radii=params.window_radii())
     seed_note = None
@@ -241,8 +241,9 @@ def _run_flow_tiled(
 
 def reference_blur(params: FlowParams, ratio: float) -> float:
     """Gaussian sigma (grid px) bringing the reference to a coarse secondary's resolution:
-    0.5 sqrt(ratio^2 - 1) when the secondary is over 1.5x coarser (not in GEFolki mode)."""
-    return resolution_sigma(ratio) if params.mode != "gefolki" else 0.0
+    0.5 sqrt(ratio^2 - 1) when the secondary is over 1.5x coarser (not in the GEFolki and
+    structure modes, for SAR: the speckled side is not the one to blur)."""
+    return resolution_sigma(ratio) if params.mode not in ("gefolki", "structure") else 0.0
 
 
 def adapt_to_resolution(params: FlowParams, ratio: float) -> FlowParams:
