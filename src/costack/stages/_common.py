@@ -75,7 +75,10 @@ def decide_mode(
             ref_kind = "sar"
         elif modality["radar"] == "secondary":
             sec_kind = "sar"
-    mode, evidence = resolve_mode(requested, ref, sec, ref_kind, sec_kind, max_displacement / f)
+    rel = None if modality is None else modality["contrast"]
+    mode, evidence = resolve_mode(
+        requested, ref, sec, ref_kind, sec_kind, max_displacement / f, contrast=rel
+    )
     if modality is not None:
         if "contrast" in evidence:  # the same relation, read once
             modality.pop("contrast", None)
