@@ -1,0 +1,385 @@
+"""Change-aware flow: where the two images do not support a match, the displacement comes from
+the stable surroundings (arrays only, no file I/O).
+
+A dense flow explains every difference between the images by a displacement: over a flood, a
+burn scar or a cloud it bends the co-registered secondary exactly where the user looks for the
+change. Here the pixels whose match the data does not support are found and their displacement
+is taken from the reliable flow around them:
+
+1. unsupported (:func:`unsupported`): masked or invalid pixels (nodata, a cloud mask) in either
+   image, seen through the flow; pixels where no window supported the flow; pixels whose
+   confidence (:func:`costack.folki.confidence`: the structure tensor's smaller eigenvalue and
+   the residual after warping, Shi and Tomasi 1994) is near zero, i.e. the warped secondary does
+   not resemble the reference there (changed content) or nothing constrains the match
+   (featureless). The map is cleaned (a small opening drops isolated pixels) and widened by the
+   flow's fine window (the windows of pixels near a change see it too).
+2. filled (:func:`fill_from_surroundings`): a robust global model of the reliable flow (an
+   affine, or a second-order polynomial when it fits much better: Yan et al. 2016, eqs. 2-3,
+   fitted by iteratively reweighted least squares with Tukey's biweight) plus a smooth
+   interpolation of the reliable flow's residual to it, by normalised convolution on a pyramid
+   (push-pull; Knutsson and Westin 1993, Gortler et al. 1996), which continues the surroundings'
+   local detail into the area. Reliable pixels keep their own flow; the two are blended over a
+   few pixels at the boundary.
+
+The support map (1 = the data supported the flow, 0 = taken from the surroundings) is returned
+so that the file-level step can publish where registration came from the surroundings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from numba import njit, prange
+from scipy import ndimage
+
+from costack import _kernels as K
+from costack.folki import FlowParams, FlowResult, estimate_flow
+
+#: confidence below which a pixel's match is taken as unsupported. costack's confidence is
+#: lmin / (lmin + median lmin) * exp(-(res / median res)^2 / 2): a stable pixel sits near its
+#: median (about 0.3 on the bench's images), a changed one near 0 (bench/change_bench.py:
+#: the 90th percentile inside floods and new texture is 0.000).
+CONFIDENCE_FLOOR = 0.02
+
+#: the decision and the fill work on blocks of BLOCK x BLOCK pixels: a block is unsupported
+#: when most of its pixels are
+BLOCK = 4
+
+#: unsupported blocks are widened by this many pixels (about the flow's fine window radius:
+#: the windows of pixels next to a change see it too)
+WIDEN_PX = 8
+
+#: the own flow and the fill are blended over about this many pixels at the boundary
+BLEND_PX = 8
+
+
+@dataclass
+class ChangeResult:
+    """A flow held to its stable surroundings where the data did not support it.
+
+    ``support``: float32 in [0, 1], 1 where the displacement is the data's own, 0 where it
+    was taken from the surroundings, in between over the blend at the boundary."""
+
+    dx: np.ndarray
+    dy: np.ndarray
+    confidence: np.ndarray
+    support: np.ndarray
+    params: FlowParams
+    stats: dict = field(default_factory=dict)
+
+
+@njit(parallel=True, cache=True)
+def _blocks(conf, dx, dy, extra, floor, f, bad, sx, sy, n_ok):  # pragma: no cover - compiled
+    """Per block of f x f pixels: the share of unsupported pixels (confidence under ``floor``,
+    no flow, or ``extra`` set), and the sums of dx, dy and the count over the others."""
+    h, w = conf.shape
+    hc, wc = bad.shape
+    use_extra = extra.shape[0] == h
+    for bi in prange(hc):
+        nb = np.zeros(wc, np.int64)
+        n = np.zeros(wc, np.int64)
+        ax = np.zeros(wc, np.float64)
+        ay = np.zeros(wc, np.float64)
+        for i in range(bi * f, min(bi * f + f, h)):
+            ci, xi, yi = conf[i], dx[i], dy[i]
+            for j in range(w):
+                x = xi[j]
+                y = yi[j]
+                ok = ci[j] >= floor and np.isfinite(x) and np.isfinite(y)
+                if use_extra and extra[i, j] != 0:
+                    ok = False
+                bj = j // f
+                if ok:
+                    n[bj] += 1
+                    ax[bj] += x
+                    ay[bj] += y
+                else:
+                    nb[bj] += 1
+        for bj in range(wc):
+            bad[bi, bj] = nb[bj] / max(nb[bj] + n[bj], 1)
+            sx[bi, bj] = ax[bj]
+            sy[bi, bj] = ay[bj]
+            n_ok[bi, bj] = n[bj]
+
+
+@njit(parallel=True, cache=True)
+def _combine(fx, fy, sup, hard, touched, f, ox, oy, osup):  # pragma: no cover - compiled
+    """In the ``touched`` blocks of the full-resolution ``ox``, ``oy`` (the own flow on
+    entry): the coarse fill (fx, fy) and support ``sup`` upsampled bilinearly (block
+    centres), support 0 in ``hard`` blocks and where the flow is unknown; out = support * own
+    + (1 - support) * fill. ``osup`` (1 on entry) receives the support."""
+    h, w = ox.shape
+    hc, wc = fx.shape
+    for bi in prange(hc):
+        for bj in range(wc):
+            if not touched[bi, bj]:
+                continue
+            for i in range(bi * f, min(bi * f + f, h)):
+                yc = min(max((i + 0.5) / f - 0.5, 0.0), hc - 1.0)
+                y0 = min(int(yc), max(hc - 2, 0))
+                y1 = min(y0 + 1, hc - 1)
+                ty = yc - y0
+                for j in range(bj * f, min(bj * f + f, w)):
+                    xc = min(max((j + 0.5) / f - 0.5, 0.0), wc - 1.0)
+                    x0 = min(int(xc), max(wc - 2, 0))
+                    x1 = min(x0 + 1, wc - 1)
+                    tx = xc - x0
+                    w00 = (1 - ty) * (1 - tx)
+                    w01 = (1 - ty) * tx
+                    w10 = ty * (1 - tx)
+                    w11 = ty * tx
+                    s = w00 * sup[y0, x0] + w01 * sup[y0, x1] + w10 * sup[y1, x0]
+                    s += w11 * sup[y1, x1]
+                    a = ox[i, j]
+                    b = oy[i, j]
+                    if hard[bi, bj] or not (np.isfinite(a) and np.isfinite(b)):
+                        s = 0.0
+                    if s >= 1.0:
+                        continue
+                    gx = w00 * fx[y0, x0] + w01 * fx[y0, x1] + w10 * fx[y1, x0]
+                    gx += w11 * fx[y1, x1]
+                    gy = w00 * fy[y0, x0] + w01 * fy[y0, x1] + w10 * fy[y1, x0]
+                    gy += w11 * fy[y1, x1]
+                    if s <= 0.0:
+                        ox[i, j] = gx
+                        oy[i, j] = gy
+                        osup[i, j] = 0.0
+                    else:
+                        ox[i, j] = s * a + (1 - s) * gx
+                        oy[i, j] = s * b + (1 - s) * gy
+                        osup[i, j] = s
+
+
+def robust_model(
+    x: np.ndarray, y: np.ndarray, tx: np.ndarray, ty: np.ndarray, weight: np.ndarray,
+    iterations: int = 6,
+) -> tuple[str, np.ndarray, np.ndarray]:  # fmt: skip
+    """A global model of the reliable flow (tx, ty at points x, y, normalised coordinates):
+    an affine, or the second-order polynomial when its robust RMS is under 80 % of the
+    affine's (Yan et al. 2016 eqs. 2-3 and costack.tiepoint_model's rule), each fitted by
+    iteratively reweighted least squares with Tukey's biweight (c = 4.685 x 1.4826 MAD).
+    Returns (name, x coefficients, y coefficients) over (1, x, y[, xy, x^2, y^2])."""
+    fits = {}
+    for name in ("affine", "polynomial2"):
+        a = _design(x, y, name)
+        wt = weight.astype(np.float64)
+        cx = cy = np.zeros(a.shape[1])
+        r = np.zeros(x.size)
+        for _ in range(iterations):
+            aw = a * wt[:, None]
+            normal = aw.T @ a + 1e-12 * np.eye(a.shape[1])
+            cx = np.linalg.solve(normal, aw.T @ tx)
+            cy = np.linalg.solve(normal, aw.T @ ty)
+            r = np.hypot(a @ cx - tx, a @ cy - ty)
+            s = 1.4826 * np.median(r[weight > 0]) + 1e-6
+            u = r / (4.685 * s)
+            wt = weight * np.where(u < 1, (1 - u * u) ** 2, 0.0)
+        rms = float(np.sqrt(np.average(r * r, weights=wt))) if wt.sum() > 0 else np.inf
+        fits[name] = (cx, cy, rms)
+    name = "polynomial2" if fits["polynomial2"][2] < 0.8 * fits["affine"][2] else "affine"
+    return name, fits[name][0], fits[name][1]
+
+
+def _design(x: np.ndarray, y: np.ndarray, name: str) -> np.ndarray:
+    cols = [np.ones_like(x), x, y]
+    if name == "polynomial2":
+        cols += [x * y, x * x, y * y]
+    return np.column_stack(cols)
+
+
+def push_pull(values: list[np.ndarray], weight: np.ndarray) -> list[np.ndarray]:
+    """Fill ``values`` where ``weight`` is 0 by normalised convolution on a pyramid.
+
+    Push: 2 x 2 weighted sums up to a few pixels (each level's weight saturates at 1). Pull:
+    from the coarsest level down, each level keeps its own normalised value in proportion to
+    its weight and takes the rest from the bilinear upsampling of the coarser result (Gortler
+    et al. 1996, "The Lumigraph", section 3.4; normalised convolution: Knutsson and Westin
+    1993). A smooth interpolation of the known values across the gaps, exact where known."""
+    levels = []
+    w = weight.astype(np.float32)
+    vs = [np.where(w > 0, v, 0.0).astype(np.float32) * w for v in values]
+    while True:
+        levels.append((vs, w))
+        if min(w.shape) <= 2:
+            break
+        h, ww = w.shape
+        ph, pw = h % 2, ww % 2
+
+        def down(a: np.ndarray, ph: int = ph, pw: int = pw) -> np.ndarray:
+            a = np.pad(a, ((0, ph), (0, pw)), mode="constant")
+            return a[0::2, 0::2] + a[1::2, 0::2] + a[0::2, 1::2] + a[1::2, 1::2]
+
+        wsum = down(w)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            means = [np.where(wsum > 0, down(v) / wsum, 0.0) for v in vs]
+        w = np.minimum(wsum, 1.0)
+        vs = [m * w for m in means]
+    vs, w = levels[-1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        est = [np.where(w > 0, v / w, 0.0) for v in vs]
+    for vs, w in reversed(levels[:-1]):
+        up = [_upsample2(np.ascontiguousarray(e, np.float32), *w.shape) for e in est]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            own = [np.where(w > 0, v / np.maximum(w, 1e-12), 0.0) for v in vs]
+        wc = np.minimum(w, 1.0)
+        est = [wc * o + (1 - wc) * u for o, u in zip(own, up, strict=True)]
+    return est
+
+
+@njit(cache=True)
+def _upsample2(u, h, w):  # pragma: no cover - compiled
+    """Bilinear x2 upsampling of a small coarse plane to (h, w) (pixel centres aligned,
+    edges clamped); serial: the push-pull levels are small."""
+    hc, wc = u.shape
+    out = np.empty((h, w), np.float32)
+    for i in range(h):
+        y = min(max((i + 0.5) / 2.0 - 0.5, 0.0), hc - 1.0)
+        y0 = min(int(y), max(hc - 2, 0))
+        fy = y - y0
+        y1 = min(y0 + 1, hc - 1)
+        for j in range(w):
+            x = min(max((j + 0.5) / 2.0 - 0.5, 0.0), wc - 1.0)
+            x0 = min(int(x), max(wc - 2, 0))
+            fx = x - x0
+            x1 = min(x0 + 1, wc - 1)
+            top = (1 - fx) * u[y0, x0] + fx * u[y0, x1]
+            out[i, j] = (1 - fy) * top + fy * ((1 - fx) * u[y1, x0] + fx * u[y1, x1])
+    return out
+
+
+def hold(
+    res: FlowResult,
+    ref_invalid: np.ndarray | None = None,
+    sec_invalid: np.ndarray | None = None,
+    floor: float = CONFIDENCE_FLOOR,
+    block: int = BLOCK,
+) -> ChangeResult:
+    """The flow ``res`` held to its stable surroundings where the data did not support it.
+
+    Unsupported: confidence under ``floor`` or no flow, the reference invalid (``ref_invalid``:
+    nodata or masked), or the secondary invalid where the flow samples it (``sec_invalid``
+    seen through the flow). Decided per block of ``block`` px (unsupported when most of its
+    pixels are: isolated pixels are noise), widened by :data:`WIDEN_PX`; there the displacement
+    is the robust global model of the supported blocks' flow plus the push-pull interpolation
+    of their residual to it, blended with the own flow over :data:`BLEND_PX`."""
+    dx = np.ascontiguousarray(res.dx, np.float32)
+    dy = np.ascontiguousarray(res.dy, np.float32)
+    h, w = dx.shape
+    f = int(block)
+    hc, wc = -(-h // f), -(-w // f)
+    extra = np.zeros((0, 0), np.uint8)
+    if ref_invalid is not None and ref_invalid.any():
+        extra = ref_invalid.astype(np.uint8)
+    if sec_invalid is not None and sec_invalid.any():
+        seen = _seen_through(sec_invalid, dx, dy)
+        extra = seen if extra.size == 0 else (extra | seen)
+    bad = np.empty((hc, wc), np.float32)
+    sx, sy = np.empty((hc, wc), np.float64), np.empty((hc, wc), np.float64)
+    n_ok = np.empty((hc, wc), np.int64)
+    _blocks(np.ascontiguousarray(res.confidence, np.float32), dx, dy, extra,
+            np.float32(floor), f, bad, sx, sy, n_ok)  # fmt: skip
+    hard = bad > 0.5
+    stats: dict = {"unsupported_fraction": 0.0, "block": f}
+    if not hard.any():
+        return ChangeResult(res.dx, res.dy, res.confidence, np.ones((h, w), np.float32),
+                            res.params, stats)  # fmt: skip
+    k = max(1, int(round(WIDEN_PX / f)))
+    hard = ndimage.binary_dilation(hard, np.ones((2 * k + 1, 2 * k + 1), bool))
+    good = ~hard & (n_ok > 0)
+    if not good.any():
+        stats["unsupported_fraction"] = 1.0
+        return ChangeResult(res.dx, res.dy, res.confidence, np.zeros((h, w), np.float32),
+                            res.params, stats)  # fmt: skip
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mx, my = sx / n_ok, sy / n_ok
+    # block centres in normalised coordinates (the fit's conditioning)
+    cy = (np.arange(hc) * f + 0.5 * f) / max(h, w)
+    cx = (np.arange(wc) * f + 0.5 * f) / max(h, w)
+    gx, gy = np.meshgrid(cx, cy)
+    idx = np.flatnonzero(good.ravel())
+    stride = max(1, idx.size // 5000)
+    pick = idx[::stride]
+    pts = (gx.ravel()[pick], gy.ravel()[pick], mx.ravel()[pick], my.ravel()[pick])
+    name, ax, ay = robust_model(*pts, n_ok.ravel()[pick].astype(np.float64))
+    design = _design(gx.ravel(), gy.ravel(), name)
+    modx = (design @ ax).reshape(hc, wc)
+    mody = (design @ ay).reshape(hc, wc)
+    rx, ry = push_pull([np.where(good, mx - modx, 0.0), np.where(good, my - mody, 0.0)],
+                       good.astype(np.float64))  # fmt: skip
+    fillx = (modx + rx).astype(np.float32)
+    filly = (mody + ry).astype(np.float32)
+    # support on the blocks: 0 in the unsupported ones, rising to 1 over about BLEND_PX
+    kb = max(1, int(round(BLEND_PX / f)))
+    sup = ndimage.uniform_filter((~hard).astype(np.float32), 2 * kb + 1, mode="nearest")
+    sup = np.where(hard, 0.0, np.clip(2.0 * sup - 1.0, 0.0, 1.0)).astype(np.float32)
+    touched = hard | (ndimage.minimum_filter(sup, 3, mode="nearest") < 1.0)
+    ox, oy, osup = dx.copy(), dy.copy(), np.ones((h, w), np.float32)
+    _combine(fillx, filly, sup, hard, touched, f, ox, oy, osup)
+    stats.update(unsupported_fraction=round(float(hard.mean()), 4), model=name)
+    return ChangeResult(ox, oy, res.confidence, osup, res.params, stats)
+
+
+def _seen_through(invalid: np.ndarray, dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
+    """uint8, 1 where the flow samples the secondary's ``invalid`` pixels (bilinear footprint;
+    samples outside the image are not counted)."""
+    inv = np.ascontiguousarray(invalid, np.float32)
+    ones = np.ones(inv.shape, np.uint8)
+    out, ok = np.empty_like(inv), np.empty_like(inv)
+    out, ok = K.warp_bilinear(inv, ones, np.nan_to_num(dx), np.nan_to_num(dy), out, ok)
+    return ((out > 0.0) & (ok > 0)).astype(np.uint8)
+
+
+def change_aware_flow(
+    ref: np.ndarray,
+    sec: np.ndarray,
+    params: FlowParams | None = None,
+    ref_mask: np.ndarray | None = None,
+    sec_mask: np.ndarray | None = None,
+    init: tuple[np.ndarray, np.ndarray] | None = None,
+) -> ChangeResult:
+    """:func:`costack.folki.estimate_flow` on the images with the masked pixels (True in
+    ``ref_mask``/``sec_mask``) invalid, then held to the stable surroundings where the data
+    did not support it (:func:`hold`)."""
+    p = params or FlowParams(mode="auto")
+    ref = np.asarray(ref, np.float32)
+    sec = np.asarray(sec, np.float32)
+    if ref_mask is not None:
+        ref = np.where(ref_mask, np.nan, ref).astype(np.float32)
+    if sec_mask is not None:
+        sec = np.where(sec_mask, np.nan, sec).astype(np.float32)
+    res = estimate_flow(ref, sec, p, init=init)
+    ref_inv = ~np.isfinite(ref)
+    sec_inv = ~np.isfinite(sec)
+    return hold(res, ref_inv if ref_inv.any() else None, sec_inv if sec_inv.any() else None)
+
+
+# ---------------------------------------------------------------------------------------------
+# quality masks of catalogue items
+
+#: Sentinel-2 L2A scene classes (ESA, Sentinel-2 L2A product definition) that hold no stable
+#: ground: 0 no data, 1 saturated or defective, 3 cloud shadows, 8 cloud medium probability,
+#: 9 cloud high probability, 10 thin cirrus, 11 snow or ice
+SCL_EXCLUDE = (0, 1, 3, 8, 9, 10, 11)
+
+#: Landsat Collection 2 QA_PIXEL bits (USGS LSDS-1619): 0 fill, 1 dilated cloud, 2 cirrus,
+#: 3 cloud, 4 cloud shadow, 5 snow
+QA_PIXEL_EXCLUDE_BITS = (0, 1, 2, 3, 4, 5)
+
+
+def scl_mask(scl: np.ndarray, classes: tuple[int, ...] = SCL_EXCLUDE) -> np.ndarray:
+    """True where a Sentinel-2 L2A SCL raster says the pixel holds no stable ground."""
+    return np.isin(np.nan_to_num(np.asarray(scl), nan=0).astype(np.int64), classes)
+
+
+def qa_pixel_mask(qa: np.ndarray, bits: tuple[int, ...] = QA_PIXEL_EXCLUDE_BITS) -> np.ndarray:
+    """True where a Landsat C2 QA_PIXEL raster sets any of ``bits``."""
+    q = np.nan_to_num(np.asarray(qa), nan=1).astype(np.int64)
+    m = 0
+    for b in bits:
+        m |= 1 << b
+    return (q & m) != 0
+
+
+__all__ = ["ChangeResult", "change_aware_flow", "hold",
+           "push_pull", "qa_pixel_mask", "robust_model", "scl_mask"]  # fmt: skip
