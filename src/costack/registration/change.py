@@ -42,6 +42,13 @@ from costack.folki import FlowParams, FlowResult, estimate_flow
 #: the 90th percentile inside floods and new texture is 0.000).
 CONFIDENCE_FLOOR = 0.02
 
+#: featureless: the local variance of both images under this share of their median local
+#: variance; low confidence there is the lack of structure, not a change, and the flow's own
+#: regularisation already carries the surroundings' displacement in (bench/flow_bench.py's
+#: 2000 x 2000 LIDAR pair, whose dark areas are flat: 0.140 px there with the flow's own
+#: estimate, 0.205 with the fill)
+FEATURELESS = 0.03
+
 #: the decision and the fill work on blocks of BLOCK x BLOCK pixels: a block is unsupported
 #: when most of its pixels are
 BLOCK = 4
@@ -70,37 +77,61 @@ class ChangeResult:
 
 
 @njit(parallel=True, cache=True)
-def _blocks(conf, dx, dy, extra, floor, f, bad, sx, sy, n_ok):  # pragma: no cover - compiled
-    """Per block of f x f pixels: the share of unsupported pixels (confidence under ``floor``,
-    no flow, or ``extra`` set), and the sums of dx, dy and the count over the others."""
+def _blocks(conf, dx, dy, extra, ref, sec, floor, f, counts, sums, moments):  # pragma: no cover
+    """Per block of f x f pixels: ``counts`` (low confidence or no flow, masked (``extra``
+    set), supported), ``sums`` of dx and dy over the supported pixels, and ``moments`` of the
+    valid pixels of ``ref`` and ``sec`` (count, sum, sum of squares each)."""
     h, w = conf.shape
-    hc, wc = bad.shape
+    hc, wc = counts.shape[:2]
     use_extra = extra.shape[0] == h
     for bi in prange(hc):
-        nb = np.zeros(wc, np.int64)
-        n = np.zeros(wc, np.int64)
-        ax = np.zeros(wc, np.float64)
-        ay = np.zeros(wc, np.float64)
+        c = np.zeros((wc, 3), np.int64)
+        s = np.zeros((wc, 2), np.float64)
+        m = np.zeros((wc, 6), np.float64)
         for i in range(bi * f, min(bi * f + f, h)):
-            ci, xi, yi = conf[i], dx[i], dy[i]
+            ci, xi, yi, ri, si = conf[i], dx[i], dy[i], ref[i], sec[i]
             for j in range(w):
+                bj = j // f
+                a = ri[j]
+                if np.isfinite(a):
+                    m[bj, 0] += 1.0
+                    m[bj, 1] += a
+                    m[bj, 2] += a * a
+                b = si[j]
+                if np.isfinite(b):
+                    m[bj, 3] += 1.0
+                    m[bj, 4] += b
+                    m[bj, 5] += b * b
                 x = xi[j]
                 y = yi[j]
-                ok = ci[j] >= floor and np.isfinite(x) and np.isfinite(y)
                 if use_extra and extra[i, j] != 0:
-                    ok = False
-                bj = j // f
-                if ok:
-                    n[bj] += 1
-                    ax[bj] += x
-                    ay[bj] += y
+                    c[bj, 1] += 1
+                elif ci[j] >= floor and np.isfinite(x) and np.isfinite(y):
+                    c[bj, 2] += 1
+                    s[bj, 0] += x
+                    s[bj, 1] += y
                 else:
-                    nb[bj] += 1
-        for bj in range(wc):
-            bad[bi, bj] = nb[bj] / max(nb[bj] + n[bj], 1)
-            sx[bi, bj] = ax[bj]
-            sy[bi, bj] = ay[bj]
-            n_ok[bi, bj] = n[bj]
+                    c[bj, 0] += 1
+        counts[bi] = c
+        sums[bi] = s
+        moments[bi] = m
+
+
+def featureless(moments: np.ndarray, share: float, window: int = 3) -> np.ndarray:
+    """Blocks whose neighbourhood (``window`` x ``window`` blocks) is featureless in both
+    images: local variance under ``share`` of the image's median local variance, in each."""
+    out = np.ones(moments.shape[:2], bool)
+    for k in (0, 3):
+        n, s1, s2 = (ndimage.uniform_filter(moments[..., k + i].astype(np.float32), window,
+                                            mode="nearest")
+                     for i in range(3))  # fmt: skip
+        with np.errstate(invalid="ignore", divide="ignore"):
+            var = s2 / n - (s1 / n) ** 2
+        ok = n > 0.5 * moments[..., k].max()
+        if not ok.any():
+            return np.zeros(moments.shape[:2], bool)
+        out &= ok & (var < share * float(np.median(var[ok])))
+    return out
 
 
 @njit(parallel=True, cache=True)
@@ -250,6 +281,8 @@ def _upsample2(u, h, w):  # pragma: no cover - compiled
 
 def hold(
     res: FlowResult,
+    ref: np.ndarray,
+    sec: np.ndarray,
     ref_invalid: np.ndarray | None = None,
     sec_invalid: np.ndarray | None = None,
     floor: float = CONFIDENCE_FLOOR,
@@ -274,18 +307,29 @@ def hold(
     if sec_invalid is not None and sec_invalid.any():
         seen = _seen_through(sec_invalid, dx, dy)
         extra = seen if extra.size == 0 else (extra | seen)
-    bad = np.empty((hc, wc), np.float32)
-    sx, sy = np.empty((hc, wc), np.float64), np.empty((hc, wc), np.float64)
-    n_ok = np.empty((hc, wc), np.int64)
+    counts = np.empty((hc, wc, 3), np.int64)
+    sums = np.empty((hc, wc, 2), np.float64)
+    moments = np.empty((hc, wc, 6), np.float64)
     _blocks(np.ascontiguousarray(res.confidence, np.float32), dx, dy, extra,
-            np.float32(floor), f, bad, sx, sy, n_ok)  # fmt: skip
-    hard = bad > 0.5
-    stats: dict = {"unsupported_fraction": 0.0, "block": f}
+            np.ascontiguousarray(ref, np.float32), np.ascontiguousarray(sec, np.float32),
+            np.float32(floor), f, counts, sums, moments)  # fmt: skip
+    total = np.maximum(counts.sum(-1), 1)
+    masked = counts[..., 1] > 0.5 * total
+    low = counts[..., 0] + counts[..., 1] > 0.5 * total
+    flat = featureless(moments, FEATURELESS) & low & ~masked
+    hard = (low & ~flat) | masked
+    n_ok = counts[..., 2]
+    sx, sy = sums[..., 0], sums[..., 1]
+    stats: dict = {
+        "unsupported_fraction": 0.0,
+        "featureless_fraction": round(float(flat.mean()), 4),
+        "block": f,
+    }
     if not hard.any():
         return ChangeResult(res.dx, res.dy, res.confidence, np.ones((h, w), np.float32),
                             res.params, stats)  # fmt: skip
     k = max(1, int(round(WIDEN_PX / f)))
-    hard = ndimage.binary_dilation(hard, np.ones((2 * k + 1, 2 * k + 1), bool))
+    hard = ndimage.maximum_filter(hard.view(np.uint8), 2 * k + 1, mode="nearest") > 0
     good = ~hard & (n_ok > 0)
     if not good.any():
         stats["unsupported_fraction"] = 1.0
@@ -351,7 +395,8 @@ def change_aware_flow(
     res = estimate_flow(ref, sec, p, init=init)
     ref_inv = ~np.isfinite(ref)
     sec_inv = ~np.isfinite(sec)
-    return hold(res, ref_inv if ref_inv.any() else None, sec_inv if sec_inv.any() else None)
+    return hold(res, ref, sec, ref_inv if ref_inv.any() else None,
+                sec_inv if sec_inv.any() else None)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------
