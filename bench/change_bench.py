@@ -64,7 +64,7 @@ from flow_bench import (  # noqa: E402
     opencv_method,
 )
 
-from costack.evaluation import displace, interior  # noqa: E402
+from costack.registration.evaluation import displace, interior  # noqa: E402
 
 warnings.filterwarnings("ignore")
 
@@ -246,7 +246,9 @@ def prototype() -> Method | None:
         return None
 
     def run(a: np.ndarray, b: np.ndarray, scl: np.ndarray | None = None):
-        bad = None if scl is None else change.scl_mask(scl)
+        from costack.io.masks import scl_mask
+
+        bad = None if scl is None else scl_mask(scl)
         r = change.change_aware_flow(a, b, sec_mask=bad)
         return r.dx, r.dy
 
@@ -322,7 +324,7 @@ def timing(img: np.ndarray) -> list[str]:
     big = img[:2000, :2000]
     sec, truth = displace(big, field(big.shape), order=3)
     sec = np.where(np.isfinite(sec), sec, 0).astype(np.float32)
-    from costack.folki import FlowParams, estimate_flow
+    from costack.registration.folki import FlowParams, estimate_flow
 
     runs = {"estimate_flow (auto)": lambda: estimate_flow(big, sec, FlowParams(mode="auto"))}
     proto = prototype()

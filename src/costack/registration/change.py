@@ -27,14 +27,14 @@ so that the file-level step can publish where registration came from the surroun
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from numba import njit, prange
 from scipy import ndimage
 
-from costack import _kernels as K
-from costack.folki import FlowParams, FlowResult, estimate_flow
+from costack.registration import _kernels as K
+from costack.registration.folki import FlowParams, FlowResult, estimate_flow
 
 #: confidence below which a pixel's match is taken as unsupported. costack's confidence is
 #: lmin / (lmin + median lmin) * exp(-(res / median res)^2 / 2): a stable pixel sits near its
@@ -283,28 +283,32 @@ def hold(
     res: FlowResult,
     ref: np.ndarray,
     sec: np.ndarray,
-    ref_invalid: np.ndarray | None = None,
-    sec_invalid: np.ndarray | None = None,
+    overlap: np.ndarray | None = None,
     floor: float = CONFIDENCE_FLOOR,
     block: int = BLOCK,
 ) -> ChangeResult:
-    """The flow ``res`` held to its stable surroundings where the data did not support it.
+    """The flow ``res`` of ``ref`` and ``sec`` (NaN where invalid or masked) held to its
+    stable surroundings where the data did not support it.
 
-    Unsupported: confidence under ``floor`` or no flow, the reference invalid (``ref_invalid``:
-    nodata or masked), or the secondary invalid where the flow samples it (``sec_invalid``
-    seen through the flow). Decided per block of ``block`` px (unsupported when most of its
-    pixels are: isolated pixels are noise), widened by :data:`WIDEN_PX`; there the displacement
-    is the robust global model of the supported blocks' flow plus the push-pull interpolation
-    of their residual to it, blended with the own flow over :data:`BLEND_PX`."""
+    Unsupported: confidence under ``floor`` or no flow, the reference invalid, or the
+    secondary invalid where the flow samples it. Decided per block of ``block`` px
+    (unsupported when most of its pixels are: isolated pixels are noise; not where both
+    images are :func:`featureless`), widened by :data:`WIDEN_PX`; there the displacement is
+    the robust global model of the supported blocks' flow plus the push-pull interpolation of
+    their residual to it, blended with the own flow over :data:`BLEND_PX`. The statistics'
+    shares are of ``overlap`` (where both images have data, before any mask), else of the
+    grid."""
     dx = np.ascontiguousarray(res.dx, np.float32)
     dy = np.ascontiguousarray(res.dy, np.float32)
     h, w = dx.shape
     f = int(block)
     hc, wc = -(-h // f), -(-w // f)
     extra = np.zeros((0, 0), np.uint8)
-    if ref_invalid is not None and ref_invalid.any():
-        extra = ref_invalid.astype(np.uint8)
-    if sec_invalid is not None and sec_invalid.any():
+    ref_invalid = ~np.isfinite(ref)
+    sec_invalid = ~np.isfinite(sec)
+    if ref_invalid.any():
+        extra = ref_invalid.view(np.uint8)
+    if sec_invalid.any():
         seen = _seen_through(sec_invalid, dx, dy)
         extra = seen if extra.size == 0 else (extra | seen)
     counts = np.empty((hc, wc, 3), np.int64)
@@ -360,7 +364,9 @@ def hold(
     touched = hard | (ndimage.minimum_filter(sup, 3, mode="nearest") < 1.0)
     ox, oy, osup = dx.copy(), dy.copy(), np.ones((h, w), np.float32)
     _combine(fillx, filly, sup, hard, touched, f, ox, oy, osup)
-    stats.update(unsupported_fraction=round(float(hard.mean()), 4), model=name)
+    share = float((osup[overlap] < 0.5).mean()) if overlap is not None and overlap.any() else \
+        float((osup < 0.5).mean())  # fmt: skip
+    stats.update(unsupported_fraction=round(share, 4), model=name)
     return ChangeResult(ox, oy, res.confidence, osup, res.params, stats)
 
 
@@ -393,38 +399,70 @@ def change_aware_flow(
     if sec_mask is not None:
         sec = np.where(sec_mask, np.nan, sec).astype(np.float32)
     res = estimate_flow(ref, sec, p, init=init)
-    ref_inv = ~np.isfinite(ref)
-    sec_inv = ~np.isfinite(sec)
-    return hold(res, ref, sec, ref_inv if ref_inv.any() else None,
-                sec_inv if sec_inv.any() else None)  # fmt: skip
+    return hold(res, ref, sec)
 
 
 # ---------------------------------------------------------------------------------------------
-# quality masks of catalogue items
+# the flow stage's glue
 
-#: Sentinel-2 L2A scene classes (ESA, Sentinel-2 L2A product definition) that hold no stable
-#: ground: 0 no data, 1 saturated or defective, 3 cloud shadows, 8 cloud medium probability,
-#: 9 cloud high probability, 10 thin cirrus, 11 snow or ice
-SCL_EXCLUDE = (0, 1, 3, 8, 9, 10, 11)
-
-#: Landsat Collection 2 QA_PIXEL bits (USGS LSDS-1619): 0 fill, 1 dilated cloud, 2 cirrus,
-#: 3 cloud, 4 cloud shadow, 5 snow
-QA_PIXEL_EXCLUDE_BITS = (0, 1, 2, 3, 4, 5)
+#: what the support raster's values mean (its GeoTIFF tag and the STAC asset's description)
+SUPPORT_MEANING = (
+    "1: the displacement is the data's own match; 0: it was taken from the stable surroundings "
+    "(the images did not support a match there: a change, a mask, no data, inconsistent); "
+    "between: the blend at the boundary"
+)
 
 
-def scl_mask(scl: np.ndarray, classes: tuple[int, ...] = SCL_EXCLUDE) -> np.ndarray:
-    """True where a Sentinel-2 L2A SCL raster says the pixel holds no stable ground."""
-    return np.isin(np.nan_to_num(np.asarray(scl), nan=0).astype(np.int64), classes)
+def apply_exclusions(
+    ref: np.ndarray, sec: np.ndarray, ref_excluded: np.ndarray | None,
+    sec_excluded: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    """The images with their excluded pixels invalid (NaN; new arrays, the inputs untouched),
+    and the overlap where both had data before the exclusions."""
+    overlap = np.isfinite(ref) & np.isfinite(sec)
+    if ref_excluded is not None and ref_excluded.any():
+        ref = np.where(ref_excluded, np.float32(np.nan), ref).astype(np.float32)
+    if sec_excluded is not None and sec_excluded.any():
+        sec = np.where(sec_excluded, np.float32(np.nan), sec).astype(np.float32)
+    return ref, sec, overlap
 
 
-def qa_pixel_mask(qa: np.ndarray, bits: tuple[int, ...] = QA_PIXEL_EXCLUDE_BITS) -> np.ndarray:
-    """True where a Landsat C2 QA_PIXEL raster sets any of ``bits``."""
-    q = np.nan_to_num(np.asarray(qa), nan=1).astype(np.int64)
-    m = 0
-    for b in bits:
-        m |= 1 << b
-    return (q & m) != 0
+def hold_result(
+    res: FlowResult, ref: np.ndarray, sec: np.ndarray, overlap: np.ndarray
+) -> tuple[FlowResult, ChangeResult]:
+    """:func:`hold` for the flow stage: the result with the held field, and the details."""
+    held = hold(res, ref, sec, overlap)
+    if overlap.any():
+        masked = overlap & ~(np.isfinite(ref) & np.isfinite(sec))
+        held.stats["masked_fraction"] = round(float(masked.sum() / overlap.sum()), 4)
+    return replace(res, dx=held.dx, dy=held.dy), held
 
 
-__all__ = ["ChangeResult", "change_aware_flow", "hold",
-           "push_pull", "qa_pixel_mask", "robust_model", "scl_mask"]  # fmt: skip
+def support_on_grid(
+    held: ChangeResult | None, window: tuple[slice, slice] | None, shape: tuple[int, int]
+) -> np.ndarray:
+    """The support raster on the whole grid (NaN outside the flow's window; 1 everywhere in it
+    when the flow was not held)."""
+    out = np.full(shape, np.nan, np.float32)
+    win = window or (slice(None), slice(None))
+    out[win] = 1.0 if held is None else held.support
+    return out
+
+
+def change_stats(
+    held: ChangeResult | None, excluded: tuple[np.ndarray | None, ...], applied: bool
+) -> dict:
+    """The flow statistics' ``change`` record: whether the flow was held to its surroundings,
+    which images had masks, the shares of the overlap that were unsupported, masked or
+    featureless, and the model of the surroundings."""
+    out: dict = {"held": bool(applied and held is not None),
+                 "masks": {"reference": excluded[0] is not None,
+                           "secondary": excluded[1] is not None}}  # fmt: skip
+    if held is not None:
+        out.update(held.stats)
+    return out
+
+
+__all__ = ["SUPPORT_MEANING", "ChangeResult", "apply_exclusions", "change_aware_flow",
+           "change_stats", "hold", "hold_result", "push_pull", "robust_model",
+           "support_on_grid"]  # fmt: skip

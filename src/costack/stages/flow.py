@@ -21,8 +21,16 @@ from pathlib import Path
 import numpy as np
 
 from costack.io.files import write_json
+from costack.io.masks import Exclusions
 from costack.io.rasters import costack_tags, read_float32, require_colocated, write_float32
 from costack.limits import TILED_ABOVE
+from costack.registration.change import (
+    SUPPORT_MEANING,
+    apply_exclusions,
+    change_stats,
+    hold_result,
+    support_on_grid,
+)
 from costack.registration.folki import FlowParams, FlowResult, estimate_flow, resolve_mode
 from costack.registration.imaging import blur_valid, on_two_threads, resolution_sigma, warp_array
 from costack.registration.matching import (
@@ -48,8 +56,17 @@ def run_flow(
     stats_json: str | Path | None = None,
     resolution_ratio: float = 1.0,
     model_json: str | Path | None = None,
+    masks: Exclusions | None = None,
+    support_tif: str | Path | None = None,
+    hold_changes: bool = True,
 ) -> dict:
     """Estimate the flow between two co-located rasters and write it (dx, dy bands, pixels).
+
+    ``masks``: pixels of either image that take no part in the flow's data term (item quality
+    masks, a user's mask or polygons; :class:`costack.io.masks.Exclusions`). ``hold_changes``:
+    where the data does not support a match (masked, changed, inconsistent), the displacement
+    comes from the stable surroundings (:mod:`costack.registration.change`); ``support_tif``
+    then receives where it did (1 the data's own match, 0 the surroundings).
 
     ``resolution_ratio``: native pixel size of the secondary over the grid's. When the
     secondary is much coarser (30 m on a 10 m grid), the reference is blurred to a similar
@@ -76,6 +93,7 @@ def run_flow(
     params = replace(params, mode=mode,
                      invert_secondary=bool(mode_choice.get("invert_secondary")))  # fmt: skip
     params = replace(params, radii=params.window_radii())
+    excluded = masks.read(grid) if masks is not None else (None, None)  # one-line errors first
     seed_note = None
     if tp_model is not None:
         seed_note = tp_model.seed_refusal(params.seed_min_points, params.seed_max_rmse)
@@ -84,6 +102,9 @@ def run_flow(
                         "own global search", sec_tif, seed_note)  # fmt: skip
             tp_model = None
     if grid.width * grid.height > TILED_ABOVE:
+        if masks is not None or hold_changes:
+            log.warning("flow %s: a scene-sized grid flows by tiles, without masks and not held "
+                        "to its surroundings where unsupported", sec_tif)  # fmt: skip
         return _run_flow_tiled(
             ref_tif, sec_tif, out_tif, confidence_tif, params, stats_json, resolution_ratio,
             tp_model, model_json, seed_note, mode_choice,
@@ -105,9 +126,12 @@ def run_flow(
     full_shape = ref.shape
     if window is not None:
         ref, sec = ref[window], sec[window]
+        excluded = tuple(None if m is None else m[window] for m in excluded)
         if init is not None:
             init = (init[0][window], init[1][window])
+    ref, sec, overlap = apply_exclusions(ref, sec, *excluded)
     res, start = _estimate_with_start(ref, sec, params, init)
+    res, held = hold_result(res, ref, sec, overlap) if hold_changes else (res, None)
     if window is not None:
         res = _embed(res, window, full_shape)
     seconds = time.perf_counter() - t0
@@ -125,6 +149,10 @@ def run_flow(
             raise
     else:
         _write_flow_file(*flow_out)
+    if support_tif:
+        support = support_on_grid(held, window, full_shape)
+        write_float32(support_tif, support, grid, tags={"costack_support": SUPPORT_MEANING},
+                      band_descriptions=["support"])  # fmt: skip
     valid = np.isfinite(res.dx)
     stats = {
         "mode": params.mode,
@@ -144,6 +172,7 @@ def run_flow(
         "overlap_window": None if window is None else [
             window[0].start, window[0].stop, window[1].start, window[1].stop],
         "start": start,
+        "change": change_stats(held, excluded, hold_changes),
     }  # fmt: skip
     log.info("flow %s -> %s: %s", sec_tif, out_tif, stats)
     if stats_json:

@@ -15,6 +15,7 @@ secondary dataset: ``pass``, ``warn`` or ``fail`` with its reasons.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from costack.errors import CostackError, printable
 from costack.io.files import write_json
 from costack.io.grids import Grid
 from costack.io.manifest import dataset_labels  # noqa: F401 (the rule script's labels)
+from costack.io.masks import Exclusions
 from costack.io.rasters import costack_tags, read_float32, require_colocated
 from costack.limits import (
     QC_BLOCK_BYTES,
@@ -33,10 +35,13 @@ from costack.limits import (
     qc_in_memory_pixels,
     qc_parallel,
 )
+from costack.registration.change import apply_exclusions
 from costack.registration.imaging import masked_blur, on_two_threads, resolution_sigma
 from costack.registration.matching import MIN_SIMILARITY_MULTIMODAL, lsm, prepare
 from costack.registration.tiepoint_model import TiePointModel
 from costack.stages._common import read_model
+
+log = logging.getLogger(__name__)
 
 #: Half patch (px) of the multimodal QC matcher (51 px patches, as the tie points' coarse).
 MULTIMODAL_HALF = 25
@@ -384,6 +389,7 @@ def run_qc(
     confidence_tif: str | Path | None = None,
     sample_points: int = QC_SAMPLE_POINTS,
     seed: int = 0,
+    masks: Exclusions | None = None,
 ) -> dict:
     """The QC stage (rule ``assess_registration``, ``costack qc``): residual misregistration
     before (colocated) and after co-registration, as JSON.
@@ -443,6 +449,12 @@ def run_qc(
         ref, _, _ = read_float32(ref_tif)
         before, _, _ = read_float32(colocated_tif)
         after, _, _ = read_float32(coregistered_tif)
+        coverage = float(np.isfinite(before).mean())
+        overlap = float((np.isfinite(before) & np.isfinite(ref)).mean())
+        if masks is not None:  # excluded pixels (clouds, a damage zone) are not re-matched
+            ref_x, sec_x = masks.read(grid)
+            ref, before, _ = apply_exclusions(ref, before, ref_x, sec_x)
+            after = apply_exclusions(ref, after, None, sec_x)[1]
         if threads > 1 and qc_parallel(grid.width * grid.height, multimodal):
             # the two re-matchings side by side (LSM releases the GIL)
             shifts_before, shifts_after = on_two_threads(
@@ -451,9 +463,10 @@ def run_qc(
         else:
             shifts_before = residual_misregistration(ref, before, **kw)
             shifts_after = residual_misregistration(ref, after, **kw)
-        coverage = float(np.isfinite(before).mean())
-        overlap = float((np.isfinite(before) & np.isfinite(ref)).mean())
     else:
+        if masks is not None:
+            log.warning("qc %s: a grid over %d pixels is re-matched by blocks, without the "
+                        "masks", coregistered_tif, max_in_memory_pixels)  # fmt: skip
         shifts_before, shifts_after, coverage, overlap = _residuals_by_blocks(
             (ref_tif, colocated_tif, coregistered_tif), grid, kw, block_bytes
         )

@@ -1,0 +1,197 @@
+"""Masks of pixels that hold no stable ground: quality layers of catalogue items (Sentinel-2 L2A
+scene classification, Landsat Collection 2 QA_PIXEL), a user's mask raster, a user's polygons.
+
+A mask takes pixels out of the registration's data (tie points, the flow's data term, the QC);
+the stacked values themselves are never altered. Every reader returns a bool array on the grid,
+True where the pixel is excluded.
+
+- ``scl``: Sentinel-2 L2A scene classification (ESA, Sentinel-2 Products Specification
+  Document, L2A SCL): 0 no data, 1 saturated or defective, 2 dark area pixels, 3 cloud
+  shadows, 4 vegetation, 5 not vegetated, 6 water, 7 unclassified, 8 cloud medium probability,
+  9 cloud high probability, 10 thin cirrus, 11 snow or ice. Excluded by default:
+  :data:`SCL_EXCLUDE`.
+- ``qa_pixel``: Landsat Collection 2 Level-2 QA_PIXEL bits (USGS, Landsat 8-9 Collection 2
+  Level 2 Science Product Guide, LSDS-1619, table 6-3): 0 fill, 1 dilated cloud, 2 cirrus,
+  3 cloud, 4 cloud shadow, 5 snow, 6 clear, 7 water. Excluded by default:
+  :data:`QA_PIXEL_EXCLUDE_BITS`.
+- ``binary``: any non-zero value is excluded (a user's raster of a damage zone, a flood
+  extent); its nodata pixels are not.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from shapely.errors import ShapelyError
+
+from costack.errors import CostackError
+from costack.io.grids import Grid, grid_difference
+
+#: Sentinel-2 L2A scene classes excluded by default: no data, saturated or defective, cloud
+#: shadows, cloud medium and high probability, thin cirrus, snow or ice
+SCL_EXCLUDE = (0, 1, 3, 8, 9, 10, 11)
+
+#: Landsat C2 QA_PIXEL bits excluded by default: fill, dilated cloud, cirrus, cloud, cloud
+#: shadow, snow
+QA_PIXEL_EXCLUDE_BITS = (0, 1, 2, 3, 4, 5)
+
+MASK_KINDS = ("scl", "qa_pixel", "binary")
+
+#: the tag the workflow writes on a co-located mask raster: its kind
+KIND_TAG = "costack_mask_kind"
+
+
+def scl_mask(scl: np.ndarray, classes: tuple[int, ...] = SCL_EXCLUDE) -> np.ndarray:
+    """True where a Sentinel-2 L2A SCL raster's class is one of ``classes``."""
+    a = np.asarray(scl)
+    if a.dtype.kind == "f":
+        a = np.where(np.isfinite(a), a, 0)
+    return np.isin(a.astype(np.int64), np.asarray(classes, np.int64))
+
+
+def qa_pixel_mask(qa: np.ndarray, bits: tuple[int, ...] = QA_PIXEL_EXCLUDE_BITS) -> np.ndarray:
+    """True where a Landsat C2 QA_PIXEL raster sets any of ``bits`` (NaN counts as fill)."""
+    a = np.asarray(qa)
+    if a.dtype.kind == "f":
+        a = np.where(np.isfinite(a), a, 1)
+    m = 0
+    for b in bits:
+        m |= 1 << int(b)
+    return (a.astype(np.int64) & m) != 0
+
+
+def interpret(
+    values: np.ndarray,
+    kind: str,
+    nodata: float | None = None,
+    scl_classes: tuple[int, ...] = SCL_EXCLUDE,
+    qa_bits: tuple[int, ...] = QA_PIXEL_EXCLUDE_BITS,
+) -> np.ndarray:
+    """The excluded pixels of a mask layer's values, by its ``kind``."""
+    if kind == "scl":
+        return scl_mask(values, scl_classes)
+    if kind == "qa_pixel":
+        return qa_pixel_mask(values, qa_bits)
+    if kind == "binary":
+        a = np.asarray(values)
+        keep = np.isfinite(a) if a.dtype.kind == "f" else np.ones(a.shape, bool)
+        if nodata is not None and np.isfinite(nodata):
+            keep &= a != nodata
+        return keep & (np.where(keep, a, 0) != 0)
+    raise CostackError("mask kind", f"{kind!r} is not one of {', '.join(MASK_KINDS)}",
+                       "give scl, qa_pixel or binary")  # fmt: skip
+
+
+def read_mask(
+    path: str | Path,
+    grid: Grid,
+    kind: str = "auto",
+    parameter: str = "mask",
+    scl_classes: tuple[int, ...] = SCL_EXCLUDE,
+    qa_bits: tuple[int, ...] = QA_PIXEL_EXCLUDE_BITS,
+) -> np.ndarray:
+    """The excluded pixels of a mask raster on ``grid`` (bool, True = excluded).
+
+    ``kind`` ``auto`` takes the raster's ``costack_mask_kind`` tag (the workflow's co-located
+    item masks carry it), else ``binary``. A raster that cannot be read or is not on the grid
+    is a one-line error naming ``parameter``."""
+    fix = "give a single-band raster on the flow's grid (co-located), or none"
+    try:
+        with rasterio.open(path) as src:
+            on = Grid(src.crs, src.transform, src.width, src.height)
+            why = grid_difference(grid, on)
+            if why:
+                raise CostackError(parameter, f"{path} is not on the grid ({why})", fix)
+            if kind == "auto":
+                kind = src.tags().get(KIND_TAG, "binary")
+            values = src.read(1)
+            nodata = src.nodata
+    except CostackError:
+        raise
+    except (OSError, rasterio.errors.RasterioError) as err:
+        text = " ".join(str(err).split())[:200]
+        raise CostackError(parameter, f"{path} cannot be read as a mask ({text})", fix) from err
+    if kind not in MASK_KINDS:
+        raise CostackError(parameter, f"{path}: mask kind {kind!r} is not one of "
+                           f"{', '.join(MASK_KINDS)}", "give scl, qa_pixel or binary")  # fmt: skip
+    return interpret(values, kind, nodata, scl_classes, qa_bits)
+
+
+@dataclass(frozen=True)
+class Exclusions:
+    """What to exclude from a pair's registration data: mask rasters of the reference and of
+    the secondary (``(path, kind)``, kind ``auto``/``scl``/``qa_pixel``/``binary``) and polygons
+    (GeoJSON geometries in EPSG:4326) excluded in both."""
+
+    reference: tuple[str, str] | None = None
+    secondary: tuple[str, str] | None = None
+    polygons: tuple[dict, ...] = ()
+    scl_classes: tuple[int, ...] = SCL_EXCLUDE
+    qa_bits: tuple[int, ...] = QA_PIXEL_EXCLUDE_BITS
+
+    def read(self, grid: Grid) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """(reference excluded, secondary excluded) on ``grid``, None where nothing is."""
+        area = rasterize_polygons(list(self.polygons), grid) if self.polygons else None
+        out = []
+        for given, name in ((self.reference, "reference"), (self.secondary, "secondary")):
+            m = None
+            if given is not None:
+                m = read_mask(given[0], grid, given[1], f"mask ({name})", self.scl_classes,
+                              self.qa_bits)  # fmt: skip
+            if area is not None:
+                m = area if m is None else (m | area)
+            out.append(m)
+        return out[0], out[1]
+
+
+def parse_polygons(text: str, parameter: str = "exclude") -> list[dict]:
+    """GeoJSON geometries from ``text``: a path to a GeoJSON file, inline GeoJSON (a geometry,
+    a Feature or a FeatureCollection) or WKT, in longitude/latitude (EPSG:4326) like the AOI."""
+    fix = "give WKT, GeoJSON or a .geojson file of polygons in EPSG:4326 (lon/lat)"
+    src = text.strip()
+    if src and not src.startswith(("{", "POLYGON", "MULTIPOLYGON", "polygon", "multipolygon")):
+        p = Path(src)
+        if not p.is_file():
+            raise CostackError(parameter, f"{src[:80]!r} is neither a file nor WKT/GeoJSON", fix)
+        try:
+            src = p.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as err:
+            raise CostackError(parameter, f"{p} cannot be read ({err})", fix) from err
+    try:
+        if src.startswith("{"):
+            obj = json.loads(src)
+            if obj.get("type") == "FeatureCollection":
+                geoms = [f["geometry"] for f in obj.get("features", [])]
+            elif obj.get("type") == "Feature":
+                geoms = [obj["geometry"]]
+            else:
+                geoms = [obj]
+        else:
+            from shapely import wkt
+            from shapely.geometry import mapping
+
+            geoms = [mapping(wkt.loads(src))]
+    except (ShapelyError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise CostackError(parameter, f"not WKT or GeoJSON ({' '.join(str(err).split())[:120]})",
+                           fix) from err  # fmt: skip
+    for g in geoms:
+        if not isinstance(g, dict) or g.get("type") not in ("Polygon", "MultiPolygon"):
+            kind = g.get("type") if isinstance(g, dict) else type(g).__name__
+            raise CostackError(parameter, f"a {kind} is not a polygon", fix)
+    return geoms
+
+
+def rasterize_polygons(geoms: list[dict], grid: Grid) -> np.ndarray:
+    """The grid's pixels whose centre lies in any of ``geoms`` (EPSG:4326; bool)."""
+    from rasterio.features import geometry_mask
+    from rasterio.warp import transform_geom
+
+    if not geoms:
+        return np.zeros((grid.height, grid.width), bool)
+    on_grid = [transform_geom("EPSG:4326", grid.crs, g) for g in geoms]
+    return geometry_mask(on_grid, out_shape=(grid.height, grid.width),
+                         transform=grid.transform, invert=True)  # fmt: skip
