@@ -228,7 +228,7 @@ def costack_cli(a: np.ndarray, b: np.ndarray, scl: np.ndarray | None = None):
         argv = ["flow", str(t / "ref.tif"), str(t / "sec.tif"), str(t / "out.tif")]
         if scl is not None:
             _write(t / "scl.tif", scl, "uint8")
-            argv += ["--mask-secondary", str(t / "scl.tif")]
+            argv += ["--mask-secondary", str(t / "scl.tif"), "--mask-kind", "scl"]
         with redirect_stdout(io.StringIO()):
             rc = main(argv)
         if rc:
@@ -277,7 +277,7 @@ def stats(err: np.ndarray) -> str:
     err = err[np.isfinite(err)] if err.size else err
     if not err.size:
         return "   (no pixels)"
-    return (f"{err.mean():7.4f} {100 * (err > 0.5).mean():6.2f}% {100 * (err > 1).mean():6.2f}%")
+    return f"{err.mean():7.4f} {100 * (err > 0.5).mean():6.2f}% {100 * (err > 1).mean():6.2f}%"
 
 
 def regions(case: dict, shape: tuple[int, int]) -> dict[str, np.ndarray]:
@@ -345,6 +345,74 @@ def timing(img: np.ndarray) -> list[str]:
     return lines
 
 
+def stable(size: int) -> list[str]:
+    """bench/flow_bench.py's stable-scene cases (its field: affine + 1.5 px / 400 px sinusoid):
+    today's flow (``estimate_flow``, auto) and the same flow held to its surroundings where
+    unsupported (what ``costack flow`` now does by default), in the same run."""
+    from flow_bench import load_images
+
+    from costack.registration.change import hold
+    from costack.registration.evaluation import affine_sinusoid, epe
+    from costack.registration.folki import FlowParams, estimate_flow
+
+    def today(a, b, **kw):
+        r = estimate_flow(a, b, FlowParams(mode="auto"), **kw)
+        return r.dx, r.dy
+
+    def held(a, b, **kw):
+        r = estimate_flow(a, b, FlowParams(mode="auto"), **kw)
+        bb = b if "sec_nodata" not in kw else np.where(b == kw["sec_nodata"], np.nan, b)
+        h = hold(r, a, bb)
+        return h.dx, h.dy
+
+    imgs = load_images()
+    fld = {"shift": (2.3, -1.6), "amplitude": 1.5, "wavelength": 400.0}
+    lines = [
+        f"\n## 0. stable scenes (bench/flow_bench.py's cases, {size}x{size}): mean EPE px, "
+        "today's flow -> held to the surroundings where unsupported (costack flow's default)"
+    ]
+    for name in ("optical", "lidar"):
+        img = imgs[name][:size, :size]
+        sec, truth = displace(img, affine_sinusoid(img.shape, **fld), order=5)
+        mask = interior(img.shape, 16) & np.isfinite(sec)
+        sec = np.where(np.isfinite(sec), sec, 0).astype(np.float32)
+        inv = (img.max() - sec).astype(np.float32)
+        cases = [("same sensor", sec, truth, mask), ("inverted contrast", inv, truth, mask)]
+        if name == "optical":
+            sa, ta = displace(img, affine_sinusoid(img.shape, shift=fld["shift"], amplitude=0.0),
+                              order=5)  # fmt: skip
+            ma = interior(img.shape, 16) & np.isfinite(sa)
+            cases.insert(1, ("affine only", np.where(np.isfinite(sa), sa, 0).astype(np.float32),
+                             ta, ma))  # fmt: skip
+        for label, b, t, m in cases:
+            e0 = epe(*today(img, b), t, m).mean()
+            e1 = epe(*held(img, b), t, m).mean()
+            lines.append(f"  {name:<8} {label:<26} {e0:.4f} -> {e1:.4f} px ({e1 - e0:+.4f})")
+        if name == "optical":
+            strip = np.zeros(img.shape, bool)
+            strip[:, size // 2 : size // 2 + 12] = True
+            far = interior(img.shape, 16) & ~ndimage.binary_dilation(strip, iterations=16)
+            for lab, val, kw in (("NaN", np.nan, {}), ("-9999", -9999.0, {"sec_nodata": -9999.0})):
+                holed = sec.copy()
+                holed[strip] = val
+                e0 = epe(*today(img, holed, **kw), truth, far).mean()
+                e1 = epe(*held(img, holed, **kw), truth, far).mean()
+                lines.append(f"  {name:<8} {'nodata strip ' + lab + ', outside':<26} {e0:.4f} -> "
+                             f"{e1:.4f} px ({e1 - e0:+.4f})")  # fmt: skip
+    if "radar" in imgs:
+        opt, radar = imgs["optical"][:size, :size], imgs["radar"][:size, :size]
+        moved, truth = displace(radar, affine_sinusoid(opt.shape, **fld), order=5)
+        moved = np.where(np.isfinite(moved), moved, 0).astype(np.float32)
+        mask = interior(opt.shape, 32)
+        for n, m in (("today", today), ("held", held)):
+            d0, d1 = m(opt, radar), m(opt, moved)
+            err = np.hypot(d1[0] - d0[0] - truth[0], d1[1] - d0[1] - truth[1])[mask]
+            err = err[np.isfinite(err)]
+            lines.append(f"  radar/optical consistency, {n:<6}  median {np.median(err):.4f} px  "
+                         f"mean {err.mean():.4f} px")  # fmt: skip
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="512 px, no gefolki, no timing")
@@ -359,6 +427,8 @@ def main() -> None:
     small = imgs["optical"][:128, :128]  # compile and load the kernels before any timing
     for _, m, _ in methods(True):
         m(small, small)
+    if not args.only:
+        print("\n".join(stable(size)), flush=True)
     cases = [("1. optical", "optical"), ("2. lidar", "lidar")]
     for title, key in cases:
         img = imgs[key][:size, :size]

@@ -10,10 +10,12 @@ rule estimate_flow:
         flow="results/flow/{n}.tif",
         confidence="results/flow/{n}.confidence.tif",
         stats="results/flow/{n}.json",
+        support="results/flow/{n}.support.tif",
     params:
         mode=config["flow_mode"],
         radii=config["flow_radii"],
         max_displacement=config["max_displacement"],
+        hold_changes=config["flow_hold_changes"],
         matching=lambda wc: MATCH[int(wc.n)],
         resolution_ratio=lambda wc: RES_RATIO[MATCH[int(wc.n)]],
     log:

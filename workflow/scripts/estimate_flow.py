@@ -19,5 +19,7 @@ run_step(
         stats_json=snakemake.output.stats,
         resolution_ratio=float(snakemake.params.resolution_ratio),
         model_json=snakemake.input.model,
+        support_tif=snakemake.output.support,
+        hold_changes=bool(snakemake.params.hold_changes),
     ),
 )

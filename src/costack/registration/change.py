@@ -121,10 +121,9 @@ def featureless(moments: np.ndarray, share: float, window: int = 3) -> np.ndarra
     """Blocks whose neighbourhood (``window`` x ``window`` blocks) is featureless in both
     images: local variance under ``share`` of the image's median local variance, in each."""
     out = np.ones(moments.shape[:2], bool)
+    box = ndimage.uniform_filter(moments.astype(np.float32), (window, window, 1), mode="nearest")
     for k in (0, 3):
-        n, s1, s2 = (ndimage.uniform_filter(moments[..., k + i].astype(np.float32), window,
-                                            mode="nearest")
-                     for i in range(3))  # fmt: skip
+        n, s1, s2 = box[..., k], box[..., k + 1], box[..., k + 2]
         with np.errstate(invalid="ignore", divide="ignore"):
             var = s2 / n - (s1 / n) ** 2
         ok = n > 0.5 * moments[..., k].max()

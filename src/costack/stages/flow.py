@@ -102,12 +102,13 @@ def run_flow(
                         "own global search", sec_tif, seed_note)  # fmt: skip
             tp_model = None
     if grid.width * grid.height > TILED_ABOVE:
-        if masks is not None or hold_changes:
-            log.warning("flow %s: a scene-sized grid flows by tiles, without masks and not held "
-                        "to its surroundings where unsupported", sec_tif)  # fmt: skip
+        if masks is not None:
+            log.warning("flow %s: a scene-sized grid flows by tiles, without the masks (each "
+                        "tile is still held to its surroundings where unsupported)",
+                        sec_tif)  # fmt: skip
         return _run_flow_tiled(
             ref_tif, sec_tif, out_tif, confidence_tif, params, stats_json, resolution_ratio,
-            tp_model, model_json, seed_note, mode_choice,
+            tp_model, model_json, seed_note, mode_choice, support_tif, hold_changes,
         )  # fmt: skip
     ref, grid, ref_nd = read_float32(ref_tif)
     sec, _, sec_nd = read_float32(sec_tif)
@@ -131,6 +132,9 @@ def run_flow(
             init = (init[0][window], init[1][window])
     ref, sec, overlap = apply_exclusions(ref, sec, *excluded)
     res, start = _estimate_with_start(ref, sec, params, init)
+    # the flow's own known share (before any hold fills its unknown pixels): the verdict's
+    # min_flow_valid judges the data's own match
+    own_known = int(np.isfinite(res.dx).sum())
     res, held = hold_result(res, ref, sec, overlap) if hold_changes else (res, None)
     if window is not None:
         res = _embed(res, window, full_shape)
@@ -162,7 +166,7 @@ def run_flow(
         "levels": res.stats.get("levels"),
         "reference_blur_sigma": round(blur, 3),
         "global_shift": [float(x) for x in res.stats.get("global_shift_coarse", (0, 0))],
-        "valid_fraction": float(valid.mean()),
+        "valid_fraction": own_known / valid.size,
         "mean_dx": float(np.nanmean(res.dx)) if valid.any() else None,
         "mean_dy": float(np.nanmean(res.dy)) if valid.any() else None,
         "mean_confidence": float(res.confidence[valid].mean()) if valid.any() else None,
@@ -241,7 +245,7 @@ def _estimate_with_start(ref, sec, params: FlowParams, init):
 
 def _run_flow_tiled(
     ref_tif, sec_tif, out_tif, confidence_tif, params, stats_json, ratio, tp_model=None,
-    model_json=None, seed_note=None, mode_choice=None,
+    model_json=None, seed_note=None, mode_choice=None, support_tif=None, hold_changes=False,
 ):  # fmt: skip
     """:func:`run_flow` for scene-sized grids (see :mod:`costack.stages._tiled`); an accepted
     tie-point model ``tp_model`` seeds the coarse pass."""
@@ -253,12 +257,17 @@ def _run_flow_tiled(
     conf = confidence_tif or str(Path(out_tif).with_suffix("")) + ".confidence.tif"
     tags = flow_tags(params.mode, ref_tif, sec_tif)
     tiled = flow_tiled(ref_tif, sec_tif, out_tif, conf, params, ref_filter=ref_filter,
-                       seed_model=tp_model, tags=tags)  # fmt: skip
+                       seed_model=tp_model, tags=tags, support_tif=support_tif,
+                       hold_changes=hold_changes)  # fmt: skip
     stats = {"mode": params.mode, "mode_choice": mode_choice, "params": params.to_dict(),
              "seconds": tiled["seconds"],
              "tiled": tiled, "reference_blur_sigma": round(blur, 3),
              "tiepoint_model": str(model_json) if tp_model is not None else None,
-             "tiepoint_model_refused": seed_note}  # fmt: skip
+             "tiepoint_model_refused": seed_note,
+             "change": {"held": hold_changes, "masks": {"reference": False, "secondary": False},
+                        "unsupported_fraction": tiled.get("unsupported_fraction")}}  # fmt: skip
+    if not hold_changes:
+        del stats["change"]["unsupported_fraction"]
     if stats_json:
         write_json(stats_json, stats)
     return stats
