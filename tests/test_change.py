@@ -160,3 +160,37 @@ def test_tiled_flow_holds_each_tile(tmp_path):
         assert (src.read(1)[inside] < 0.5).mean() > 0.9
     with rasterio.open(tmp_path / "sFalse.tif") as src:
         assert (src.read(1) == 1).all()
+
+
+def test_demo_publishes_where_registration_came_from_the_surroundings(demo_run):
+    """The demo run: each secondary's support raster is a COG asset of the item with the role
+    ``registration-support`` and a description; its share is in the item, the QC summary and
+    the report's table; it agrees with the raster itself."""
+    import pystac
+
+    from costack.io.cog import is_valid_cog
+
+    res = demo_run / "results"
+    item = pystac.Item.from_file(str(res / "stack/costack-demo.json"))
+    summary = json.loads((res / "qc/summary.json").read_text())
+    for n in ("2", "3"):
+        asset = item.assets[f"support:{n}"]
+        assert asset.roles == ["metadata", "registration-support"]
+        assert "stable surroundings" in asset.extra_fields["description"]
+        assert is_valid_cog(asset.get_absolute_href())
+        share = json.loads((res / f"flow/{n}.json").read_text())["change"][
+            "unsupported_fraction"]  # fmt: skip
+        assert asset.extra_fields["costack:unsupported_fraction"] == share
+        reg = item.properties["costack:registration"]["datasets"][n]
+        assert reg["change"]["unsupported_fraction"] == share
+        assert summary[n]["unsupported_fraction"] == share
+        with rasterio.open(asset.get_absolute_href()) as src:
+            support = src.read(1)
+            assert src.tags()["costack_flow_secondary"].startswith(f"{n}.")
+        with (
+            rasterio.open(res / "colocated/1.nir.tif") as a,
+            rasterio.open(next((res / "colocated").glob(f"{n}.*.tif"))) as b,
+        ):
+            overlap = np.isfinite(a.read(1)) & np.isfinite(b.read(1))
+        assert abs((support[overlap] < 0.5).mean() - share) < 0.02
+        assert share < 0.5 and summary[n]["verdict"] != "fail"

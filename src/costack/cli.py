@@ -315,8 +315,9 @@ def cmd_catalog(args: argparse.Namespace) -> None:
     for spec in args.flow:
         n, sep, rest = spec.partition("=")
         parts = rest.split(",")
-        if not sep or not n.isdigit() or len(parts) != 3:
-            raise CostackError("--flow", f"{spec!r} is not N=DISPLACEMENT,CONFIDENCE,STATS",
+        if not sep or not n.isdigit() or len(parts) not in (3, 4):
+            raise CostackError("--flow", f"{spec!r} is not N=DISPLACEMENT,CONFIDENCE,STATS"
+                               "[,SUPPORT]",
                                "write e.g. 2=results/stack/2-displacement.tif,"
                                "results/stack/2-confidence.tif,results/flow/2.json")  # fmt: skip
         flows[int(n)] = tuple(parts)
@@ -571,8 +572,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--flow",
         action="append",
         default=[],
-        metavar="N=DISPLACEMENT,CONFIDENCE,STATS",
-        help="dataset N's flow COGs and results/flow/N.json; repeat",
+        metavar="N=DISPLACEMENT,CONFIDENCE,STATS[,SUPPORT]",
+        help="dataset N's flow COGs and results/flow/N.json, and its support COG "
+        "(results/stack/N-support.tif: where registration came from the surroundings); repeat",
     )
     p.add_argument(
         "--qc",

@@ -169,7 +169,7 @@ def flow_tiled(
             with (
                 rasterio.open(tmp_flow, "w", **out_profile) as dst,
                 rasterio.open(tmp_conf, "w", **dict(out_profile, count=1)) as cdst,
-                _maybe_open(tmp_sup, dict(out_profile, count=1)) as sdst,
+                _maybe_open(tmp_sup, dict(out_profile, count=1), tags) as sdst,
             ):
                 dst.set_band_description(1, "dx (columns)")
                 dst.set_band_description(2, "dy (rows)")
@@ -226,14 +226,17 @@ def flow_tiled(
 
 
 @contextlib.contextmanager
-def _maybe_open(path: str | Path | None, profile: dict):
-    """A raster opened for writing at ``path``, or None when there is none."""
+def _maybe_open(path: str | Path | None, profile: dict, tags: dict[str, str] | None):
+    """The support raster opened for writing at ``path`` (tagged with the flow's pair), or None
+    when there is none."""
     if path is None:
         yield None
         return
     with rasterio.open(path, "w", **profile) as dst:
         dst.set_band_description(1, "support")
-        dst.update_tags(costack_support=SUPPORT_MEANING)
+        pair = {k: v for k, v in (tags or {}).items()
+                if k in ("costack_flow_reference", "costack_flow_secondary")}  # fmt: skip
+        dst.update_tags(costack_support=SUPPORT_MEANING, **pair)
         yield dst
 
 

@@ -155,7 +155,10 @@ def run_flow(
         _write_flow_file(*flow_out)
     if support_tif:
         support = support_on_grid(held, window, full_shape)
-        write_float32(support_tif, support, grid, tags={"costack_support": SUPPORT_MEANING},
+        pair = {k: v for k, v in tags.items()
+                if k in ("costack_flow_reference", "costack_flow_secondary")}  # fmt: skip
+        write_float32(support_tif, support, grid,
+                      tags={"costack_support": SUPPORT_MEANING, **pair},
                       band_descriptions=["support"])  # fmt: skip
     valid = np.isfinite(res.dx)
     stats = {

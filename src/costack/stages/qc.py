@@ -510,6 +510,7 @@ class VerdictThresholds:
     min_flow_valid: float = 0.5  # flow known over this share of the overlap; below: fail
     max_diverged: float = 0.1  # share of the grid where the flow diverged; above: fail
     max_model_disagreement_px: float = 1.0  # tie-point model vs flow mean shift; above: warn
+    max_unsupported: float = 0.5  # overlap registered from the surroundings; above: warn
 
 
 def judge(
@@ -559,6 +560,11 @@ def judge(
     if diverged is not None and diverged > t.max_diverged:
         fails.append(f"flow diverged on {diverged:.0%} of the grid (max_diverged "
                      f"{t.max_diverged:.0%})")  # fmt: skip
+    unsupported = (flow.get("change") or {}).get("unsupported_fraction")
+    if unsupported is not None and unsupported > t.max_unsupported:
+        warns.append(f"registered from the stable surroundings on {unsupported:.0%} of the "
+                     f"overlap (the images did not support a match there: change, clouds, "
+                     f"masks; max_unsupported {t.max_unsupported:.0%})")  # fmt: skip
     coverage = qc.get("coverage")
     if coverage is not None and coverage < t.min_coverage:
         warns.append(f"covers {coverage:.1%} of the grid (min_coverage {t.min_coverage:.0%})")
@@ -614,7 +620,11 @@ def merge_summaries(
         for n, qc in summary.items():
             path = (models or {}).get(n)
             model = read_model(path) if path else TiePointModel.none()
-            qc.update(judge(qc, load(flows.get(n)), model, t))
+            flow = load(flows.get(n))
+            unsupported = (flow.get("change") or {}).get("unsupported_fraction")
+            if unsupported is not None:  # registered from the surroundings (issue 35)
+                qc["unsupported_fraction"] = unsupported
+            qc.update(judge(qc, flow, model, t))
             if labels and n in labels:
                 qc["label"] = labels[n]
     write_json(out_json, summary)
