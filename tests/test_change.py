@@ -169,6 +169,7 @@ def test_demo_publishes_where_registration_came_from_the_surroundings(demo_run):
     import pystac
 
     from costack.io.cog import is_valid_cog
+    from costack.io.rasters import read_float32
 
     res = demo_run / "results"
     item = pystac.Item.from_file(str(res / "stack/costack-demo.json"))
@@ -176,7 +177,7 @@ def test_demo_publishes_where_registration_came_from_the_surroundings(demo_run):
     for n in ("2", "3"):
         asset = item.assets[f"support:{n}"]
         assert asset.roles == ["metadata", "registration-support"]
-        assert "stable surroundings" in asset.extra_fields["description"]
+        assert "stable surroundings" in asset.description
         assert is_valid_cog(asset.get_absolute_href())
         share = json.loads((res / f"flow/{n}.json").read_text())["change"][
             "unsupported_fraction"]  # fmt: skip
@@ -187,10 +188,152 @@ def test_demo_publishes_where_registration_came_from_the_surroundings(demo_run):
         with rasterio.open(asset.get_absolute_href()) as src:
             support = src.read(1)
             assert src.tags()["costack_flow_secondary"].startswith(f"{n}.")
-        with (
-            rasterio.open(res / "colocated/1.nir.tif") as a,
-            rasterio.open(next((res / "colocated").glob(f"{n}.*.tif"))) as b,
-        ):
-            overlap = np.isfinite(a.read(1)) & np.isfinite(b.read(1))
+        ref, _, _ = read_float32(res / "colocated/1.nir.tif")
+        sec, _, _ = read_float32(next((res / "colocated").glob(f"{n}.*.tif")))
+        overlap = np.isfinite(ref) & np.isfinite(sec)
         assert abs((support[overlap] < 0.5).mean() - share) < 0.02
         assert share < 0.5 and summary[n]["verdict"] != "fail"
+
+
+STAC_ITEMS = SHARED_DATA / "stac_items"
+
+
+@pytest.mark.skipif(not STAC_ITEMS.exists(), reason="../shared/data/stac_items absent")
+@pytest.mark.parametrize(
+    ("stem", "expected"),
+    [
+        ("earthsearch-landsat-c2-l2", ("qa_pixel", "qa_pixel")),
+        ("earthsearch-sentinel-2-c1-l2a", ("scl", "scl")),
+        ("earthsearch-sentinel-2-l2a__S2A", ("scl", "scl")),
+        ("earthsearch-sentinel-2-l2a__S2B", ("scl", "scl")),
+        ("pc-sentinel-2-l2a__S2A", ("SCL", "scl")),
+        ("pc-sentinel-2-l2a__S2B", ("SCL", "scl")),
+    ],
+)
+def test_real_items_resolve_their_quality_masks(stem, expected):
+    """Each real item's quality layer is found (by key; a COG, not its JP2 twin), with pystac
+    as the workflow reads items; an item without one answers None, not an error."""
+    import pystac
+
+    from costack.io.masks import find_mask_asset
+
+    path = next(STAC_ITEMS.glob(f"{stem}*.json"))
+    item = pystac.Item.from_file(str(path))
+    assert find_mask_asset(item.assets, item.id) == expected
+    assert find_mask_asset(json.loads(path.read_text())["assets"]) == expected
+    others = {k: a for k, a in item.assets.items() if k.lower() not in ("scl", "qa_pixel")}
+    if stem.startswith("earthsearch-landsat"):  # by its roles when the key is another's
+        assert find_mask_asset({"pq": item.assets["qa_pixel"], **others}) == ("pq", "qa_pixel")
+    assert find_mask_asset(others) is None
+
+
+S2_ITEM = "earthsearch-sentinel-2-c1-l2a__S2B_T20EPT_20250731T131905_L2A.json"
+
+
+def _clouds(img: np.ndarray, seed: int = 3):
+    """The secondary under the field with bright clouds and their shadows (in its own
+    geometry), their footprint on the reference grid, and what a Sentinel-2 L2A SCL would say
+    of it at 20 m (9/8/10 clouds by opacity, 3 shadows, 4/5 elsewhere)."""
+    sec, truth = displace(img, field(img.shape), order=5)
+    sec = np.where(np.isfinite(sec), sec, 0).astype(np.float32)
+    rng = np.random.default_rng(seed)
+    n = ndimage.gaussian_filter(rng.standard_normal(img.shape), 24.0, mode="wrap")
+    n /= n.std()
+    alpha = ndimage.gaussian_filter(np.clip((n - np.quantile(n, 0.9)) / 0.6, 0, 1), 3.0)
+    shadow = 0.6 * np.roll(alpha, (27, 41), axis=(0, 1))
+    hi = np.percentile(img, 98)
+    sec = (sec * (1 - shadow) * (1 - alpha) + 1.1 * hi * alpha).astype(np.float32)
+    h, w = img.shape
+    a = alpha.reshape(h // 2, 2, w // 2, 2).mean((1, 3))
+    s = shadow.reshape(h // 2, 2, w // 2, 2).mean((1, 3))
+    scl = np.full(a.shape, 4, np.uint8)
+    scl[s > 0.2] = 3
+    scl[a > 0.2] = 10
+    scl[a > 0.35] = 8
+    scl[a > 0.65] = 9
+    row, col = np.mgrid[0:h, 0:w].astype(np.float64)
+    hit = ((alpha > 0.05) | (shadow > 0.05)).astype(np.float32)
+    under = ndimage.map_coordinates(hit, [row + truth[1], col + truth[0]], order=1) > 0.5
+    return sec, truth, under, scl
+
+
+def _localised_s2_item(tmp_path, scl: np.ndarray):
+    """The real Sentinel-2 L2A item, its scl asset pointed at a GeoTIFF made as the item
+    declares it (EPSG:32720, 20 m from the tile's origin, uint8, nodata 0)."""
+    import pystac
+
+    item = pystac.Item.from_file(str(STAC_ITEMS / S2_ITEM))
+    asset = item.assets["scl"]
+    t = asset.extra_fields["proj:transform"]
+    write_raster(tmp_path / "SCL.tif", scl, crs=rasterio.crs.CRS.from_epsg(32720),
+                 transform=Affine(*t[:6]), nodata=0)  # fmt: skip
+    asset.href = str(tmp_path / "SCL.tif")
+    return item
+
+
+@needs_optical
+@pytest.mark.skipif(not STAC_ITEMS.exists(), reason="../shared/data/stac_items absent")
+def test_item_scl_mask_holds_the_clouds(tmp_path):
+    """Clouds and shadows over 15 % of a real orthophoto, with the SCL the real Sentinel-2 L2A
+    item's ``scl`` asset provides: found by key, co-located once (nearest) on a 10 m grid, its
+    cloud, cirrus and shadow classes excluded; with it the flow under the clouds is <= 0.05 px
+    (the issue's figure), and the stacked secondary itself is untouched (a mask never alters
+    values)."""
+    from costack.io.grids import Grid
+    from costack.io.masks import Exclusions, find_mask_asset
+    from costack.stages.colocate import run_colocate_mask
+
+    img = optical()
+    sec, truth, under, scl = _clouds(img)
+    item = _localised_s2_item(tmp_path, scl)
+    key, kind = find_mask_asset(item.assets, item.id)
+    t = item.assets["scl"].extra_fields["proj:transform"]
+    grid = Grid(rasterio.crs.CRS.from_epsg(32720), Affine(10, 0, t[2], 0, -10, t[5]), SIZE, SIZE)
+    grid.save(tmp_path / "grid.json")
+    info = run_colocate_mask(tmp_path / "grid.json", tmp_path / "mask.tif", 2,
+                             {"key": key, "kind": kind,
+                              "href": item.assets[key].get_absolute_href()})  # fmt: skip
+    with rasterio.open(tmp_path / "mask.tif") as src:
+        mask = src.read(1)
+        assert src.tags()["costack_mask_kind"] == "binary"
+    expected = np.repeat(np.repeat(np.isin(scl, (0, 1, 3, 8, 9, 10, 11)), 2, 0), 2, 1)
+    np.testing.assert_array_equal(mask.astype(bool), expected)
+    assert info["item"]["excluded_fraction"] == pytest.approx(expected.mean(), abs=1e-4)
+    for name, arr in (("ref.tif", img), ("sec.tif", sec)):
+        write_raster(tmp_path / name, arr, crs=grid.crs, transform=grid.transform)
+    before = (tmp_path / "sec.tif").read_bytes()
+    inside = interior(img.shape, 16) & under
+    errors = {}
+    for masked in (True, False):
+        masks = Exclusions(secondary=(str(tmp_path / "mask.tif"), "auto")) if masked else None
+        stats = run_flow(tmp_path / "ref.tif", tmp_path / "sec.tif", tmp_path / "f.tif",
+                         masks=masks)  # fmt: skip
+        f = _flow(tmp_path / "f.tif")
+        errors[masked] = np.hypot(f[0] - truth[0], f[1] - truth[1])[inside]
+        assert stats["change"]["masks"]["secondary"] is masked
+    assert errors[True].mean() <= 0.05, errors[True].mean()
+    assert errors[True].mean() < errors[False].mean()
+    assert stats["change"].get("masked_fraction", 0) == 0
+    assert (tmp_path / "sec.tif").read_bytes() == before
+
+
+def test_unreadable_mask_is_one_line_and_absent_is_none(tmp_path, capsys):
+    """A mask that cannot be read stops `costack flow` with one line naming it, before any
+    output; no mask given is no mask (not an error)."""
+    from conftest import scene
+
+    from costack.cli import main
+
+    img = scene(96, 96)
+    for name, arr in (("ref.tif", img), ("sec.tif", np.roll(img, 1, 1))):
+        write_raster(tmp_path / name, arr, transform=TRANSFORM)
+    (tmp_path / "bad.tif").write_bytes(b"II*\x00 not a tiff")
+    out = tmp_path / "o.tif"
+    argv = ["flow", str(tmp_path / "ref.tif"), str(tmp_path / "sec.tif"), str(out)]
+    assert main([*argv, "--mask-secondary", str(tmp_path / "bad.tif")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("costack: error: mask (secondary):"), err
+    assert not out.exists() and not (tmp_path / "o.support.tif").exists()
+    assert main([*argv, "--exclude", "POINT(3 45)"]) == 2
+    assert capsys.readouterr().err.startswith("costack: error: --exclude: ")
+    assert main(argv) == 0 and out.exists()

@@ -6,6 +6,8 @@ rule estimate_flow:
         ref=f"results/colocated/{REF}.tif",
         sec=lambda wc: f"results/colocated/{MATCH[int(wc.n)]}.tif",
         model="results/tiepoints/{n}.model.json",
+        ref_mask=lambda wc: mask_of(REF_DATASET),
+        sec_mask=lambda wc: mask_of(wc.n),
     output:
         flow="results/flow/{n}.tif",
         confidence="results/flow/{n}.confidence.tif",

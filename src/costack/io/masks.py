@@ -195,3 +195,128 @@ def rasterize_polygons(geoms: list[dict], grid: Grid) -> np.ndarray:
     on_grid = [transform_geom("EPSG:4326", grid.crs, g) for g in geoms]
     return geometry_mask(on_grid, out_shape=(grid.height, grid.width),
                          transform=grid.transform, invert=True)  # fmt: skip
+
+
+#: asset keys of the items' quality layers (case-insensitive) and their kind: Earth Search and
+#: Planetary Computer name Sentinel-2 L2A's scene classification ``scl``/``SCL`` and Landsat
+#: Collection 2's pixel quality ``qa_pixel``/``QA_PIXEL``
+MASK_ASSET_KEYS = {"scl": "scl", "qa_pixel": "qa_pixel"}
+
+
+def find_mask_asset(assets: dict, item_id: str = "item") -> tuple[str, str] | None:
+    """The item's quality-mask asset as (key, kind), or None when it has none (not an error).
+
+    ``assets``: the item's assets (``pystac.Item.assets`` or the JSON's ``assets`` mapping).
+    By key (``scl``/``SCL``, ``qa_pixel``/``QA_PIXEL``), a COG over other encodings
+    (``scl`` over ``scl-jp2``); else by role: an asset with the roles ``cloud`` and
+    ``cloud-shadow`` and classification bit fields is a Landsat-style ``qa_pixel``."""
+
+    def fields(a) -> dict:
+        return a if isinstance(a, dict) else {**a.extra_fields, "roles": a.roles or [],
+                                              "type": a.media_type}  # fmt: skip
+
+    for key in assets:
+        kind = MASK_ASSET_KEYS.get(key.lower())
+        if kind:
+            return key, kind
+    for key, a in assets.items():
+        f = fields(a)
+        roles = {r.lower() for r in f.get("roles") or []}
+        if {"cloud", "cloud-shadow"} <= roles and f.get("classification:bitfields"):
+            return key, "qa_pixel"
+    return None
+
+
+def warp_to_grid(path: str, grid: Grid, parameter: str = "mask") -> np.ndarray:
+    """A mask layer's values on ``grid`` by nearest-neighbour resampling (classes and bit
+    fields must not be interpolated); outside the layer its nodata, else 0. A layer that
+    cannot be read is a one-line error naming ``parameter``."""
+    from rasterio.enums import Resampling
+    from rasterio.warp import reproject
+
+    try:
+        with rasterio.open(path) as src:
+            nodata = src.nodata
+            dtype = src.dtypes[0]
+            out = np.full((grid.height, grid.width), 0 if nodata is None else nodata, dtype)
+            reproject(
+                rasterio.band(src, 1),
+                out,
+                dst_transform=grid.transform,
+                dst_crs=grid.crs,
+                dst_nodata=nodata,
+                resampling=Resampling.nearest,
+            )
+    except (OSError, rasterio.errors.RasterioError) as err:
+        text = " ".join(str(err).split())[:200]
+        raise CostackError(parameter, f"{path} cannot be read as a mask ({text})",
+                           "give a readable single-band raster, or none") from err  # fmt: skip
+    return out
+
+
+def is_polygons(text: str) -> bool:
+    """Whether a user mask is given as polygons (WKT, GeoJSON, a .geojson/.json file) rather
+    than a raster."""
+    s = text.strip()
+    return s.startswith(("{", "POLYGON", "MULTIPOLYGON", "polygon", "multipolygon")) or \
+        s.lower().endswith((".geojson", ".json"))  # fmt: skip
+
+
+def check_user_mask(text: str, parameter: str) -> None:
+    """Refuse, in one line, a user mask that is neither an existing raster nor polygons."""
+    if is_polygons(text):
+        parse_polygons(text, parameter)
+    elif not Path(text).is_file():
+        raise CostackError(parameter, f"{text[:80]!r} is neither a raster file nor polygons",
+                           "give a mask raster (non-zero = excluded) or WKT/GeoJSON polygons "
+                           "in EPSG:4326")  # fmt: skip
+
+
+def dataset_mask(
+    grid: Grid,
+    item_mask: dict[str, str] | None = None,
+    user_mask: str | None = None,
+    scl_classes: tuple[int, ...] = SCL_EXCLUDE,
+    qa_bits: tuple[int, ...] = QA_PIXEL_EXCLUDE_BITS,
+    dataset: int | str = "",
+) -> tuple[np.ndarray, dict]:
+    """A dataset's excluded pixels on ``grid`` (bool) from its item's quality layer
+    (``{"href", "kind"}``: classes or bits resampled by nearest neighbour, then interpreted)
+    and the user's mask (a raster, non-zero excluded, or polygons); and what each excluded."""
+    out = np.zeros((grid.height, grid.width), bool)
+    info: dict = {}
+    if item_mask:
+        values = warp_to_grid(item_mask["href"], grid, f"item mask of dataset {dataset}")
+        m = interpret(values, item_mask["kind"], None, scl_classes, qa_bits)
+        info["item"] = {"asset": item_mask.get("key"), "kind": item_mask["kind"],
+                        "excluded_fraction": round(float(m.mean()), 4)}  # fmt: skip
+        out |= m
+    if user_mask:
+        param = f"masks[{dataset}]"
+        check_user_mask(user_mask, param)
+        if is_polygons(user_mask):
+            m = rasterize_polygons(parse_polygons(user_mask, param), grid)
+        else:
+            values = warp_to_grid(user_mask, grid, param)
+            with rasterio.open(user_mask) as src:
+                nodata = src.nodata
+            m = interpret(values, "binary", nodata)
+        info["user"] = {"excluded_fraction": round(float(m.mean()), 4)}
+        out |= m
+    return out, info
+
+
+def rule_exclusions(ref_mask, sec_mask) -> Exclusions | None:
+    """The :class:`Exclusions` of a rule's co-located masks (``results/masks/N.tif``; a path or
+    an empty input each), or None when neither dataset is masked."""
+
+    def one(x) -> str | None:
+        if isinstance(x, str | Path):
+            return str(x) or None
+        return str(x[0]) if x else None
+
+    ref, sec = one(ref_mask), one(sec_mask)
+    if ref is None and sec is None:
+        return None
+    return Exclusions(reference=(ref, "binary") if ref else None,
+                      secondary=(sec, "binary") if sec else None)  # fmt: skip

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from costack.io.files import write_json
-from costack.io.masks import Exclusions
+from costack.io.masks import Exclusions, rule_exclusions
 from costack.io.rasters import costack_tags, read_float32, require_colocated, write_float32
 from costack.limits import TILED_ABOVE
 from costack.registration.change import (
@@ -42,7 +42,7 @@ from costack.registration.overlap import OVERLAP_MARGIN, overlap_window
 from costack.stages._common import decide_mode, read_model
 
 __all__ = ["FlowParams", "FlowResult", "adapt_to_resolution", "estimate_flow",
-           "reference_blur", "resolve_mode", "run_flow"]  # fmt: skip
+           "reference_blur", "resolve_mode", "rule_exclusions", "run_flow"]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -157,9 +157,15 @@ def run_flow(
         support = support_on_grid(held, window, full_shape)
         pair = {k: v for k, v in tags.items()
                 if k in ("costack_flow_reference", "costack_flow_secondary")}  # fmt: skip
-        write_float32(support_tif, support, grid,
-                      tags={"costack_support": SUPPORT_MEANING, **pair},
-                      band_descriptions=["support"])  # fmt: skip
+        try:
+            write_float32(support_tif, support, grid,
+                          tags={"costack_support": SUPPORT_MEANING, **pair},
+                          band_descriptions=["support"])  # fmt: skip
+        except BaseException:
+            for path in (out_tif, confidence_tif):  # the flow without its evidence: neither
+                if path:
+                    Path(path).unlink(missing_ok=True)
+            raise
     valid = np.isfinite(res.dx)
     stats = {
         "mode": params.mode,

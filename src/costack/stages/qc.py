@@ -26,7 +26,7 @@ from costack.errors import CostackError, printable
 from costack.io.files import write_json
 from costack.io.grids import Grid
 from costack.io.manifest import dataset_labels  # noqa: F401 (the rule script's labels)
-from costack.io.masks import Exclusions
+from costack.io.masks import Exclusions, rule_exclusions  # noqa: F401 (the rule script's)
 from costack.io.rasters import costack_tags, read_float32, require_colocated
 from costack.limits import (
     QC_BLOCK_BYTES,

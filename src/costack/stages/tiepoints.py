@@ -44,7 +44,7 @@ from scipy import ndimage
 
 from costack.errors import CostackError
 from costack.io.manifest import registration_label  # noqa: F401 (the rule script's label)
-from costack.io.masks import Exclusions
+from costack.io.masks import Exclusions, rule_exclusions  # noqa: F401 (the rule script's)
 from costack.limits import TIEPOINT_IN_MEMORY_PIXELS
 from costack.registration.change import apply_exclusions
 from costack.registration.imaging import masked_blur, resolution_sigma
