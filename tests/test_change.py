@@ -337,3 +337,61 @@ def test_unreadable_mask_is_one_line_and_absent_is_none(tmp_path, capsys):
     assert main([*argv, "--exclude", "POINT(3 45)"]) == 2
     assert capsys.readouterr().err.startswith("costack: error: --exclude: ")
     assert main(argv) == 0 and out.exists()
+
+
+def test_mask_defaults_are_one_source():
+    """The schema's defaults, the CLI's and the code's classes and bits are the same."""
+    from costack.cli import build_parser
+    from costack.config import load_schema
+    from costack.io.masks import QA_PIXEL_EXCLUDE_BITS, SCL_EXCLUDE
+
+    props = load_schema()["properties"]
+    assert tuple(props["mask_scl_classes"]["default"]) == SCL_EXCLUDE
+    assert tuple(props["mask_qa_pixel_bits"]["default"]) == QA_PIXEL_EXCLUDE_BITS
+    assert props["item_masks"]["default"] is True and props["flow_hold_changes"]["default"]
+    args = build_parser().parse_args(["flow", "a.tif", "b.tif", "o.tif"])
+    assert args.mask_scl_classes == ",".join(map(str, SCL_EXCLUDE))
+    assert args.mask_qa_pixel_bits == ",".join(map(str, QA_PIXEL_EXCLUDE_BITS))
+    assert args.no_hold is False
+
+
+@pytest.mark.workflow
+def test_workflow_user_mask_polygon(demo_run, tmp_path):
+    """The demo with a user's polygon over part of dataset 2 (config ``masks``): the mask is
+    co-located once (results/masks/2.tif) and reaches the tie points', flow's and QC's jobs;
+    the flow says so; the stacked values of dataset 2 are not masked (same valid pixels as the
+    demo's); a polygon that is not one stops the run in one line before any job."""
+    from conftest import demo_config, run_snakemake
+    from rasterio.warp import transform_bounds
+
+    from costack.io.grids import Grid
+
+    grid = Grid.load(demo_run / "results/grid/grid.json")
+    w, s, e, n = transform_bounds(grid.crs, "EPSG:4326", *grid.bounds)
+    x0, x1, y0, y1 = w + 0.4 * (e - w), w + 0.7 * (e - w), s + 0.4 * (n - s), s + 0.7 * (n - s)
+    wkt = f"POLYGON(({x0} {y0}, {x1} {y0}, {x1} {y1}, {x0} {y1}, {x0} {y0}))"
+    cfg = demo_config()
+    cfg["masks"] = {2: "POINT(3 45)"}
+    proc = run_snakemake(tmp_path / "bad", cfg)
+    assert proc.returncode != 0
+    assert "costack: error: masks[2]:" in proc.stderr
+    assert not (tmp_path / "bad/results").exists()
+    cfg["masks"] = {2: wkt}
+    proc = run_snakemake(tmp_path / "run", cfg)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = tmp_path / "run/results"
+    with rasterio.open(res / "masks/2.tif") as src:
+        share = src.read(1).mean()
+    assert 0.05 < share < 0.15  # the polygon: 0.3 x 0.3 of the grid's bounds
+    assert not (res / "masks/1.tif").exists() and not (res / "masks/3.tif").exists()
+    change = json.loads((res / "flow/2.json").read_text())["change"]
+    assert change["masks"] == {"reference": False, "secondary": True}
+    assert change["masked_fraction"] > 0.05
+    for log in ("match_tiepoints/2.log", "estimate_flow/2.log", "assess_registration/2.log"):
+        assert (tmp_path / "run/logs" / log).exists()
+    for key in ("2.nir", "2.red"):
+        with (
+            rasterio.open(res / f"stack/{key}.tif") as a,
+            rasterio.open(demo_run / f"results/stack/{key}.tif") as b,
+        ):
+            np.testing.assert_array_equal(np.isnan(a.read(1)), np.isnan(b.read(1)))

@@ -176,6 +176,10 @@ def _add_mask_options(p: argparse.ArgumentParser) -> None:
         "(bits 0-5 excluded), binary (non-zero excluded); auto: the raster's costack_mask_kind "
         "tag (the workflow writes it), else binary",
     )  # fmt: skip
+    p.add_argument("--mask-scl-classes", metavar="LIST", default="0,1,3,8,9,10,11",
+                   help="SCL classes excluded (the workflow's mask_scl_classes)")  # fmt: skip
+    p.add_argument("--mask-qa-pixel-bits", metavar="LIST", default="0,1,2,3,4,5",
+                   help="QA_PIXEL bits excluded (the workflow's mask_qa_pixel_bits)")  # fmt: skip
     p.add_argument(
         "--exclude", metavar="WKT|GEOJSON",
         help="polygons (EPSG:4326, lon/lat) excluded in both images: WKT, GeoJSON or a "
@@ -193,10 +197,20 @@ def _exclusions(args: argparse.Namespace):
                       ("--mask-secondary", args.mask_secondary)):  # fmt: skip
         if path and not Path(path).exists():
             raise CostackError(opt, f"{path} does not exist", "give a mask raster on the grid")
+
+    def ints(text: str, opt: str) -> tuple[int, ...]:
+        try:
+            return tuple(int(x) for x in text.split(",") if x.strip())
+        except ValueError:
+            raise CostackError(opt, f"{text!r} is not a comma-separated list of integers",
+                               "write e.g. 3,8,9,10") from None  # fmt: skip
+
     return Exclusions(
         reference=(args.mask_reference, args.mask_kind) if args.mask_reference else None,
         secondary=(args.mask_secondary, args.mask_kind) if args.mask_secondary else None,
         polygons=tuple(parse_polygons(args.exclude, "--exclude")) if args.exclude else (),
+        scl_classes=ints(args.mask_scl_classes, "--mask-scl-classes"),
+        qa_bits=ints(args.mask_qa_pixel_bits, "--mask-qa-pixel-bits"),
     )
 
 

@@ -23,6 +23,8 @@ if "--unlock" in sys.argv and live_run(RUN_PID):
         "folder and holds the lock; wait for it to end or stop it (kill it), then unlock"
     )
 
+if isinstance(config.get("masks"), dict):  # YAML's integer keys, as JSON Schema's strings
+    config["masks"] = {str(k): v for k, v in config["masks"].items()}
 try:
     # the config files again, strictly: Snakemake's own YAML loader keeps the last of a key
     # given twice without a word (docs/security.md)
@@ -37,8 +39,6 @@ if UNUSED:
 
 if isinstance(config.get("matching_assets"), dict):
     config["matching_assets"] = {str(k): v for k, v in config["matching_assets"].items()}
-if isinstance(config.get("masks"), dict):
-    config["masks"] = {str(k): v for k, v in config["masks"].items()}
 validate(config, schema=str(schema_path()), set_default=True)
 
 CFG, MANIFEST, GRID = PLAN.cfg, PLAN.manifest, PLAN.grid
