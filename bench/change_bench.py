@@ -31,10 +31,11 @@ shadow footprint (alpha or darkening > 0.05), with and without the SCL mask. Mea
 shares beyond 0.5 and 1 px.
 
 Methods: ``costack flow REF SEC OUT`` (its defaults, on GeoTIFFs, in this process), with the
-mask (``--mask-secondary SCL.tif``) when the subcommand takes one; the change-aware prototype
-(``costack.registration.change``) on arrays when present; OpenCV DeepFlow and DIS, pip gefolki
-EFolki and scikit-image iLK (none of them takes a mask). Section 4 times the 2000 x 2000 LIDAR
-pair's default flow, today's and the change-aware one, alternating, median of 3.
+SCL mask (``--mask-secondary SCL.tif --mask-kind scl``); the same with ``--no-hold`` (the flow
+as it was before issue 35: not held to the surroundings); OpenCV DeepFlow and DIS, pip gefolki
+EFolki and scikit-image iLK (none of them takes a mask). Section 0 reruns bench/flow_bench.py's
+stable-scene cases, before and after. Section 4 times the 2000 x 2000 LIDAR pair's in-process
+flow, not held and held, alternating, median of 3.
 
 Usage: ``python bench/change_bench.py [--quick]`` (``pip install -e ".[bench]"``).
 """
@@ -215,7 +216,9 @@ def flow_takes(option: str) -> bool:
     return option in build_parser()._subparsers._group_actions[0].choices["flow"].format_help()
 
 
-def costack_cli(a: np.ndarray, b: np.ndarray, scl: np.ndarray | None = None):
+def costack_cli(
+    a: np.ndarray, b: np.ndarray, scl: np.ndarray | None = None, extra: tuple[str, ...] = ()
+):
     """``costack flow REF SEC OUT`` with its defaults (``--mask-secondary SCL`` when given)."""
     import rasterio
 
@@ -225,7 +228,7 @@ def costack_cli(a: np.ndarray, b: np.ndarray, scl: np.ndarray | None = None):
         t = Path(tmp)
         _write(t / "ref.tif", a)
         _write(t / "sec.tif", b)
-        argv = ["flow", str(t / "ref.tif"), str(t / "sec.tif"), str(t / "out.tif")]
+        argv = ["flow", str(t / "ref.tif"), str(t / "sec.tif"), str(t / "out.tif"), *extra]
         if scl is not None:
             _write(t / "scl.tif", scl, "uint8")
             argv += ["--mask-secondary", str(t / "scl.tif"), "--mask-kind", "scl"]
@@ -257,9 +260,21 @@ def prototype() -> Method | None:
 
 def methods(quick: bool) -> list[tuple[str, Method | None, bool]]:
     """(name, method, takes a mask)."""
+    takes = flow_takes("--mask-secondary")
     out: list[tuple[str, Method | None, bool]] = [
-        ("costack flow (defaults)", costack_cli, flow_takes("--mask-secondary")),
-        ("costack change-aware", prototype(), True),
+        ("costack flow (defaults)", costack_cli, takes),
+    ]
+    if flow_takes("--no-hold"):  # today's flow: not held to the surroundings
+        out.append(
+            (
+                "costack flow --no-hold (before)",
+                lambda a, b, scl=None: costack_cli(a, b, scl, ("--no-hold",)),
+                takes,
+            )
+        )
+    else:
+        out.append(("costack change-aware", prototype(), True))
+    out += [
         ("OpenCV DeepFlow", opencv_method("deepflow"), False),
         ("OpenCV DIS medium", opencv_method("dis"), False),
         ("skimage iLK", ilk, False),
@@ -326,10 +341,10 @@ def timing(img: np.ndarray) -> list[str]:
     sec = np.where(np.isfinite(sec), sec, 0).astype(np.float32)
     from costack.registration.folki import FlowParams, estimate_flow
 
-    runs = {"estimate_flow (auto)": lambda: estimate_flow(big, sec, FlowParams(mode="auto"))}
+    runs = {"flow, not held (before)": lambda: estimate_flow(big, sec, FlowParams(mode="auto"))}
     proto = prototype()
     if proto is not None:
-        runs["change-aware (auto)"] = lambda: proto(big, sec)
+        runs["flow + hold (costack's default)"] = lambda: proto(big, sec)
     for f in runs.values():  # warm
         f()
     times: dict[str, list[float]] = {k: [] for k in runs}
