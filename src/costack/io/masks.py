@@ -147,6 +147,40 @@ class Exclusions:
             out.append(m)
         return out[0], out[1]
 
+    def read_window(self, grid: Grid, window) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """:meth:`read` over a window of the grid (rasterio ``Window``, possibly beyond the
+        grid: nothing is excluded there), for the flow by tiles."""
+        from rasterio.features import geometry_mask
+        from rasterio.warp import transform_geom
+        from rasterio.windows import transform as window_transform
+
+        h, w = int(window.height), int(window.width)
+        area = None
+        if self.polygons:
+            on_grid = [transform_geom("EPSG:4326", grid.crs, g) for g in self.polygons]
+            at = window_transform(window, grid.transform)
+            area = geometry_mask(on_grid, out_shape=(h, w), transform=at, invert=True)
+        out = []
+        for given, name in ((self.reference, "reference"), (self.secondary, "secondary")):
+            m = None
+            if given is not None:
+                path, kind = given
+                try:
+                    with rasterio.open(path) as src:
+                        kind = src.tags().get(KIND_TAG, "binary") if kind == "auto" else kind
+                        values = src.read(1, window=window, boundless=True, fill_value=0)
+                        nodata = src.nodata
+                except (OSError, rasterio.errors.RasterioError) as err:
+                    text = " ".join(str(err).split())[:200]
+                    why = f"{path} cannot be read as a mask ({text})"
+                    raise CostackError(f"mask ({name})", why,
+                                       "give a readable mask raster") from err  # fmt: skip
+                m = interpret(values, kind, nodata, self.scl_classes, self.qa_bits)
+            if area is not None:
+                m = area if m is None else (m | area)
+            out.append(m)
+        return out[0], out[1]
+
 
 def parse_polygons(text: str, parameter: str = "exclude") -> list[dict]:
     """GeoJSON geometries from ``text``: a path to a GeoJSON file, inline GeoJSON (a geometry,

@@ -102,13 +102,9 @@ def run_flow(
                         "own global search", sec_tif, seed_note)  # fmt: skip
             tp_model = None
     if grid.width * grid.height > TILED_ABOVE:
-        if masks is not None:
-            log.warning("flow %s: a scene-sized grid flows by tiles, without the masks (each "
-                        "tile is still held to its surroundings where unsupported)",
-                        sec_tif)  # fmt: skip
         return _run_flow_tiled(
             ref_tif, sec_tif, out_tif, confidence_tif, params, stats_json, resolution_ratio,
-            tp_model, model_json, seed_note, mode_choice, support_tif, hold_changes,
+            tp_model, model_json, seed_note, mode_choice, support_tif, hold_changes, masks,
         )  # fmt: skip
     ref, grid, ref_nd = read_float32(ref_tif)
     sec, _, sec_nd = read_float32(sec_tif)
@@ -255,6 +251,7 @@ def _estimate_with_start(ref, sec, params: FlowParams, init):
 def _run_flow_tiled(
     ref_tif, sec_tif, out_tif, confidence_tif, params, stats_json, ratio, tp_model=None,
     model_json=None, seed_note=None, mode_choice=None, support_tif=None, hold_changes=False,
+    masks=None,
 ):  # fmt: skip
     """:func:`run_flow` for scene-sized grids (see :mod:`costack.stages._tiled`); an accepted
     tie-point model ``tp_model`` seeds the coarse pass."""
@@ -267,13 +264,16 @@ def _run_flow_tiled(
     tags = flow_tags(params.mode, ref_tif, sec_tif)
     tiled = flow_tiled(ref_tif, sec_tif, out_tif, conf, params, ref_filter=ref_filter,
                        seed_model=tp_model, tags=tags, support_tif=support_tif,
-                       hold_changes=hold_changes)  # fmt: skip
+                       hold_changes=hold_changes, masks=masks)  # fmt: skip
     stats = {"mode": params.mode, "mode_choice": mode_choice, "params": params.to_dict(),
              "seconds": tiled["seconds"],
              "tiled": tiled, "reference_blur_sigma": round(blur, 3),
              "tiepoint_model": str(model_json) if tp_model is not None else None,
              "tiepoint_model_refused": seed_note,
-             "change": {"held": hold_changes, "masks": {"reference": False, "secondary": False},
+             "change": {"held": hold_changes,
+                        "masks": {"reference": bool(masks and (masks.reference or masks.polygons)),
+                                  "secondary": bool(masks and (masks.secondary or
+                                                               masks.polygons))},
                         "unsupported_fraction": tiled.get("unsupported_fraction")}}  # fmt: skip
     if not hold_changes:
         del stats["change"]["unsupported_fraction"]
