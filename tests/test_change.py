@@ -436,3 +436,36 @@ def test_tiled_flow_takes_the_masks(tmp_path):
         f = _flow(tmp_path / "f.tif")
         errs[masked] = np.hypot(f[0] - truth[0], f[1] - truth[1])[inside].mean()
     assert errs[True] <= 0.05 and errs[True] != errs[False], errs
+
+
+def test_qc_masks_by_blocks_match_the_whole_grid(tmp_path):
+    """The QC re-matching leaves the masked pixels out, on the whole grid in memory and by
+    blocks alike (same points, same residuals), and fewer points than unmasked."""
+    from conftest import scene
+
+    from costack.io.grids import Grid
+    from costack.io.masks import Exclusions
+    from costack.io.rasters import write_float32
+    from costack.stages.qc import run_qc
+
+    h, w = 700, 420
+    ref = scene(h, w, seed=3) + 3.0
+    grid = Grid(rasterio.crs.CRS.from_epsg(32631), TRANSFORM, w, h)
+    before, _ = displace(ref, lambda c, r: (np.full_like(c, 0.4), np.full_like(r, -0.3)))
+    for name, a in (("ref", ref), ("before", before), ("after", ref)):
+        write_float32(tmp_path / f"{name}.tif", a.astype(np.float32), grid)
+    cloud = np.zeros((h, w), np.uint8)
+    cloud[200:450, 100:380] = 1
+    write_raster(tmp_path / "m.tif", cloud, transform=TRANSFORM)
+    masks = Exclusions(secondary=(str(tmp_path / "m.tif"), "binary"))
+    args = [tmp_path / f"{n}.tif" for n in ("ref", "before", "after")]
+    plain = run_qc(*args, tmp_path / "p.json")
+    whole = run_qc(*args, tmp_path / "w.json", masks=masks)
+    blocks = run_qc(*args, tmp_path / "b.json", masks=masks, max_in_memory_pixels=0,
+                    block_bytes=1)  # fmt: skip
+    for when in ("before", "after"):
+        assert 0 < whole[when]["points"] < plain[when]["points"]
+        assert blocks[when]["points"] == whole[when]["points"]
+        for k, v in whole[when]["pixels"].items():
+            assert blocks[when]["pixels"][k] == pytest.approx(v, abs=2e-4), (when, k)
+    assert blocks["coverage"] == whole["coverage"] == plain["coverage"]

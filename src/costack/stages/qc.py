@@ -332,7 +332,7 @@ def _residuals_sampled(
 
 
 def _residuals_by_blocks(
-    paths: tuple, grid: Grid, kw: dict, block_bytes: int
+    paths: tuple, grid: Grid, kw: dict, block_bytes: int, masks: Exclusions | None = None
 ) -> tuple[np.ndarray, np.ndarray, float, float]:
     """:func:`residual_misregistration` of the before and after rasters over the whole grid,
     block by block: square blocks of grid rows and columns (:func:`costack.limits.
@@ -366,9 +366,14 @@ def _residuals_by_blocks(
                 core = (slice(r0 - w0, r1 - w0), slice(c0 - v0, c1 - v0))
                 n_before += int(np.isfinite(before[core]).sum())
                 n_overlap += int((np.isfinite(before[core]) & np.isfinite(ref[core])).sum())
+                ref_x = sec_x = None
+                if masks is not None:  # excluded pixels (clouds, a damage zone): not re-matched
+                    ref_x, sec_x = masks.read_window(grid, win)
+                    ref, before, _ = apply_exclusions(ref, before, ref_x, sec_x)
                 before_all.append(residual_misregistration(ref, before, **block_kw))
                 del before
                 after = read_window(after_src, win)
+                after = apply_exclusions(ref, after, None, sec_x)[1]
                 after_all.append(residual_misregistration(ref, after, **block_kw))
                 del after, ref
     px = grid.width * grid.height
@@ -464,11 +469,8 @@ def run_qc(
             shifts_before = residual_misregistration(ref, before, **kw)
             shifts_after = residual_misregistration(ref, after, **kw)
     else:
-        if masks is not None:
-            log.warning("qc %s: a grid over %d pixels is re-matched by blocks, without the "
-                        "masks", coregistered_tif, max_in_memory_pixels)  # fmt: skip
         shifts_before, shifts_after, coverage, overlap = _residuals_by_blocks(
-            (ref_tif, colocated_tif, coregistered_tif), grid, kw, block_bytes
+            (ref_tif, colocated_tif, coregistered_tif), grid, kw, block_bytes, masks
         )
     where = (
         f"LSM re-matching at {sampling['sampled']} of the {sampling['lattice_points']} points "
