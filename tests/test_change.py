@@ -292,7 +292,8 @@ def test_item_scl_mask_holds_the_clouds(tmp_path):
     grid.save(tmp_path / "grid.json")
     info = run_colocate_mask(tmp_path / "grid.json", tmp_path / "mask.tif", 2,
                              {"key": key, "kind": kind,
-                              "href": item.assets[key].get_absolute_href()})  # fmt: skip
+                              "href": item.assets[key].get_absolute_href(),
+                              "item_href": str(tmp_path / "item.json")})  # fmt: skip
     with rasterio.open(tmp_path / "mask.tif") as src:
         mask = src.read(1)
         assert src.tags()["costack_mask_kind"] == "binary"
@@ -469,3 +470,14 @@ def test_qc_masks_by_blocks_match_the_whole_grid(tmp_path):
         for k, v in whole[when]["pixels"].items():
             assert blocks[when]["pixels"][k] == pytest.approx(v, abs=2e-4), (when, k)
     assert blocks["coverage"] == whole["coverage"] == plain["coverage"]
+    # the sampled QC (lattices over qc_points): no point drawn in the masked area
+    from costack.stages.qc import _residuals_sampled
+
+    kw = {"multimodal": False, "reference_blur": 0.0}
+    got = _residuals_sampled(tuple(args), grid, kw, None, 60, 0, masks)
+    free = _residuals_sampled(tuple(args), grid, kw, None, 60, 0, None)
+    for g in (got, free):
+        assert len(g["before_points"]) >= 20
+    r, c = got["before_points"].T
+    assert not cloud[r, c].any() and cloud[tuple(free["before_points"].T)].any()
+    assert got["coverage"] == free["coverage"]

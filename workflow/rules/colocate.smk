@@ -36,6 +36,7 @@ rule colocate_mask:
         user_mask=lambda wc: USER_MASKS.get(int(wc.n)),
         scl_classes=config["mask_scl_classes"],
         qa_bits=config["mask_qa_pixel_bits"],
+        policy=POLICY,
     log:
         "logs/colocate_mask/{n}.log",
     threads: 1

@@ -13,5 +13,6 @@ run_step(
         user_mask=snakemake.params.user_mask,
         scl_classes=snakemake.params.scl_classes,
         qa_bits=snakemake.params.qa_bits,
+        policy=dict(snakemake.params.policy),
     ),
 )

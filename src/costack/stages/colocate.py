@@ -450,14 +450,22 @@ def run_colocate_mask(
     user_mask: str | None = None,
     scl_classes: tuple[int, ...] | None = None,
     qa_bits: tuple[int, ...] | None = None,
+    policy: SourcePolicy | Mapping[str, Any] | None = None,
 ) -> dict:
     """A dataset's mask on the grid (rule ``colocate_mask``), once for its tie points, flow and
     QC: its item's quality layer (Sentinel-2 L2A SCL classes, Landsat C2 QA_PIXEL bits; nearest
     resampling) and the user's mask, as uint8 (1 excluded, 0 kept) tagged ``binary``. The
-    stacked values are never altered: only the registration's data ignores these pixels."""
+    stacked values are never altered: only the registration's data ignores these pixels. The
+    item's layer passes the sources gate (:func:`costack.io.remote.source_path`, ``policy``)
+    as the assets do."""
     from costack.io import masks as M
 
     grid = Grid.load(grid_json)
+    if item_mask:
+        key = f"{dataset}.{item_mask.get('key', 'mask')}"
+        gated = source_path(key, item_mask["href"], item_mask.get("item_href", ""),
+                            SourcePolicy.coerce(policy))  # fmt: skip
+        item_mask = {**item_mask, "href": gated.path}
     excluded, info = M.dataset_mask(
         grid, item_mask, user_mask,
         tuple(scl_classes) if scl_classes is not None else M.SCL_EXCLUDE,

@@ -450,5 +450,6 @@ def find_item_masks(cfg: RunConfig) -> dict[int, dict[str, str]]:
             log.info("dataset %d: item %s has no quality mask asset (scl, qa_pixel)", n, item.id)
             continue
         key, kind = found
-        out[n] = {"key": key, "kind": kind, "href": item.assets[key].get_absolute_href()}
+        out[n] = {"key": key, "kind": kind, "href": item.assets[key].get_absolute_href(),
+                  "item_href": normalise_item_ref(cfg.inputs[n - 1])}  # fmt: skip
     return out

@@ -216,7 +216,7 @@ def window_margin(multimodal: bool, reference_blur: float) -> int:
 
 def _residuals_sampled(
     paths: tuple, grid: Grid, kw: dict, confidence_tif: str | Path | None, size: int,
-    seed: int = 0,
+    seed: int = 0, masks: Exclusions | None = None,
 ) -> dict:  # fmt: skip
     """:func:`residual_misregistration` before and after at ``size`` points of the lattice,
     each in its own window: the whole-grid figures at the cost of their evidence.
@@ -232,7 +232,10 @@ def _residuals_sampled(
     points' results reused), up to the whole lattice. Returns a dict: ``before``
     and ``after`` (the shifts, (n, 2)), ``before_weights`` and ``after_weights`` (1 / pi),
     ``before_points`` and ``after_points`` (grid row and column of each, (n, 2)),
-    ``coverage``, ``overlap`` and ``record`` (the sampling's description)."""
+    ``coverage``, ``overlap`` and ``record`` (the sampling's description). ``masks``: pixels
+    excluded (issue 35) take no part: no point is drawn where its patch touches them, and each
+    window is re-matched with them invalid (coverage and overlap are before the masks, as
+    in memory)."""
     from contextlib import ExitStack
 
     from rasterio.windows import Window
@@ -259,6 +262,10 @@ def _residuals_sampled(
             n_before += int(ok_before.sum())
             n_overlap += int(both.sum())
             del ok_before
+            if masks is not None:
+                for x in masks.read_window(grid, win):
+                    if x is not None:
+                        both &= ~x
             for r in range(r0, r1):
                 if r in need:
                     both_rows[r] = both[r - r0]
@@ -290,8 +297,12 @@ def _residuals_sampled(
                 kw, row_offset=w0, point_rows=(rg, rg + 1), grid_height=grid.height,
                 col_offset=v0, point_cols=(cg, cg + 1), grid_width=grid.width,
             )  # fmt: skip
-            got = [residual_misregistration(ref, read_window(src, win), **point_kw)
-                   for src in (before_src, after_src)]  # fmt: skip
+            pair = [read_window(src, win) for src in (before_src, after_src)]
+            if masks is not None:
+                ref_x, sec_x = masks.read_window(grid, win)
+                ref, pair[0], _ = apply_exclusions(ref, pair[0], ref_x, sec_x)
+                pair[1] = apply_exclusions(ref, pair[1], None, sec_x)[1]
+            got = [residual_misregistration(ref, sec, **point_kw) for sec in pair]
             return tuple(g[0] if len(g) else None for g in got)
 
         drawn = size
@@ -446,7 +457,7 @@ def run_qc(
     sampling = None
     if sample_points and len(rows) * len(cols) > sample_points:
         got = _residuals_sampled((ref_tif, colocated_tif, coregistered_tif), grid, kw,
-                                 confidence_tif, sample_points, seed)  # fmt: skip
+                                 confidence_tif, sample_points, seed, masks)  # fmt: skip
         shifts_before, weights_before = got["before"], got["before_weights"]
         shifts_after, weights_after = got["after"], got["after_weights"]
         coverage, overlap, sampling = got["coverage"], got["overlap"], got["record"]
