@@ -196,6 +196,12 @@ def test_s2_and_landsat_stack_in_reflectance(tmp_path):
         _, t = lattice(load(ES_LANDSAT), key)
         xs, ys = pixel_centres(t, ls_win)
         ls_rasters[key] = (ls_win, encode(ES_LANDSAT, ground(xs, ys, mean, amp, seed)))
+    # the items' quality layers (issue 35), found by key and co-located once per dataset: S2's
+    # SCL at 20 m all vegetation (4); Landsat's QA_PIXEL clear (bit 6) with a cloud (bit 3)
+    s2_rasters["scl"] = ((2500, 3000, 120, 120), np.full((120, 120), 4, np.uint8))
+    qa = np.full((100, 100), 1 << 6, np.uint16)
+    qa[40:60, 40:60] = 1 << 3
+    ls_rasters["qa_pixel"] = (ls_win, qa)
     s2 = localise(ES_L2A_13TDE, tmp_path / "s2", s2_rasters)
     ls = localise(ES_LANDSAT, tmp_path / "ls", ls_rasters, nodata_tag=False)
     work = tmp_path / "run"
@@ -206,6 +212,11 @@ def test_s2_and_landsat_stack_in_reflectance(tmp_path):
     }  # fmt: skip
     proc = run_snakemake(work, config, "results/catalog.json")  # without the figures
     assert proc.returncode == 0, proc.stderr[-3000:]
+    masks = {n: read_float32(work / "results" / "masks" / f"{n}.tif")[0] for n in (1, 2)}
+    assert not masks[1].any()  # vegetation only
+    cloud = masks[2] > 0  # the 20 x 20 Landsat pixels of cloud: about 60 x 60 grid pixels
+    assert 0.03 < cloud.mean() < 0.1, cloud.mean()
+    assert np.isfinite(read_float32(work / "results/stack/2.nir.tif")[0][cloud]).all()
     stack = work / "results" / "stack"
     read = {k: read_float32(stack / f"{k}.tif")[0] for k in
             ("1.nir", "2.nir", "ndvi_s2", "ndvi_ls")}  # fmt: skip

@@ -109,7 +109,8 @@ def test_costack_catalog_by_hand_is_the_rules_item(demo_run, tmp_path):
         argv += ["--expression", f"{name}={stack / (name + '.tif')}"]
     for n in (2, 3):
         argv += ["--flow", f"{n}={stack / f'{n}-displacement.tif'},"
-                           f"{stack / f'{n}-confidence.tif'},{res / f'flow/{n}.json'}"]  # fmt: skip
+                           f"{stack / f'{n}-confidence.tif'},{res / f'flow/{n}.json'},"
+                           f"{stack / f'{n}-support.tif'}"]  # fmt: skip
     proc = subprocess.run(argv, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     mine = json.loads((stack / "costack-demo.json").read_text())

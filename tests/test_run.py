@@ -60,8 +60,8 @@ def test_costack_run_killed_and_resumed_reproduces_snakemake(demo_run, tmp_path)
     assert "was killed; unlocked, resuming" in out
     assert f"STAC catalog: {tmp_path / 'out' / 'results' / 'catalog.json'}" in out
     mine = sorted((tmp_path / "out" / "results" / "stack").glob("*.tif"))
-    # the three assets and both datasets' displacement and confidence
-    assert len(mine) == 7, [p.name for p in mine]
+    # the three assets and both datasets' displacement, confidence and support
+    assert len(mine) == 9, [p.name for p in mine]
     for a in mine:
         assert _sha(a) == _sha(demo_run / "results" / "stack" / a.name), a.name
     # the STAC items are equal apart from timestamps and run timings
@@ -88,7 +88,7 @@ def test_costack_run_killed_and_resumed_reproduces_snakemake(demo_run, tmp_path)
     assert got["properties"].pop("costack:assets") == cfg["assets"].split(",")
     demo["properties"].pop("costack:assets")
     demo["assets"] = {k: v for k, v in demo["assets"].items() if k in got["assets"]}
-    assert len(got["assets"]) == 7 and got == demo
+    assert len(got["assets"]) == 9 and got == demo
 
 
 def test_run_bad_input_is_one_line(tmp_path):

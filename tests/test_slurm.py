@@ -81,8 +81,8 @@ def test_demo_through_slurm_is_the_local_demo(cluster, request, tmp_path):
     # started at once instead of waiting for it
     demo_run = request.getfixturevalue("demo_run")
     mine = sorted((root / "results" / "stack").glob("*.tif"))
-    # 1.nir, 2.nir, 3.s0_db_c_vv and the two flows (displacement and confidence each)
-    assert len(mine) == 7, [p.name for p in mine]
+    # 1.nir, 2.nir, 3.s0_db_c_vv and the two flows (displacement, confidence, support each)
+    assert len(mine) == 9, [p.name for p in mine]
     for path in mine:
         assert path.read_bytes() == (demo_run / "results" / "stack" / path.name).read_bytes()
     # the scheduler's own records: one job per group (prepare, two registrations, three

@@ -49,6 +49,10 @@ def _measured(points: int, median: float) -> dict:
         ({"after": _measured(40, 0.2), "overlap": 1}, {"mean_dx": 3.0, "mean_dy": 0.0},
          {"chosen": "affine", "tiepoints": 50, "mean_shift": [1.0, 0.0]}, "warn",
          "disagree by 2.00 px"),
+        ({"after": _measured(40, 0.2), "overlap": 1}, {"change": {"unsupported_fraction": 0.6}},
+         {}, "warn", "registered from the stable surroundings on 60% of the overlap"),
+        ({"after": _measured(40, 0.2), "overlap": 1}, {"change": {"unsupported_fraction": 0.4}},
+         {}, "pass", None),
     ],
 )  # fmt: skip
 def test_judge(qc, flow, model, verdict, reason):

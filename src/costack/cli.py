@@ -161,6 +161,59 @@ def _resolution_ratio(given: float | None, secondary: str) -> float:
         return float(src.tags().get("costack_resolution_ratio", 1.0))
 
 
+def _add_mask_options(p: argparse.ArgumentParser) -> None:
+    """The exclusion options of the tiepoints, flow and qc subcommands (issue 35)."""
+    p.add_argument(
+        "--mask-reference", metavar="RASTER",
+        help="the reference's quality mask on the grid (Sentinel-2 L2A SCL, Landsat C2 "
+        "QA_PIXEL or a 0/1 raster, see --mask-kind): its excluded pixels take no part",
+    )  # fmt: skip
+    p.add_argument("--mask-secondary", metavar="RASTER",
+                   help="the secondary's quality mask on the grid, likewise")  # fmt: skip
+    p.add_argument(
+        "--mask-kind", default="auto", choices=["auto", "scl", "qa_pixel", "binary"],
+        help="how the mask rasters are read: scl (classes 0 1 3 8 9 10 11 excluded), qa_pixel "
+        "(bits 0-5 excluded), binary (non-zero excluded); auto: the raster's costack_mask_kind "
+        "tag (the workflow writes it), else binary",
+    )  # fmt: skip
+    p.add_argument("--mask-scl-classes", metavar="LIST", default="0,1,3,8,9,10,11",
+                   help="SCL classes excluded (the workflow's mask_scl_classes)")  # fmt: skip
+    p.add_argument("--mask-qa-pixel-bits", metavar="LIST", default="0,1,2,3,4,5",
+                   help="QA_PIXEL bits excluded (the workflow's mask_qa_pixel_bits)")  # fmt: skip
+    p.add_argument(
+        "--exclude", metavar="WKT|GEOJSON",
+        help="polygons (EPSG:4326, lon/lat) excluded in both images: WKT, GeoJSON or a "
+        ".geojson file (a known damage zone, a flood extent)",
+    )  # fmt: skip
+
+
+def _exclusions(args: argparse.Namespace):
+    """The :class:`costack.io.masks.Exclusions` of the mask options, or None."""
+    from costack.io.masks import Exclusions, parse_polygons
+
+    if not (args.mask_reference or args.mask_secondary or args.exclude):
+        return None
+    for opt, path in (("--mask-reference", args.mask_reference),
+                      ("--mask-secondary", args.mask_secondary)):  # fmt: skip
+        if path and not Path(path).exists():
+            raise CostackError(opt, f"{path} does not exist", "give a mask raster on the grid")
+
+    def ints(text: str, opt: str) -> tuple[int, ...]:
+        try:
+            return tuple(int(x) for x in text.split(",") if x.strip())
+        except ValueError:
+            raise CostackError(opt, f"{text!r} is not a comma-separated list of integers",
+                               "write e.g. 3,8,9,10") from None  # fmt: skip
+
+    return Exclusions(
+        reference=(args.mask_reference, args.mask_kind) if args.mask_reference else None,
+        secondary=(args.mask_secondary, args.mask_kind) if args.mask_secondary else None,
+        polygons=tuple(parse_polygons(args.exclude, "--exclude")) if args.exclude else (),
+        scl_classes=ints(args.mask_scl_classes, "--mask-scl-classes"),
+        qa_bits=ints(args.mask_qa_pixel_bits, "--mask-qa-pixel-bits"),
+    )
+
+
 def cmd_tiepoints(args: argparse.Namespace) -> None:
     """Tie points between two co-located rasters."""
     from costack.stages.tiepoints import TiePointParams, run_tiepoints
@@ -176,6 +229,7 @@ def cmd_tiepoints(args: argparse.Namespace) -> None:
         label=Path(args.sec).stem,
         resolution_ratio=_resolution_ratio(args.resolution_ratio, args.sec),
         threads=args.threads,
+        masks=_exclusions(args),
     )  # fmt: skip
     print(f"{model.tiepoints} tie points in {args.out}; model {model.chosen} in "
           f"{stem}.model.json; vectors in {stem}.png")  # fmt: skip
@@ -193,7 +247,7 @@ def cmd_qc(args: argparse.Namespace) -> None:
                     multimodal=True if args.multimodal else None,
                     resolution_ratio=_resolution_ratio(args.resolution_ratio, args.colocated),
                     max_displacement=args.max_displacement, threads=args.threads,
-                    confidence_tif=args.confidence,
+                    confidence_tif=args.confidence, masks=_exclusions(args),
                     **({} if args.qc_points is None else
                        {"sample_points": args.qc_points}))  # fmt: skip
     after = result["after"]
@@ -220,13 +274,19 @@ def cmd_flow(args: argparse.Namespace) -> None:
     )
     conf = args.confidence or str(Path(args.out).with_suffix("")) + ".confidence.tif"
     ratio = _resolution_ratio(args.resolution_ratio, args.sec)
+    support = args.support or str(Path(args.out).with_suffix("")) + ".support.tif"
     stats = run_flow(args.ref, args.sec, args.out, conf, params, stats_json=args.stats,
-                     resolution_ratio=ratio, model_json=args.model)  # fmt: skip
+                     resolution_ratio=ratio, model_json=args.model, masks=_exclusions(args),
+                     support_tif=support, hold_changes=not args.no_hold)  # fmt: skip
     why = (stats.get("mode_choice") or {}).get("reason")
     start = (stats.get("start") or {}).get("kind") or (
         "tie-point model" if stats.get("tiepoint_model") else None)  # fmt: skip
     told = ", ".join(x for x in (f"mode {stats['mode']}" + (f" ({why})" if why else ""),
                                  start and f"start: {start}") if x)  # fmt: skip
+    held = stats.get("change") or {}
+    share = held.get("unsupported_fraction")
+    if share is not None:
+        told += f"; {100 * share:.1f} % of the overlap from the surroundings ({support})"
     print(f"flow written to {args.out} (confidence {conf}) in {stats['seconds']:.2f} s; {told}")
 
 
@@ -269,8 +329,9 @@ def cmd_catalog(args: argparse.Namespace) -> None:
     for spec in args.flow:
         n, sep, rest = spec.partition("=")
         parts = rest.split(",")
-        if not sep or not n.isdigit() or len(parts) != 3:
-            raise CostackError("--flow", f"{spec!r} is not N=DISPLACEMENT,CONFIDENCE,STATS",
+        if not sep or not n.isdigit() or len(parts) not in (3, 4):
+            raise CostackError("--flow", f"{spec!r} is not N=DISPLACEMENT,CONFIDENCE,STATS"
+                               "[,SUPPORT]",
                                "write e.g. 2=results/stack/2-displacement.tif,"
                                "results/stack/2-confidence.tif,results/flow/2.json")  # fmt: skip
         flows[int(n)] = tuple(parts)
@@ -402,6 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--threads", type=int, default=2,
                    help="tiles matched at once on a grid matched by tiles")  # fmt: skip
+    _add_mask_options(p)
     p.set_defaults(func=cmd_tiepoints)
 
     p = sub.add_parser(
@@ -447,6 +509,17 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--confidence", help="confidence GeoTIFF (default OUT.confidence.tif)")
     p.add_argument("--stats", help="JSON file for the run's parameters and statistics")
+    p.add_argument(
+        "--support", metavar="RASTER",
+        help="where the displacement is the data's own match (1) or was taken from the stable "
+        "surroundings (0): default OUT.support.tif",
+    )  # fmt: skip
+    p.add_argument(
+        "--no-hold", action="store_true",
+        help="do not hold unsupported areas (changes, masks) to their surroundings: the flow "
+        "as estimated everywhere (the workflow's flow_hold_changes: false)",
+    )  # fmt: skip
+    _add_mask_options(p)
     p.set_defaults(func=cmd_flow)
 
     p = sub.add_parser(
@@ -479,6 +552,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="points re-matched when the QC's lattice holds more (config qc_points; default "
         "1024 as the rule's); 0: every point",
     )  # fmt: skip
+    _add_mask_options(p)
     p.set_defaults(func=cmd_qc)
 
     p = sub.add_parser("warp", help="warp a co-located raster with a flow (nodata outside)")
@@ -514,8 +588,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--flow",
         action="append",
         default=[],
-        metavar="N=DISPLACEMENT,CONFIDENCE,STATS",
-        help="dataset N's flow COGs and results/flow/N.json; repeat",
+        metavar="N=DISPLACEMENT,CONFIDENCE,STATS[,SUPPORT]",
+        help="dataset N's flow COGs and results/flow/N.json, and its support COG "
+        "(results/stack/N-support.tif: where registration came from the surroundings); repeat",
     )
     p.add_argument(
         "--qc",

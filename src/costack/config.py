@@ -110,11 +110,9 @@ def _schema_error_line(error: jsonschema.ValidationError) -> CostackError:
 def validate_schema(config: dict[str, Any]) -> dict[str, Any]:
     """Validate ``config`` against the schema; return a copy with defaults filled in."""
     schema = load_schema()
-    if isinstance(config.get("matching_assets"), dict):
-        config = {
-            **config,
-            "matching_assets": {str(k): v for k, v in config["matching_assets"].items()},
-        }
+    for by_dataset in ("matching_assets", "masks"):  # YAML's integer keys as strings
+        if isinstance(config.get(by_dataset), dict):
+            config = {**config, by_dataset: {str(k): v for k, v in config[by_dataset].items()}}
     validator = jsonschema.Draft202012Validator(schema)
     error = jsonschema.exceptions.best_match(validator.iter_errors(config))
     if error is not None:

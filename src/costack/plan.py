@@ -14,7 +14,7 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,7 @@ from costack.stages.bandmath import (
     parse,
 )
 from costack.stages.colocate import streamed_bytes
-from costack.stages.discover import discover
+from costack.stages.discover import discover, find_item_masks
 from costack.stages.grid import compute_grid
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,8 @@ def preflight(raw_config: dict[str, Any]) -> RunPlan:
     manifest = discover(cfg)
     grid = compute_grid(manifest, cfg.reference.key, cfg.aoi, cfg.min_overlap_px)
     check_memory(cfg, manifest, grid)
-    return make_plan(cfg, manifest, grid)
+    masks = find_item_masks(cfg) if raw_config.get("item_masks", True) else {}
+    return make_plan(cfg, manifest, grid, masks)
 
 
 #: Flows of grids up to TILED_ABOVE run in memory (about FLOW_BASE_BYTES plus
@@ -186,11 +187,14 @@ def cached_preflight(
     manifest_csv = folder / "manifest.csv"
     grid_json = folder / "grid.json"
     sources_json = folder / "sources.json"
+    masks_json = folder / "masks.json"
     if sources_json.is_file() and manifest_csv.is_file() and grid_json.is_file():
         try:
             sources = json.loads(sources_json.read_text(encoding="utf-8"))
+            masks = {int(k): v for k, v in
+                     json.loads(masks_json.read_text(encoding="utf-8")).items()}  # fmt: skip
             if _fingerprint([s[0] for s in sources]) == sources:
-                return make_plan(cfg, read_manifest(manifest_csv), Grid.load(grid_json))
+                return make_plan(cfg, read_manifest(manifest_csv), Grid.load(grid_json), masks)
         except (OSError, ValueError, KeyError, CostackError):
             pass
     plan = preflight(raw_config)
@@ -200,10 +204,13 @@ def cached_preflight(
         with atomic_path(manifest_csv) as tmp:
             write_manifest(manifest, tmp)
         grid.save(grid_json)
+        write_json(masks_json, {str(k): v for k, v in plan.item_masks.items()})
         write_json(sources_json, _fingerprint(rasters))
     except OSError:
         pass  # a read-only working directory: no cache, the next call checks again
-    return make_plan(cfg, read_manifest(manifest_csv), grid) if manifest_csv.is_file() else plan
+    if not manifest_csv.is_file():
+        return plan
+    return make_plan(cfg, read_manifest(manifest_csv), grid, plan.item_masks)
 
 
 def unused_inputs_warning(cfg: RunConfig) -> str | None:
@@ -261,6 +268,8 @@ class RunPlan:
     kind: dict[str, str]
     label: dict[int, str]
     kinds_differ: dict[int, bool]
+    #: dataset -> its item's quality-mask asset ({"key", "kind", "href"}), when it has one
+    item_masks: dict[int, dict[str, str]] = field(default_factory=dict)
 
     @property
     def reference(self) -> str:
@@ -279,7 +288,10 @@ class RunPlan:
                 f"{g.crs.to_string()} {g.width}x{g.height} px at {g.transform.a:g} m")  # fmt: skip
 
 
-def make_plan(cfg: RunConfig, manifest: pd.DataFrame, grid: Grid) -> RunPlan:
+def make_plan(
+    cfg: RunConfig, manifest: pd.DataFrame, grid: Grid,
+    item_masks: dict[int, dict[str, str]] | None = None,
+) -> RunPlan:  # fmt: skip
     """The :class:`RunPlan` of a checked configuration (see :func:`preflight`)."""
     rows = manifest.set_index("key", drop=False)
     matching = {n: matching_asset(cfg, n, cfg.matching_assets) for n in cfg.secondary_datasets}
@@ -299,4 +311,5 @@ def make_plan(cfg: RunConfig, manifest: pd.DataFrame, grid: Grid) -> RunPlan:
         kind=kind,
         label=label,
         kinds_differ={n: kind[key] != kind[cfg.reference.key] for n, key in matching.items()},
+        item_masks=dict(item_masks or {}),
     )

@@ -24,10 +24,12 @@ rule convert_flow_cog:
     input:
         flow="results/flow/{n}.tif",
         confidence="results/flow/{n}.confidence.tif",
+        support="results/flow/{n}.support.tif",
         qc="results/qc/summary.json",
     output:
         displacement="results/stack/{n}-displacement.tif",
         confidence="results/stack/{n}-confidence.tif",
+        support="results/stack/{n}-support.tif",
     params:
         on_failed_registration=config["on_failed_registration"],
     log:
@@ -70,6 +72,7 @@ rule build_catalog:
         expression_cogs=expand("results/stack/{name}.tif", name=EXPRESSION_NAMES),
         displacements=expand("results/stack/{n}-displacement.tif", n=SECONDARY),
         confidences=expand("results/stack/{n}-confidence.tif", n=SECONDARY),
+        supports=expand("results/stack/{n}-support.tif", n=SECONDARY),
         flow_stats=expand("results/flow/{n}.json", n=SECONDARY),
         qc="results/qc/summary.json",
     output:

@@ -24,3 +24,26 @@ rule colocate_asset:
         ENV
     script:
         "../scripts/colocate_asset.py"
+
+
+rule colocate_mask:
+    input:
+        grid="results/grid/grid.json",
+    output:
+        "results/masks/{n}.tif",
+    params:
+        item_mask=lambda wc: ITEM_MASKS.get(int(wc.n)),
+        user_mask=lambda wc: USER_MASKS.get(int(wc.n)),
+        scl_classes=config["mask_scl_classes"],
+        qa_bits=config["mask_qa_pixel_bits"],
+        policy=POLICY,
+    log:
+        "logs/colocate_mask/{n}.log",
+    threads: 1
+    resources:
+        mem_mb=2048,
+        runtime=30,
+    conda:
+        ENV
+    script:
+        "../scripts/colocate_mask.py"

@@ -10,6 +10,7 @@ from snakemake.utils import validate
 from costack.config import read_config_file, schema_path
 from costack.errors import CostackError
 from costack.io.remote import configure_gdal
+from costack.io.masks import check_user_mask
 from costack.jobs import forget_run, live_run, record_run
 from costack.plan import cached_preflight, parse_expressions, unused_inputs_warning
 
@@ -22,6 +23,8 @@ if "--unlock" in sys.argv and live_run(RUN_PID):
         "folder and holds the lock; wait for it to end or stop it (kill it), then unlock"
     )
 
+if isinstance(config.get("masks"), dict):  # YAML's integer keys, as JSON Schema's strings
+    config["masks"] = {str(k): v for k, v in config["masks"].items()}
 try:
     # the config files again, strictly: Snakemake's own YAML loader keeps the last of a key
     # given twice without a word (docs/security.md)
@@ -61,6 +64,23 @@ DB = PLAN.db
 RES_RATIO = PLAN.resolution_ratio
 # a dataset's label in the report and the verdict lines: platform and acquisition date
 LABEL = PLAN.label
+
+# masks (issue 35): each dataset's item quality layer (when item_masks) and the user's mask,
+# co-located once per dataset to results/masks/N.tif for the tie points, flow and QC
+ITEM_MASKS = PLAN.item_masks if config["item_masks"] else {}
+USER_MASKS = {int(k): v for k, v in config["masks"].items()}
+try:
+    for _n, _mask in USER_MASKS.items():
+        check_user_mask(_mask, f"masks[{_n}]")
+except CostackError as err:
+    sys.exit(f"costack: error: {err}")
+MASKED = sorted(n for n in set(ITEM_MASKS) | set(USER_MASKS) if n in CFG.datasets)
+REF_DATASET = int(REF.split(".", 1)[0])
+
+
+def mask_of(n):
+    """Dataset n's co-located mask, or no input when it has none."""
+    return f"results/masks/{n}.tif" if int(n) in MASKED else []
 
 
 # Local source rasters are inputs of their colocation job, so that a changed file is

@@ -6,14 +6,18 @@ rule estimate_flow:
         ref=f"results/colocated/{REF}.tif",
         sec=lambda wc: f"results/colocated/{MATCH[int(wc.n)]}.tif",
         model="results/tiepoints/{n}.model.json",
+        ref_mask=lambda wc: mask_of(REF_DATASET),
+        sec_mask=lambda wc: mask_of(wc.n),
     output:
         flow="results/flow/{n}.tif",
         confidence="results/flow/{n}.confidence.tif",
         stats="results/flow/{n}.json",
+        support="results/flow/{n}.support.tif",
     params:
         mode=config["flow_mode"],
         radii=config["flow_radii"],
         max_displacement=config["max_displacement"],
+        hold_changes=config["flow_hold_changes"],
         matching=lambda wc: MATCH[int(wc.n)],
         resolution_ratio=lambda wc: RES_RATIO[MATCH[int(wc.n)]],
     log:

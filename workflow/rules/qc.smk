@@ -12,6 +12,8 @@ rule assess_registration:
         colocated=lambda wc: f"results/colocated/{MATCH[int(wc.n)]}.tif",
         coregistered=lambda wc: f"results/coregistered/{MATCH[int(wc.n)]}.tif",
         confidence="results/flow/{n}.confidence.tif",
+        ref_mask=lambda wc: mask_of(REF_DATASET),
+        sec_mask=lambda wc: mask_of(wc.n),
     output:
         "results/qc/{n}.json",
     params:

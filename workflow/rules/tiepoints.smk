@@ -13,6 +13,8 @@ rule match_tiepoints:
         sec=lambda wc: f"results/colocated/{MATCH[int(wc.n)]}.tif",
         # the label (item text) is read there, never passed as a param (docs/security.md)
         manifest="results/discover/manifest.csv",
+        ref_mask=lambda wc: mask_of(REF_DATASET),
+        sec_mask=lambda wc: mask_of(wc.n),
     output:
         csv="results/tiepoints/{n}.csv",
         model="results/tiepoints/{n}.model.json",

@@ -1,7 +1,7 @@
 """Rule assess_registration: residual misregistration before and after co-registration."""
 
 from costack.jobs import run_step
-from costack.stages.qc import run_qc
+from costack.stages.qc import rule_exclusions, run_qc
 
 run_step(
     snakemake,
@@ -15,5 +15,6 @@ run_step(
         threads=snakemake.threads,
         confidence_tif=snakemake.input.confidence,
         sample_points=int(snakemake.params.qc_points),
+        masks=rule_exclusions(snakemake.input.ref_mask, snakemake.input.sec_mask),
     ),
 )

@@ -19,12 +19,13 @@ run_step(
         qc_json=snakemake.input.qc,
         on_failed_registration=snakemake.params.on_failed_registration,
         flows={
-            n: (d, c, s)
-            for n, d, c, s in zip(
+            n: (d, c, s, u)
+            for n, d, c, s, u in zip(
                 snakemake.params.secondary,
                 snakemake.input.displacements,
                 snakemake.input.confidences,
                 snakemake.input.flow_stats,
+                snakemake.input.supports,
                 strict=True,
             )
         },

@@ -1,7 +1,7 @@
 """Rule estimate_flow: dense flow between the reference and a secondary dataset."""
 
 from costack.jobs import run_step
-from costack.stages.flow import FlowParams, run_flow
+from costack.stages.flow import FlowParams, rule_exclusions, run_flow
 
 params = FlowParams(
     mode=snakemake.params.mode,
@@ -19,5 +19,8 @@ run_step(
         stats_json=snakemake.output.stats,
         resolution_ratio=float(snakemake.params.resolution_ratio),
         model_json=snakemake.input.model,
+        support_tif=snakemake.output.support,
+        hold_changes=bool(snakemake.params.hold_changes),
+        masks=rule_exclusions(snakemake.input.ref_mask, snakemake.input.sec_mask),
     ),
 )

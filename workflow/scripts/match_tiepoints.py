@@ -1,7 +1,12 @@
 """Rule match_tiepoints: sub-pixel tie points and the global model (Yan et al. 2016)."""
 
 from costack.jobs import run_step
-from costack.stages.tiepoints import TiePointParams, registration_label, run_tiepoints
+from costack.stages.tiepoints import (
+    TiePointParams,
+    registration_label,
+    rule_exclusions,
+    run_tiepoints,
+)
 
 run_step(
     snakemake,
@@ -17,5 +22,6 @@ run_step(
         ),
         resolution_ratio=float(snakemake.params.resolution_ratio),
         threads=snakemake.threads,
+        masks=rule_exclusions(snakemake.input.ref_mask, snakemake.input.sec_mask),
     ),
 )

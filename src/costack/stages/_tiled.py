@@ -9,6 +9,7 @@ tile, the source window its flow points into.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -23,6 +24,7 @@ from rasterio.windows import Window
 
 from costack.io.grids import Grid
 from costack.io.rasters import atomic_raster, float32_profile, read_average, read_window
+from costack.registration.change import SUPPORT_MEANING, hold
 from costack.registration.folki import FlowParams, estimate_flow
 from costack.registration.imaging import fill_nearest
 from costack.registration.tiepoint_model import TiePointModel
@@ -107,6 +109,9 @@ def flow_tiled(
     ref_filter=None,
     seed_model: TiePointModel | None = None,
     tags: dict[str, str] | None = None,
+    support_tif: str | Path | None = None,
+    hold_changes: bool = False,
+    masks=None,
 ) -> dict:
     """Flow of a scene-sized pair, tile by tile (peak memory set by ``tile``, not the scene).
 
@@ -122,6 +127,11 @@ def flow_tiled(
             from it instead of its own global shift search.
         tags: GeoTIFF tags of the flow (:func:`costack.stages.flow.flow_tags`), as the in-memory
             flow writes them.
+        support_tif: where the displacement is the data's own (1) or the surroundings' (0).
+        hold_changes: hold each tile's unsupported areas to their surroundings in the tile
+            and its halo (:func:`costack.registration.change.hold`), as the in-memory flow.
+        masks: :class:`costack.io.masks.Exclusions`, read tile by tile: the excluded pixels
+            take no part in the tile's flow (the coarse seeding pass does not see them).
     """
     t0 = time.perf_counter()
     halo = halo if halo is not None else 2 * max(params.window_radii()) + 16
@@ -152,12 +162,18 @@ def flow_tiled(
         # the coarse seed is within a pixel: one full-resolution level suffices (same EPE as two
         # levels on a 1120x1120 test window, 0.066 px, in 2/3 of the time)
         fine = replace(params, levels=1, global_search=False)
-        out_profile = float32_profile(Grid(profile["crs"], profile["transform"], w, h), count=2)
+        grid = Grid(profile["crs"], profile["transform"], w, h)
+        out_profile = float32_profile(grid, count=2)
         windows = list(tiles(h, w, tile))
-        with atomic_raster(out_tif) as tmp_flow, atomic_raster(confidence_tif) as tmp_conf:
+        counts = {"unsupported": 0, "overlap": 0}
+        with contextlib.ExitStack() as stack:
+            tmp_flow = stack.enter_context(atomic_raster(out_tif))
+            tmp_conf = stack.enter_context(atomic_raster(confidence_tif))
+            tmp_sup = stack.enter_context(atomic_raster(support_tif)) if support_tif else None
             with (
                 rasterio.open(tmp_flow, "w", **out_profile) as dst,
                 rasterio.open(tmp_conf, "w", **dict(out_profile, count=1)) as cdst,
+                _maybe_open(tmp_sup, dict(out_profile, count=1), tags) as sdst,
             ):
                 dst.set_band_description(1, "dx (columns)")
                 dst.set_band_description(2, "dy (rows)")
@@ -169,6 +185,12 @@ def flow_tiled(
                                  core.width + 2 * halo, core.height + 2 * halo)  # fmt: skip
                     a = _read(ref, big)
                     b = _read(sec, big)
+                    if masks is not None:
+                        ref_x, sec_x = masks.read_window(grid, big)
+                        if ref_x is not None:
+                            a[ref_x] = np.nan
+                        if sec_x is not None:
+                            b[sec_x] = np.nan
                     if ref_filter is not None:
                         a = ref_filter(a)
                     ux = _upsample(coarse_dx, coarse_factor, big)
@@ -177,26 +199,55 @@ def flow_tiled(
 
                 def work(core: Window, loaded: tuple) -> tuple[np.ndarray, np.ndarray]:
                     a, b, ux, uy = loaded
+                    sl = (slice(halo, halo + core.height), slice(halo, halo + core.width))
+                    support = np.ones(a.shape, np.float32)
                     if not np.isfinite(a).any() or not np.isfinite(b).any():
                         res_dx = np.full(a.shape, np.nan, np.float32)
                         res_dy, conf = res_dx, np.zeros(a.shape, np.float32)
                     else:
                         res = estimate_flow(a, b, fine, init=(ux, uy))
+                        if hold_changes:
+                            held = hold(res, a, b)
+                            res = replace(res, dx=held.dx, dy=held.dy)
+                            support = held.support
+                            both = np.isfinite(a[sl]) & np.isfinite(b[sl])
+                            counts["overlap"] += int(both.sum())
+                            counts["unsupported"] += int((support[sl][both] < 0.5).sum())
                         res_dx, res_dy, conf = res.dx, res.dy, res.confidence
-                    sl = (slice(halo, halo + core.height), slice(halo, halo + core.width))
                     done.append(core)
                     log.info("tile %d of %d done (%.1f s)", len(done), len(windows),
                              time.perf_counter() - t0)  # fmt: skip
-                    return np.stack([res_dx[sl], res_dy[sl]]), conf[sl].copy()
+                    return (np.stack([res_dx[sl], res_dy[sl]]), conf[sl].copy(),
+                            support[sl].copy())  # fmt: skip
 
-                def store(core: Window, result: tuple[np.ndarray, np.ndarray]) -> None:
+                def store(core: Window, result: tuple[np.ndarray, ...]) -> None:
                     dst.write(result[0], window=core)
                     cdst.write(result[1], 1, window=core)
+                    if sdst is not None:
+                        sdst.write(result[2], 1, window=core)
 
                 done: list[Window] = []
                 _pipelined(windows, load, work, store)
-    return {"tiles": len(windows), "tile": tile, "halo": halo, "coarse_factor": coarse_factor,
-            "seeded": init is not None, "seconds": time.perf_counter() - t0}  # fmt: skip
+    out = {"tiles": len(windows), "tile": tile, "halo": halo, "coarse_factor": coarse_factor,
+           "seeded": init is not None, "seconds": time.perf_counter() - t0}  # fmt: skip
+    if hold_changes:
+        out["unsupported_fraction"] = round(counts["unsupported"] / max(counts["overlap"], 1), 4)
+    return out
+
+
+@contextlib.contextmanager
+def _maybe_open(path: str | Path | None, profile: dict, tags: dict[str, str] | None):
+    """The support raster opened for writing at ``path`` (tagged with the flow's pair), or None
+    when there is none."""
+    if path is None:
+        yield None
+        return
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.set_band_description(1, "support")
+        pair = {k: v for k, v in (tags or {}).items()
+                if k in ("costack_flow_reference", "costack_flow_secondary")}  # fmt: skip
+        dst.update_tags(costack_support=SUPPORT_MEANING, **pair)
+        yield dst
 
 
 def warp_tiled(

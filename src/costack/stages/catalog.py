@@ -17,6 +17,17 @@ from costack.io.rasters import costack_tags, dataset_of, raster_nodata
 
 log = logging.getLogger(__name__)
 
+#: the STAC role of the support assets (issue 35), explained by their description
+SUPPORT_ROLE = "registration-support"
+SUPPORT_DESCRIPTION = (
+    "Where the dense displacement is the data's own match (1) and where the two images did not "
+    "support a match (a change such as a flood, new construction or a burn scar, clouds, a mask, "
+    "no data) so that the displacement was taken from the stable surroundings (0): a robust "
+    "global model of the reliable flow plus a smooth interpolation of its residual. Values in "
+    "between: the blend at the boundary. costack:unsupported_fraction is the share of the "
+    "overlap that came from the surroundings."
+)
+
 
 def registration_verdict(summary: dict) -> str:
     """The worst verdict over the secondary datasets of a QC summary (``pass`` if none)."""
@@ -76,7 +87,7 @@ def run_catalog(
     item_json: str | Path,
     expressions: dict[str, str | Path] | None = None,
     properties: dict[str, Any] | None = None,
-    flows: dict[int, tuple[str | Path, str | Path, str | Path]] | None = None,
+    flows: dict[int, tuple[str | Path, ...]] | None = None,
     qc_json: str | Path | None = None,
     on_failed_registration: str = "stop",
 ) -> None:
@@ -84,7 +95,11 @@ def run_catalog(
 
     A secondary dataset whose verdict (``results/qc/summary.json``) is ``fail`` stops this step
     before anything is written, unless ``on_failed_registration`` is ``publish``: the item is
-    then published flagged (``costack:verdict``: ``fail``)."""
+    then published flagged (``costack:verdict``: ``fail``).
+
+    ``flows``: per secondary dataset, (displacement COG, confidence COG, flow statistics JSON)
+    and optionally the support COG (where registration came from the stable surroundings,
+    issue 35), published with the role ``registration-support``."""
     qc = check_registration(qc_json, on_failed_registration) if qc_json else {}
     verdict = registration_verdict(qc)
     # pandas and pystac: imported by this job only, not by the many COG conversions
@@ -101,14 +116,15 @@ def run_catalog(
         if tagged and tagged != key:
             raise CostackError("--asset", f"{path} is asset {tagged}, given as {key}",
                                f"give {key}'s own COG (results/stack/{key}.tif)")  # fmt: skip
-    for n, (disp, _, _) in (flows or {}).items():
-        estimated_on = costack_tags(disp).get("costack_flow_secondary")
-        if dataset_of(estimated_on) not in (None, str(n)):
-            raise CostackError(
-                "--flow", f"{disp} is dataset {dataset_of(estimated_on)}'s flow (estimated on "
-                f"{estimated_on}), given as dataset {n}'s",
-                f"give dataset {n}'s flow COGs (results/stack/{n}-displacement.tif)",
-            )  # fmt: skip
+    for n, (disp, *rest) in (flows or {}).items():
+        for path in (disp, *rest[2:]):  # the displacement and the support COG
+            estimated_on = costack_tags(path).get("costack_flow_secondary")
+            if dataset_of(estimated_on) not in (None, str(n)):
+                raise CostackError(
+                    "--flow", f"{path} is dataset {dataset_of(estimated_on)}'s flow (estimated "
+                    f"on {estimated_on}), given as dataset {n}'s",
+                    f"give dataset {n}'s flow COGs (results/stack/{n}-displacement.tif)",
+                )  # fmt: skip
     for key, path in cogs.items():
         row = manifest_row(manifest, key, manifest_csv)
         nodata = raster_nodata(path)
@@ -169,7 +185,7 @@ def run_catalog(
         )
     properties = dict(properties or {})
     registration = {}
-    for n, (disp, conf, stats_json) in sorted((flows or {}).items()):
+    for n, (disp, conf, stats_json, *support) in sorted((flows or {}).items()):
         stats = json.loads(Path(stats_json).read_text(encoding="utf-8"))
         # run timings stay in results/flow/N.json: the item is the same bytes at every rerun
         # and in every checkout
@@ -188,6 +204,18 @@ def run_catalog(
                 title=f"Confidence of the displacement of dataset {n} (0 to 1)",
             )
         )  # fmt: skip
+        if support:
+            share = (stats.get("change") or {}).get("unsupported_fraction")
+            assets.append(
+                StackAsset(
+                    key=f"support:{n}", path=Path(support[0]), nodata=float("nan"),
+                    roles=["metadata", SUPPORT_ROLE],
+                    title=f"Where the registration of dataset {n} came from the stable "
+                    "surroundings (0) or the data's own match (1)",
+                    extra={"description": SUPPORT_DESCRIPTION, "costack:unsupported_fraction":
+                           share},
+                )
+            )  # fmt: skip
     if qc:
         properties["costack:qc"] = qc
         properties["costack:verdict"] = verdict

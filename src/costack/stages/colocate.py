@@ -9,6 +9,7 @@ kernel averages power rather than decibels.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import warnings
@@ -439,3 +440,45 @@ def run_colocate(
             "times, each within http_timeout seconds), then rerun",
         ) from err
     log.info("colocated %s in %.2f s", key, time.perf_counter() - start)
+
+
+def run_colocate_mask(
+    grid_json: str | Path,
+    out_tif: str | Path,
+    dataset: int,
+    item_mask: dict[str, str] | None = None,
+    user_mask: str | None = None,
+    scl_classes: tuple[int, ...] | None = None,
+    qa_bits: tuple[int, ...] | None = None,
+    policy: SourcePolicy | Mapping[str, Any] | None = None,
+) -> dict:
+    """A dataset's mask on the grid (rule ``colocate_mask``), once for its tie points, flow and
+    QC: its item's quality layer (Sentinel-2 L2A SCL classes, Landsat C2 QA_PIXEL bits; nearest
+    resampling) and the user's mask, as uint8 (1 excluded, 0 kept) tagged ``binary``. The
+    stacked values are never altered: only the registration's data ignores these pixels. The
+    item's layer passes the sources gate (:func:`costack.io.remote.source_path`, ``policy``)
+    as the assets do."""
+    from costack.io import masks as M
+
+    grid = Grid.load(grid_json)
+    if item_mask:
+        key = f"{dataset}.{item_mask.get('key', 'mask')}"
+        gated = source_path(key, item_mask["href"], item_mask.get("item_href", ""),
+                            SourcePolicy.coerce(policy))  # fmt: skip
+        item_mask = {**item_mask, "href": gated.path}
+    excluded, info = M.dataset_mask(
+        grid, item_mask, user_mask,
+        tuple(scl_classes) if scl_classes is not None else M.SCL_EXCLUDE,
+        tuple(qa_bits) if qa_bits is not None else M.QA_PIXEL_EXCLUDE_BITS, dataset,
+    )  # fmt: skip
+    profile = dict(driver="GTiff", dtype="uint8", count=1, height=grid.height,
+                   width=grid.width, crs=grid.crs, transform=grid.transform, tiled=True,
+                   compress="deflate")  # fmt: skip
+    with atomic_raster(out_tif) as tmp, rasterio.open(tmp, "w", **profile) as dst:
+        dst.write(excluded.astype(np.uint8), 1)
+        dst.update_tags(**{M.KIND_TAG: "binary", "costack_mask_dataset": str(dataset),
+                           "costack_mask_sources": json.dumps(info)})  # fmt: skip
+        dst.set_band_description(1, "excluded (1) from the registration's data")
+    log.info("mask of dataset %d: %.1f %% of the grid excluded (%s)", dataset,
+             100 * excluded.mean(), info)  # fmt: skip
+    return info

@@ -433,3 +433,23 @@ def run_discover(cfg: RunConfig, out_csv: str | Path) -> pd.DataFrame:
         write_manifest(manifest, tmp)
     log.info("discovered %d assets in %d datasets", len(manifest), manifest["dataset"].nunique())
     return manifest
+
+
+def find_item_masks(cfg: RunConfig) -> dict[int, dict[str, str]]:
+    """Each listed dataset's quality-mask asset (Sentinel-2 L2A ``scl``, Landsat C2
+    ``qa_pixel``; :func:`costack.io.masks.find_mask_asset`) as ``{"key", "kind", "href"}``
+    (href absolute, as GDAL reads it); datasets whose item has none are left out (not an
+    error)."""
+    from costack.io.masks import find_mask_asset
+
+    out: dict[int, dict[str, str]] = {}
+    for n in sorted(set(cfg.datasets)):
+        item = load_item(cfg.inputs[n - 1], n)
+        found = find_mask_asset(item.assets, item.id)
+        if found is None:
+            log.info("dataset %d: item %s has no quality mask asset (scl, qa_pixel)", n, item.id)
+            continue
+        key, kind = found
+        out[n] = {"key": key, "kind": kind, "href": item.assets[key].get_absolute_href(),
+                  "item_href": normalise_item_ref(cfg.inputs[n - 1])}  # fmt: skip
+    return out

@@ -21,8 +21,16 @@ from pathlib import Path
 import numpy as np
 
 from costack.io.files import write_json
+from costack.io.masks import Exclusions, rule_exclusions
 from costack.io.rasters import costack_tags, read_float32, require_colocated, write_float32
 from costack.limits import TILED_ABOVE
+from costack.registration.change import (
+    SUPPORT_MEANING,
+    apply_exclusions,
+    change_stats,
+    hold_result,
+    support_on_grid,
+)
 from costack.registration.folki import FlowParams, FlowResult, estimate_flow, resolve_mode
 from costack.registration.imaging import blur_valid, on_two_threads, resolution_sigma, warp_array
 from costack.registration.matching import (
@@ -34,7 +42,7 @@ from costack.registration.overlap import OVERLAP_MARGIN, overlap_window
 from costack.stages._common import better_by_similarity, decide_mode, read_model
 
 __all__ = ["FlowParams", "FlowResult", "adapt_to_resolution", "estimate_flow",
-           "reference_blur", "resolve_mode", "run_flow"]  # fmt: skip
+           "reference_blur", "resolve_mode", "rule_exclusions", "run_flow"]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +56,17 @@ def run_flow(
     stats_json: str | Path | None = None,
     resolution_ratio: float = 1.0,
     model_json: str | Path | None = None,
+    masks: Exclusions | None = None,
+    support_tif: str | Path | None = None,
+    hold_changes: bool = True,
 ) -> dict:
     """Estimate the flow between two co-located rasters and write it (dx, dy bands, pixels).
+
+    ``masks``: pixels of either image that take no part in the flow's data term (item quality
+    masks, a user's mask or polygons; :class:`costack.io.masks.Exclusions`). ``hold_changes``:
+    where the data does not support a match (masked, changed, inconsistent), the displacement
+    comes from the stable surroundings (:mod:`costack.registration.change`); ``support_tif``
+    then receives where it did (1 the data's own match, 0 the surroundings).
 
     ``resolution_ratio``: native pixel size of the secondary over the grid's. When the
     secondary is much coarser (30 m on a 10 m grid), the reference is blurred to a similar
@@ -77,6 +94,7 @@ def run_flow(
     params = replace(params, mode=mode, radar=mode_choice.get("radar", params.radar),
                      invert_secondary=bool(mode_choice.get("invert_secondary")))  # fmt: skip
     params = replace(params, radii=params.window_radii())
+    excluded = masks.read(grid) if masks is not None else (None, None)  # one-line errors first
     seed_note = None
     if tp_model is not None:
         seed_note = tp_model.seed_refusal(params.seed_min_points, params.seed_max_rmse)
@@ -87,7 +105,7 @@ def run_flow(
     if grid.width * grid.height > TILED_ABOVE:
         return _run_flow_tiled(
             ref_tif, sec_tif, out_tif, confidence_tif, params, stats_json, resolution_ratio,
-            tp_model, model_json, seed_note, mode_choice,
+            tp_model, model_json, seed_note, mode_choice, support_tif, hold_changes, masks,
         )  # fmt: skip
     ref, grid, ref_nd = read_float32(ref_tif)
     sec, _, sec_nd = read_float32(sec_tif)
@@ -106,12 +124,18 @@ def run_flow(
     full_shape = ref.shape
     if window is not None:
         ref, sec = ref[window], sec[window]
+        excluded = tuple(None if m is None else m[window] for m in excluded)
         if init is not None:
             init = (init[0][window], init[1][window])
+    ref, sec, overlap = apply_exclusions(ref, sec, *excluded)
     res, start = _estimate_with_start(ref, sec, params, init)
     if mode_choice.get("verify_with"):  # untagged, multimodal, no side read as radar
         res, params, start = _verified(ref, sec, res, params, start, asked, mode_choice, init,
                                        resolution_ratio)  # fmt: skip
+    # the flow's own known share (before any hold fills its unknown pixels): the verdict's
+    # min_flow_valid judges the data's own match
+    own_known = int(np.isfinite(res.dx).sum())
+    res, held = hold_result(res, ref, sec, overlap) if hold_changes else (res, None)
     if window is not None:
         res = _embed(res, window, full_shape)
     seconds = time.perf_counter() - t0
@@ -129,6 +153,19 @@ def run_flow(
             raise
     else:
         _write_flow_file(*flow_out)
+    if support_tif:
+        support = support_on_grid(held, window, full_shape)
+        pair = {k: v for k, v in tags.items()
+                if k in ("costack_flow_reference", "costack_flow_secondary")}  # fmt: skip
+        try:
+            write_float32(support_tif, support, grid,
+                          tags={"costack_support": SUPPORT_MEANING, **pair},
+                          band_descriptions=["support"])  # fmt: skip
+        except BaseException:
+            for path in (out_tif, confidence_tif):  # the flow without its evidence: neither
+                if path:
+                    Path(path).unlink(missing_ok=True)
+            raise
     valid = np.isfinite(res.dx)
     stats = {
         "mode": params.mode,
@@ -138,7 +175,7 @@ def run_flow(
         "levels": res.stats.get("levels"),
         "reference_blur_sigma": round(blur, 3),
         "global_shift": [float(x) for x in res.stats.get("global_shift_coarse", (0, 0))],
-        "valid_fraction": float(valid.mean()),
+        "valid_fraction": own_known / valid.size,
         "mean_dx": float(np.nanmean(res.dx)) if valid.any() else None,
         "mean_dy": float(np.nanmean(res.dy)) if valid.any() else None,
         "mean_confidence": float(res.confidence[valid].mean()) if valid.any() else None,
@@ -148,6 +185,7 @@ def run_flow(
         "overlap_window": None if window is None else [
             window[0].start, window[0].stop, window[1].start, window[1].stop],
         "start": start,
+        "change": change_stats(held, excluded, hold_changes),
     }  # fmt: skip
     log.info("flow %s -> %s: %s", sec_tif, out_tif, stats)
     if stats_json:
@@ -216,7 +254,8 @@ def _estimate_with_start(ref, sec, params: FlowParams, init):
 
 def _run_flow_tiled(
     ref_tif, sec_tif, out_tif, confidence_tif, params, stats_json, ratio, tp_model=None,
-    model_json=None, seed_note=None, mode_choice=None,
+    model_json=None, seed_note=None, mode_choice=None, support_tif=None, hold_changes=False,
+    masks=None,
 ):  # fmt: skip
     """:func:`run_flow` for scene-sized grids (see :mod:`costack.stages._tiled`); an accepted
     tie-point model ``tp_model`` seeds the coarse pass."""
@@ -228,12 +267,20 @@ def _run_flow_tiled(
     conf = confidence_tif or str(Path(out_tif).with_suffix("")) + ".confidence.tif"
     tags = flow_tags(params.mode, ref_tif, sec_tif)
     tiled = flow_tiled(ref_tif, sec_tif, out_tif, conf, params, ref_filter=ref_filter,
-                       seed_model=tp_model, tags=tags)  # fmt: skip
+                       seed_model=tp_model, tags=tags, support_tif=support_tif,
+                       hold_changes=hold_changes, masks=masks)  # fmt: skip
     stats = {"mode": params.mode, "mode_choice": mode_choice, "params": params.to_dict(),
              "seconds": tiled["seconds"],
              "tiled": tiled, "reference_blur_sigma": round(blur, 3),
              "tiepoint_model": str(model_json) if tp_model is not None else None,
-             "tiepoint_model_refused": seed_note}  # fmt: skip
+             "tiepoint_model_refused": seed_note,
+             "change": {"held": hold_changes,
+                        "masks": {"reference": bool(masks and (masks.reference or masks.polygons)),
+                                  "secondary": bool(masks and (masks.secondary or
+                                                               masks.polygons))},
+                        "unsupported_fraction": tiled.get("unsupported_fraction")}}  # fmt: skip
+    if not hold_changes:
+        del stats["change"]["unsupported_fraction"]
     if stats_json:
         write_json(stats_json, stats)
     return stats

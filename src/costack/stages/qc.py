@@ -15,6 +15,7 @@ secondary dataset: ``pass``, ``warn`` or ``fail`` with its reasons.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from costack.errors import CostackError, printable
 from costack.io.files import write_json
 from costack.io.grids import Grid
 from costack.io.manifest import dataset_labels  # noqa: F401 (the rule script's labels)
+from costack.io.masks import Exclusions, rule_exclusions  # noqa: F401 (the rule script's)
 from costack.io.rasters import costack_tags, read_float32, require_colocated
 from costack.limits import (
     QC_BLOCK_BYTES,
@@ -33,10 +35,13 @@ from costack.limits import (
     qc_in_memory_pixels,
     qc_parallel,
 )
+from costack.registration.change import apply_exclusions
 from costack.registration.imaging import masked_blur, on_two_threads, resolution_sigma
 from costack.registration.matching import MIN_SIMILARITY_MULTIMODAL, lsm, prepare
 from costack.registration.tiepoint_model import TiePointModel
 from costack.stages._common import read_model
+
+log = logging.getLogger(__name__)
 
 #: Half patch (px) of the multimodal QC matcher (51 px patches, as the tie points' coarse).
 MULTIMODAL_HALF = 25
@@ -211,7 +216,7 @@ def window_margin(multimodal: bool, reference_blur: float) -> int:
 
 def _residuals_sampled(
     paths: tuple, grid: Grid, kw: dict, confidence_tif: str | Path | None, size: int,
-    seed: int = 0,
+    seed: int = 0, masks: Exclusions | None = None,
 ) -> dict:  # fmt: skip
     """:func:`residual_misregistration` before and after at ``size`` points of the lattice,
     each in its own window: the whole-grid figures at the cost of their evidence.
@@ -227,7 +232,10 @@ def _residuals_sampled(
     points' results reused), up to the whole lattice. Returns a dict: ``before``
     and ``after`` (the shifts, (n, 2)), ``before_weights`` and ``after_weights`` (1 / pi),
     ``before_points`` and ``after_points`` (grid row and column of each, (n, 2)),
-    ``coverage``, ``overlap`` and ``record`` (the sampling's description)."""
+    ``coverage``, ``overlap`` and ``record`` (the sampling's description). ``masks``: pixels
+    excluded (issue 35) take no part: no point is drawn where its patch touches them, and each
+    window is re-matched with them invalid (coverage and overlap are before the masks, as
+    in memory)."""
     from contextlib import ExitStack
 
     from rasterio.windows import Window
@@ -254,6 +262,10 @@ def _residuals_sampled(
             n_before += int(ok_before.sum())
             n_overlap += int(both.sum())
             del ok_before
+            if masks is not None:
+                for x in masks.read_window(grid, win):
+                    if x is not None:
+                        both &= ~x
             for r in range(r0, r1):
                 if r in need:
                     both_rows[r] = both[r - r0]
@@ -285,8 +297,12 @@ def _residuals_sampled(
                 kw, row_offset=w0, point_rows=(rg, rg + 1), grid_height=grid.height,
                 col_offset=v0, point_cols=(cg, cg + 1), grid_width=grid.width,
             )  # fmt: skip
-            got = [residual_misregistration(ref, read_window(src, win), **point_kw)
-                   for src in (before_src, after_src)]  # fmt: skip
+            pair = [read_window(src, win) for src in (before_src, after_src)]
+            if masks is not None:
+                ref_x, sec_x = masks.read_window(grid, win)
+                ref, pair[0], _ = apply_exclusions(ref, pair[0], ref_x, sec_x)
+                pair[1] = apply_exclusions(ref, pair[1], None, sec_x)[1]
+            got = [residual_misregistration(ref, sec, **point_kw) for sec in pair]
             return tuple(g[0] if len(g) else None for g in got)
 
         drawn = size
@@ -327,7 +343,7 @@ def _residuals_sampled(
 
 
 def _residuals_by_blocks(
-    paths: tuple, grid: Grid, kw: dict, block_bytes: int
+    paths: tuple, grid: Grid, kw: dict, block_bytes: int, masks: Exclusions | None = None
 ) -> tuple[np.ndarray, np.ndarray, float, float]:
     """:func:`residual_misregistration` of the before and after rasters over the whole grid,
     block by block: square blocks of grid rows and columns (:func:`costack.limits.
@@ -361,9 +377,14 @@ def _residuals_by_blocks(
                 core = (slice(r0 - w0, r1 - w0), slice(c0 - v0, c1 - v0))
                 n_before += int(np.isfinite(before[core]).sum())
                 n_overlap += int((np.isfinite(before[core]) & np.isfinite(ref[core])).sum())
+                ref_x = sec_x = None
+                if masks is not None:  # excluded pixels (clouds, a damage zone): not re-matched
+                    ref_x, sec_x = masks.read_window(grid, win)
+                    ref, before, _ = apply_exclusions(ref, before, ref_x, sec_x)
                 before_all.append(residual_misregistration(ref, before, **block_kw))
                 del before
                 after = read_window(after_src, win)
+                after = apply_exclusions(ref, after, None, sec_x)[1]
                 after_all.append(residual_misregistration(ref, after, **block_kw))
                 del after, ref
     px = grid.width * grid.height
@@ -384,6 +405,7 @@ def run_qc(
     confidence_tif: str | Path | None = None,
     sample_points: int = QC_SAMPLE_POINTS,
     seed: int = 0,
+    masks: Exclusions | None = None,
 ) -> dict:
     """The QC stage (rule ``assess_registration``, ``costack qc``): residual misregistration
     before (colocated) and after co-registration, as JSON.
@@ -435,7 +457,7 @@ def run_qc(
     sampling = None
     if sample_points and len(rows) * len(cols) > sample_points:
         got = _residuals_sampled((ref_tif, colocated_tif, coregistered_tif), grid, kw,
-                                 confidence_tif, sample_points, seed)  # fmt: skip
+                                 confidence_tif, sample_points, seed, masks)  # fmt: skip
         shifts_before, weights_before = got["before"], got["before_weights"]
         shifts_after, weights_after = got["after"], got["after_weights"]
         coverage, overlap, sampling = got["coverage"], got["overlap"], got["record"]
@@ -443,6 +465,12 @@ def run_qc(
         ref, _, _ = read_float32(ref_tif)
         before, _, _ = read_float32(colocated_tif)
         after, _, _ = read_float32(coregistered_tif)
+        coverage = float(np.isfinite(before).mean())
+        overlap = float((np.isfinite(before) & np.isfinite(ref)).mean())
+        if masks is not None:  # excluded pixels (clouds, a damage zone) are not re-matched
+            ref_x, sec_x = masks.read(grid)
+            ref, before, _ = apply_exclusions(ref, before, ref_x, sec_x)
+            after = apply_exclusions(ref, after, None, sec_x)[1]
         if threads > 1 and qc_parallel(grid.width * grid.height, multimodal):
             # the two re-matchings side by side (LSM releases the GIL)
             shifts_before, shifts_after = on_two_threads(
@@ -451,11 +479,9 @@ def run_qc(
         else:
             shifts_before = residual_misregistration(ref, before, **kw)
             shifts_after = residual_misregistration(ref, after, **kw)
-        coverage = float(np.isfinite(before).mean())
-        overlap = float((np.isfinite(before) & np.isfinite(ref)).mean())
     else:
         shifts_before, shifts_after, coverage, overlap = _residuals_by_blocks(
-            (ref_tif, colocated_tif, coregistered_tif), grid, kw, block_bytes
+            (ref_tif, colocated_tif, coregistered_tif), grid, kw, block_bytes, masks
         )
     where = (
         f"LSM re-matching at {sampling['sampled']} of the {sampling['lattice_points']} points "
@@ -497,6 +523,7 @@ class VerdictThresholds:
     min_flow_valid: float = 0.5  # flow known over this share of the overlap; below: fail
     max_diverged: float = 0.1  # share of the grid where the flow diverged; above: fail
     max_model_disagreement_px: float = 1.0  # tie-point model vs flow mean shift; above: warn
+    max_unsupported: float = 0.5  # overlap registered from the surroundings; above: warn
 
 
 def judge(
@@ -546,6 +573,11 @@ def judge(
     if diverged is not None and diverged > t.max_diverged:
         fails.append(f"flow diverged on {diverged:.0%} of the grid (max_diverged "
                      f"{t.max_diverged:.0%})")  # fmt: skip
+    unsupported = (flow.get("change") or {}).get("unsupported_fraction")
+    if unsupported is not None and unsupported > t.max_unsupported:
+        warns.append(f"registered from the stable surroundings on {unsupported:.0%} of the "
+                     f"overlap (the images did not support a match there: change, clouds, "
+                     f"masks; max_unsupported {t.max_unsupported:.0%})")  # fmt: skip
     coverage = qc.get("coverage")
     if coverage is not None and coverage < t.min_coverage:
         warns.append(f"covers {coverage:.1%} of the grid (min_coverage {t.min_coverage:.0%})")
@@ -601,7 +633,11 @@ def merge_summaries(
         for n, qc in summary.items():
             path = (models or {}).get(n)
             model = read_model(path) if path else TiePointModel.none()
-            qc.update(judge(qc, load(flows.get(n)), model, t))
+            flow = load(flows.get(n))
+            unsupported = (flow.get("change") or {}).get("unsupported_fraction")
+            if unsupported is not None:  # registered from the surroundings (issue 35)
+                qc["unsupported_fraction"] = unsupported
+            qc.update(judge(qc, flow, model, t))
             if labels and n in labels:
                 qc["label"] = labels[n]
     write_json(out_json, summary)

@@ -164,6 +164,11 @@ def models_table(
                 f"{html.escape(label or 'dataset ' + str(dataset))}"
                 f"{'<ul>' + reasons + '</ul>' if reasons else ''}</div>"
             )
+        share = q.get("unsupported_fraction")
+        if share is not None:  # issue 35: where the images did not support a match
+            banner += (f"<p>Registered from the stable surroundings (change, clouds, masks): "
+                       f"{100 * share:.1f} % of the overlap (results/flow/{dataset}.support.tif)"
+                       "</p>")  # fmt: skip
     page = (
         "<!DOCTYPE html><html><head><meta charset='utf-8'><style>body{font-family:sans-serif}"
         "td,th{padding:4px 12px;text-align:left}</style></head><body>"

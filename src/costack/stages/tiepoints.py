@@ -44,7 +44,9 @@ from scipy import ndimage
 
 from costack.errors import CostackError
 from costack.io.manifest import registration_label  # noqa: F401 (the rule script's label)
+from costack.io.masks import Exclusions, rule_exclusions  # noqa: F401 (the rule script's)
 from costack.limits import TIEPOINT_IN_MEMORY_PIXELS
+from costack.registration.change import apply_exclusions
 from costack.registration.imaging import masked_blur, resolution_sigma
 from costack.registration.matching import (
     MIN_SIMILARITY_MULTIMODAL,
@@ -324,6 +326,7 @@ def run_tiepoints(
     resolution_ratio: float = 1.0,
     max_in_memory_pixels: int = TIEPOINT_IN_MEMORY_PIXELS,
     threads: int = 1,
+    masks: Exclusions | None = None,
 ) -> TiePointModel:
     """The tie-point stage (rule ``match_tiepoints``, ``costack tiepoints``) on two co-located
     rasters: CSV, model JSON and vector plot.
@@ -364,8 +367,13 @@ def run_tiepoints(
     if height * width <= max_in_memory_pixels:
         ref, _, _ = read_float32(ref_tif)
         sec, _, _ = read_float32(sec_tif)
+        if masks is not None:  # excluded pixels (clouds, a damage zone) match nothing
+            ref, sec, _ = apply_exclusions(ref, sec, *masks.read(grid))
         df = _match_window(ref, sec, p, label, (0, 0))
     else:
+        if masks is not None:
+            log.warning("%s: a grid over %d pixels is matched by tiles, without the masks",
+                        label, max_in_memory_pixels)  # fmt: skip
         # two tiles at once: tiles of half the pixels, the memory bound unchanged
         df = _match_by_tiles(ref_tif, sec_tif, (height, width), p, label,
                              max_in_memory_pixels // max(1, threads), threads)  # fmt: skip
