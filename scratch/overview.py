@@ -461,9 +461,11 @@ def render_overview(
              f"<a href='catalog.json'>STAC catalog (catalog.json)</a> · "
              f"<a href='qc/summary.json'>QC summary (qc/summary.json)</a>")  # fmt: skip
     if not published:
-        parts.append("<p class='alert'>A registration failed and <code>on_failed_registration"
-                     "</code> is <code>stop</code>: the catalog step publishes no item (see the "
-                     "reasons below; set it to <code>publish</code> to publish flagged).</p>")
+        parts.append(
+            "<p class='alert'>A registration failed and <code>on_failed_registration"
+            "</code> is <code>stop</code>: the catalog step publishes no item (see the "
+            "reasons below; set it to <code>publish</code> to publish flagged).</p>"
+        )
     parts.append(f"<p class='links'>{links}</p>")
 
     # table of datasets
@@ -684,7 +686,8 @@ DATA.datasets.forEach(function(ds){
     const left=state.flicker?(state.phase?'B: '+names[b]:'A: '+names[a]):'A: '+names[a];
     ctx.fillText(left,4,13);
     if(!state.flicker){const t='B: '+names[b];ctx.fillText(t,VIEW-ctx.measureText(t).width-4,13);}
-    const s=span(), r0=Math.max(0,Math.round(state.cr-s/2)), c0=Math.max(0,Math.round(state.cc-s/2));
+    const s=span(), r0=Math.max(0,Math.round(state.cr-s/2));
+    const c0=Math.max(0,Math.round(state.cc-s/2));
     where.textContent='rows '+r0+'-'+Math.min(H,Math.round(r0+s))+', cols '+c0+'-'+
       Math.min(WD,Math.round(c0+s))+(w.factor===1?', full resolution':
       ', reduced 1:'+w.factor+' (full resolution inside the outlined windows)');
@@ -708,7 +711,8 @@ DATA.datasets.forEach(function(ds){
   bb.addEventListener('click',function(){selB.value='before';draw();});
   ba.addEventListener('click',function(){selB.value='after';draw();});
   flick.addEventListener('click',function(){
-    if(state.flicker){clearInterval(state.flicker);state.flicker=null;flick.textContent='flicker A/B';}
+    if(state.flicker){clearInterval(state.flicker);state.flicker=null;
+      flick.textContent='flicker A/B';}
     else{state.flicker=setInterval(function(){state.phase=1-state.phase;draw();},600);
       flick.textContent='stop flicker';}
     draw();});
