@@ -31,6 +31,7 @@ include: "workflow/rules/catalog.smk"
 
 rule all:
     input:
+        "results/report.html",
         "results/catalog.json",
         expand("results/qc/{n}.composite.png", n=SECONDARY),
     default_target: True

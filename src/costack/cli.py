@@ -97,6 +97,25 @@ def cmd_verify(args: argparse.Namespace) -> None:
     print(f"ok: every file of {args.item} matches its checksum")
 
 
+def cmd_report(args: argparse.Namespace) -> None:
+    """The overview page of a run (the rule render_overview's)."""
+    from costack.config import parse_config
+    from costack.stages.report import run_overview
+
+    cfg = parse_config(_config_from_args(args))
+    results = Path(args.results)
+    if not (results / "qc" / "summary.json").is_file():
+        raise CostackError(
+            "--results", f"{results} holds no finished run (no qc/summary.json)",
+            "give the results folder of a run (OUT/results for costack run --out OUT)",
+        )  # fmt: skip
+    out = Path(args.out) if args.out else results / "report.html"
+    run_overview(results, out, cfg.reference.key, cfg.item_id,
+                 expressions=[e.name for e in cfg.expressions],
+                 on_failed_registration=cfg.on_failed_registration)  # fmt: skip
+    print(f"overview page: {out}")
+
+
 def cmd_discover(args: argparse.Namespace) -> None:
     """Step discover."""
     from costack.config import parse_config
@@ -315,6 +334,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify", help="check published files against the item's checksums")
     p.add_argument("item", help="the stack's item JSON (results/stack/ITEM_ID.json)")
     p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser(
+        "report", help="write a run's overview page (results/report.html)",
+        description="The overview page of a finished run, as the workflow writes it: datasets, "
+        "verdicts, QC residuals, swipe/flicker comparisons, displacement, quicklooks.",
+    )  # fmt: skip
+    _add_config_args(p)
+    p.add_argument("--results", default="results",
+                   help="the run's results folder (default results)")  # fmt: skip
+    p.add_argument("--out", help="output HTML (default RESULTS/report.html)")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("discover", help="resolve the listed assets into a manifest CSV")
     _add_config_args(p)
