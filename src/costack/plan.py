@@ -300,3 +300,43 @@ def make_plan(cfg: RunConfig, manifest: pd.DataFrame, grid: Grid) -> RunPlan:
         label=label,
         kinds_differ={n: kind[key] != kind[cfg.reference.key] for n, key in matching.items()},
     )
+
+
+def stack_names(plan: RunPlan) -> set[str]:
+    """The file names the run writes in ``results/stack/``: one COG per asset and per band-math
+    output, the displacement and confidence COGs of each secondary dataset, and the item."""
+    names = {f"{k}.tif" for k in plan.cfg.keys}
+    names |= {f"{e.name}.tif" for e in plan.cfg.expressions}
+    names |= {f"{n}-{what}.tif" for n in plan.secondary for what in ("displacement", "confidence")}
+    return names | {f"{plan.cfg.item_id}.json"}
+
+
+def refuse_foreign_results(plan: RunPlan, workdir: str | Path = ".") -> None:
+    """Refuse, before anything is written, a run whose ``results/stack/`` (in ``workdir``)
+    holds files it does not make: another run's item, or COGs that the new item would not list
+    and that would lie beside it, unlisted (``snakemake --configfile mine.yaml`` in a folder
+    where the demo ran). A rerun of the same configuration, or of one that adds outputs, passes.
+
+    Raises:
+        CostackError: naming the first foreign files and the fix (a folder of its own).
+    """
+    stack = (Path(workdir) / "results" / "stack").resolve()
+    if not stack.is_dir():
+        return
+    mine = stack_names(plan)
+    foreign = sorted(
+        p.name for p in stack.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.name not in mine
+    )  # fmt: skip
+    if not foreign:
+        return
+    items = [name for name in foreign if name.endswith(".json")]
+    what = (f"another run's item ({', '.join(items[:2])})" if items else
+            f"{len(foreign)} file(s) this run does not make ({', '.join(foreign[:3])}"
+            f"{', ...' if len(foreign) > 3 else ''})")  # fmt: skip
+    raise CostackError(
+        "results",
+        f"{stack} holds {what}; a run here would leave them beside its item {plan.cfg.item_id}",
+        "give each run its own folder: costack run --out DIR, or snakemake -d DIR (-s "
+        "costack/Snakefile from elsewhere); or remove the earlier run's results/ first",
+    )
