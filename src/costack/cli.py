@@ -78,15 +78,21 @@ def cmd_check(args: argparse.Namespace) -> None:
 
 
 def cmd_verify(args: argparse.Namespace) -> None:
-    """Check the published files of an item against its file:size and file:checksum."""
-    from costack.io.stac import verify_item
+    """Check the published files of an item, or of every item a catalog links, against their
+    file:size and file:checksum; refuse what holds nothing to check."""
+    from costack.io.stac import verify_stac
 
     if not Path(args.item).is_file():
-        raise CostackError("item", f"{args.item} does not exist", "give the stack's item JSON")
+        raise CostackError("item", f"{args.item} does not exist",
+                           "give the stack's item JSON or the run's catalog.json")  # fmt: skip
     try:
-        problems = verify_item(args.item)
+        problems, checked = verify_stac(args.item)
     except ValueError as err:
-        raise CostackError("item", f"{args.item} is not a STAC item JSON ({err})", None) from err
+        raise CostackError(
+            "item",
+            f"{args.item} cannot be verified: {err}",
+            "give the stack's item JSON or the run's catalog.json",
+        ) from err
     for line in problems:
         print(f"costack: verify: {line}", file=sys.stderr)
     if problems:
@@ -94,7 +100,12 @@ def cmd_verify(args: argparse.Namespace) -> None:
             "item", f"{len(problems)} published file(s) differ from {args.item}",
             "rerun the workflow to rebuild them (snakemake --forcerun convert_cog ...)",
         )  # fmt: skip
-    print(f"ok: every file of {args.item} matches its checksum")
+    if checked == 0:
+        raise CostackError(
+            "item", f"{args.item} lists no local file with a file:size or file:checksum: "
+            "nothing to verify", "give an item costack published (results/stack/ITEM_ID.json)",
+        )  # fmt: skip
+    print(f"ok: {checked} file(s) of {args.item} match their checksums")
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -159,6 +170,46 @@ def _key_paths(specs: list[str], option: str = "--asset") -> dict[str, str]:
         if not sep:
             raise CostackError(option, f"{spec!r} is not KEY=PATH", "write e.g. 1.nir=a.tif")
         out[key] = path
+    return out
+
+
+def _expression_paths(specs: list[str]) -> dict[str, str]:
+    """``costack catalog --expression`` options as the rule build_catalog passes them: the
+    expression's source ``NAME:(EXPR)`` to its COG. ``NAME:(EXPR)=COG`` (split at the last
+    ``=``) or ``NAME=COG``, whose expression is read from the COG's ``costack_expression`` tag
+    (written by band math); a COG computed from another expression is refused."""
+    from costack.io.rasters import costack_tags
+    from costack.stages.bandmath import split_expression
+
+    out = {}
+    for spec in specs:
+        given, sep, path = spec.rpartition("=")
+        if not sep or not given or not path:
+            raise CostackError(
+                "--expression",
+                f"{spec!r} is not NAME:(EXPR)=COG or NAME=COG",
+                "write e.g. 'ndvi:(norm_diff 1.nir 1.red)=results/stack/ndvi.tif'",
+            )
+        if not Path(path).is_file():
+            raise CostackError(
+                "--expression",
+                f"{path} does not exist",
+                "give the band-math output's COG (results/stack/NAME.tif)",
+            )
+        tagged = costack_tags(path).get("costack_expression")
+        if ":" in given:
+            expr = split_expression(given)
+            source = f"{expr.name}:{expr.text}"  # as the rule passes it (ParsedExpression)
+        elif tagged:
+            source = tagged
+        else:
+            raise CostackError("--expression", f"{path} records no expression (no "
+                               "costack_expression tag), and {given!r} gives none",
+                               f"write it whole: '{given}:(EXPR)={path}'")  # fmt: skip
+        if tagged and tagged != source:
+            raise CostackError("--expression", f"{path} was computed as {tagged!r}, given as "
+                               f"{source!r}", "give each expression its own COG")  # fmt: skip
+        out[source] = path
     return out
 
 
@@ -295,7 +346,7 @@ def cmd_catalog(args: argparse.Namespace) -> None:
         flows[int(n)] = tuple(parts)
     run_catalog(
         args.manifest, args.grid, cogs, args.reference, args.item_id, args.catalog, args.item,
-        expressions=_key_paths(args.expression, "--expression"), flows=flows or None,
+        expressions=_expression_paths(args.expression), flows=flows or None,
         qc_json=args.qc, on_failed_registration=args.on_failed_registration,
     )  # fmt: skip
 
@@ -331,8 +382,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=cmd_check)
 
-    p = sub.add_parser("verify", help="check published files against the item's checksums")
-    p.add_argument("item", help="the stack's item JSON (results/stack/ITEM_ID.json)")
+    p = sub.add_parser(
+        "verify", help="check published files against the item's (or catalog's) checksums"
+    )
+    p.add_argument("item", help="the stack's item JSON (results/stack/ITEM_ID.json) or the run's "
+                   "catalog (results/catalog.json), whose items are all checked")  # fmt: skip
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser(
@@ -537,8 +591,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--expression",
         action="append",
         default=[],
-        metavar="NAME=COG",
-        help="an expression's COG (results/stack/NAME.tif); repeat",
+        metavar="NAME:(EXPR)=COG",
+        help="a band-math output: its expression as in the config, '=', its COG, e.g. "
+        "'ndvi:(norm_diff 1.nir 1.red)=results/stack/ndvi.tif' (NAME=COG takes the expression "
+        "recorded in the COG); repeat",
     )
     p.add_argument(
         "--flow",
