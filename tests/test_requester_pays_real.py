@@ -19,7 +19,7 @@ S2 = ITEMS / "earthsearch-sentinel-2-l2a__S2A_13TDE_20231008_0_L2A.json"
 @pytest.fixture
 def landsat():
     if not LANDSAT.is_file():
-        pytest.skip(f"real STAC items not present ({ITEMS}; see README: test data)")
+        pytest.skip(f"real STAC items not present ({ITEMS}; see ../shared/data/README.md)")
     return LANDSAT
 
 
