@@ -108,6 +108,27 @@ def cmd_verify(args: argparse.Namespace) -> None:
     print(f"ok: {checked} file(s) of {args.item} match their checksums")
 
 
+def cmd_validate(args: argparse.Namespace) -> None:
+    """Validate an item or a catalog (and what it links) offline, against the vendored
+    schemas of STAC 1.1.0 and of every extension the documents declare."""
+    from costack.io.validation import validate_stac
+
+    if not Path(args.document).is_file():
+        raise CostackError("document", f"{args.document} does not exist",
+                           "give the stack's item JSON or the run's catalog.json")  # fmt: skip
+    errors, count = validate_stac(args.document)
+    for line in errors:
+        print(f"costack: validate: {line}", file=sys.stderr)
+    if errors:
+        raise CostackError(
+            "document", f"{len(errors)} problem(s) validating {args.document} or what it links",
+            "fix the document; an unvendored version or extension cannot be checked offline "
+            "(stac-validator, online, can)",
+        )  # fmt: skip
+    print(f"ok: {count} STAC document(s) of {args.document} valid against the STAC "
+          "1.1.0 and extension schemas (offline)")  # fmt: skip
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     """The overview page of a run (the rule render_overview's)."""
     from costack.config import parse_config
@@ -388,6 +409,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("item", help="the stack's item JSON (results/stack/ITEM_ID.json) or the run's "
                    "catalog (results/catalog.json), whose items are all checked")  # fmt: skip
     p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser(
+        "validate", help="validate an item or catalog offline against the vendored STAC schemas",
+        description="Validate a STAC item, or a catalog and every item it links, against the "
+        "JSON schemas of STAC 1.1.0 and of each declared extension that costack vendors "
+        "(nothing fetched: another version or an unvendored extension is an error).",
+    )  # fmt: skip
+    p.add_argument("document", help="results/stack/ITEM_ID.json or results/catalog.json")
+    p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser(
         "report", help="write a run's overview page (results/report.html)",
