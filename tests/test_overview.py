@@ -198,3 +198,21 @@ def test_page_json_cannot_close_its_script():
     text = _script_json(data)
     assert "<" not in text and ">" not in text and "&" not in text
     assert json.loads(text) == data
+
+
+def test_the_reports_models_table_shows_the_gain(demo_run: Path, tmp_path: Path):
+    """The Snakemake report's per-dataset table gives the QC residual before co-registration
+    beside the one after (3.02 px -> 0.11 px on the demo's Landsat-like dataset), with points."""
+    from costack.stages.report import models_table
+
+    res = demo_run / "results"
+    qc = json.loads((res / "qc" / "2.json").read_text())
+    out = tmp_path / "models.html"
+    models_table(res / "tiepoints" / "2.model.json", res / "qc" / "2.json", out)
+    text = out.read_text()
+    for when in ("before", "after"):
+        row = re.search(rf"<td>residual {when} co-registration \(median px\)</td>(.*?)</tr>",
+                        text, re.S)  # fmt: skip
+        assert row, (when, text)
+        assert str(qc[when]["pixels"]["median"]) in row.group(1)
+        assert f"<td>{qc[when]['points']}</td>" in row.group(1)

@@ -136,7 +136,8 @@ def models_table(
     label: str = "",
 ) -> None:
     """The dataset's verdict as a banner, then one row per model: RMSE, tie points; plus the
-    residual after co-registration (HTML, which Snakemake's report shows inline)."""
+    QC residual before and after co-registration (HTML, which Snakemake's report shows
+    inline)."""
     import html
 
     import pandas as pd
@@ -152,11 +153,12 @@ def models_table(
         }  # fmt: skip
         for name, m in model.fits.items()
     ]
-    after = qc.get("after", {})
-    figure = after.get("pixels", {}).get("median", "") if after.get("figure") == "measured" else (
-        "insufficient")  # fmt: skip
-    rows.append({"model": "residual after co-registration (median px)", "chosen": "",
-                 "rmse_px": figure, "tie_points": after.get("points", 0)})  # fmt: skip
+    for when in ("before", "after"):  # the gain: the QC residual on both sides
+        q = qc.get(when, {})
+        figure = q.get("pixels", {}).get("median", "") if q.get("figure") == "measured" else (
+            "insufficient")  # fmt: skip
+        rows.append({"model": f"residual {when} co-registration (median px)", "chosen": "",
+                     "rmse_px": figure, "tie_points": q.get("points", 0)})  # fmt: skip
     table = pd.DataFrame(rows).to_html(index=False, border=0)
     banner = ""
     if summary_json and dataset is not None and Path(summary_json).is_file():
@@ -174,7 +176,8 @@ def models_table(
     page = (
         "<!DOCTYPE html><html><head><meta charset='utf-8'><style>body{font-family:sans-serif}"
         "td,th{padding:4px 12px;text-align:left}</style></head><body>"
-        f"{banner}<h3>Models fitted to the tie points, and residual after co-registration</h3>"
+        f"{banner}<h3>Models fitted to the tie points, and the residual before and after "
+        "co-registration</h3>"
         f"{table}</body></html>"
     )
     with atomic_path(out_html) as tmp:
