@@ -97,6 +97,7 @@ def test_costack_run_prints_each_line_once(demo_run: Path, tmp_path: Path):
     done = [line for line in lines if line.endswith("steps (100%) done")]
     assert len(done) == 1, lines
     assert f"STAC catalog: {out / 'results' / 'catalog.json'}" in lines
+    assert f"overview page (open it first): {out / 'results' / 'report.html'}" in lines
     proc = subprocess.run(
         [sys.executable, "-m", "costack.cli", "verify",
          str(out / "results" / "stack" / "costack-demo.json")],

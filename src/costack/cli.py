@@ -61,6 +61,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         dryrun=args.dry_run, quiet=not args.verbose,
     )  # fmt: skip
     if not args.dry_run:
+        print(f"overview page (open it first): {catalog.parent / 'report.html'}")
         print(f"STAC catalog: {catalog}")
         print(f"stack item and COGs: {catalog.parent / 'stack'}")
         print(f"tie points and vectors: {catalog.parent / 'tiepoints'}")
@@ -97,8 +98,9 @@ def cmd_verify(args: argparse.Namespace) -> None:
         print(f"costack: verify: {line}", file=sys.stderr)
     if problems:
         raise CostackError(
-            "item", f"{len(problems)} published file(s) differ from {args.item}",
-            "rerun the workflow to rebuild them (snakemake --forcerun convert_cog ...)",
+            "item", f"{len(problems)} published file(s) differ from {args.item} or are missing",
+            "rerun the workflow to rebuild them (snakemake --forcerun convert_cog ... for a COG, "
+            "build_catalog for an item)",
         )  # fmt: skip
     if checked == 0:
         raise CostackError(
