@@ -471,6 +471,8 @@ def run_overview(
         flow_tif = results / "flow" / f"{n}.tif"
         with rasterio.open(flow_tif) as src:
             key, fh, fw = src.tags().get("costack_flow_secondary", ""), src.height, src.width
+        if not key:  # a flow written before flows recorded their pair: the dataset's first asset
+            key = rows_of(n)["key"].iloc[0]
         before_tif = results / "colocated" / f"{key}.tif"
         after_tif = results / "coregistered" / f"{key}.tif"
         limits = _limits(regions[0].read(before_tif))  # one stretch for before and after
