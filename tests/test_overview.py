@@ -5,6 +5,7 @@ window choice change what the view shows)."""
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import re
@@ -174,10 +175,19 @@ def test_overview_in_chromium_swipe_flicker_window(demo_run: Path, tmp_path: Pat
         right = slice(int(w * 0.3), None)
         assert np.abs(before[rows, right] - second[rows, right]).mean() > 5
         comp.locator("button.flicker").click()
-        _wait_draw(page, "2", _draws(page, "2") + 1)
-        f1 = _pixels(view.screenshot())
-        _wait_draw(page, "2", _draws(page, "2"))
-        f2 = _pixels(view.screenshot())
+        # what is shown and its pixels, read in one turn of the page's event loop (screenshots
+        # may take longer than a flicker's 600 ms on a loaded machine)
+        frame = (
+            "() => { const r = document.querySelector(\".compare[data-dataset='2']\");"
+            " return [r.dataset.shown, r.querySelector('canvas.view').toDataURL()]; }"
+        )
+        shown = "document.querySelector(\".compare[data-dataset='2']\").dataset.shown"
+        page.wait_for_function(f"() => ['A', 'B'].includes({shown})", timeout=60_000)
+        p1, u1 = page.evaluate(frame)
+        page.wait_for_function(f"() => {shown} !== '{p1}'", timeout=60_000)
+        p2, u2 = page.evaluate(frame)
+        f1, f2 = (_pixels(base64.b64decode(u.split(",", 1)[1])) for u in (u1, u2))
+        assert {p1, p2} == {"A", "B"}
         assert np.abs(f1[rows] - f2[rows]).mean() > 5
         comp.locator("button.flicker").click()
         comp.locator("canvas.overview").click(position={"x": 3, "y": 3})

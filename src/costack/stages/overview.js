@@ -160,6 +160,7 @@
       o.lineWidth = 2;
       o.strokeRect((state.col - s / 2) * ovScale, (state.row - s / 2) * ovScale, s * ovScale,
         s * ovScale);
+      root.dataset.shown = state.timer ? (state.phase ? 'B' : 'A') : 'swipe';
       root.dataset.draws = String(Number(root.dataset.draws || 0) + 1);
     }
 
