@@ -104,3 +104,16 @@ def test_costack_run_prints_each_line_once(demo_run: Path, tmp_path: Path):
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
+
+
+def test_snakemake_from_another_folder_without_a_config_says_what_to_give(tmp_path: Path):
+    """`snakemake -s .../Snakefile` in a folder of one's own with no --configfile: one line
+    naming --configfile and the command to give, not Snakemake's missing-file error."""
+    proc = subprocess.run([*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-n", "--cores", "1"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("costack: error:")]
+    assert len(errors) == 1, proc.stderr[-2000:]
+    assert errors[0].startswith(f"costack: error: --configfile: {tmp_path} has no config/")
+    assert f"snakemake -s {REPO / 'Snakefile'} --configfile my.yaml" in errors[0]
+    assert not (tmp_path / "results").exists()
