@@ -111,7 +111,8 @@ def test_item_strings_are_escaped(demo_run: Path, tmp_path: Path, monkeypatch, c
     summary["2"]["reasons"] = [evil]
     (results / "qc" / "summary.json").write_text(json.dumps(summary))
     manifest = (results / "discover" / "manifest.csv").read_text()
-    manifest = manifest.replace("sentinel-1a", evil.replace('"', '""').join('""'))
+    for platform in ("sentinel-1a", "sentinel-2a"):  # 2a: the reference's, shown in the lead
+        manifest = manifest.replace(platform, evil.replace('"', '""').join('""'))
     (results / "discover" / "manifest.csv").write_text(manifest)
     page = run_overview(results, results / "report.html", "1.nir", evil, ["ndvi"])
     text = page.read_text(encoding="utf-8")
@@ -131,6 +132,7 @@ def test_item_strings_are_escaped(demo_run: Path, tmp_path: Path, monkeypatch, c
         _wait_draw(tab, "2", 0)
         assert tab.locator("img[src='x']").count() == 0
         assert evil in tab.locator("#row-2").inner_text()
+        assert evil in tab.locator("p.lead").inner_text()  # the reference's platform
         assert evil in tab.title()
         b.close()
     assert dialogs == [] and errors == []
