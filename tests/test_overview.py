@@ -228,3 +228,12 @@ def test_the_reports_models_table_shows_the_gain(demo_run: Path, tmp_path: Path)
         assert row, (when, text)
         assert str(qc[when]["pixels"]["median"]) in row.group(1)
         assert f"<td>{qc[when]['points']}</td>" in row.group(1)
+
+
+def test_the_share_registered_from_the_surroundings_is_shown_when_recorded():
+    """The QC summary's unsupported_fraction (the change-aware flow's, issue 35) fills the
+    table's column; without it the column says so with a dash."""
+    from costack.stages.report import _support
+
+    assert _support({"unsupported_fraction": 0.123}) == "12.3%"
+    assert _support({"verdict": "pass"}) == "–"

@@ -197,7 +197,7 @@ CHIP_SIDE = 384
 FLOW_SIDE = 512
 QUICKLOOK_SIDE = 320
 #: Fields of a QC JSON that say how much was registered from the surroundings, if present.
-SUPPORT_FIELDS = ("unsupported_share", "surroundings_share", "support")
+SUPPORT_FIELDS = ("unsupported_fraction", "unsupported_share", "surroundings_share", "support")
 #: The longest data URL Chromium navigates to (url::kMaxURLChars): Snakemake's self-contained
 #: report shows an HTML result in an iframe whose source is the page as a base64 data URL.
 DATA_URL_LIMIT = 2 * 1024 * 1024
