@@ -25,8 +25,11 @@ def _argv(demo_run: Path, expressions: list[str]) -> list[str]:
     for spec in expressions:
         argv += ["--expression", spec]
     for n in (2, 3):
-        argv += ["--flow", f"{n}=results/stack/{n}-displacement.tif,"
-                           f"results/stack/{n}-confidence.tif,results/flow/{n}.json"]  # fmt: skip
+        spec = (f"{n}=results/stack/{n}-displacement.tif,results/stack/{n}-confidence.tif,"
+                f"results/flow/{n}.json")  # fmt: skip
+        if (demo_run / "results" / "stack" / f"{n}-support.tif").is_file():  # issue 35's
+            spec += f",results/stack/{n}-support.tif"
+        argv += ["--flow", spec]
     return argv
 
 

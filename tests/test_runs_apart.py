@@ -117,3 +117,20 @@ def test_snakemake_from_another_folder_without_a_config_says_what_to_give(tmp_pa
     assert errors[0].startswith(f"costack: error: --configfile: {tmp_path} has no config/")
     assert f"snakemake -s {REPO / 'Snakefile'} --configfile my.yaml" in errors[0]
     assert not (tmp_path / "results").exists()
+
+
+def test_what_counts_as_the_runs_own_stack_file():
+    """The run's item, its assets' and expressions' COGs and any per-dataset product of its
+    secondary datasets (N-displacement, N-confidence, N-support...) are its own; another
+    item, another asset's COG, another dataset's product or a stray file are not."""
+    from costack.plan import is_own_stack_file, preflight
+
+    cfg = demo_config()
+    cfg["expressions"] = ["ndvi:(norm_diff 1.nir 1.red)"]
+    plan = preflight(cfg)
+    own = ["costack-demo.json", "1.nir.tif", "3.s0_db_c_vh.tif", "ndvi.tif",
+           "2-displacement.tif", "3-confidence.tif", "2-support.tif"]  # fmt: skip
+    other = ["other.json", "4.nir.tif", "sar_water_mask.tif", "1-displacement.tif",
+             "5-confidence.tif", "notes.txt", "ndvi.tif.aux.xml"]  # fmt: skip
+    assert [n for n in own if not is_own_stack_file(n, plan)] == []
+    assert [n for n in other if is_own_stack_file(n, plan)] == []

@@ -302,13 +302,19 @@ def make_plan(cfg: RunConfig, manifest: pd.DataFrame, grid: Grid) -> RunPlan:
     )
 
 
-def stack_names(plan: RunPlan) -> set[str]:
-    """The file names the run writes in ``results/stack/``: one COG per asset and per band-math
-    output, the displacement and confidence COGs of each secondary dataset, and the item."""
-    names = {f"{k}.tif" for k in plan.cfg.keys}
-    names |= {f"{e.name}.tif" for e in plan.cfg.expressions}
-    names |= {f"{n}-{what}.tif" for n in plan.secondary for what in ("displacement", "confidence")}
-    return names | {f"{plan.cfg.item_id}.json"}
+def is_own_stack_file(name: str, plan: RunPlan) -> bool:
+    """Whether the run writes ``results/stack/NAME``: its item, a COG per asset and per
+    band-math output, and per secondary dataset N its ``N-WHAT.tif`` products (displacement,
+    confidence, and whatever else a stage publishes per dataset)."""
+    if name == f"{plan.cfg.item_id}.json":
+        return True
+    stem, dot, ext = name.rpartition(".")
+    if not dot or ext != "tif":
+        return False
+    if stem in plan.cfg.keys or stem in {e.name for e in plan.cfg.expressions}:
+        return True
+    n, dash, what = stem.partition("-")
+    return bool(dash and what and n.isdigit() and int(n) in plan.secondary)
 
 
 def refuse_foreign_results(plan: RunPlan, workdir: str | Path = ".") -> None:
@@ -323,10 +329,9 @@ def refuse_foreign_results(plan: RunPlan, workdir: str | Path = ".") -> None:
     stack = (Path(workdir) / "results" / "stack").resolve()
     if not stack.is_dir():
         return
-    mine = stack_names(plan)
     foreign = sorted(
         p.name for p in stack.iterdir()
-        if p.is_file() and not p.name.startswith(".") and p.name not in mine
+        if p.is_file() and not p.name.startswith(".") and not is_own_stack_file(p.name, plan)
     )  # fmt: skip
     if not foreign:
         return
