@@ -13,8 +13,10 @@ rule render_overview:
         confidences=expand("results/flow/{n}.confidence.tif", n=SECONDARY),
         flow_stats=expand("results/flow/{n}.json", n=SECONDARY),
         models=expand("results/tiepoints/{n}.model.json", n=SECONDARY),
-        cogs=expand("results/stack/{key}.tif", key=KEYS),
-        expression_cogs=expand("results/stack/{name}.tif", name=EXPRESSION_NAMES),
+        # the stack's pixels before their COGs, which a failed verdict refuses: the page is
+        # there to show why (and first among the jobs the QC summary releases)
+        coregistered=expand("results/coregistered/{key}.tif", key=KEYS),
+        bandmath=expand("results/bandmath/{name}.tif", name=EXPRESSION_NAMES),
     output:
         report(
             "results/report.html",
@@ -30,6 +32,7 @@ rule render_overview:
         on_failed_registration=config["on_failed_registration"],
     log:
         "logs/render_overview/overview.log",
+    priority: 20
     threads: 1
     resources:
         mem_mb=2048,

@@ -575,14 +575,16 @@ def run_overview(
     stacked = [(k, "asset") for k in manifest["key"]] + [(e, "band math") for e in expressions]
     for key, kind in stacked:
         cog = results / "stack" / f"{key}.tif"
+        # the COG's pixels, read before its conversion (refused on a failed verdict)
+        pixels = results / ("coregistered" if kind == "asset" else "bandmath") / f"{key}.tif"
         cmap = "gray" if kind == "asset" else "viridis"
-        uri, (lo, hi) = _quicklook(cog, cmap)
-        rng = _value_range(cog)
+        uri, (lo, hi) = _quicklook(pixels, cmap)
+        rng = _value_range(pixels)
         if kind == "asset":
             row = manifest[manifest["key"] == key].iloc[0]
             what, unit = f"{row['asset_key']} of {row['item_id']}", row["unit"] or "none declared"
         else:
-            with rasterio.open(cog) as src:
+            with rasterio.open(pixels) as src:
                 what = src.tags().get("costack_expression", key)
             unit = "as its expression gives"
         cards.append(
