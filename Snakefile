@@ -1,13 +1,23 @@
 # costack: co-registered stacking of optical and SAR images.
 # Thin entry point; the rules live in workflow/rules/, one file per stage.
+import os
+import sys
+
 from snakemake.utils import min_version
 
 min_version("8.10")
 
 
 # The demo's configuration applies only when no --configfile is given: a user's config file
-# describes the user's run alone (no demo expression or item id leaks into it).
+# describes the user's run alone (no demo expression or item id leaks into it). Run from
+# another folder (-s) without one, there is no demo to run: say what to give.
 if not workflow.overwrite_configfiles:
+    if not os.path.isfile("config/config.yaml"):
+        sys.exit(
+            f"costack: error: --configfile: {os.getcwd()} has no config/config.yaml (the demo's, "
+            f"in the checkout); give your run's: snakemake -s {workflow.snakefile} --configfile "
+            "my.yaml --cores 2 (or costack run --out DIR with the service's parameters)"
+        )
 
     configfile: "config/config.yaml"
 
@@ -31,6 +41,7 @@ include: "workflow/rules/catalog.smk"
 
 rule all:
     input:
+        "results/report.html",
         "results/catalog.json",
         expand("results/qc/{n}.composite.png", n=SECONDARY),
     default_target: True

@@ -106,3 +106,31 @@ def test_report_panels_show_in_the_browser(report_html: Path, tmp_path: Path):
     pairs = zip(keys, keys[1:], strict=False)
     diffs = {(a, b): float(np.abs(shots[a] - shots[b]).mean()) for a, b in pairs}
     assert all(d > 1 for d in diffs.values()), diffs
+
+
+def test_report_opens_on_the_overview_page(report_html: Path, tmp_path: Path):
+    """The first entry under Results is the overview page (results/report.html), and its eye
+    shows the page itself, inline: the datasets table and the comparisons drawn (the page stays
+    under the 2 MB a data URL may take, which is how the report embeds it)."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    playwright = pytest.importorskip("playwright.sync_api")
+    if browser is None:
+        pytest.skip("chromium not installed (.ci/run installs it)")
+    flags = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--disable-quic"]  # fmt: skip
+    with playwright.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=browser, args=flags)
+        page = b.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(report_html.as_uri())
+        page.get_by_text("Results").first.wait_for(timeout=60_000)
+        entries = [e.strip() for e in page.locator("nav li").all_text_contents()]
+        results = entries[entries.index("Results") + 1 :]
+        assert results[0] == "Overview" and "Registration" in results, entries
+        page.get_by_text("Overview").first.click()
+        page.locator("a[iconname=eye]").first.click()
+        frame = page.frame_locator("iframe")
+        frame.locator("table.datasets").wait_for(timeout=60_000)
+        assert frame.locator("table.datasets tbody tr").count() == 3
+        frame.locator(".compare[data-draws]").first.wait_for(timeout=60_000)
+        page.screenshot(path=str(tmp_path / "report-overview.png"))
+        b.close()

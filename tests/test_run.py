@@ -129,14 +129,15 @@ def test_slurm_profile_dry_run_lists_jobs_with_resources(demo_run):
 
 
 @pytest.mark.xdist_group("demo_dir")
-def test_changing_one_expression_reruns_only_it_and_the_catalog(demo_run):
+def test_changing_one_expression_reruns_only_it_the_overview_and_the_catalog(demo_run):
     cfg = yaml.safe_load((demo_run / "config.yaml").read_text())
     cfg["expressions"][0] = "ndvi:(norm_diff 1.nir 2.red)"
     proc = run_snakemake(demo_run, cfg, "-n")
     text = proc.stdout + proc.stderr
     stats = dict(re.findall(r"^(\w+)\s+(\d+)$", text, re.M))
     assert stats == {"build_catalog": "1", "convert_expression_cog": "1", "all": "1",
-                     "evaluate_expression": "1", "total": "4"}, text[-1500:]  # fmt: skip
+                     "evaluate_expression": "1", "render_overview": "1", "total": "5"}, (
+        text[-1500:])  # fmt: skip
     # restore the demo config so the other tests see an up-to-date run
     run_snakemake(demo_run, demo_config(), "-n")
 

@@ -99,6 +99,10 @@ def test_noise_secondary_fails_and_publishes_nothing_then_publishes_flagged(tmp_
     assert not (work / "results" / "stack" / "noise.json").exists()
     summary = json.loads((work / "results" / "qc" / "summary.json").read_text())
     assert summary["2"]["verdict"] == "fail"
+    # the overview page is there to say why (written before the refused COGs)
+    page = (work / "results" / "report.html").read_text(encoding="utf-8")
+    assert "no independent evidence" in page and ">FAIL<" in page
+    assert "the catalog step publishes no item" in page
     # asked to, the run publishes it, flagged
     proc = run_snakemake(work, dict(cfg, on_failed_registration="publish"), "results/catalog.json")
     assert proc.returncode == 0, proc.stderr[-2000:]

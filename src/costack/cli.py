@@ -61,6 +61,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         dryrun=args.dry_run, quiet=not args.verbose,
     )  # fmt: skip
     if not args.dry_run:
+        print(f"overview page (open it first): {catalog.parent / 'report.html'}")
         print(f"STAC catalog: {catalog}")
         print(f"stack item and COGs: {catalog.parent / 'stack'}")
         print(f"tie points and vectors: {catalog.parent / 'tiepoints'}")
@@ -78,23 +79,75 @@ def cmd_check(args: argparse.Namespace) -> None:
 
 
 def cmd_verify(args: argparse.Namespace) -> None:
-    """Check the published files of an item against its file:size and file:checksum."""
-    from costack.io.stac import verify_item
+    """Check the published files of an item, or of every item a catalog links, against their
+    file:size and file:checksum; refuse what holds nothing to check."""
+    from costack.io.stac import verify_stac
 
     if not Path(args.item).is_file():
-        raise CostackError("item", f"{args.item} does not exist", "give the stack's item JSON")
+        raise CostackError("item", f"{args.item} does not exist",
+                           "give the stack's item JSON or the run's catalog.json")  # fmt: skip
     try:
-        problems = verify_item(args.item)
+        problems, checked = verify_stac(args.item)
     except ValueError as err:
-        raise CostackError("item", f"{args.item} is not a STAC item JSON ({err})", None) from err
+        raise CostackError(
+            "item",
+            f"{args.item} cannot be verified: {err}",
+            "give the stack's item JSON or the run's catalog.json",
+        ) from err
     for line in problems:
         print(f"costack: verify: {line}", file=sys.stderr)
     if problems:
         raise CostackError(
-            "item", f"{len(problems)} published file(s) differ from {args.item}",
-            "rerun the workflow to rebuild them (snakemake --forcerun convert_cog ...)",
+            "item", f"{len(problems)} published file(s) differ from {args.item} or are missing",
+            "rerun the workflow to rebuild them (snakemake --forcerun convert_cog ... for a COG, "
+            "build_catalog for an item)",
         )  # fmt: skip
-    print(f"ok: every file of {args.item} matches its checksum")
+    if checked == 0:
+        raise CostackError(
+            "item", f"{args.item} lists no local file with a file:size or file:checksum: "
+            "nothing to verify", "give an item costack published (results/stack/ITEM_ID.json)",
+        )  # fmt: skip
+    print(f"ok: {checked} file(s) of {args.item} match their checksums")
+
+
+def cmd_validate(args: argparse.Namespace) -> None:
+    """Validate an item or a catalog (and what it links) offline, against the vendored
+    schemas of STAC 1.1.0 and of every extension the documents declare."""
+    from costack.io.validation import validate_stac
+
+    if not Path(args.document).is_file():
+        raise CostackError("document", f"{args.document} does not exist",
+                           "give the stack's item JSON or the run's catalog.json")  # fmt: skip
+    errors, count = validate_stac(args.document)
+    for line in errors:
+        print(f"costack: validate: {line}", file=sys.stderr)
+    if errors:
+        raise CostackError(
+            "document", f"{len(errors)} problem(s) validating {args.document} or what it links",
+            "fix the document; an unvendored version or extension cannot be checked offline "
+            "(stac-validator, online, can)",
+        )  # fmt: skip
+    print(f"ok: {count} STAC document(s) of {args.document} valid against the STAC "
+          "1.1.0 and extension schemas (offline)")  # fmt: skip
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    """The overview page of a run (the rule render_overview's)."""
+    from costack.config import parse_config
+    from costack.stages.report import run_overview
+
+    cfg = parse_config(_config_from_args(args))
+    results = Path(args.results)
+    if not (results / "qc" / "summary.json").is_file():
+        raise CostackError(
+            "--results", f"{results} holds no finished run (no qc/summary.json)",
+            "give the results folder of a run (OUT/results for costack run --out OUT)",
+        )  # fmt: skip
+    out = Path(args.out) if args.out else results / "report.html"
+    run_overview(results, out, cfg.reference.key, cfg.item_id,
+                 expressions=[e.name for e in cfg.expressions],
+                 on_failed_registration=cfg.on_failed_registration)  # fmt: skip
+    print(f"overview page: {out}")
 
 
 def cmd_discover(args: argparse.Namespace) -> None:
@@ -140,6 +193,46 @@ def _key_paths(specs: list[str], option: str = "--asset") -> dict[str, str]:
         if not sep:
             raise CostackError(option, f"{spec!r} is not KEY=PATH", "write e.g. 1.nir=a.tif")
         out[key] = path
+    return out
+
+
+def _expression_paths(specs: list[str]) -> dict[str, str]:
+    """``costack catalog --expression`` options as the rule build_catalog passes them: the
+    expression's source ``NAME:(EXPR)`` to its COG. ``NAME:(EXPR)=COG`` (split at the last
+    ``=``) or ``NAME=COG``, whose expression is read from the COG's ``costack_expression`` tag
+    (written by band math); a COG computed from another expression is refused."""
+    from costack.io.rasters import costack_tags
+    from costack.stages.bandmath import split_expression
+
+    out = {}
+    for spec in specs:
+        given, sep, path = spec.rpartition("=")
+        if not sep or not given or not path:
+            raise CostackError(
+                "--expression",
+                f"{spec!r} is not NAME:(EXPR)=COG or NAME=COG",
+                "write e.g. 'ndvi:(norm_diff 1.nir 1.red)=results/stack/ndvi.tif'",
+            )
+        if not Path(path).is_file():
+            raise CostackError(
+                "--expression",
+                f"{path} does not exist",
+                "give the band-math output's COG (results/stack/NAME.tif)",
+            )
+        tagged = costack_tags(path).get("costack_expression")
+        if ":" in given:
+            expr = split_expression(given)
+            source = f"{expr.name}:{expr.text}"  # as the rule passes it (ParsedExpression)
+        elif tagged:
+            source = tagged
+        else:
+            raise CostackError("--expression", f"{path} records no expression (no "
+                               "costack_expression tag), and {given!r} gives none",
+                               f"write it whole: '{given}:(EXPR)={path}'")  # fmt: skip
+        if tagged and tagged != source:
+            raise CostackError("--expression", f"{path} was computed as {tagged!r}, given as "
+                               f"{source!r}", "give each expression its own COG")  # fmt: skip
+        out[source] = path
     return out
 
 
@@ -337,7 +430,7 @@ def cmd_catalog(args: argparse.Namespace) -> None:
         flows[int(n)] = tuple(parts)
     run_catalog(
         args.manifest, args.grid, cogs, args.reference, args.item_id, args.catalog, args.item,
-        expressions=_key_paths(args.expression, "--expression"), flows=flows or None,
+        expressions=_expression_paths(args.expression), flows=flows or None,
         qc_json=args.qc, on_failed_registration=args.on_failed_registration,
     )  # fmt: skip
 
@@ -373,9 +466,32 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=cmd_check)
 
-    p = sub.add_parser("verify", help="check published files against the item's checksums")
-    p.add_argument("item", help="the stack's item JSON (results/stack/ITEM_ID.json)")
+    p = sub.add_parser(
+        "verify", help="check published files against the item's (or catalog's) checksums"
+    )
+    p.add_argument("item", help="the stack's item JSON (results/stack/ITEM_ID.json) or the run's "
+                   "catalog (results/catalog.json), whose items are all checked")  # fmt: skip
     p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser(
+        "validate", help="validate an item or catalog offline against the vendored STAC schemas",
+        description="Validate a STAC item, or a catalog and every item it links, against the "
+        "JSON schemas of STAC 1.1.0 and of each declared extension that costack vendors "
+        "(nothing fetched: another version or an unvendored extension is an error).",
+    )  # fmt: skip
+    p.add_argument("document", help="results/stack/ITEM_ID.json or results/catalog.json")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser(
+        "report", help="write a run's overview page (results/report.html)",
+        description="The overview page of a finished run, as the workflow writes it: datasets, "
+        "verdicts, QC residuals, swipe/flicker comparisons, displacement, quicklooks.",
+    )  # fmt: skip
+    _add_config_args(p)
+    p.add_argument("--results", default="results",
+                   help="the run's results folder (default results)")  # fmt: skip
+    p.add_argument("--out", help="output HTML (default RESULTS/report.html)")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("discover", help="resolve the listed assets into a manifest CSV")
     _add_config_args(p)
@@ -581,8 +697,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--expression",
         action="append",
         default=[],
-        metavar="NAME=COG",
-        help="an expression's COG (results/stack/NAME.tif); repeat",
+        metavar="NAME:(EXPR)=COG",
+        help="a band-math output: its expression as in the config, '=', its COG, e.g. "
+        "'ndvi:(norm_diff 1.nir 1.red)=results/stack/ndvi.tif' (NAME=COG takes the expression "
+        "recorded in the COG); repeat",
     )
     p.add_argument(
         "--flow",

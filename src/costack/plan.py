@@ -313,3 +313,48 @@ def make_plan(
         kinds_differ={n: kind[key] != kind[cfg.reference.key] for n, key in matching.items()},
         item_masks=dict(item_masks or {}),
     )
+
+
+def is_own_stack_file(name: str, plan: RunPlan) -> bool:
+    """Whether the run writes ``results/stack/NAME``: its item, a COG per asset and per
+    band-math output, and per secondary dataset N its ``N-WHAT.tif`` products (displacement,
+    confidence, and whatever else a stage publishes per dataset)."""
+    if name == f"{plan.cfg.item_id}.json":
+        return True
+    stem, dot, ext = name.rpartition(".")
+    if not dot or ext != "tif":
+        return False
+    if stem in plan.cfg.keys or stem in {e.name for e in plan.cfg.expressions}:
+        return True
+    n, dash, what = stem.partition("-")
+    return bool(dash and what and n.isdigit() and int(n) in plan.secondary)
+
+
+def refuse_foreign_results(plan: RunPlan, workdir: str | Path = ".") -> None:
+    """Refuse, before anything is written, a run whose ``results/stack/`` (in ``workdir``)
+    holds files it does not make: another run's item, or COGs that the new item would not list
+    and that would lie beside it, unlisted (``snakemake --configfile mine.yaml`` in a folder
+    where the demo ran). A rerun of the same configuration, or of one that adds outputs, passes.
+
+    Raises:
+        CostackError: naming the first foreign files and the fix (a folder of its own).
+    """
+    stack = (Path(workdir) / "results" / "stack").resolve()
+    if not stack.is_dir():
+        return
+    foreign = sorted(
+        p.name for p in stack.iterdir()
+        if p.is_file() and not p.name.startswith(".") and not is_own_stack_file(p.name, plan)
+    )  # fmt: skip
+    if not foreign:
+        return
+    items = [name for name in foreign if name.endswith(".json")]
+    what = (f"another run's item ({', '.join(items[:2])})" if items else
+            f"{len(foreign)} file(s) this run does not make ({', '.join(foreign[:3])}"
+            f"{', ...' if len(foreign) > 3 else ''})")  # fmt: skip
+    raise CostackError(
+        "results",
+        f"{stack} holds {what}; a run here would leave them beside its item {plan.cfg.item_id}",
+        "give each run its own folder: costack run --out DIR, or snakemake -d DIR (-s "
+        "costack/Snakefile from elsewhere); or remove the earlier run's results/ first",
+    )

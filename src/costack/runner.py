@@ -3,6 +3,7 @@ Snakemake's Python API (no shell command built from strings)."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,14 @@ import yaml
 from costack.errors import CostackError
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+def _quiet() -> frozenset:
+    """What ``costack run`` leaves out of Snakemake's log unless ``-v``: the rules' blocks, the
+    host and the reasons; the progress ("N of M steps done") and the errors are kept."""
+    from snakemake.settings.enums import Quietness
+
+    return frozenset({Quietness.RULES, Quietness.HOST, Quietness.REASON})
 
 
 def snakefile() -> Path:
@@ -78,11 +87,13 @@ def run_workflow(
         ResourceSettings,
     )
 
-    from costack.plan import preflight
+    from costack.plan import preflight, refuse_foreign_results
     from costack.stages.discover import normalise_item_ref
 
     out = Path(out).resolve()
-    preflight(dict(raw_config))  # every bad input stops here, before anything is written
+    # every bad input stops here, before anything is written; and so does an --out folder
+    # holding another run's results
+    refuse_foreign_results(preflight(dict(raw_config)), out)
     raw = dict(raw_config)
     raw["inputs"] = [normalise_item_ref(i) for i in raw.get("inputs") or []]
     prof = load_profile(profile)
@@ -92,7 +103,12 @@ def run_workflow(
     default_resources = prof.get("default-resources")
     if isinstance(default_resources, list):
         default_resources = dict(item.split("=", 1) for item in default_resources)
-    with SnakemakeApi(OutputSettings(quiet={"all"} if quiet else None, dryrun=dryrun)) as api:
+    # Snakemake logs through its own handler; its records must not also reach the root
+    # logger's handler that `costack -v` sets up (every line twice, and "Shell command: None"
+    # lines its own filter drops)
+    logging.getLogger("snakemake").propagate = False
+    output = OutputSettings(quiet=_quiet() if quiet else None, dryrun=dryrun)
+    with SnakemakeApi(output) as api:
         workflow = api.workflow(
             resource_settings=ResourceSettings(
                 cores=int(prof.get("cores", cores)),

@@ -75,6 +75,8 @@ rule build_catalog:
         supports=expand("results/stack/{n}-support.tif", n=SECONDARY),
         flow_stats=expand("results/flow/{n}.json", n=SECONDARY),
         qc="results/qc/summary.json",
+        # the overview page first: it is there when this step refuses a failed registration
+        overview="results/report.html",
     output:
         catalog="results/catalog.json",
         item=f"results/stack/{config['item_id']}.json",

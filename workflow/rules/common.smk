@@ -1,7 +1,8 @@
 # Validation before any job runs: config (schema and service syntax), STAC items, raster
-# headers, and the common grid. A problem stops the run with one line and leaves no output.
-# The result is cached in .snakemake/costack/ (see costack.plan.cached_preflight): later
-# calls (-n, --unlock, every job) reuse it while no local item or raster has changed.
+# headers, the common grid, and a results folder of this run's own (no other run's files in
+# results/stack). A problem stops the run with one line and leaves no output. The result is
+# cached in .snakemake/costack/ (see costack.plan.cached_preflight): later calls (-n, --unlock,
+# every job) reuse it while no local item or raster has changed.
 import sys
 from pathlib import Path
 
@@ -12,7 +13,12 @@ from costack.errors import CostackError
 from costack.io.remote import configure_gdal
 from costack.io.masks import check_user_mask
 from costack.jobs import forget_run, live_run, record_run
-from costack.plan import cached_preflight, parse_expressions, unused_inputs_warning
+from costack.plan import (
+    cached_preflight,
+    parse_expressions,
+    refuse_foreign_results,
+    unused_inputs_warning,
+)
 
 RUN_PID = ".snakemake/costack/run.pid"
 
@@ -31,6 +37,8 @@ try:
     for configfile_path in workflow.overwrite_configfiles:
         read_config_file(configfile_path)
     PLAN = cached_preflight(config)
+    # a folder holding another run's item or files this run does not make is refused
+    refuse_foreign_results(PLAN)
 except CostackError as err:
     sys.exit(f"costack: error: {err}")
 UNUSED = unused_inputs_warning(PLAN.cfg)

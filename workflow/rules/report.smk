@@ -1,4 +1,46 @@
-# Figures for `snakemake --report report.html`: composites, tie-point vectors, flow maps, models.
+# The overview page results/report.html (the first entry of `snakemake --report`), and the
+# figures for `snakemake --report report.html`: composites, tie-point vectors, flow maps, models.
+
+
+rule render_overview:
+    input:
+        summary="results/qc/summary.json",
+        manifest="results/discover/manifest.csv",
+        ref=f"results/colocated/{REF}.tif",
+        before=[f"results/colocated/{MATCH[n]}.tif" for n in SECONDARY],
+        after=[f"results/coregistered/{MATCH[n]}.tif" for n in SECONDARY],
+        flows=expand("results/flow/{n}.tif", n=SECONDARY),
+        confidences=expand("results/flow/{n}.confidence.tif", n=SECONDARY),
+        flow_stats=expand("results/flow/{n}.json", n=SECONDARY),
+        models=expand("results/tiepoints/{n}.model.json", n=SECONDARY),
+        # the stack's pixels before their COGs, which a failed verdict refuses: the page is
+        # there to show why (and first among the jobs the QC summary releases)
+        coregistered=expand("results/coregistered/{key}.tif", key=KEYS),
+        bandmath=expand("results/bandmath/{name}.tif", name=EXPRESSION_NAMES),
+    output:
+        report(
+            "results/report.html",
+            caption="../report/overview.rst",
+            category="Overview",
+            subcategory="open first",
+            labels={"page": "overview of the run"},
+        ),
+    params:
+        reference=config["reference"],
+        item_id=config["item_id"],
+        expressions=EXPRESSION_NAMES,
+        on_failed_registration=config["on_failed_registration"],
+    log:
+        "logs/render_overview/overview.log",
+    priority: 20
+    threads: 1
+    resources:
+        mem_mb=2048,
+        runtime=10,
+    conda:
+        ENV
+    script:
+        "../scripts/render_overview.py"
 
 
 rule plot_registration:

@@ -86,14 +86,32 @@ def sign_pc(href: str, parameter: str = "assets") -> str:
     return str(planetary_computer.sign(href))
 
 
-def check_requester_pays(key: str, href: str, asset_fields: dict) -> None:
-    """Refuse a requester-pays S3 asset when ``AWS_REQUEST_PAYER`` is not set."""
-    if not href.startswith("s3://") or not asset_fields.get("storage:requester_pays"):
+def requester_pays(asset_fields: dict, item_properties: dict | None = None) -> bool:
+    """Whether an asset's storage is requester-pays: the storage extension v1
+    (``storage:requester_pays`` on the asset) or v2, to which pystac >= 1.12 migrates v1 on
+    reading (the asset's ``storage:refs`` name schemes of the item's ``storage:schemes``, one
+    with ``requester_pays: true``; Earth Search's Landsat Collection 2 items, for one)."""
+    if asset_fields.get("storage:requester_pays"):
+        return True
+    schemes = dict((item_properties or {}).get("storage:schemes") or {})
+    schemes.update(asset_fields.get("storage:schemes") or {})
+    refs = asset_fields.get("storage:refs") or []
+    return any(isinstance(schemes.get(r), dict) and schemes[r].get("requester_pays")
+               for r in refs)  # fmt: skip
+
+
+def check_requester_pays(
+    key: str, href: str, asset_fields: dict, item_properties: dict | None = None
+) -> None:
+    """Refuse a requester-pays S3 asset (:func:`requester_pays`) when ``AWS_REQUEST_PAYER`` is
+    not set."""
+    if not href.startswith("s3://") or not requester_pays(asset_fields, item_properties):
         return
     if os.environ.get("AWS_REQUEST_PAYER", "").lower() != "requester":
         raise CostackError(
             "assets",
-            f"{key}: {href[:100]} is in a requester-pays bucket (storage:requester_pays)",
+            f"{key}: {href[:100]} is in a requester-pays bucket (the item's storage extension "
+            "says requester_pays)",
             "set AWS_REQUEST_PAYER=requester and your AWS credentials (the reads are billed "
             "to you), or use another copy of the data",
         )

@@ -209,11 +209,11 @@ def verify_item(item_json: str | Path) -> list[str]:
     Returns one line per problem (missing file, size or SHA-256 differing); [] when every file
     is as published.
     """
-    import json
+    return verify_stac(item_json)[0]
 
-    path = Path(item_json)
-    doc = json.loads(path.read_text(encoding="utf-8"))
-    problems = []
+
+def _verify_item_doc(path: Path, doc: dict) -> tuple[list[str], int]:
+    problems, checked = [], 0
     for key, asset in doc.get("assets", {}).items():
         href = asset.get("href", "")
         if "://" in href and not href.startswith("file://"):
@@ -223,10 +223,53 @@ def verify_item(item_json: str | Path) -> list[str]:
             problems.append(f"{key}: {href} is missing")
             continue
         size = asset.get("file:size")
+        checksum = asset.get("file:checksum")
+        if size is None and not checksum:
+            continue
+        checked += 1
         if size is not None and target.stat().st_size != size:
             problems.append(f"{key}: {href} is {target.stat().st_size} bytes, the item says {size}")
             continue
-        checksum = asset.get("file:checksum")
         if checksum and sha256_multihash(target) != checksum:
             problems.append(f"{key}: {href} does not match its file:checksum (SHA-256)")
-    return problems
+    return problems, checked
+
+
+def verify_stac(path: str | Path, _seen: frozenset = frozenset()) -> tuple[list[str], int]:
+    """Check a published item, or every item a catalog links (``item`` and ``child`` links,
+    followed), against the files' ``file:size`` and ``file:checksum``.
+
+    Returns the problems (one line each: a missing item or file, a size or SHA-256 differing)
+    and the number of files checked.
+
+    Raises:
+        ValueError: ``path`` is neither a STAC item nor a catalog, a catalog links no item or
+            links one on the network (not ours to check).
+    """
+    import json
+
+    path = Path(path).resolve()
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    kind = doc.get("type") if isinstance(doc, dict) else None
+    if kind == "Feature":
+        return _verify_item_doc(path, doc)
+    if kind not in ("Catalog", "Collection"):
+        raise ValueError(f"type {kind!r}: neither a STAC item (Feature) nor a catalog")
+    links = [link for link in doc.get("links", []) if link.get("rel") in ("item", "child")]
+    if not links:
+        raise ValueError("the catalog links no item")
+    problems, checked = [], 0
+    for link in links:
+        href = str(link.get("href", ""))
+        if "://" in href and not href.startswith("file://"):
+            raise ValueError(f"it links {href} on the network, which verify does not fetch")
+        target = (path.parent / href.removeprefix("file://")).resolve()
+        if not target.is_file():
+            problems.append(f"{link['rel']} {href} of {path.name} is missing")
+            continue
+        if target in _seen:
+            continue
+        more, n = verify_stac(target, _seen | {path})
+        problems += more
+        checked += n
+    return problems, checked

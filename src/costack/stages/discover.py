@@ -289,7 +289,7 @@ def describe_asset(
     asset_key, asset = find_asset(item, ref)
     href = asset.get_absolute_href() or asset.href
     radiometry.check_encoding(item, asset_key, asset, f"inputs[{ref.dataset}]")
-    check_requester_pays(ref.key, href, asset.extra_fields)
+    check_requester_pays(ref.key, href, asset.extra_fields, item.properties)
     source = source_path(ref.key, href, item_href, SourcePolicy.of(cfg))
     path = source.path
     product_type = str(item.properties.get("sar:product_type", "")).upper()
