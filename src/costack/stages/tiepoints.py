@@ -313,6 +313,9 @@ def match_tiepoints(
 #: the 800 px figure's; at 4096 px matplotlib's buffers for the image took about 700 MB (the
 #: tie-point job's peak, 4096x4096 stack: 1.53 GB with the plot, 0.81 GB without).
 VECTOR_PLOT_SIDE = 1600
+TILES_AT_ONCE = 2
+"""Tie-point tiles matched at once on a tiled grid; the tile size is ``max_in_memory_pixels /
+TILES_AT_ONCE`` whatever the thread count, so the points do not depend on ``--cores``."""
 
 
 def run_tiepoints(
@@ -334,8 +337,8 @@ def run_tiepoints(
     Grids over ``max_in_memory_pixels`` are matched tile by tile (:func:`_match_by_tiles`,
     tiles of at most that size, each with its own pyramid and prior as the paper's method on a
     scene), and one model is fitted to all their points; memory is then bounded by the tile
-    (``threads`` tiles are matched at once, each of at most ``max_in_memory_pixels /
-    threads`` px).
+    (tiles of at most ``max_in_memory_pixels / TILES_AT_ONCE`` px whatever ``threads`` is, so
+    the points do not depend on the thread count; up to ``TILES_AT_ONCE`` matched at once).
 
     ``params.multimodal`` None (the default) decides from the rasters
     (:func:`costack.stages._common.matches_on_descriptors`): SAR against optical and locally
@@ -374,9 +377,11 @@ def run_tiepoints(
         if masks is not None:
             log.warning("%s: a grid over %d pixels is matched by tiles, without the masks",
                         label, max_in_memory_pixels)  # fmt: skip
-        # two tiles at once: tiles of half the pixels, the memory bound unchanged
+        # tiles of half the pixels whatever the thread count (the points must not depend on
+        # --cores: a rerun on one core gives the same bytes); two at once keep memory bounded
         df = _match_by_tiles(ref_tif, sec_tif, (height, width), p, label,
-                             max_in_memory_pixels // max(1, threads), threads)  # fmt: skip
+                             max_in_memory_pixels // TILES_AT_ONCE,
+                             min(max(1, threads), TILES_AT_ONCE))  # fmt: skip
         scale = math.ceil(max(height, width) / VECTOR_PLOT_SIDE)
         with rasterio.open(ref_tif) as src:  # the vector plot over a reduced reference
             ref = read_average(src, (math.ceil(height / scale), math.ceil(width / scale)))
