@@ -4,6 +4,7 @@ expression given with another expression's COG is refused."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -34,29 +35,38 @@ def _argv(demo_run: Path, expressions: list[str]) -> list[str]:
 
 
 def test_catalog_by_hand_is_the_rules_item_byte_for_byte(demo_run: Path):
-    """In the demo's folder, the rule's item and catalog are set aside and written again by
-    hand: the same bytes, whether the expressions are given as `name:(expr)=COG` (the config's
-    text) or `name=COG` (read from the COG's tag); the rule's files are put back."""
-    cfg = yaml.safe_load((demo_run / "config.yaml").read_text())
-    item = demo_run / "results" / "stack" / f"{cfg['item_id']}.json"
-    catalog = demo_run / "results" / "catalog.json"
+    """In a copy of the demo's folder, the rule's item and catalog are removed and written again
+    by hand: the same bytes, whether the expressions are given as `name:(expr)=COG` (the
+    config's text) or `name=COG` (read from the COG's tag). A copy: the shared demo folder is
+    read by other workers' tests meanwhile (removing its item there made them fail at random);
+    beside it, at the same depth, since the item's provenance links are relative paths."""
+    work = demo_run.with_name(demo_run.name + "-by-hand")
+    shutil.rmtree(work, ignore_errors=True)
+    shutil.copytree(demo_run, work, symlinks=True,
+                    ignore=shutil.ignore_patterns(".snakemake"))  # fmt: skip
+    try:
+        _by_hand(work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _by_hand(work: Path) -> None:
+    cfg = yaml.safe_load((work / "config.yaml").read_text())
+    item = work / "results" / "stack" / f"{cfg['item_id']}.json"
+    catalog = work / "results" / "catalog.json"
     theirs = {p: p.read_bytes() for p in (item, catalog)}
     whole = [f"{e}=results/stack/{e.split(':')[0]}.tif" for e in cfg["expressions"]]
     short = [f"{e.split(':')[0]}=results/stack/{e.split(':')[0]}.tif" for e in cfg["expressions"]]
     assert "ndvi:(norm_diff 1.nir 1.red)=results/stack/ndvi.tif" in whole
-    try:
-        for expressions in (whole, short):
-            for p in theirs:
-                p.unlink()
-            proc = subprocess.run(_argv(demo_run, expressions), cwd=demo_run,
-                                  capture_output=True, text=True, timeout=300)  # fmt: skip
-            assert proc.returncode == 0, proc.stderr[-2000:]
-            for p, data in theirs.items():
-                assert p.read_bytes() == data, (expressions, p.name)
-        assert '"costack:expression": "(norm_diff 1.nir 1.red)"' in item.read_text()
-    finally:
+    for expressions in (whole, short):
+        for p in theirs:
+            p.unlink()
+        proc = subprocess.run(_argv(work, expressions), cwd=work,
+                              capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-2000:]
         for p, data in theirs.items():
-            p.write_bytes(data)
+            assert p.read_bytes() == data, (expressions, p.name)
+    assert '"costack:expression": "(norm_diff 1.nir 1.red)"' in item.read_text()
 
 
 def test_catalog_refuses_an_expression_with_another_ones_cog(demo_run: Path, tmp_path: Path):
