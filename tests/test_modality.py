@@ -13,6 +13,7 @@ from costack.registration.modality import (
     assess,
     gradient_magnitude,
     looks_like_db,
+    resampling_ratio,
     roewa,
     speckle_index,
     structure_images,
@@ -159,27 +160,103 @@ def _cli_flow(tmp_path, ref, sec, name, *extra) -> tuple[np.ndarray, dict]:
 
 def test_an_untagged_sar_pair_gets_the_tagged_pairs_flow(demo_run, tmp_path):
     """The demo's co-located NIR and SAR VV written again without any costack tag: ``costack
-    flow`` with no mode reads the radar from the pixels, runs GEFolki and gives the flow of the
-    tagged pair (within 0.01 px; the resolution ratio, which no pixel tells, given as the tag
-    has it), the evidence in the statistics JSON."""
+    flow`` with no option reads the radar and the resolution ratio (20 m on the 10 m grid)
+    from the pixels, runs the structure mode and gives the flow of the tagged pair (within
+    0.01 px), the evidence in the statistics JSON."""
     import rasterio
 
     col = demo_run / "results" / "colocated"
     with rasterio.open(col / "3.s0_db_c_vv.tif") as src:
-        ratio = src.tags()["costack_resolution_ratio"]
+        ratio = float(src.tags()["costack_resolution_ratio"])
     ref, sec = tmp_path / "ref.tif", tmp_path / "sec.tif"
     _plain_copy(col / "1.nir.tif", ref)
     _plain_copy(col / "3.s0_db_c_vv.tif", sec)
     tagged, why_tagged = _cli_flow(tmp_path, col / "1.nir.tif", col / "3.s0_db_c_vv.tif", "t")
-    plain, why = _cli_flow(tmp_path, ref, sec, "u", "--resolution-ratio", ratio)
+    plain, why = _cli_flow(tmp_path, ref, sec, "u")
     assert why_tagged["mode_choice"]["kinds_from"] == "tags"
+    assert why_tagged["resolution_ratio"] == {"value": ratio, "from": "tag"}
     choice = why["mode_choice"]
     assert why["mode"] == "structure" and choice["kinds"] == ["optical", "sar"], choice
     assert choice["kinds_from"] == "pixels" and choice["modality"]["radar"] == "secondary"
     assert choice["modality"]["speckle"]["secondary"]["db"]
+    read = why["resolution_ratio"]
+    assert read["from"] == "pixels" and abs(read["value"] - ratio) < 0.02 * ratio, read
     ok = np.isfinite(tagged).all(0)
     assert ok.mean() > 0.9 and (np.isfinite(plain).all(0) == ok).all()
     assert np.hypot(*(tagged - plain))[ok].max() <= 0.01
+
+
+def test_an_untagged_coarse_optical_secondary_gets_the_tagged_pairs_flow(demo_run, tmp_path):
+    """The demo's 30 m Landsat NIR co-located on the 10 m grid, untagged: same-sensor optical,
+    where the reference is blurred to the secondary's resolution by the exact ratio (sigma
+    0.5 sqrt(r^2 - 1)); the ratio read from the pixels gives the tagged pair's flow within
+    0.01 px, where the ratio 1 an untagged raster had before did not."""
+    import rasterio
+
+    col = demo_run / "results" / "colocated"
+    with rasterio.open(col / "2.nir.tif") as src:
+        ratio = float(src.tags()["costack_resolution_ratio"])
+    assert ratio == 3.0
+    ref, sec = tmp_path / "ref.tif", tmp_path / "sec.tif"
+    _plain_copy(col / "1.nir.tif", ref)
+    _plain_copy(col / "2.nir.tif", sec)
+    tagged, _ = _cli_flow(tmp_path, col / "1.nir.tif", col / "2.nir.tif", "t")
+    plain, why = _cli_flow(tmp_path, ref, sec, "u")
+    one, _ = _cli_flow(tmp_path, ref, sec, "one", "--resolution-ratio", "1")
+    assert why["resolution_ratio"]["from"] == "pixels"
+    assert abs(why["resolution_ratio"]["value"] - 3.0) < 0.01
+    ok = np.isfinite(tagged).all(0)
+    assert np.hypot(*(tagged - plain))[ok].max() <= 0.01
+    assert np.hypot(*(tagged - one))[ok].max() > 0.05  # the ratio matters here
+
+
+def _upsampled(img: np.ndarray, ratio: float, degrees: float, method: str, n: int) -> np.ndarray:
+    """``img`` interpolated by GDAL's warper (``method``) onto a grid ``ratio`` times finer,
+    rotated by ``degrees`` (a radar in its own geometry warped onto a map grid), n x n px."""
+    from affine import Affine
+    from rasterio.warp import Resampling, reproject
+
+    src_t = Affine(1.0, 0, 500000, 0, -1.0, 5000000)
+    centre = Affine.translation(500000 + img.shape[1] / 2, 5000000 - img.shape[0] / 2)
+    dst_t = (centre @ Affine.rotation(degrees) @ Affine.scale(1 / ratio, -1 / ratio)
+             @ Affine.translation(-n / 2 + 0.3, -n / 2 + 0.7))  # fmt: skip
+    out = np.full((n, n), np.nan, np.float32)
+    reproject(img.astype(np.float32), out, src_transform=src_t, dst_transform=dst_t,
+              src_crs="EPSG:32631", dst_crs="EPSG:32631", resampling=Resampling[method],
+              src_nodata=np.nan, dst_nodata=np.nan)  # fmt: skip
+    return out
+
+
+@pytest.mark.parametrize("method", ["bilinear", "cubic"])
+def test_the_resolution_ratio_is_read_from_an_interpolations_trace(method):
+    """A speckled scene (4-look gamma over a smooth reflectivity) upsampled by GDAL 2.047x on
+    a grid rotated by 11 degrees (the demo's radar) and 3x on an aligned grid (a Landsat band
+    on a Sentinel-2 grid): the ratio read back within 0.5 %; the scene itself and the scene
+    with a nodata corner read 1 (no resampling)."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(3)
+    scene = np.exp(ndimage.gaussian_filter(rng.normal(0, 1, (400, 400)), 6) * 8) + 1
+    img = (scene * rng.gamma(4, 0.25, scene.shape)).astype(np.float32)
+    for ratio, degrees in ((2.047, 11.0), (3.0, 0.0)):
+        got = resampling_ratio(_upsampled(img, ratio, degrees, method, 512))
+        assert abs(got["ratio"] - ratio) < 0.005 * ratio, got
+    assert resampling_ratio(img)["ratio"] == 1.0
+    holed = img.copy()
+    rows, cols = np.mgrid[0:400, 0:400]
+    holed[rows + cols < 250] = np.nan
+    native = resampling_ratio(holed)
+    assert native["ratio"] == 1.0 and native["sharpness"] < 100, native
+
+
+@pytest.mark.skipif(not UAVSAR.exists(), reason="../shared/data (UAVSAR pair) absent")
+def test_real_rasters_read_their_native_resolution():
+    """The real UAVSAR radar (native) reads 1, and interpolated 2x by GDAL on a grid rotated
+    by 7 degrees, 2 (within 0.5 %)."""
+    _, radar = _uavsar(1024)
+    assert resampling_ratio(radar)["ratio"] == 1.0
+    got = resampling_ratio(_upsampled(radar, 2.0, 7.0, "bilinear", 600))
+    assert abs(got["ratio"] - 2.0) < 0.01, got
 
 
 def test_a_tag_wins_over_the_pixels(demo_run, tmp_path):
@@ -228,3 +305,28 @@ def test_an_unsure_guess_runs_both_modes_and_keeps_the_more_similar(tmp_path):
     assert set(scores) == {"efolki", "gefolki"} and other in scores
     kept = max(scores, key=scores.get)
     assert choice["verified"]["kept"] == kept == stats["mode"]
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "nan"])
+def test_an_impossible_resolution_ratio_is_one_line_and_writes_nothing(tmp_path, value):
+    """``--resolution-ratio`` 0, negative or NaN: one line naming the option, non-zero exit,
+    no flow written."""
+    import subprocess
+    import sys
+
+    from conftest import write_raster
+    from rasterio.transform import Affine
+
+    rng = np.random.default_rng(0)
+    img = rng.random((96, 96), dtype=np.float32)
+    grid = Affine(10, 0, 500000, 0, -10, 5000000)
+    write_raster(tmp_path / "ref.tif", img[None], transform=grid)
+    write_raster(tmp_path / "sec.tif", img[None], transform=grid)
+    out = tmp_path / "flow.tif"
+    cmd = [sys.executable, "-m", "costack.cli", "flow", str(tmp_path / "ref.tif"),
+           str(tmp_path / "sec.tif"), str(out), "--resolution-ratio", value]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode != 0 and len(lines) == 1, proc.stderr
+    assert "--resolution-ratio" in lines[0] and "Traceback" not in proc.stderr
+    assert not out.exists()

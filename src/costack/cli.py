@@ -243,17 +243,6 @@ def cmd_bandmath(args: argparse.Namespace) -> None:
     run_bandmath(args.expression, _key_paths(args.asset), args.out, grid_json=args.grid)
 
 
-def _resolution_ratio(given: float | None, secondary: str) -> float:
-    """``--resolution-ratio``, else the secondary's ``costack_resolution_ratio`` tag (written by
-    co-location, as the workflow passes it), else 1."""
-    if given is not None:
-        return float(given)
-    import rasterio
-
-    with rasterio.open(secondary) as src:
-        return float(src.tags().get("costack_resolution_ratio", 1.0))
-
-
 def _add_mask_options(p: argparse.ArgumentParser) -> None:
     """The exclusion options of the tiepoints, flow and qc subcommands (issue 35)."""
     p.add_argument(
@@ -320,7 +309,7 @@ def cmd_tiepoints(args: argparse.Namespace) -> None:
     model = run_tiepoints(
         args.ref, args.sec, args.out, stem + ".model.json", stem + ".png", params,
         label=Path(args.sec).stem,
-        resolution_ratio=_resolution_ratio(args.resolution_ratio, args.sec),
+        resolution_ratio=args.resolution_ratio,
         threads=args.threads,
         masks=_exclusions(args),
     )  # fmt: skip
@@ -338,7 +327,7 @@ def cmd_qc(args: argparse.Namespace) -> None:
                                "co-located and the co-registered rasters")  # fmt: skip
     result = run_qc(args.ref, args.colocated, args.coregistered, args.out,
                     multimodal=True if args.multimodal else None,
-                    resolution_ratio=_resolution_ratio(args.resolution_ratio, args.colocated),
+                    resolution_ratio=args.resolution_ratio,
                     max_displacement=args.max_displacement, threads=args.threads,
                     confidence_tif=args.confidence, masks=_exclusions(args),
                     **({} if args.qc_points is None else
@@ -366,7 +355,7 @@ def cmd_flow(args: argparse.Namespace) -> None:
         max_displacement=args.max_displacement,
     )
     conf = args.confidence or str(Path(args.out).with_suffix("")) + ".confidence.tif"
-    ratio = _resolution_ratio(args.resolution_ratio, args.sec)
+    ratio = args.resolution_ratio
     support = args.support or str(Path(args.out).with_suffix("")) + ".support.tif"
     stats = run_flow(args.ref, args.sec, args.out, conf, params, stats_json=args.stats,
                      resolution_ratio=ratio, model_json=args.model, masks=_exclusions(args),
@@ -575,7 +564,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         help="secondary's native pixel size over the grid's (blurs the reference); default: "
-        "the costack_resolution_ratio tag co-location writes, else 1",
+        "the costack_resolution_ratio tag co-location writes, else read from the pixels "
+        "(the periodic trace of an interpolation from a coarser grid; 1 when none)",
     )
     p.add_argument("--threads", type=int, default=2,
                    help="tiles matched at once on a grid matched by tiles")  # fmt: skip
@@ -616,7 +606,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         help="secondary's native pixel size over the grid's (blurs the reference); default: "
-        "the costack_resolution_ratio tag co-location writes, else 1",
+        "the costack_resolution_ratio tag co-location writes, else read from the pixels "
+        "(the periodic trace of an interpolation from a coarser grid; 1 when none)",
     )
     p.add_argument(
         "--model", metavar="MODEL.json",
@@ -654,7 +645,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--resolution-ratio", type=float, default=None,
         help="secondary's native pixel over the grid's; default: the costack_resolution_ratio "
-        "tag co-location writes, else 1",
+        "tag co-location writes, else read from the pixels (1 when they show no resampling)",
     )  # fmt: skip
     p.add_argument("--threads", type=int, default=2,
                    help="2 (as the rule): re-match before and after side by side")  # fmt: skip

@@ -19,6 +19,10 @@ match radar against optical (arrays only: the stage reads the rasters).
   pixel, an edge strength whose distribution does not depend on the local mean under
   multiplicative speckle, where a difference of intensities grows with the mean (false edges
   in bright areas).
+- :func:`resampling_ratio`: how much coarser than its pixels an image really is when it was
+  interpolated from a coarser grid (a 20 m radar co-located on a 10 m grid), from the periodic
+  trace interpolation leaves in the image (Gallagher 2005; Popescu and Farid 2005; Kirchner
+  2008): what a raster without costack's tags does not say about its native resolution.
 - :func:`structure_images`: ROEWA magnitude on the radar side, the Gaussian gradient
   magnitude on the optical side: both are high on the same edges whatever the contrast sign
   between the sensors, so the flow can match them as one modality (the idea of CFOG and HOPC,
@@ -42,6 +46,14 @@ WEAK_CORRELATION = 0.6
 SIGN_CHANGING = 0.1
 #: the side (pixels) of the central crop :func:`speckle_index` reads
 SPECKLE_CROP = 1024
+#: a peak of the interpolation trace's spectrum at least this many times the spectrum's local
+#: level is a resampling lattice (native images of ../shared/data: at most 50; images costack
+#: co-located from 20 or 30 m: 460 to 8000; see :func:`resampling_ratio`) ...
+RESAMPLING_SHARPNESS = 200.0
+#: ... and the peaks at least this share of the strongest are the lattice's
+RESAMPLING_PEAK_SHARE = 0.25
+#: frequencies under this (cycles per pixel: periods over 10 px) are the image's content
+RESAMPLING_MIN_FREQ = 0.1
 #: the scales of the structure images (ROEWA's alpha, the Gaussian's sigma, pixels)
 ROEWA_ALPHA = 0.7
 OPTICAL_SIGMA = 0.7
@@ -164,6 +176,107 @@ def assess(ref: np.ndarray, sec: np.ndarray, contrast: dict) -> dict:
     else:
         out["reason"] = "neither image is more speckled than the other"
     return out
+
+
+def resampling_ratio(img: np.ndarray) -> dict:
+    """The factor by which an image was upsampled from a coarser grid, read from the pixels
+    (NaN = nodata; arrays only), with the evidence.
+
+    An image interpolated (bilinear, cubic, nearest...) from a grid r times coarser is
+    cyclostationary: how well a pixel is predicted from its neighbours varies with its
+    position against the source grid, with the source grid's period (Gallagher 2005, "Detection
+    of linear and cubic interpolation in JPEG compressed images", Proc. CRV, sec. 2: the
+    variance of the second derivative is periodic; Popescu and Farid 2005, IEEE TSP 53(2):758,
+    sec. 3; Kirchner 2008, ACM MM&Sec, sec. 3: the spectrum of the prediction residual shows
+    sharp peaks at the lattice's frequencies). Here the residual is the Laplacian, squared and
+    divided by its 9x9 mean (texture does not weigh), zero at nodata and tapered (Hann); its
+    2-D power spectrum over the spectrum's own local level (9x9 geometric mean) is the peaks'
+    sharpness. A peak at least :data:`RESAMPLING_SHARPNESS` sharp at a frequency over
+    :data:`RESAMPLING_MIN_FREQ` cycles per pixel is a resampling lattice, rotated or not (a
+    radar in its own geometry warped onto a map grid); the factor is the longest period
+    1/|f| among the peaks at least :data:`RESAMPLING_PEAK_SHARE` of the strongest (the
+    source grid's axes, not their diagonals or harmonics; a source pixel that is not square
+    gives its longer side, as co-location's ``costack_resolution_ratio`` tag does). No such
+    peak: 1 (a native image, or one whose resampling left no trace).
+
+    Limits: the pixels sample the trace, so a lattice finer than 2 px reads as its alias (a
+    factor between 1 and 2 cannot be told from one over 2: 1.5 reads as 3); a raster
+    resampled before it reached costack reads as the coarser grid it came from, where
+    co-location's tag would give the file's pixel size. ``--resolution-ratio`` overrides.
+    Returns ``ratio`` (1 when none), ``sharpness`` of the strongest peak, ``peaks`` (up to 4:
+    frequency x, y in cycles per pixel, period, sharpness) and ``reason``.
+    """
+    from scipy import ndimage
+
+    a = np.asarray(img, dtype=np.float64)
+    out: dict = {"ratio": 1.0, "sharpness": None, "peaks": []}
+    if min(a.shape) < 64:
+        out["reason"] = "image too small to read a resampling trace"
+        return out
+    valid = np.isfinite(a)
+    # the Laplacian where its 5 pixels are valid
+    lap = np.zeros_like(a)
+    inner = (slice(1, -1), slice(1, -1))
+    lap[inner] = 4 * a[inner] - a[:-2, 1:-1] - a[2:, 1:-1] - a[1:-1, :-2] - a[1:-1, 2:]
+    ok = np.zeros_like(valid)
+    ok[inner] = (valid[inner] & valid[:-2, 1:-1] & valid[2:, 1:-1] & valid[1:-1, :-2]
+                 & valid[1:-1, 2:])  # fmt: skip
+    if ok.mean() < 0.25:
+        out["reason"] = "too few valid pixels to read a resampling trace"
+        return out
+    e = np.where(ok, lap * lap, 0.0)
+    w = ok.astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        level = ndimage.uniform_filter(e, 9) / ndimage.uniform_filter(w, 9)
+        r = np.where(ok & (level > 0), e / level - 1.0, 0.0)
+    # taper: the image's border and its nodata edges (a straight edge would be a line of
+    # sharp frequencies through the origin)
+    taper = ndimage.gaussian_filter(w, 4.0) * w
+    h, wd = r.shape
+    r *= taper * np.outer(np.hanning(h), np.hanning(wd))
+    power = np.abs(np.fft.fftshift(np.fft.fft2(r))) ** 2
+    fy = np.fft.fftshift(np.fft.fftfreq(h))[:, None]
+    fx = np.fft.fftshift(np.fft.fftfreq(wd))[None, :]
+    with np.errstate(divide="ignore"):
+        local = np.exp(ndimage.uniform_filter(np.log(power + 1e-300), 9))
+        sharp = np.where(np.hypot(fx, fy) >= RESAMPLING_MIN_FREQ, power / local, 0.0)
+    peaks = []
+    for _ in range(4):  # the strongest peaks, each with its mirror (-f) removed
+        i, j = np.unravel_index(int(np.argmax(sharp)), sharp.shape)
+        if sharp[i, j] <= 0:
+            break
+        around = np.arange(-1, 2)  # the neighbours, wrapped (a peak at -0.5 cycle/px)
+        f = (float(fx[0, j]) + _vertex(power[i].take(j + around, mode="wrap")) / wd,
+             float(fy[i, 0]) + _vertex(power[:, j].take(i + around, mode="wrap")) / h)  # fmt: skip
+        peaks.append([round(f[0], 4), round(f[1], 4), round(1.0 / math.hypot(*f), 3),
+                      round(float(sharp[i, j]), 1)])  # fmt: skip
+        for ci, cj in ((i, j), ((h - i) % h if h % 2 == 0 else h - 1 - i,
+                                (wd - j) % wd if wd % 2 == 0 else wd - 1 - j)):  # fmt: skip
+            sharp[max(0, ci - 3) : ci + 4, max(0, cj - 3) : cj + 4] = 0.0
+    out["peaks"] = peaks
+    best = peaks[0][3] if peaks else 0.0
+    out["sharpness"] = best
+    if best < RESAMPLING_SHARPNESS:
+        out["reason"] = (f"no resampling trace (sharpest peak {best:.0f} < "
+                         f"{RESAMPLING_SHARPNESS:.0f})")  # fmt: skip
+        return out
+    lattice = [p for p in peaks if p[3] >= RESAMPLING_PEAK_SHARE * best]
+    out["ratio"] = max(p[2] for p in lattice)
+    out["reason"] = (f"interpolated from a grid {out['ratio']:.3f}x coarser (periodic trace, "
+                     f"sharpness {best:.0f})")  # fmt: skip
+    return out
+
+
+def _vertex(three: np.ndarray) -> float:
+    """Where, in bins from the middle one, a parabola through the logs of three neighbouring
+    spectrum values peaks (the sub-bin position of a spectral peak; Gaussian interpolation,
+    exact for a Gaussian-shaped peak such as a Hann-windowed tone's main lobe); 0 when the
+    three are not all positive."""
+    if not (three > 0).all():
+        return 0.0
+    lm, l0, lp = np.log(three)
+    den = lm - 2 * l0 + lp
+    return float(np.clip(0.5 * (lm - lp) / den, -0.5, 0.5)) if den < 0 else 0.0
 
 
 def _exp_kernels(alpha: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -5,6 +5,7 @@ the same decision on the same pair), and the tie-point model JSON read and writt
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -45,8 +46,6 @@ def decide_mode(
     for the contrast and at full resolution over their central 1024 px for the speckle, so the
     tie-point, flow and QC steps, which each call this on the same pair, take the same decision
     cheaply at any raster size. Another mode is returned as asked."""
-    import math
-
     from costack.io.rasters import read_average
     from costack.registration.folki import resolve_mode
 
@@ -123,6 +122,50 @@ def _modality_from_pixels(
     out = assess(centre(ref_tif), centre(sec_tif), rel)
     out["contrast"] = rel
     return out
+
+
+def decide_ratio(given: float | None, sec_tif: str | Path) -> tuple[float, dict]:
+    """The secondary's native pixel over the grid's (``resolution_ratio`` of the tie-point,
+    flow and QC steps) and where it comes from: as ``given`` (the workflow passes the plan's,
+    a user ``--resolution-ratio``); else the ``costack_resolution_ratio`` tag co-location
+    writes; else read from the pixels of the raster's central 1024 px
+    (:func:`costack.registration.modality.resampling_ratio`: the periodic trace of an
+    interpolation from a coarser grid), so that rasters costack did not write get the ratio
+    their co-location would have tagged. Returns (ratio, evidence)."""
+    from rasterio.windows import Window
+
+    from costack.registration.modality import central_crop, resampling_ratio
+
+    if given is not None:
+        ratio = float(given)
+        if not (math.isfinite(ratio) and ratio > 0):
+            from costack.errors import CostackError
+
+            raise CostackError(
+                "--resolution-ratio",
+                f"{given} is not a positive number",
+                "give the secondary's native pixel over the grid's, e.g. 2",
+            )
+        return ratio, {"value": ratio, "from": "given"}
+    with rasterio.open(sec_tif) as src:
+        tag = src.tags().get("costack_resolution_ratio")
+        if tag is None:
+            rows, cols = central_crop((src.height, src.width))
+            win = Window(cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start)
+            crop = np.ma.filled(src.read(1, window=win, masked=True).astype(np.float32), np.nan)
+    if tag is not None:
+        try:
+            ratio = float(tag)
+        except ValueError:
+            ratio = float("nan")
+        if not (math.isfinite(ratio) and ratio > 0):
+            from costack.errors import CostackError
+
+            raise CostackError("secondary", f"{sec_tif}: costack_resolution_ratio tag {tag!r} "
+                               "is not a positive number", "give --resolution-ratio")  # fmt: skip
+        return ratio, {"value": ratio, "from": "tag"}
+    trace = resampling_ratio(crop)
+    return float(trace["ratio"]), {"value": float(trace["ratio"]), "from": "pixels", **trace}
 
 
 def better_by_similarity(

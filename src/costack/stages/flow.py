@@ -39,7 +39,7 @@ from costack.registration.matching import (
     multimodal_similarity,
 )
 from costack.registration.overlap import OVERLAP_MARGIN, overlap_window
-from costack.stages._common import better_by_similarity, decide_mode, read_model
+from costack.stages._common import better_by_similarity, decide_mode, decide_ratio, read_model
 
 __all__ = ["FlowParams", "FlowResult", "adapt_to_resolution", "estimate_flow",
            "reference_blur", "resolve_mode", "rule_exclusions", "run_flow"]  # fmt: skip
@@ -54,7 +54,7 @@ def run_flow(
     confidence_tif: str | Path | None = None,
     params: FlowParams | None = None,
     stats_json: str | Path | None = None,
-    resolution_ratio: float = 1.0,
+    resolution_ratio: float | None = None,
     model_json: str | Path | None = None,
     masks: Exclusions | None = None,
     support_tif: str | Path | None = None,
@@ -68,7 +68,9 @@ def run_flow(
     comes from the stable surroundings (:mod:`costack.registration.change`); ``support_tif``
     then receives where it did (1 the data's own match, 0 the surroundings).
 
-    ``resolution_ratio``: native pixel size of the secondary over the grid's. When the
+    ``resolution_ratio``: native pixel size of the secondary over the grid's (None: its
+    ``costack_resolution_ratio`` tag, else read from its pixels,
+    :func:`costack.stages._common.decide_ratio`; the evidence in the statistics). When the
     secondary is much coarser (30 m on a 10 m grid), the reference is blurred to a similar
     resolution first (Gaussian, sigma = 0.5 sqrt(ratio^2 - 1) px), so that both images show
     the same detail; the flow is then less noisy (0.20 -> 0.15 px on the demo's 30 m pair).
@@ -87,6 +89,10 @@ def run_flow(
     tp_model = read_model(model_json) if model_json is not None else None
     if tp_model is not None:
         tp_model.require_pair(grid, sec_tif)
+    resolution_ratio, ratio_choice = decide_ratio(resolution_ratio, sec_tif)
+    if ratio_choice["from"] == "pixels":
+        log.info("flow %s: resolution ratio %s (from the pixels: %s)", sec_tif,
+                 resolution_ratio, ratio_choice["reason"])  # fmt: skip
     mode, mode_choice = decide_mode(params.mode, ref_tif, sec_tif, params.max_displacement)
     asked = params
     if mode != params.mode:
@@ -106,6 +112,7 @@ def run_flow(
         return _run_flow_tiled(
             ref_tif, sec_tif, out_tif, confidence_tif, params, stats_json, resolution_ratio,
             tp_model, model_json, seed_note, mode_choice, support_tif, hold_changes, masks,
+            ratio_choice,
         )  # fmt: skip
     ref, grid, ref_nd = read_float32(ref_tif)
     sec, _, sec_nd = read_float32(sec_tif)
@@ -170,6 +177,7 @@ def run_flow(
     stats = {
         "mode": params.mode,
         "mode_choice": mode_choice,
+        "resolution_ratio": ratio_choice,
         "params": res.params.to_dict(),  # as run: radii capped to the image
         "seconds": round(seconds, 3),
         "levels": res.stats.get("levels"),
@@ -255,7 +263,7 @@ def _estimate_with_start(ref, sec, params: FlowParams, init):
 def _run_flow_tiled(
     ref_tif, sec_tif, out_tif, confidence_tif, params, stats_json, ratio, tp_model=None,
     model_json=None, seed_note=None, mode_choice=None, support_tif=None, hold_changes=False,
-    masks=None,
+    masks=None, ratio_choice=None,
 ):  # fmt: skip
     """:func:`run_flow` for scene-sized grids (see :mod:`costack.stages._tiled`); an accepted
     tie-point model ``tp_model`` seeds the coarse pass."""
@@ -269,7 +277,8 @@ def _run_flow_tiled(
     tiled = flow_tiled(ref_tif, sec_tif, out_tif, conf, params, ref_filter=ref_filter,
                        seed_model=tp_model, tags=tags, support_tif=support_tif,
                        hold_changes=hold_changes, masks=masks)  # fmt: skip
-    stats = {"mode": params.mode, "mode_choice": mode_choice, "params": params.to_dict(),
+    stats = {"mode": params.mode, "mode_choice": mode_choice, "resolution_ratio": ratio_choice,
+             "params": params.to_dict(),
              "seconds": tiled["seconds"],
              "tiled": tiled, "reference_blur_sigma": round(blur, 3),
              "tiepoint_model": str(model_json) if tp_model is not None else None,

@@ -39,7 +39,7 @@ from costack.registration.change import apply_exclusions
 from costack.registration.imaging import masked_blur, on_two_threads, resolution_sigma
 from costack.registration.matching import MIN_SIMILARITY_MULTIMODAL, lsm, prepare
 from costack.registration.tiepoint_model import TiePointModel
-from costack.stages._common import read_model
+from costack.stages._common import decide_ratio, read_model
 
 log = logging.getLogger(__name__)
 
@@ -397,7 +397,7 @@ def run_qc(
     coregistered_tif: str | Path,
     out_json: str | Path,
     multimodal: bool | None = None,
-    resolution_ratio: float = 1.0,
+    resolution_ratio: float | None = None,
     max_displacement: float = 16.0,
     max_in_memory_pixels: int | None = None,
     block_bytes: int = QC_BLOCK_BYTES,
@@ -421,7 +421,9 @@ def run_qc(
     (:func:`costack.stages._common.matches_on_descriptors`): SAR against optical and inverted
     contrast are re-matched on CFOG descriptors; True or False forces.
 
-    ``resolution_ratio``: the secondary's native pixel over the grid's (a 30 m secondary is
+    ``resolution_ratio``: the secondary's native pixel over the grid's (None: the co-located
+    raster's ``costack_resolution_ratio`` tag, else read from its pixels,
+    :func:`costack.stages._common.decide_ratio`; a 30 m secondary is
     compared with the reference blurred to 30 m: on the demo the residual after co-registration
     then reads 0.11 px median, near the flow's true error, instead of 0.24 px).
 
@@ -440,6 +442,7 @@ def run_qc(
             "qc", f"{coregistered_tif} is asset {after_key} co-registered, {colocated_tif} is "
             f"asset {before_key} co-located", "give one asset before and after co-registration",
         )  # fmt: skip
+    resolution_ratio, _ = decide_ratio(resolution_ratio, colocated_tif)
     if multimodal is None:
         from costack.stages._common import matches_on_descriptors
 

@@ -56,7 +56,7 @@ from costack.registration.matching import (
     representation,
 )
 from costack.registration.tiepoint_model import TiePointModel, fit_models
-from costack.stages._common import matches_on_descriptors, write_model
+from costack.stages._common import decide_ratio, matches_on_descriptors, write_model
 
 log = logging.getLogger(__name__)
 
@@ -326,7 +326,7 @@ def run_tiepoints(
     png: str | Path | None = None,
     params: TiePointParams | None = None,
     label: str = "secondary",
-    resolution_ratio: float = 1.0,
+    resolution_ratio: float | None = None,
     max_in_memory_pixels: int = TIEPOINT_IN_MEMORY_PIXELS,
     threads: int = 1,
     masks: Exclusions | None = None,
@@ -345,7 +345,9 @@ def run_tiepoints(
     inverted
     contrast are matched on CFOG descriptors, other pairs on intensities; True or False forces.
 
-    ``resolution_ratio``: the secondary's native pixel over the grid's. A secondary over 1.5x
+    ``resolution_ratio``: the secondary's native pixel over the grid's (None: its
+    ``costack_resolution_ratio`` tag, else read from its pixels,
+    :func:`costack.stages._common.decide_ratio`). A secondary over 1.5x
     coarser (30 m on a 10 m grid) is matched against the reference blurred to its resolution
     (:func:`costack.registration.imaging.resolution_sigma`); on the demo's 30 m pair this took the
     tie points
@@ -355,6 +357,7 @@ def run_tiepoints(
     from costack.io.rasters import read_average, read_float32, require_colocated
 
     grid = require_colocated("tiepoints", ref_tif, sec_tif)
+    resolution_ratio, _ = decide_ratio(resolution_ratio, sec_tif)
     p = params or TiePointParams()
     mode_choice = None
     if p.multimodal is None:
