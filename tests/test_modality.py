@@ -246,7 +246,7 @@ def test_the_resolution_ratio_is_read_from_an_interpolations_trace(method):
     rows, cols = np.mgrid[0:400, 0:400]
     holed[rows + cols < 250] = np.nan
     native = resampling_ratio(holed)
-    assert native["ratio"] == 1.0 and native["sharpness"] < 100, native
+    assert native["ratio"] == 1.0 and native["sharpness"] < 50, native
 
 
 @pytest.mark.skipif(not UAVSAR.exists(), reason="../shared/data (UAVSAR pair) absent")

@@ -47,9 +47,13 @@ SIGN_CHANGING = 0.1
 #: the side (pixels) of the central crop :func:`speckle_index` reads
 SPECKLE_CROP = 1024
 #: a peak of the interpolation trace's spectrum at least this many times the spectrum's local
-#: level is a resampling lattice (native images of ../shared/data: at most 50; images costack
-#: co-located from 20 or 30 m: 460 to 8000; see :func:`resampling_ratio`) ...
-RESAMPLING_SHARPNESS = 200.0
+#: level is a resampling lattice: the periodogram of a trace without a lattice is about
+#: exponential, so the sharpest of the ~10^6 bins of a 1024 px crop reaches about
+#: ln(10^6) / 0.56 = 25 (native images of ../shared/data and the benchmark: 20 to 47); images
+#: co-located from 20 or 30 m: 700 to 1200; GDAL upsamplings of real images: 1000 to 8000; the
+#: demo's co-located 20 m SAR warped again by a smooth field (spline): 105 (see
+#: :func:`resampling_ratio`) ...
+RESAMPLING_SHARPNESS = 100.0
 #: ... and the peaks at least this share of the strongest are the lattice's
 RESAMPLING_PEAK_SHARE = 0.25
 #: frequencies under this (cycles per pixel: periods over 10 px) are the image's content
