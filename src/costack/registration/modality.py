@@ -201,7 +201,8 @@ def resampling_ratio(img: np.ndarray) -> dict:
     1/|f| among the peaks at least :data:`RESAMPLING_PEAK_SHARE` of the strongest (the
     source grid's axes, not their diagonals or harmonics; a source pixel that is not square
     gives its longer side, as co-location's ``costack_resolution_ratio`` tag does). No such
-    peak: 1 (a native image, or one whose resampling left no trace).
+    peak, or peaks along one direction only (:func:`_two_dimensional`): 1 (a native image, or
+    one whose resampling left no trace).
 
     Limits: the pixels sample the trace, so a lattice finer than 2 px reads as its alias (a
     factor between 1 and 2 cannot be told from one over 2: 1.5 reads as 3); a raster
@@ -265,10 +266,25 @@ def resampling_ratio(img: np.ndarray) -> dict:
                          f"{RESAMPLING_SHARPNESS:.0f})")  # fmt: skip
         return out
     lattice = [p for p in peaks if p[3] >= RESAMPLING_PEAK_SHARE * best]
+    if not _two_dimensional(lattice):
+        out["reason"] = (f"a one-dimensional trace (period {peaks[0][2]:.3f} px, sharpness "
+                         f"{best:.0f}): not a coarser grid on both axes, not read")  # fmt: skip
+        return out
     out["ratio"] = max(p[2] for p in lattice)
     out["reason"] = (f"interpolated from a grid {out['ratio']:.3f}x coarser (periodic trace, "
                      f"sharpness {best:.0f})")  # fmt: skip
     return out
+
+
+def _two_dimensional(lattice: list[list[float]]) -> bool:
+    """Whether the peaks (frequency x, y, ...) span two directions at least 45 degrees apart
+    (modulo 180): a grid coarser on both axes, as co-location from a coarser raster makes; a
+    trace along one axis only is not read (the UAVSAR orthophoto's, period 3.7 px along its
+    columns: the ratio it would give blurred the reference of a same-sensor flow and took its
+    error from 0.02 to 0.54 px)."""
+    angles = [math.degrees(math.atan2(p[1], p[0])) % 180.0 for p in lattice]
+    return any(min(abs(a - b), 180.0 - abs(a - b)) >= 45.0
+               for i, a in enumerate(angles) for b in angles[i + 1 :])  # fmt: skip
 
 
 def _vertex(three: np.ndarray) -> float:
