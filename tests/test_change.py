@@ -481,3 +481,35 @@ def test_qc_masks_by_blocks_match_the_whole_grid(tmp_path):
     r, c = got["before_points"].T
     assert not cloud[r, c].any() and cloud[tuple(free["before_points"].T)].any()
     assert got["coverage"] == free["coverage"]
+
+
+@pytest.mark.parametrize("sliver", [60, 500, 1500])
+def test_a_sliver_of_support_does_not_extrapolate_the_field(sliver):
+    """A tile at the edge of an orbit: the secondary has data in a corner triangle only (0.04
+    to 23 % of the tile) and its flow there is noisy (smooth random field, 1 px range). The
+    held field across the empty rest stays within the supported range widened by its span:
+    a quadratic fitted to the sliver's noise extrapolated to 1500-3300 px before (the stack
+    benchmark's orbit-edge date: 1981 px in its flow raster)."""
+    from costack.registration.change import hold
+    from costack.registration.folki import FlowParams, FlowResult
+
+    n = 1104
+    rng = np.random.default_rng(0)
+    rows, cols = np.mgrid[0:n, 0:n]
+    valid = cols + (n - rows) < sliver
+    ref = rng.random((n, n)).astype(np.float32)
+    sec = np.where(valid, ref, np.nan).astype(np.float32)
+
+    def noisy(mean: float) -> np.ndarray:
+        field = ndimage.gaussian_filter(rng.normal(0, 1, (n, n)), 15) * 15 + mean
+        return np.where(valid, field, np.nan).astype(np.float32)
+
+    dx, dy = noisy(0.35), noisy(-0.25)
+    conf = np.where(valid, 0.9, 0.0).astype(np.float32)
+    held = hold(FlowResult(dx, dy, conf, FlowParams(), {}), ref, sec)
+    for own, out in ((dx, held.dx), (dy, held.dy)):
+        lo, hi = np.nanmin(own), np.nanmax(own)
+        margin = max(hi - lo, 1.0)
+        assert np.isfinite(out).all()
+        assert lo - margin <= out.min() and out.max() <= hi + margin, (out.min(), out.max())
+    assert (held.support[~valid] < 0.5).mean() > 0.95

@@ -12,7 +12,10 @@ rule colocate_asset:
         policy=POLICY,
     log:
         "logs/colocate_asset/{key}.log",
-    threads: colocate_threads
+    # one core: mostly single-threaded work (10980 x 10980 tile on two threads, CPU over
+    # wall: co-location 0.99, co-registration 1.33, COG 1.3, flow COG 1.2); two such
+    # jobs side by side use the machine better than one holding both cores
+    threads: 1
     # as high as the registration chain it feeds (tie points, flow): without it, a dataset's
     # matching asset waited behind the COGs and QC of the datasets before it (4096 px stack
     # bench: dataset 3's tie points started at 206 s, when dataset 2's chain was done)

@@ -98,25 +98,6 @@ SOURCE = {
 }
 
 
-# Warps of small rasters (the demo's) take a fraction of a second after 2-3 s of start-up: one
-# core each lets two run side by side (demo run 91 -> 71 s); larger ones get both cores.
-# Sizes are known at parse time (the source file, the grid), so a dry run on a fresh checkout,
-# where no input exists yet, gets the same numbers as the real run.
-SMALL_MB = 16
-GRID_MB = GRID.width * GRID.height * 4 / 1e6
-
-
-def colocate_threads(wildcards):
-    source = SOURCE.get(wildcards.key)
-    if source is None:  # remote source: size unknown
-        return 2
-    return 1 if Path(source).stat().st_size / 1e6 < SMALL_MB else 2
-
-
-def warp_threads(wildcards):
-    return 1 if GRID_MB < SMALL_MB else 2
-
-
 def dataset_of(key):
     return int(key.split(".", 1)[0])
 

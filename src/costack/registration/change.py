@@ -60,6 +60,15 @@ WIDEN_PX = 8
 #: the own flow and the fill are blended over about this many pixels at the boundary
 BLEND_PX = 8
 
+#: the share of the blocks that must support the flow for :func:`hold` to fit a quadratic model
+#: of the surroundings, and an affine; under both a constant (a sliver of support does not
+#: constrain a surface across the image)
+POLYNOMIAL_SUPPORT = 0.25
+AFFINE_SUPPORT = 0.05
+
+#: held displacements stay within the supported ones' range widened by its span, at least this
+HELD_MARGIN_PX = 1.0
+
 
 @dataclass
 class ChangeResult:
@@ -183,15 +192,17 @@ def _combine(fx, fy, sup, hard, touched, f, ox, oy, osup):  # pragma: no cover -
 
 def robust_model(
     x: np.ndarray, y: np.ndarray, tx: np.ndarray, ty: np.ndarray, weight: np.ndarray,
-    iterations: int = 6,
+    iterations: int = 6, names: tuple[str, ...] = ("affine", "polynomial2"),
 ) -> tuple[str, np.ndarray, np.ndarray]:  # fmt: skip
     """A global model of the reliable flow (tx, ty at points x, y, normalised coordinates):
     an affine, or the second-order polynomial when its robust RMS is under 80 % of the
     affine's (Yan et al. 2016 eqs. 2-3 and costack.tiepoint_model's rule), each fitted by
     iteratively reweighted least squares with Tukey's biweight (c = 4.685 x 1.4826 MAD).
-    Returns (name, x coefficients, y coefficients) over (1, x, y[, xy, x^2, y^2])."""
+    ``names``: the models allowed (:func:`hold` allows fewer when the support is small; a
+    ``constant`` is the weighted robust mean). Returns (name, x coefficients, y
+    coefficients) over (1[, x, y[, xy, x^2, y^2]])."""
     fits = {}
-    for name in ("affine", "polynomial2"):
+    for name in names:
         a = _design(x, y, name)
         wt = weight.astype(np.float64)
         cx = cy = np.zeros(a.shape[1])
@@ -207,11 +218,15 @@ def robust_model(
             wt = weight * np.where(u < 1, (1 - u * u) ** 2, 0.0)
         rms = float(np.sqrt(np.average(r * r, weights=wt))) if wt.sum() > 0 else np.inf
         fits[name] = (cx, cy, rms)
-    name = "polynomial2" if fits["polynomial2"][2] < 0.8 * fits["affine"][2] else "affine"
+    name = names[0]
+    if "polynomial2" in fits and fits["polynomial2"][2] < 0.8 * fits["affine"][2]:
+        name = "polynomial2"
     return name, fits[name][0], fits[name][1]
 
 
 def _design(x: np.ndarray, y: np.ndarray, name: str) -> np.ndarray:
+    if name == "constant":
+        return np.ones((x.size, 1))
     cols = [np.ones_like(x), x, y]
     if name == "polynomial2":
         cols += [x * y, x * x, y * y]
@@ -348,14 +363,20 @@ def hold(
     stride = max(1, idx.size // 5000)
     pick = idx[::stride]
     pts = (gx.ravel()[pick], gy.ravel()[pick], mx.ravel()[pick], my.ravel()[pick])
-    name, ax, ay = robust_model(*pts, n_ok.ravel()[pick].astype(np.float64))
+    # a model of the support's order, and no held value beyond what the support shows: a
+    # sliver of support (a tile at the edge of an orbit: 2 % of its blocks) let a quadratic,
+    # fitted to its noise, extrapolate to 2000 px across the tile's empty part (stack bench)
+    support = float(good.mean())
+    names = ("affine", "polynomial2") if support >= POLYNOMIAL_SUPPORT else \
+        ("affine",) if support >= AFFINE_SUPPORT else ("constant",)  # fmt: skip
+    name, ax, ay = robust_model(*pts, n_ok.ravel()[pick].astype(np.float64), names=names)
     design = _design(gx.ravel(), gy.ravel(), name)
     modx = (design @ ax).reshape(hc, wc)
     mody = (design @ ay).reshape(hc, wc)
     rx, ry = push_pull([np.where(good, mx - modx, 0.0), np.where(good, my - mody, 0.0)],
                        good.astype(np.float64))  # fmt: skip
-    fillx = (modx + rx).astype(np.float32)
-    filly = (mody + ry).astype(np.float32)
+    fillx = _within_support(modx + rx, mx[good])
+    filly = _within_support(mody + ry, my[good])
     # support on the blocks: 0 in the unsupported ones, rising to 1 over about BLEND_PX
     kb = max(1, int(round(BLEND_PX / f)))
     sup = ndimage.uniform_filter((~hard).astype(np.float32), 2 * kb + 1, mode="nearest")
@@ -367,6 +388,16 @@ def hold(
         float((osup < 0.5).mean())  # fmt: skip
     stats.update(unsupported_fraction=round(share, 4), model=name)
     return ChangeResult(ox, oy, res.confidence, osup, res.params, stats)
+
+
+def _within_support(fill: np.ndarray, supported: np.ndarray) -> np.ndarray:
+    """``fill`` (float32) clipped to the range of the supported blocks' displacements widened
+    by that range's span and at least :data:`HELD_MARGIN_PX` on either side: the surroundings
+    predict a field that varies smoothly across a change; a value beyond what they show by more
+    than that is an extrapolation, not a prediction."""
+    lo, hi = float(supported.min()), float(supported.max())
+    margin = max(hi - lo, HELD_MARGIN_PX)
+    return np.clip(fill, lo - margin, hi + margin).astype(np.float32)
 
 
 def _seen_through(invalid: np.ndarray, dx: np.ndarray, dy: np.ndarray) -> np.ndarray:

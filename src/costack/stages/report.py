@@ -10,6 +10,7 @@ confidence, and the fitted models with the QC residual and the verdict.
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import io
 import json
@@ -185,6 +186,7 @@ def models_table(
         "co-registration</h3>"
         f"{table}</body></html>"
     )
+    _read_cached.cache_clear()
     with atomic_path(out_html) as tmp:
         Path(tmp).write_text(page, encoding="utf-8")
 
@@ -242,13 +244,15 @@ def _figure_uri(png: bytes) -> str:
 def _webp_uri(grey_alpha: np.ndarray) -> str:
     """A (rows, cols, 2) grey and opacity uint8 array as a lossless WebP data URI (the exact
     pixels, about 30 % smaller than PNG on images; the same array gives the same bytes). The
-    opacity is left out when every pixel is opaque."""
+    opacity is left out when every pixel is opaque. Encoder effort 4 of 6 at quality 75: within
+    4 % of the smallest file in 1/100 of the time (a 768 px overview of a Sentinel-2 tile:
+    0.46 MB in 13.6 s at effort 6, quality 100; 0.48 MB in 0.10 s)."""
     from PIL import Image
 
     a = np.ascontiguousarray(grey_alpha)
     im = Image.fromarray(a[..., 0], "L") if a[..., 1].min() == 255 else Image.fromarray(a, "LA")
     buf = io.BytesIO()
-    im.save(buf, format="WEBP", lossless=True, quality=100, method=6, exact=True)
+    im.save(buf, format="WEBP", lossless=True, quality=75, method=4, exact=True)
     return "data:image/webp;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
@@ -269,13 +273,28 @@ def _quicklook_uri(index: np.ndarray, cmap: str) -> str:
 
 def _read(path: Path, shape: tuple[int, int] | None = None, window=None, band: int = 1):
     """Band ``band`` as Float32 with NaN for nodata: whole, a window, or reduced to ``shape``
-    by GDAL's average of the valid pixels."""
+    by GDAL's average of the valid pixels (read-only: the page reads some twice, from
+    :func:`_read_cached`)."""
+    stat = os.stat(path)
+    return _read_cached(str(path), (stat.st_mtime_ns, stat.st_size), shape,
+                        None if window is None else tuple(window.flatten()), band)  # fmt: skip
+
+
+@functools.lru_cache(maxsize=8)
+def _read_cached(path: str, version: tuple[int, int], shape, window, band) -> np.ndarray:
+    """:func:`_read`, kept for the page's next reads of the same pixels (a reduced read of a
+    scene-sized raster without overviews decodes all of it: 1.5 s for a Sentinel-2 tile)."""
     from rasterio.enums import Resampling
 
     with rasterio.open(path) as src:
-        data = src.read(band, window=window, out_shape=shape, masked=True,
+        bands = list(range(1, src.count + 1)) if band == 0 else band
+        out = None if shape is None or band != 0 else (src.count, *shape)
+        data = src.read(bands, window=None if window is None else Window(*window),
+                        out_shape=out or shape, masked=True,
                         resampling=Resampling.average)  # fmt: skip
-    return np.ma.filled(data.astype(np.float32), np.nan)
+    out_arr = np.ma.filled(data.astype(np.float32), np.nan)
+    out_arr.flags.writeable = False
+    return out_arr
 
 
 def _limits(a: np.ndarray) -> tuple[float, float]:
@@ -488,8 +507,9 @@ def run_overview(
         })  # fmt: skip
         f = max(1, math.ceil(max(fh, fw) / FLOW_SIDE))
         shape = (math.ceil(fh / f), math.ceil(fw / f)) if f > 1 else None
-        flows[n] = (_read(flow_tif, shape, band=1), _read(flow_tif, shape, band=2),
-                    _read(results / "flow" / f"{n}.confidence.tif", shape), f)  # fmt: skip
+        both = _read(flow_tif, shape, band=0)  # dx and dy in one pass over the flow
+        flows[n] = (both[0], both[1], _read(results / "flow" / f"{n}.confidence.tif", shape),
+                    f)  # fmt: skip
     scale = displacement_scale([np.hypot(dx, dy) for dx, dy, _, _ in flows.values()])
 
     verdicts = {summary[n].get("verdict") for n in datasets}
