@@ -279,10 +279,14 @@ def accuracy(workdir: Path, items: list[Path]) -> list[str]:
             s = min(2048, h, w)
             win = Window((w - s) // 2, (h - s) // 2, s, s)
             fx, fy = src.read(1, window=win), src.read(2, window=win)
-            small = src.read(out_shape=(2, h // 8, w // 8), resampling=Resampling.average)
+            small = src.read(out_shape=(2, h // 8, w // 8), resampling=Resampling.nearest)
+        # over the secondary's data only: outside it (an orbit edge) the flow is the held
+        # surroundings' prediction, which warps no data
+        with rasterio.open(workdir / "results" / "colocated" / f"{n}.nir.tif") as src:
+            has = src.read_masks(1, out_shape=(h // 8, w // 8)) > 0
         err = np.hypot(fx - tx, fy - ty)
         err = err[np.isfinite(err)]
-        mean_all = (float(np.nanmean(small[0])), float(np.nanmean(small[1])))
+        mean_all = (float(np.nanmean(small[0][has])), float(np.nanmean(small[1][has])))
         model = json.loads((workdir / "results" / "tiepoints" / f"{n}.model.json").read_text())
         ms = model.get("mean_shift") or [float("nan")] * 2
         q = summary[str(n)]
@@ -297,7 +301,7 @@ def accuracy(workdir: Path, items: list[Path]) -> list[str]:
 
         lines += [
             f"dataset {n}: true shift ({tx:+.3f}, {ty:+.3f}) px",
-            f"  flow: mean over the tile ({mean_all[0]:+.4f}, {mean_all[1]:+.4f}) px, error "
+            f"  flow: mean over the tile's data ({mean_all[0]:+.4f}, {mean_all[1]:+.4f}) px, error "
             f"{math.hypot(mean_all[0] - tx, mean_all[1] - ty):.4f} px; EPE on {s}x{s} at the "
             f"centre mean {err.mean():.4f} median {np.median(err):.4f} p90 "
             f"{np.percentile(err, 90):.4f} px",
