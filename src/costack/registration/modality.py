@@ -50,10 +50,12 @@ SPECKLE_CROP = 1024
 #: level is a resampling lattice: the periodogram of a trace without a lattice is about
 #: exponential, so the sharpest of the ~10^6 bins of a 1024 px crop reaches about
 #: ln(10^6) / 0.56 = 25 (native images of ../shared/data and the benchmark: 20 to 47); images
-#: co-located from 20 or 30 m: 700 to 1200; GDAL upsamplings of real images: 1000 to 8000; the
-#: demo's co-located 20 m SAR warped again by a smooth field (spline): 105 (see
+#: warped again by a smooth field after an upsampling (cubic spline) or a few real products of
+#: unknown history peak at 100 to 125, and one of them read as a 3.7x coarser grid once it was
+#: taken over 100 (a same-sensor cloud test: 0.05 -> 0.10 px); images co-located from 20 or
+#: 30 m: 700 to 1200; GDAL upsamplings of real images: 630 to 8000 (see
 #: :func:`resampling_ratio`) ...
-RESAMPLING_SHARPNESS = 100.0
+RESAMPLING_SHARPNESS = 300.0
 #: ... and the peaks at least this share of the strongest are the lattice's
 RESAMPLING_PEAK_SHARE = 0.25
 #: frequencies under this (cycles per pixel: periods over 10 px) are the image's content
