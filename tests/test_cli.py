@@ -72,13 +72,15 @@ def test_costack_flow_reproduces_the_rule(demo_run, tmp_path):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert out.read_bytes() == (res / "flow" / "2.tif").read_bytes()
-    # the SAR dataset with no flag but the model: auto takes the structure mode from the kinds
-    # and the resolution ratio comes from the co-located raster's tag, as in the rule
+    # the SAR dataset with the model and its other polarisation, as the rule gives them: auto
+    # takes the structure mode from the kinds and the resolution ratio comes from the
+    # co-located raster's tag, as in the rule
     out3 = tmp_path / "3.tif"
     proc = subprocess.run(
         [sys.executable, "-m", "costack.cli", "flow", str(res / "colocated/1.nir.tif"),
          str(res / "colocated/3.s0_db_c_vv.tif"), str(out3), "--model",
-         str(res / "tiepoints/3.model.json"), "--stats", str(tmp_path / "3.json")],
+         str(res / "tiepoints/3.model.json"), "--stats", str(tmp_path / "3.json"),
+         "--radar-aux", str(res / "colocated/3.s0_db_c_vh.tif")],
         capture_output=True, text=True,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -26,8 +26,8 @@ def test_costack_run_killed_and_resumed_reproduces_snakemake(demo_run, tmp_path)
     that no absolute path is shared with the demo run), killed (SIGKILL, as by an out-of-memory
     killer or a lost node) once the first flow exists, then run again with the same arguments:
     it unlocks the dead run's lock, resumes, and gives byte-identical COGs and the same item.
-    One asset per dataset and no expressions (24 jobs instead of 37): their COGs and item
-    entries are the whole demo's, the same bytes."""
+    One asset per optical dataset, both polarisations of the SAR one (its flow uses them) and
+    no expressions: their COGs and item entries are the whole demo's, the same bytes."""
     import os
     import shutil
     import signal
@@ -37,7 +37,7 @@ def test_costack_run_killed_and_resumed_reproduces_snakemake(demo_run, tmp_path)
     shutil.copytree(REPO / "resources" / "demo", copy)
     cfg = demo_config()
     cfg["inputs"] = [str(copy / Path(p).parent.name / "item.json") for p in cfg["inputs"]]
-    cfg.update(assets="1.nir,2.nir,3.s0_db_c_vv", expressions=[])
+    cfg.update(assets="1.nir,2.nir,3.s0_db_c_vv,3.s0_db_c_vh", expressions=[])
     argv = [sys.executable, "-m", "costack.cli", "run", "--out", str(tmp_path / "out"),
             "--cores", "2", "--assets", cfg["assets"], "--reference", cfg["reference"],
             "--item-id", cfg["item_id"]]  # fmt: skip
@@ -60,8 +60,8 @@ def test_costack_run_killed_and_resumed_reproduces_snakemake(demo_run, tmp_path)
     assert "was killed; unlocked, resuming" in out
     assert f"STAC catalog: {tmp_path / 'out' / 'results' / 'catalog.json'}" in out
     mine = sorted((tmp_path / "out" / "results" / "stack").glob("*.tif"))
-    # the three assets and both datasets' displacement, confidence and support
-    assert len(mine) == 9, [p.name for p in mine]
+    # the four assets and both datasets' displacement, confidence and support
+    assert len(mine) == 10, [p.name for p in mine]
     for a in mine:
         assert _sha(a) == _sha(demo_run / "results" / "stack" / a.name), a.name
     # the STAC items are equal apart from timestamps and run timings
@@ -88,7 +88,7 @@ def test_costack_run_killed_and_resumed_reproduces_snakemake(demo_run, tmp_path)
     assert got["properties"].pop("costack:assets") == cfg["assets"].split(",")
     demo["properties"].pop("costack:assets")
     demo["assets"] = {k: v for k, v in demo["assets"].items() if k in got["assets"]}
-    assert len(got["assets"]) == 9 and got == demo
+    assert len(got["assets"]) == 10 and got == demo
 
 
 def test_run_bad_input_is_one_line(tmp_path):

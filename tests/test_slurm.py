@@ -56,16 +56,17 @@ def cluster(tmp_path_factory):
 
 
 def test_demo_through_slurm_is_the_local_demo(cluster, request, tmp_path):
-    """The demo's three registrations (one asset of each dataset, the same grid as the whole
-    demo, no expressions) as SLURM group jobs: their stack and flow COGs are the local demo's,
-    byte for byte."""
+    """The demo's three registrations (one asset of each optical dataset and both
+    polarisations of the SAR one, which its flow uses; the same grid as the whole demo, no
+    expressions) as SLURM group jobs: their stack and flow COGs are the local demo's, byte for
+    byte."""
     root = tmp_path / "checkout"
     root.mkdir()
     shutil.copy(REPO / "Snakefile", root)
     for folder in ("workflow", "config", "resources", "profiles", "envs"):
         shutil.copytree(REPO / folder, root / folder)
     config = yaml.safe_load((root / "config" / "config.yaml").read_text())
-    config.update(assets="1.nir,2.nir,3.s0_db_c_vv", expressions=[])
+    config.update(assets="1.nir,2.nir,3.s0_db_c_vv,3.s0_db_c_vh", expressions=[])
     (root / "config" / "config.yaml").write_text(yaml.safe_dump(config))
     env = dict(cluster, PYTHONWARNINGS="ignore", COSTACK_FAIL_ONCE="match_tiepoints")
     cmd = [sys.executable, "-m", "snakemake", "--profile", "profiles/slurm",
@@ -81,16 +82,17 @@ def test_demo_through_slurm_is_the_local_demo(cluster, request, tmp_path):
     # started at once instead of waiting for it
     demo_run = request.getfixturevalue("demo_run")
     mine = sorted((root / "results" / "stack").glob("*.tif"))
-    # 1.nir, 2.nir, 3.s0_db_c_vv and the two flows (displacement, confidence, support each)
-    assert len(mine) == 9, [p.name for p in mine]
+    # 1.nir, 2.nir, 3.s0_db_c_vv, 3.s0_db_c_vh and the two flows (displacement, confidence,
+    # support each)
+    assert len(mine) == 10, [p.name for p in mine]
     for path in mine:
         assert path.read_bytes() == (demo_run / "results" / "stack" / path.name).read_bytes()
-    # the scheduler's own records: one job per group (prepare, two registrations, three
-    # assets' co-registration and COG, catalog), the injected failure and its retry
+    # the scheduler's own records: one job per group (prepare, two registrations, four
+    # assets' co-registration, catalog), the injected failure and its retry
     acct = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID,JobName,State,ExitCode"],
                           capture_output=True, text=True, env=env, check=True).stdout  # fmt: skip
     states = [line.split("|")[2] for line in acct.splitlines() if line]
-    assert states.count("COMPLETED") == 7, acct
+    assert states.count("COMPLETED") == 8, acct
     assert states.count("FAILED") == 1, acct
     log = root / "logs" / "match_tiepoints"
     assert log.is_dir()

@@ -347,6 +347,12 @@ def cmd_flow(args: argparse.Namespace) -> None:
     for path in (args.ref, args.sec):
         if not Path(path).exists():
             raise CostackError("flow", f"{path} does not exist", "give two co-located rasters")
+    for path in args.radar_aux:
+        if not Path(path).exists():
+            raise CostackError(
+                "--radar-aux", f"{path} does not exist",
+                "give another polarisation of the secondary, co-located",
+            )  # fmt: skip
     if args.radii:
         _check_radii(args.radii)
     params = FlowParams(
@@ -359,7 +365,8 @@ def cmd_flow(args: argparse.Namespace) -> None:
     support = args.support or str(Path(args.out).with_suffix("")) + ".support.tif"
     stats = run_flow(args.ref, args.sec, args.out, conf, params, stats_json=args.stats,
                      resolution_ratio=ratio, model_json=args.model, masks=_exclusions(args),
-                     support_tif=support, hold_changes=not args.no_hold)  # fmt: skip
+                     support_tif=support, hold_changes=not args.no_hold,
+                     radar_aux=args.radar_aux)  # fmt: skip
     why = (stats.get("mode_choice") or {}).get("reason")
     start = (stats.get("start") or {}).get("kind") or (
         "tie-point model" if stats.get("tiepoint_model") else None)  # fmt: skip
@@ -625,6 +632,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-hold", action="store_true",
         help="do not hold unsupported areas (changes, masks) to their surroundings: the flow "
         "as estimated everywhere (the workflow's flow_hold_changes: false)",
+    )  # fmt: skip
+    p.add_argument(
+        "--radar-aux", metavar="RASTER", action="append", default=[],
+        help="another polarisation of the secondary (VH beside VV), co-located like it; "
+        "repeatable: the structure mode (SAR against optical) averages their edge strengths, "
+        "as the workflow does with a SAR dataset's other backscatter assets",
     )  # fmt: skip
     _add_mask_options(p)
     p.set_defaults(func=cmd_flow)

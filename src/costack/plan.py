@@ -281,6 +281,27 @@ class RunPlan:
         """The secondary datasets, in order."""
         return self.cfg.secondary_datasets
 
+    def polarisations(self, dataset: int) -> list[str]:
+        """The other polarisations of a SAR dataset's matching asset, which the flow's
+        structure mode averages with it: the dataset's assets of kind ``sar`` whose band is the
+        matching asset's but for its polarisation (``s0_db_c_vh`` beside ``s0_db_c_vv``); none
+        for an optical matching asset."""
+        key = self.matching.get(dataset)
+        if key is None or self.kind.get(key) != "sar":
+            return []
+        rows = self.manifest
+        stem = lambda band: str(band).rsplit("_", 1)[0]  # noqa: E731
+        match = rows[rows["key"] == key].iloc[0]
+        if not str(match.get("polarization", "") or ""):
+            return []
+        same = rows[(rows["dataset"].astype(int) == int(dataset)) & (rows["key"] != key)
+                    & (rows["kind"] == "sar")]  # fmt: skip
+        return [
+            str(r["key"])
+            for _, r in same.iterrows()
+            if str(r.get("polarization", "") or "") and stem(r["band"]) == stem(match["band"])
+        ]
+
     def summary(self) -> str:
         """One line for ``costack check``."""
         g = self.grid

@@ -8,6 +8,9 @@ rule estimate_flow:
         model="results/tiepoints/{n}.model.json",
         ref_mask=lambda wc: mask_of(REF_DATASET),
         sec_mask=lambda wc: mask_of(wc.n),
+        # the SAR dataset's other polarisations (VH beside VV): the structure mode averages
+        # their edge strengths with the matching asset's
+        aux=lambda wc: [f"results/colocated/{k}.tif" for k in PLAN.polarisations(int(wc.n))],
     output:
         flow="results/flow/{n}.tif",
         confidence="results/flow/{n}.confidence.tif",

@@ -22,5 +22,6 @@ run_step(
         support_tif=snakemake.output.support,
         hold_changes=bool(snakemake.params.hold_changes),
         masks=rule_exclusions(snakemake.input.ref_mask, snakemake.input.sec_mask),
+        radar_aux=list(snakemake.input.aux),
     ),
 )

@@ -191,19 +191,22 @@ def _clahe(img: np.ndarray, valid: np.ndarray, kernel: int, clip: float) -> np.n
 
 
 def preprocess(
-    pair: list[tuple[np.ndarray, np.ndarray]], mode: str, params: FlowParams
-) -> list[np.ndarray]:
+    pair: list[tuple[np.ndarray, np.ndarray]], mode: str, params: FlowParams,
+    radar_aux: list[np.ndarray] | None = None,
+) -> list[np.ndarray]:  # fmt: skip
     """The images the flow is computed on, for ``mode`` (Brigot et al. 2016, section III), from
     (image, validity) pairs (the reference's and the secondary's): EFolki's rank filter,
     after GEFolki's CLAHE in that mode, or after the edge strengths in structure mode (ROEWA
     on the ``params.radar`` side, the Gaussian gradient magnitude on the other:
     :func:`costack.registration.modality.structure_images`), or (Folki) the standardised
-    intensities."""
+    intensities. ``radar_aux``: the radar side's other polarisations, used in structure mode
+    (:func:`costack.registration.modality.structure_images`)."""
     valids = [valid for _, valid in pair]
     if mode == "structure":
         from costack.registration.modality import structure_images
 
-        edges = structure_images(*(np.where(v, img, np.nan) for img, v in pair), params.radar)
+        edges = structure_images(*(np.where(v, img, np.nan) for img, v in pair), params.radar,
+                                 radar_aux)  # fmt: skip
         valids = [v & np.isfinite(e) for v, e in zip(valids, edges, strict=True)]
         pair = list(zip(edges, valids, strict=True))
     imgs = [np.where(valid, img, 0).astype(np.float32) for img, valid in pair]
@@ -410,6 +413,7 @@ def estimate_flow(
     sec_nodata: float | None = None,
     model: np.ndarray | None = None,
     init: tuple[np.ndarray, np.ndarray] | None = None,
+    radar_aux: list[np.ndarray] | None = None,
 ) -> FlowResult:
     """Dense flow such that ``sec`` sampled at (col + dx, row + dy) matches ``ref`` at (col, row).
 
@@ -421,6 +425,8 @@ def estimate_flow(
         model: optional 2x3 affine mapping reference pixel coordinates (GDAL convention) to
             secondary ones; the flow starts from it and estimates the residual.
         init: optional starting field (dx, dy) at full resolution (used by the tiled driver).
+        radar_aux: the radar side's other polarisations (NaN invalid), on its grid; structure
+            mode averages their edge strengths with its own, other modes do not use them.
 
     Returns:
         The field in pixels (NaN where no valid data supported it) and a confidence in [0, 1].
@@ -448,7 +454,10 @@ def estimate_flow(
     presmooth = p.presmooth if p.presmooth is not None else (0.7 if p.mode == "efolki" else 0.0)
     if presmooth > 0:
         ref, sec = on_two_threads(lambda x, ok: masked_blur(x, ok, presmooth), (ref, v1), (sec, v2))
-    i1, i2 = preprocess([(ref, v1), (sec, v2)], p.mode, p)
+    aux = None
+    if radar_aux and p.mode == "structure":
+        aux = [np.asarray(a, dtype=np.float32) for a in radar_aux]
+    i1, i2 = preprocess([(ref, v1), (sec, v2)], p.mode, p, aux)
     if p.smooth > 0:
         i1 = masked_blur(i1, v1, p.smooth)
         i2 = masked_blur(i2, v2, p.smooth)

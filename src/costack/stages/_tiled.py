@@ -112,6 +112,7 @@ def flow_tiled(
     support_tif: str | Path | None = None,
     hold_changes: bool = False,
     masks=None,
+    radar_aux: list[str | Path] | tuple[str | Path, ...] = (),
 ) -> dict:
     """Flow of a scene-sized pair, tile by tile (peak memory set by ``tile``, not the scene).
 
@@ -132,6 +133,8 @@ def flow_tiled(
             and its halo (:func:`costack.registration.change.hold`), as the in-memory flow.
         masks: :class:`costack.io.masks.Exclusions`, read tile by tile: the excluded pixels
             take no part in the tile's flow (the coarse seeding pass does not see them).
+        radar_aux: the secondary's other polarisations (co-located), read with each tile and
+            for the coarse pass (:func:`costack.registration.folki.estimate_flow`).
     """
     t0 = time.perf_counter()
     halo = halo if halo is not None else 2 * max(params.window_radii()) + 16
@@ -141,11 +144,14 @@ def flow_tiled(
         rasterio.Env(GDAL_CACHEMAX=TILED_CACHE_MB),
         rasterio.open(ref_tif) as ref,
         rasterio.open(sec_tif) as sec,
+        contextlib.ExitStack() as aux_files,
     ):
+        aux = [aux_files.enter_context(rasterio.open(p)) for p in radar_aux]
         profile = ref.profile
         h, w = ref.height, ref.width
         ref_c = _read_decimated(ref, coarse_factor)
         sec_c = _read_decimated(sec, coarse_factor)
+        aux_c = [_read_decimated(a, coarse_factor) for a in aux] or None
         if ref_filter is not None:
             ref_c = ref_filter(ref_c)
         init = None
@@ -154,8 +160,9 @@ def flow_tiled(
         coarse = estimate_flow(
             ref_c, sec_c,
             replace(params, max_displacement=params.max_displacement / coarse_factor), init=init,
+            radar_aux=aux_c,
         )  # fmt: skip
-        del ref_c, sec_c
+        del ref_c, sec_c, aux_c
         coarse_dx = fill_nearest(coarse.dx, np.isfinite(coarse.dx))
         coarse_dy = fill_nearest(coarse.dy, np.isfinite(coarse.dy))
         log.info("coarse pass (1/%d) in %.1f s", coarse_factor, time.perf_counter() - t0)
@@ -185,27 +192,30 @@ def flow_tiled(
                                  core.width + 2 * halo, core.height + 2 * halo)  # fmt: skip
                     a = _read(ref, big)
                     b = _read(sec, big)
+                    more = [_read(x, big) for x in aux]
                     if masks is not None:
                         ref_x, sec_x = masks.read_window(grid, big)
                         if ref_x is not None:
                             a[ref_x] = np.nan
                         if sec_x is not None:
                             b[sec_x] = np.nan
+                            for m in more:
+                                m[sec_x] = np.nan
                     if ref_filter is not None:
                         a = ref_filter(a)
                     ux = _upsample(coarse_dx, coarse_factor, big)
                     uy = _upsample(coarse_dy, coarse_factor, big)
-                    return a, b, ux, uy
+                    return a, b, ux, uy, more or None
 
                 def work(core: Window, loaded: tuple) -> tuple[np.ndarray, np.ndarray]:
-                    a, b, ux, uy = loaded
+                    a, b, ux, uy, more = loaded
                     sl = (slice(halo, halo + core.height), slice(halo, halo + core.width))
                     support = np.ones(a.shape, np.float32)
                     if not np.isfinite(a).any() or not np.isfinite(b).any():
                         res_dx = np.full(a.shape, np.nan, np.float32)
                         res_dy, conf = res_dx, np.zeros(a.shape, np.float32)
                     else:
-                        res = estimate_flow(a, b, fine, init=(ux, uy))
+                        res = estimate_flow(a, b, fine, init=(ux, uy), radar_aux=more)
                         if hold_changes:
                             held = hold(res, a, b)
                             res = replace(res, dx=held.dx, dy=held.dy)

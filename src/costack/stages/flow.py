@@ -59,6 +59,7 @@ def run_flow(
     masks: Exclusions | None = None,
     support_tif: str | Path | None = None,
     hold_changes: bool = True,
+    radar_aux: list[str | Path] | tuple[str | Path, ...] = (),
 ) -> dict:
     """Estimate the flow between two co-located rasters and write it (dx, dy bands, pixels).
 
@@ -81,10 +82,16 @@ def run_flow(
     (:class:`costack.registration.tiepoint_model.TiePointModel`);
     when it is strong enough (``seed_min_points``, ``seed_max_rmse``) the flow starts from its
     displacement field instead of its own global search, as the rule ``estimate_flow`` does.
+    ``radar_aux``: the secondary's other polarisations, co-located like it (the rule passes
+    the SAR dataset's other backscatter assets, VH beside VV): in the structure mode, with the
+    secondary as the radar side, their edge strengths are averaged with the secondary's
+    (:func:`costack.registration.modality.structure_images`); else they are not used (the
+    statistics say which).
+
     The ``costack flow`` subcommand calls this with the same defaults.
     """
     params = params or FlowParams()
-    grid = require_colocated("flow", ref_tif, sec_tif)
+    grid = require_colocated("flow", ref_tif, sec_tif, *radar_aux)
     # before any work: a model of another pair would seed the flow, unseen, from its field
     tp_model = read_model(model_json) if model_json is not None else None
     if tp_model is not None:
@@ -100,6 +107,11 @@ def run_flow(
     params = replace(params, mode=mode, radar=mode_choice.get("radar", params.radar),
                      invert_secondary=bool(mode_choice.get("invert_secondary")))  # fmt: skip
     params = replace(params, radii=params.window_radii())
+    aux_used = bool(radar_aux) and params.mode == "structure" and params.radar == "secondary"
+    aux_choice = {"rasters": [str(p) for p in radar_aux], "used": aux_used}
+    if radar_aux and not aux_used:
+        aux_choice["reason"] = "used in the structure mode with the secondary as the radar only"
+    aux_tifs = list(radar_aux) if aux_used else []
     excluded = masks.read(grid) if masks is not None else (None, None)  # one-line errors first
     seed_note = None
     if tp_model is not None:
@@ -112,7 +124,7 @@ def run_flow(
         return _run_flow_tiled(
             ref_tif, sec_tif, out_tif, confidence_tif, params, stats_json, resolution_ratio,
             tp_model, model_json, seed_note, mode_choice, support_tif, hold_changes, masks,
-            ratio_choice,
+            ratio_choice, aux_tifs, aux_choice,
         )  # fmt: skip
     ref, grid, ref_nd = read_float32(ref_tif)
     sec, _, sec_nd = read_float32(sec_tif)
@@ -134,8 +146,15 @@ def run_flow(
         excluded = tuple(None if m is None else m[window] for m in excluded)
         if init is not None:
             init = (init[0][window], init[1][window])
+    aux = []
+    for path in aux_tifs:
+        a = read_float32(path)[0]
+        a = a[window] if window is not None else a
+        if excluded[1] is not None:  # the secondary's quality mask holds for its polarisations
+            a = np.where(excluded[1], np.float32(np.nan), a)
+        aux.append(a)
     ref, sec, overlap = apply_exclusions(ref, sec, *excluded)
-    res, start = _estimate_with_start(ref, sec, params, init)
+    res, start = _estimate_with_start(ref, sec, params, init, aux or None)
     if mode_choice.get("verify_with"):  # untagged, multimodal, no side read as radar
         res, params, start = _verified(ref, sec, res, params, start, asked, mode_choice, init,
                                        resolution_ratio)  # fmt: skip
@@ -178,6 +197,7 @@ def run_flow(
         "mode": params.mode,
         "mode_choice": mode_choice,
         "resolution_ratio": ratio_choice,
+        "radar_aux": aux_choice,
         "params": res.params.to_dict(),  # as run: radii capped to the image
         "seconds": round(seconds, 3),
         "levels": res.stats.get("levels"),
@@ -229,7 +249,7 @@ def _embed(res, window: tuple[slice, slice], shape: tuple[int, int]):
                    confidence=full(res.confidence, 0.0))  # fmt: skip
 
 
-def _estimate_with_start(ref, sec, params: FlowParams, init):
+def _estimate_with_start(ref, sec, params: FlowParams, init, radar_aux=None):
     """:func:`estimate_flow`, and for SAR against optical (GEFolki, no tie-point seed) a
     second start from the CFOG global shift
     (:func:`costack.registration.matching.multimodal_prior`),
@@ -239,14 +259,17 @@ def _estimate_with_start(ref, sec, params: FlowParams, init):
     overhanging-AOI overlap, 0.48 px from the CFOG start); on the whole demo both agree
     (0.457 and 0.490 px) and the similarity keeps the first.
 
+    ``radar_aux``: the secondary's other polarisations (:func:`estimate_flow`).
+
     Returns (result, what the start was and the scores that chose it)."""
-    res = estimate_flow(ref, sec, params, init=init)
+    res = estimate_flow(ref, sec, params, init=init, radar_aux=radar_aux)
     if params.mode != "gefolki" or init is not None:
         return res, {"kind": "tie-point model" if init is not None else "global search"}
     ref_desc = cfog_of(ref)  # the reference's descriptors serve all three comparisons
     dx0, dy0 = multimodal_prior(ref, sec, params.max_displacement, ref_desc)
     alt_init = (np.full(ref.shape, dx0, np.float32), np.full(ref.shape, dy0, np.float32))
-    alt = estimate_flow(ref, sec, replace(params, global_search=False), init=alt_init)
+    alt = estimate_flow(ref, sec, replace(params, global_search=False), init=alt_init,
+                        radar_aux=radar_aux)  # fmt: skip
     own = multimodal_similarity(ref, warp_array(sec, res.dx, res.dy), ref_desc)
     other = multimodal_similarity(ref, warp_array(sec, alt.dx, alt.dy), ref_desc)
     start = {
@@ -263,7 +286,7 @@ def _estimate_with_start(ref, sec, params: FlowParams, init):
 def _run_flow_tiled(
     ref_tif, sec_tif, out_tif, confidence_tif, params, stats_json, ratio, tp_model=None,
     model_json=None, seed_note=None, mode_choice=None, support_tif=None, hold_changes=False,
-    masks=None, ratio_choice=None,
+    masks=None, ratio_choice=None, aux_tifs=(), aux_choice=None,
 ):  # fmt: skip
     """:func:`run_flow` for scene-sized grids (see :mod:`costack.stages._tiled`); an accepted
     tie-point model ``tp_model`` seeds the coarse pass."""
@@ -276,8 +299,9 @@ def _run_flow_tiled(
     tags = flow_tags(params.mode, ref_tif, sec_tif)
     tiled = flow_tiled(ref_tif, sec_tif, out_tif, conf, params, ref_filter=ref_filter,
                        seed_model=tp_model, tags=tags, support_tif=support_tif,
-                       hold_changes=hold_changes, masks=masks)  # fmt: skip
+                       hold_changes=hold_changes, masks=masks, radar_aux=aux_tifs)  # fmt: skip
     stats = {"mode": params.mode, "mode_choice": mode_choice, "resolution_ratio": ratio_choice,
+             "radar_aux": aux_choice,
              "params": params.to_dict(),
              "seconds": tiled["seconds"],
              "tiled": tiled, "reference_blur_sigma": round(blur, 3),
