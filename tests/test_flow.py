@@ -570,3 +570,28 @@ def test_bspline_warp_is_scipys_cubic_spline_where_its_neighbourhood_is_valid(no
     want = ndimage.map_coordinates(coef.astype(np.float64), [y, x], order=3, prefilter=False)
     np.testing.assert_allclose(got[expect_ok], want[expect_ok], rtol=0, atol=2e-5)
     assert not got[~expect_ok].any()
+
+
+def test_tiled_coarse_read_is_the_exact_block_mean(tmp_path, monkeypatch):
+    """The tiled flow's coarse pass reads each raster as the mean of exact factor x factor
+    blocks (the blocks its seed's upsampling assumes), nodata left out, NaN where a block has
+    none, across strip boundaries; rows and columns that fill no block are dropped."""
+    import rasterio
+    from conftest import write_raster
+    from rasterio.transform import Affine
+
+    import costack.stages._tiled as tiled
+
+    rng = np.random.default_rng(5)
+    img = rng.random((203, 157)).astype(np.float32)
+    img[40:48, 16:24] = np.nan  # one whole block
+    img[0, 0] = np.nan  # one pixel of a block
+    write_raster(tmp_path / "a.tif", img[None], transform=Affine(10, 0, 5e5, 0, -10, 5e6))
+    want = np.nanmean(img[:200, :152].reshape(25, 8, 19, 8), axis=(1, 3))
+    for strip in (2, 128):  # several strips, and one
+        monkeypatch.setattr(tiled, "DECIMATE_STRIP", strip)
+        with rasterio.open(tmp_path / "a.tif") as src:
+            got = tiled._read_decimated(src, 8)
+        assert got.shape == (25, 19)
+        assert np.isnan(got[5, 2]) and np.isnan(want[5, 2])
+        np.testing.assert_allclose(got, want, rtol=1e-5, equal_nan=True)
