@@ -45,7 +45,7 @@ def _draws(page, n: str) -> int:
 def _wait_draw(page, n: str, after: int) -> None:
     page.wait_for_function(
         f"() => Number(document.querySelector(\".compare[data-dataset='{n}']\")"
-        f".dataset.draws || 0) > {after}", timeout=60_000,
+        f".dataset.draws || 0) > {after}", timeout=180_000,
     )  # fmt: skip
 
 
@@ -184,9 +184,9 @@ def test_overview_in_chromium_swipe_flicker_window(demo_run: Path, tmp_path: Pat
             " return [r.dataset.shown, r.querySelector('canvas.view').toDataURL()]; }"
         )
         shown = "document.querySelector(\".compare[data-dataset='2']\").dataset.shown"
-        page.wait_for_function(f"() => ['A', 'B'].includes({shown})", timeout=60_000)
+        page.wait_for_function(f"() => ['A', 'B'].includes({shown})", timeout=180_000)
         p1, u1 = page.evaluate(frame)
-        page.wait_for_function(f"() => {shown} !== '{p1}'", timeout=60_000)
+        page.wait_for_function(f"() => {shown} !== '{p1}'", timeout=180_000)
         p2, u2 = page.evaluate(frame)
         f1, f2 = (_pixels(base64.b64decode(u.split(",", 1)[1])) for u in (u1, u2))
         assert {p1, p2} == {"A", "B"}
