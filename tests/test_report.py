@@ -39,11 +39,11 @@ def test_report_embeds_every_panel(report_html: Path, demo_run: Path):
 
 
 def test_report_opens_in_headless_chromium(report_html: Path, tmp_path: Path):
-    """The report renders in Debian's Chromium, headless: its navigation appears (waited for,
-    up to three minutes on a loaded machine: on a fresh clone's CI run with three workers on two
-    cores, a one-minute wait once ran out; alone it renders in seconds) and the page has contrast, not a blank sheet. (A bare
-    `chromium --screenshot` proved flaky under load: it could shoot the page before its
-    JavaScript had drawn it.)"""
+    """The report renders in Debian's Chromium, headless: its navigation appears (waited for
+    up to three minutes on a loaded machine: on a fresh clone's CI run with three workers on
+    two cores, a one-minute wait once ran out; alone it renders in seconds) and the page has
+    contrast, not a blank sheet. (A bare `chromium --screenshot` proved flaky under load: it
+    could shoot the page before its JavaScript had drawn it.)"""
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     playwright = pytest.importorskip("playwright.sync_api")
     if browser is None:
