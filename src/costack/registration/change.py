@@ -264,33 +264,15 @@ def push_pull(values: list[np.ndarray], weight: np.ndarray) -> list[np.ndarray]:
     with np.errstate(invalid="ignore", divide="ignore"):
         est = [np.where(w > 0, v / w, 0.0) for v in vs]
     for vs, w in reversed(levels[:-1]):
-        up = [_upsample2(np.ascontiguousarray(e, np.float32), *w.shape) for e in est]
+        # the flow pyramid's bilinear x2 upsampling (it doubles values: a displacement per
+        # coarse pixel); halving is exact in floating point
+        up = [K.upsample_flow(np.ascontiguousarray(e, np.float32), *w.shape) * np.float32(0.5)
+              for e in est]  # fmt: skip
         with np.errstate(invalid="ignore", divide="ignore"):
             own = [np.where(w > 0, v / np.maximum(w, 1e-12), 0.0) for v in vs]
         wc = np.minimum(w, 1.0)
         est = [wc * o + (1 - wc) * u for o, u in zip(own, up, strict=True)]
     return est
-
-
-@njit(cache=True)
-def _upsample2(u, h, w):  # pragma: no cover - compiled
-    """Bilinear x2 upsampling of a small coarse plane to (h, w) (pixel centres aligned,
-    edges clamped); serial: the push-pull levels are small."""
-    hc, wc = u.shape
-    out = np.empty((h, w), np.float32)
-    for i in range(h):
-        y = min(max((i + 0.5) / 2.0 - 0.5, 0.0), hc - 1.0)
-        y0 = min(int(y), max(hc - 2, 0))
-        fy = y - y0
-        y1 = min(y0 + 1, hc - 1)
-        for j in range(w):
-            x = min(max((j + 0.5) / 2.0 - 0.5, 0.0), wc - 1.0)
-            x0 = min(int(x), max(wc - 2, 0))
-            fx = x - x0
-            x1 = min(x0 + 1, wc - 1)
-            top = (1 - fx) * u[y0, x0] + fx * u[y0, x1]
-            out[i, j] = (1 - fy) * top + fy * ((1 - fx) * u[y1, x0] + fx * u[y1, x1])
-    return out
 
 
 def hold(
