@@ -65,7 +65,7 @@ from flow_bench import (  # noqa: E402
     opencv_method,
 )
 
-from costack.registration.evaluation import displace, interior  # noqa: E402
+from costack.registration.evaluation import affine_sinusoid, displace, interior  # noqa: E402
 
 warnings.filterwarnings("ignore")
 
@@ -83,18 +83,10 @@ SCL_CLOUD_MEDIUM, SCL_CLOUD_HIGH, SCL_CIRRUS = 8, 9, 10
 
 
 def field(shape: tuple[int, int]):
-    """The true misregistration e(col, row) (affine about the centre + a 1000 px sinusoid)."""
-    cy, cx = shape[0] / 2.0, shape[1] / 2.0
-
-    def e(col: np.ndarray, row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        x, y = col - cx, row - cy
-        ex = SHIFT[0] + LINEAR[0] * x + LINEAR[1] * y
-        ey = SHIFT[1] + LINEAR[2] * x + LINEAR[3] * y
-        ex = ex + AMPLITUDE * np.sin(2 * np.pi * (col + 0.5 * row) / WAVELENGTH)
-        ey = ey + AMPLITUDE * np.cos(2 * np.pi * (row - 0.3 * col) / (1.3 * WAVELENGTH))
-        return ex, ey
-
-    return e
+    """The true misregistration e(col, row): an affine about the centre + a 1000 px sinusoid
+    (:func:`costack.registration.evaluation.affine_sinusoid` with this bench's terms)."""
+    return affine_sinusoid(shape, shift=SHIFT, linear=LINEAR, amplitude=AMPLITUDE,
+                           wavelength=WAVELENGTH)  # fmt: skip
 
 
 def load() -> dict[str, np.ndarray]:
