@@ -206,3 +206,20 @@ def pytest_xdist_auto_num_workers(config):
     keeps its worker mostly waiting on the scheduler for about three minutes: with only one
     worker per core, one core would idle meanwhile (2 cores: suite 5:22 with 2 workers)."""
     return min(4, (os.cpu_count() or 1) + 1)
+
+
+#: Chromium's flags for the browser tests (headless, no sandbox as root, nothing fetched)
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--disable-quic"]  # fmt: skip
+
+
+def chromium() -> str:
+    """Debian's Chromium for the browser tests (playwright drives it); the test is skipped when
+    it or playwright is absent (.ci/run installs both)."""
+    import shutil
+
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        pytest.skip("chromium not installed (Debian's package; .ci/run installs it)")
+    pytest.importorskip("playwright.sync_api")
+    return path

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import rasterio
 import yaml
-from conftest import REPO, scene, write_item, write_raster
+from conftest import CHROMIUM_FLAGS, REPO, chromium, scene, write_item, write_raster
 from rasterio.transform import Affine
 
 T = Affine(10, 0, 500_000, 0, -10, 5_000_000)
@@ -652,7 +652,6 @@ def test_item_text_cannot_forge_log_lines_or_kill_a_job(hostile_run):
 
 @pytest.mark.workflow
 def test_item_text_runs_no_script_in_the_report(hostile_run, tmp_path):
-    import shutil
 
     work, proc = hostile_run
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -660,18 +659,16 @@ def test_item_text_runs_no_script_in_the_report(hostile_run, tmp_path):
     made = run([*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(work), "--configfile",
                 str(work / "config.yaml"), "--report", str(report)], work, 300)  # fmt: skip
     assert made.returncode == 0, made.stderr[-2000:]
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    playwright = pytest.importorskip("playwright.sync_api")
-    if browser is None:
-        pytest.skip("chromium not installed (.ci/run installs it)")
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+    browser = chromium()
+    from playwright import sync_api as playwright
+
     with playwright.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=browser, args=flags)
+        b = p.chromium.launch(executable_path=browser, args=CHROMIUM_FLAGS)
         page = b.new_page()
         dialogs: list[str] = []
         page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
         page.goto(report.as_uri())
-        page.get_by_text("Results").first.wait_for(timeout=60_000)
+        page.get_by_text("Results").first.wait_for(timeout=180_000)
         for label in ("Results", "Registration", "dataset 2"):  # "dataset 2": a subcategory
             if page.get_by_text(label).count():  # in some Snakemake versions
                 page.get_by_text(label).first.click()

@@ -17,19 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import CHROMIUM_FLAGS, chromium
 
 pytestmark = [pytest.mark.workflow, pytest.mark.xdist_group("demo_dir")]
-
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync"]  # fmt: skip
-
-
-def _chromium() -> str:
-    path = shutil.which("chromium") or shutil.which("chromium-browser")
-    if path is None:
-        pytest.skip("chromium not installed (Debian's package; .ci/run installs it)")
-    pytest.importorskip("playwright.sync_api")
-    return path
 
 
 def _pixels(png: bytes) -> np.ndarray:
@@ -119,12 +109,12 @@ def test_item_strings_are_escaped(demo_run: Path, tmp_path: Path, monkeypatch, c
     assert "snakemake --report report.zip" in caplog.text
     assert "<img src=x" not in text and "<script>alert" not in text
     assert "&lt;img src=x onerror=alert(1)&gt;" in text
-    browser = _chromium()
+    browser = chromium()
     from playwright.sync_api import sync_playwright
 
     dialogs, errors = [], []
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=browser, args=FLAGS)
+        b = p.chromium.launch(executable_path=browser, args=CHROMIUM_FLAGS)
         tab = b.new_page()
         tab.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
         tab.on("pageerror", lambda e: errors.append(str(e)))
@@ -143,13 +133,13 @@ def test_overview_in_chromium_swipe_flicker_window(demo_run: Path, tmp_path: Pat
     dragging the swipe moves the split (the band it crossed changes, the rest does not), B =
     before shows other pixels than after, the flicker alternates whole frames, and a click on
     the overview moves the window. Screenshot: tmp_path/overview.png."""
-    browser = _chromium()
+    browser = chromium()
     from playwright.sync_api import sync_playwright
 
     errors: list[str] = []
     html = demo_run / "results" / "report.html"
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=browser, args=FLAGS)
+        b = p.chromium.launch(executable_path=browser, args=CHROMIUM_FLAGS)
         page = b.new_page(viewport={"width": 1400, "height": 1000})
         page.on("console", lambda m: m.type == "error" and errors.append(m.text))
         page.on("pageerror", lambda e: errors.append(str(e)))

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO
+from conftest import CHROMIUM_FLAGS, REPO, chromium
 
 pytestmark = [pytest.mark.workflow, pytest.mark.xdist_group("demo_dir")]
 
@@ -44,17 +43,13 @@ def test_report_opens_in_headless_chromium(report_html: Path, tmp_path: Path):
     two cores, a one-minute wait once ran out; alone it renders in seconds) and the page has
     contrast, not a blank sheet. (A bare `chromium --screenshot` proved flaky under load: it
     could shoot the page before its JavaScript had drawn it.)"""
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    playwright = pytest.importorskip("playwright.sync_api")
-    if browser is None:
-        pytest.skip("chromium not installed (.ci/run installs it)")
+    browser = chromium()
     from PIL import Image
+    from playwright import sync_api as playwright
 
-    flags = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", "--disable-quic"]  # fmt: skip
     png = tmp_path / "report.png"
     with playwright.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=browser, args=flags)
+        b = p.chromium.launch(executable_path=browser, args=CHROMIUM_FLAGS)
         page = b.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(report_html.as_uri())
         page.get_by_text("Results").first.wait_for(timeout=180_000)
@@ -68,17 +63,13 @@ def test_report_opens_in_headless_chromium(report_html: Path, tmp_path: Path):
 
 def test_report_panels_show_in_the_browser(report_html: Path, tmp_path: Path):
     """Click through Results -> Registration -> dataset N and open every panel."""
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    playwright = pytest.importorskip("playwright.sync_api")
-    if browser is None:
-        pytest.skip("chromium not installed (.ci/run installs it)")
+    browser = chromium()
     from PIL import Image
+    from playwright import sync_api as playwright
 
-    flags = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", "--disable-quic"]  # fmt: skip
     shots = {}
     with playwright.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=browser, args=flags)
+        b = p.chromium.launch(executable_path=browser, args=CHROMIUM_FLAGS)
         page = b.new_page(viewport={"width": 1400, "height": 1000})
         for n in ("2", "3"):
             page.goto(report_html.as_uri())
@@ -113,24 +104,27 @@ def test_report_opens_on_the_overview_page(report_html: Path, tmp_path: Path):
     """The first entry under Results is the overview page (results/report.html), and its eye
     shows the page itself, inline: the datasets table and the comparisons drawn (the page stays
     under the 2 MB a data URL may take, which is how the report embeds it)."""
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    playwright = pytest.importorskip("playwright.sync_api")
-    if browser is None:
-        pytest.skip("chromium not installed (.ci/run installs it)")
-    flags = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", "--disable-quic"]  # fmt: skip
+    browser = chromium()
+    from playwright import sync_api as playwright
+
     with playwright.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=browser, args=flags)
+        b = p.chromium.launch(executable_path=browser, args=CHROMIUM_FLAGS)
         page = b.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(report_html.as_uri())
         page.get_by_text("Results").first.wait_for(timeout=180_000)
         entries = [e.strip() for e in page.locator("nav li").all_text_contents()]
         results = entries[entries.index("Results") + 1 :]
         assert results[0] == "Overview" and "Registration" in results, entries
-        page.get_by_text("Overview").first.click()
-        page.locator("a[iconname=eye]").first.click()
         frame = page.frame_locator("iframe")
-        frame.locator("table.datasets").wait_for(timeout=180_000)
+        for attempt in range(3):  # a click before the report's script is ready opens nothing
+            page.get_by_text("Overview").first.click()
+            page.locator("a[iconname=eye]").first.click()
+            try:
+                frame.locator("table.datasets").wait_for(timeout=60_000)
+                break
+            except playwright.TimeoutError:
+                if attempt == 2:
+                    raise
         assert frame.locator("table.datasets tbody tr").count() == 3
         frame.locator(".compare[data-draws]").first.wait_for(timeout=180_000)
         page.screenshot(path=str(tmp_path / "report-overview.png"))
