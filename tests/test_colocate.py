@@ -121,3 +121,42 @@ def test_streamed_colocation_of_a_large_gcp_source_shifts_its_gcps(tmp_path, mon
     streamed = read_float32(tmp_path / "sar.tif")[0]
     np.testing.assert_allclose(streamed, whole, atol=1e-4, equal_nan=True)
     assert np.isfinite(streamed).mean() > 0.9
+
+
+def test_a_grid_on_the_source_pixels_is_copied_with_the_warpers_values(tmp_path, monkeypatch):
+    """A grid on the source's own pixels (a time series of one tile) is co-located by copying
+    the source window, not warping it: for every resampling that keeps a pixel unchanged, with
+    fill values, a declared scale and offset, dB, and a grid running past the source, the copy
+    writes GDAL's warper's very values (colocate_array warps in memory). A grid half a pixel
+    off is warped."""
+    import rasterio
+
+    import costack.stages.colocate as C
+
+    copies, copy = [], C._copy_aligned
+    monkeypatch.setattr(C, "_copy_aligned", lambda *a, **k: copies.append(1) or copy(*a, **k))
+    src_t = Affine(10, 0, 500_000, 0, -10, 5_000_000)
+    rng = np.random.default_rng(4)
+    raw = (rng.random((300, 260)) * 4000).astype(np.uint16)
+    raw[40:70, 30:90] = 0  # fill value
+    raw[:5] = 65535  # the item's extra fill value
+    path = write_raster(tmp_path / "a.tif", raw, transform=src_t, nodata=0)
+    grid = Grid(UTM, Affine(10, 0, 500_000 + 10 * 37, 0, -10, 5_000_000 + 10 * 11), 256, 300)
+    radiometry = {"scale": 1e-4, "offset": -0.1, "extra_nodata": 65535.0}
+    for resampling in sorted(C.IDENTITY_RESAMPLINGS):
+        for db in (False, True):
+            whole, nodata = colocate_array(str(path), grid, resampling=resampling, db=db,
+                                           **radiometry)  # fmt: skip
+            out = tmp_path / f"{resampling}-{db}.tif"
+            colocate_asset(str(path), grid, out, resampling=resampling, db=db, strip_bytes=1,
+                           **radiometry)  # fmt: skip
+            copied, _, _ = read_float32(out)
+            np.testing.assert_array_equal(copied, whole, err_msg=f"{resampling}, dB {db}")
+            assert np.isnan(copied[:11]).all() and np.isnan(copied[:, -33:]).all()
+            assert np.isfinite(copied).mean() > 0.6
+    assert len(copies) == 2 * len(C.IDENTITY_RESAMPLINGS)
+    half = Grid(UTM, Affine(10, 0, 500_005, 0, -10, 5_000_000), 100, 100)
+    with rasterio.open(path) as src:
+        assert C.grid_offset(C.read_georef(src), half) is None
+    colocate_asset(str(path), half, tmp_path / "half.tif")
+    assert len(copies) == 2 * len(C.IDENTITY_RESAMPLINGS)

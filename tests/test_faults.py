@@ -389,6 +389,27 @@ run_step(SimpleNamespace(log=[], rule="coregister_asset"),
     assert not (tmp_path / "big.tif").exists() and not list(tmp_path.glob(".big.tif.*"))
 
 
+def test_a_truncated_raster_is_not_whole(tmp_path):
+    """verify_raster (run on every raster before it is moved into place) reads the TIFF's block
+    offsets and byte counts: an intermediate or a COG cut short by one byte or more is refused,
+    a whole one passes."""
+    from costack.io.cog import write_cog
+    from costack.io.grids import Grid
+    from costack.io.rasters import verify_raster, write_float32
+
+    grid = Grid(CRS.from_epsg(32631), T, 600, 700)
+    data = np.random.default_rng(0).random((2, 700, 600)).astype("float32")
+    write_float32(tmp_path / "flow.tif", data, grid)
+    write_cog(tmp_path / "flow.tif", tmp_path / "cog.tif")
+    for name, cut in (("flow.tif", 1), ("flow.tif", 50_000), ("cog.tif", 8), ("cog.tif", 50_000)):
+        verify_raster(tmp_path / name)
+        part = tmp_path / f"cut-{cut}-{name}"
+        whole = (tmp_path / name).read_bytes()
+        part.write_bytes(whole[:-cut])
+        with pytest.raises(Exception, match="not written whole|TIFF|Read|read"):
+            verify_raster(part)
+
+
 def test_listed_assets_named_like_flow_outputs_keep_their_keys(tmp_path):
     """Listed assets 2.confidence and 2.displacement and dataset 2's flow layers all reach the
     item (the flow's are keyed confidence:2 and displacement:2)."""

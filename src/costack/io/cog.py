@@ -15,8 +15,12 @@ from rio_cogeo.cogeo import cog_validate
 from costack.io.files import no_space_error
 from costack.io.rasters import atomic_raster
 
+#: DEFLATE, which every GeoTIFF reader decodes (ZSTD would be faster still, but older readers
+#: lack it), at level 1: libdeflate's level 6 took 1.6x as long on a 10980 x 10980 tile (flow
+#: displacement 22.1 -> 13.2 s, a Float32 band 10.5 -> 7.1 s) for files 0.7-2 % smaller
 COG_OPTIONS = {
     "COMPRESS": "DEFLATE",
+    "LEVEL": "1",
     "PREDICTOR": "YES",
     "BLOCKSIZE": "256",
     "OVERVIEWS": "AUTO",

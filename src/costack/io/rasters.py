@@ -65,12 +65,34 @@ class _GdalErrors(logging.Handler):
 
 
 def verify_raster(path: str | Path) -> None:
-    """Re-open ``path`` and read every block of every band (an incomplete file, such as a TIFF
-    whose directory or strips were not written, fails here)."""
+    """Re-open ``path`` and check that it is whole: a TIFF whose directory was not written does
+    not open; every block of every band must have been written, inside the file (its offset and
+    byte count, from GDAL's TIFF metadata); and the file's last block decodes. Other formats are
+    read whole.
+
+    The check reads the TIFF's structure rather than decoding every block: on a 10980 x 10980
+    flow (three rasters) the full read-back took 5 s of the flow stage's CPU. A write cut short
+    (a full disk, a file-size limit) leaves blocks unwritten or past the end of the file, and is
+    also reported by GDAL while writing and by ``fsync`` (:func:`atomic_raster`)."""
+    size = Path(path).stat().st_size
     with rasterio.open(path) as src:
+        if src.driver != "GTiff":
+            for band in src.indexes:
+                for _, window in src.block_windows(band):
+                    src.read(band, window=window, masked=False)
+            return
+        last = (0, 1, None)
         for band in src.indexes:
-            for _, window in src.block_windows(band):
-                src.read(band, window=window, masked=False)
+            for (row, col), window in src.block_windows(band):
+                offset = src.get_tag_item(f"BLOCK_OFFSET_{col}_{row}", "TIFF", bidx=band)
+                count = src.get_tag_item(f"BLOCK_SIZE_{col}_{row}", "TIFF", bidx=band)
+                if not offset or not count or int(offset) + int(count) > size:
+                    raise OSError(f"{Path(path).name}: block ({row}, {col}) of band {band} was "
+                                  "not written whole")  # fmt: skip
+                if int(offset) > last[0]:
+                    last = (int(offset), band, window)
+        if last[2] is not None:
+            src.read(last[1], window=last[2], masked=False)
 
 
 @contextmanager
