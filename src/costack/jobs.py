@@ -88,6 +88,7 @@ def run_step(snakemake: Any, step: Callable[[], Any]) -> None:
 
     setup_logging(snakemake.log[0] if len(snakemake.log) else None)
     _inject_failure(snakemake.rule)
+    _follow_threads(getattr(snakemake, "threads", None))
     t0, c0 = time.perf_counter(), time.process_time()
     try:
         step()
@@ -109,6 +110,20 @@ def run_step(snakemake: Any, step: Callable[[], Any]) -> None:
         text = describe(err)
         _fail(f"{snakemake.rule}: {text}; check that the input files are readable and that the "
               "results and logs folders are writable and have free space, then rerun")  # fmt: skip
+
+
+def _follow_threads(threads: int | None) -> None:
+    """numba's parallel loops on the rule's ``threads`` (numba's default is every core of the
+    machine: two one-core jobs side by side would each run two threads). Set for the job's
+    main thread, which runs the flow's and the warp's kernels; the results do not depend on
+    it (each loop's rows are independent)."""
+    if not threads or "numba" not in sys.modules:
+        if threads:
+            os.environ["NUMBA_NUM_THREADS"] = str(max(1, int(threads)))
+        return
+    import numba
+
+    numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))
 
 
 #: Fault injection for tests of retries (e.g. on SLURM): ``COSTACK_FAIL_ONCE=RULE`` makes the

@@ -25,7 +25,7 @@ rule match_tiepoints:
         max_shift=config["max_displacement"],
     log:
         "logs/match_tiepoints/{n}.log",
-    threads: TIEPOINT_THREADS
+    threads: min(TIEPOINT_THREADS, REGISTRATION_THREADS)
     # the registration chain (tie points, then flow) is the run's longest path: scheduled before
     # the COGs and QC of the datasets already registered (priority changes no output)
     priority: 10
