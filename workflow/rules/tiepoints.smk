@@ -25,7 +25,9 @@ rule match_tiepoints:
         max_shift=config["max_displacement"],
     log:
         "logs/match_tiepoints/{n}.log",
-    threads: min(TIEPOINT_THREADS, REGISTRATION_THREADS)
+    # two cores for a grid matched by tiles even beside other datasets' flows (one core each):
+    # a tile dataset's tie points 20-23 s so, 30-38 s on one core (RESULTS-stack.txt 0h, 0i)
+    threads: TIEPOINT_THREADS
     # the registration chain (tie points, then flow) is the run's longest path: scheduled before
     # the COGs and QC of the datasets already registered (priority changes no output)
     priority: 10
