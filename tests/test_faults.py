@@ -530,3 +530,21 @@ def test_the_flow_memory_estimate_covers_a_sar_optical_flow(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     peak = int(hwm.read_text()) * 1024
     assert peak < FLOW_BASE_BYTES + FLOW_BYTES_PER_PIXEL * n * n, peak
+
+
+def test_a_jobs_parallel_loops_follow_its_threads():
+    """run_step gives numba's parallel loops the rule's threads (numba would otherwise run one
+    thread per core of the machine in every job, the one-core rules too)."""
+    script = """
+import numba
+from types import SimpleNamespace
+from costack.jobs import run_step
+seen = []
+run_step(SimpleNamespace(log=[], rule="coregister_asset", threads=1),
+         lambda: seen.append(numba.get_num_threads()))
+print(seen[0], numba.config.NUMBA_NUM_THREADS)
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env={**os.environ, "NUMBA_NUM_THREADS": "2"})  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["1", "2"]

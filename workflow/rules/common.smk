@@ -70,7 +70,7 @@ SECONDARY = PLAN.secondary
 # The flow keeps two cores 1.6 times as busy as one: with at least as many secondary datasets
 # as cores, one core each lets two datasets' flows run side by side (two 10980 x 10980 flows:
 # 56 s so, 72 s one after the other on two cores). The outputs do not depend on it.
-REGISTRATION_THREADS = 1 if len(SECONDARY) >= (workflow.cores or 2) else 2
+FLOW_THREADS = 1 if len(SECONDARY) >= (workflow.cores or 2) else 2
 MATCH = PLAN.matching
 DB = PLAN.db
 RES_RATIO = PLAN.resolution_ratio

@@ -25,7 +25,7 @@ rule estimate_flow:
         resolution_ratio=lambda wc: RES_RATIO[MATCH[int(wc.n)]],
     log:
         "logs/estimate_flow/{n}.log",
-    threads: REGISTRATION_THREADS
+    threads: FLOW_THREADS
     # the registration chain (tie points, then flow) is the run's longest path: scheduled before
     # the COGs and QC of the datasets already registered (priority changes no output)
     priority: 10

@@ -26,7 +26,7 @@ rule match_tiepoints:
     log:
         "logs/match_tiepoints/{n}.log",
     # two cores for a grid matched by tiles even beside other datasets' flows (one core each):
-    # a tile dataset's tie points 20-23 s so, 30-38 s on one core (RESULTS-stack.txt 0h, 0i)
+    # a tile dataset's tie points 17-20 s so (RESULTS-stack.txt 0k), 30-38 s on one core (0h-0j)
     threads: TIEPOINT_THREADS
     # the registration chain (tie points, then flow) is the run's longest path: scheduled before
     # the COGs and QC of the datasets already registered (priority changes no output)
