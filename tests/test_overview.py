@@ -227,3 +227,44 @@ def test_the_share_registered_from_the_surroundings_is_shown_when_recorded():
 
     assert _support({"unsupported_fraction": 0.123}) == "12.3%"
     assert _support({"verdict": "pass"}) == "–"
+
+
+@pytest.mark.parametrize("nodata", [float("nan"), -9999.0])
+def test_a_quicklook_and_its_value_range_come_from_one_pass(tmp_path: Path, nodata: float):
+    """The cards' reduced band is the mean of the valid pixels of each f x f block (NaN where a
+    block has none; the last blocks short) and the value range is exact, from one read of a
+    band larger than the quicklook, whose strips do not divide into its blocks."""
+    import warnings
+
+    import rasterio
+    from rasterio.transform import from_origin
+    from skimage.measure import block_reduce
+
+    from costack.stages.report import QUICKLOOK_SIDE, _survey
+
+    rng = np.random.default_rng(5)
+    h, w = 4 * QUICKLOOK_SIDE + 7, 3 * QUICKLOOK_SIDE + 5
+    data = rng.normal(0.2, 0.1, (h, w)).astype(np.float32)
+    holes = rng.random((h, w)) < 0.3
+    holes[100:400, 50:700] = True  # blocks with no valid pixel
+    data[h - 1, w - 1], data[0, 0] = 9.5, -4.25  # the extremes, in the short corner block
+    stored = np.where(holes, np.float32(nodata), data)
+    stored[h - 1, w - 1], stored[0, 0] = 9.5, -4.25
+    path = tmp_path / "band.tif"
+    profile = dict(driver="GTiff", height=h, width=w, count=1, dtype="float32",
+                   crs="EPSG:32631", transform=from_origin(0, 0, 10, 10), nodata=nodata,
+                   tiled=True, blockxsize=256, blockysize=256)  # fmt: skip
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(stored, 1)
+    reduced, rng_ = _survey(path)
+    f = int(np.ceil(max(h, w) / QUICKLOOK_SIDE))
+    valid = np.where(holes, np.nan, data)
+    valid[h - 1, w - 1], valid[0, 0] = 9.5, -4.25
+    with warnings.catch_warnings():  # nanmean of a block with no valid pixel
+        warnings.simplefilter("ignore", RuntimeWarning)
+        want = block_reduce(valid, (f, f), func=np.nanmean, cval=np.nan)
+    assert reduced.shape == want.shape == (int(np.ceil(h / f)), int(np.ceil(w / f)))
+    np.testing.assert_allclose(reduced, want, rtol=1e-5, atol=1e-6)
+    assert np.isnan(reduced).any() and np.isnan(want).any()
+    assert rng_["min"] == -4.25 and rng_["max"] == 9.5
+    assert rng_["valid"] == pytest.approx(np.isfinite(valid).mean())

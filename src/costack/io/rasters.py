@@ -203,14 +203,32 @@ def read_window(src: rasterio.io.DatasetReader, window=None, boundless: bool = F
 
 
 def read_average(
-    src: rasterio.io.DatasetReader, shape: tuple[int, int], band: int = 1
+    src: rasterio.io.DatasetReader, shape: tuple[int, int], band: int | list[int] = 1
 ) -> np.ndarray:
-    """A band of an open raster reduced to ``shape`` by GDAL's average of the valid pixels, as
-    Float32 with NaN where a block holds no valid pixel."""
-    from rasterio.enums import Resampling
+    """A band of an open raster (or several, ``band`` a list: an array of them, in one pass
+    over a pixel-interleaved file) reduced to ``shape`` by GDAL's average of the valid pixels,
+    as Float32 with NaN where a block holds no valid pixel.
 
-    data = src.read(band, out_shape=shape, resampling=Resampling.average, masked=True)
-    return np.ma.filled(data.astype(np.float32), np.nan)
+    When the bands' validity is their nodata value (or every pixel is valid), GDAL's average
+    already leaves the nodata pixels out and writes nodata where a block has none, so the
+    values are read alone: a masked read would resample GDAL's mask band too, a second pass
+    over the raster (a 10980 x 10980 band: 1.13-1.34 -> 0.94-1.02 s, the same values on
+    every intermediate of the stack benchmark). A band with a mask of its own (an internal
+    mask, alpha) is read masked."""
+    from rasterio.enums import MaskFlags, Resampling
+
+    bands = band if isinstance(band, list) else [band]
+    out_shape = (len(bands), *shape) if isinstance(band, list) else shape
+    if all(set(src.mask_flag_enums[b - 1]) <= {MaskFlags.nodata, MaskFlags.all_valid}
+           for b in bands):  # fmt: skip
+        data = src.read(band, out_shape=out_shape, resampling=Resampling.average)
+        data = data.astype(np.float32)
+        nodata = src.nodata
+        if nodata is not None and not np.isnan(nodata):
+            data[data == np.float32(nodata)] = np.nan
+        return data
+    masked = src.read(band, out_shape=out_shape, resampling=Resampling.average, masked=True)
+    return np.ma.filled(masked.astype(np.float32), np.nan)
 
 
 def require_colocated(
