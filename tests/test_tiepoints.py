@@ -315,3 +315,35 @@ def test_grid_sampler_is_the_pointwise_sampler_bit_for_bit():
     m = prepare(img, ok1, np.where(ok2, sec, 0), ok2, True)
     (row, col), sim = lsm(m, (80.5, 80.5), (80.5, 80.5), 25, max_iterations=20)
     assert abs(row - 80.5 - (-0.75)) < 0.1 and abs(col - 80.5 - 1.25) < 0.1 and sim > 0.8
+
+
+@pytest.mark.parametrize("multimodal", [False, True])
+def test_full_resolution_prepared_around_each_point_matches_as_prepared_whole(
+    camera_affine, monkeypatch, multimodal
+):
+    """The full resolution prepared around each point that reaches it (the spline, gradients,
+    nearest fill or CFOG of a crop) gives the points of the level prepared whole: the same
+    points, positions and similarities to 1e-9, with nodata and with a contrast-inverted
+    secondary matched on descriptors; and a scene tile's few hundred points take that path."""
+    from costack.registration import matching
+
+    img, sec, _ = camera_affine
+    sec = np.array(sec, dtype=np.float32)
+    sec[300:380, 40:200] = np.nan  # nodata inside the grid
+    if multimodal:
+        sec = 255.0 - sec
+    params = TiePointParams(multimodal=multimodal, max_candidates=120)
+    runs = {}
+    for name, local in (("whole", False), ("local", True)):
+        pays = classmethod(lambda cls, *a, local=local: local)
+        monkeypatch.setattr(matching.LocalLevel, "pays", pays)
+        runs[name] = match_tiepoints(img, sec, params)
+    whole, local = runs["whole"], runs["local"]
+    assert len(whole) >= (8 if multimodal else 60)
+    assert whole[["ref_col", "ref_row"]].equals(local[["ref_col", "ref_row"]])
+    for col in ("sec_col", "sec_row", "similarity"):
+        np.testing.assert_allclose(local[col], whole[col], rtol=0, atol=1e-9)
+    monkeypatch.undo()
+    # 256 candidates of a 2745 px tile (issue 40) are prepared locally; a small grid is whole
+    assert matching.LocalLevel.pays(256, TiePointParams().patch_fine // 2, (2745, 2745))
+    assert not matching.LocalLevel.pays(512, TiePointParams().patch_fine // 2, (512, 512))

@@ -119,7 +119,7 @@ def plot_flow(
             conf = read_window(csrc)
         else:
             shape = (math.ceil(src.height / f), math.ceil(src.width / f))
-            flow = np.stack([read_average(src, shape, band) for band in (1, 2)])
+            flow = read_average(src, shape, [1, 2])  # one pass: the bands are interleaved
             conf = read_average(csrc, shape)
     scale = displacement_scale([np.hypot(flow[0], flow[1])])
     shown = "" if f == 1 else f" (shown reduced 1:{f})"
