@@ -67,6 +67,21 @@ def _by_hand(work: Path) -> None:
         for p, data in theirs.items():
             assert p.read_bytes() == data, (expressions, p.name)
     assert '"costack:expression": "(norm_diff 1.nir 1.red)"' in item.read_text()
+    # as the rule does it: the COGs of results/cog published into results/stack with the item
+    stack = work / "results" / "stack"
+    cogs = {p.name: p.read_bytes() for p in stack.glob("*.tif")}
+    argv = [a.replace("results/stack/", "results/cog/") if "=" in a and ".tif" in a else a
+            for a in _argv(work, whole)]  # fmt: skip
+    for p in (*theirs, *(stack / name for name in cogs)):
+        p.unlink()
+    proc = subprocess.run([*argv, "--publish-dir", "results/stack"], cwd=work,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for p, data in theirs.items():
+        assert p.read_bytes() == data, ("published", p.name)
+    assert {p.name: p.read_bytes() for p in stack.glob("*.tif")} == cogs
+    for name in cogs:  # linked, not copied: one file's bytes on disk
+        assert (stack / name).samefile(work / "results" / "cog" / name), name
 
 
 def test_catalog_refuses_an_expression_with_another_ones_cog(demo_run: Path, tmp_path: Path):

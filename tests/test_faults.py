@@ -449,6 +449,76 @@ def test_listed_assets_named_like_flow_outputs_keep_their_keys(tmp_path):
     assert keys == {"1.nir", "2.confidence", "2.displacement", "displacement:2", "confidence:2"}
 
 
+def test_publishing_links_whole_cogs_or_leaves_none(tmp_path, monkeypatch):
+    """The catalog step publishes the COGs of results/cog into the item's folder: hard links
+    where the file system has them, whole copies where it has not; a failed verdict publishes
+    nothing, and an item that cannot be written takes its published COGs away with it."""
+    from costack.config import parse_config
+    from costack.io.cog import write_cog
+    from costack.io.rasters import write_float32
+    from costack.stages import catalog
+    from costack.stages.discover import run_discover
+    from costack.stages.grid import run_grid
+
+    write_raster(tmp_path / "d1" / "nir.tif", scene(64, 64, 1), transform=T)
+    write_raster(tmp_path / "d2" / "nir.tif", scene(64, 64, 2), transform=T)
+    items = [write_item(tmp_path / d, d, {"nir": {"href": "./nir.tif"}}) for d in ("d1", "d2")]
+    cfg = {"inputs": [str(i) for i in items], "assets": "1.nir,2.nir", "reference": "1.nir"}
+    run_discover(parse_config(cfg), tmp_path / "m.csv")
+    grid = run_grid(tmp_path / "m.csv", "1.nir", None, tmp_path / "g.json")
+    staged = tmp_path / "cog"
+    cogs = {}
+    for key in ("1.nir", "2.nir"):
+        write_float32(tmp_path / f"{key}.g.tif", scene(64, 64, 3), grid)
+        write_cog(tmp_path / f"{key}.g.tif", staged / f"{key}.tif")
+        cogs[key] = staged / f"{key}.tif"
+    write_float32(tmp_path / "flow.tif", np.zeros((2, 64, 64)), grid)
+    write_cog(tmp_path / "flow.tif", staged / "2-displacement.tif")
+    write_float32(tmp_path / "conf.tif", np.ones((64, 64)), grid)
+    write_cog(tmp_path / "conf.tif", staged / "2-confidence.tif")
+    (tmp_path / "flow.json").write_text(json.dumps({"mode": "efolki"}))
+    flow_json = tmp_path / "flow.json"
+    flows = {2: (staged / "2-displacement.tif", staged / "2-confidence.tif", flow_json)}
+    names = {"1.nir.tif", "2.nir.tif", "2-displacement.tif", "2-confidence.tif"}
+
+    def run(stack: Path, qc: Path | None = None) -> None:
+        catalog.run_catalog(tmp_path / "m.csv", tmp_path / "g.json", cogs, "1.nir", "x",
+                            stack.parent / "catalog.json", stack / "x.json", flows=flows,
+                            qc_json=qc, publish_dir=stack)  # fmt: skip
+
+    failed = tmp_path / "summary.json"
+    failed.write_text(json.dumps({"2": {"verdict": "fail", "reasons": ["no evidence"]}}))
+    with pytest.raises(CostackError, match="registration"):
+        run(tmp_path / "refused" / "stack", failed)
+    assert not (tmp_path / "refused").exists()
+    run(tmp_path / "linked" / "stack")
+    stack = tmp_path / "linked" / "stack"
+    assert {p.name for p in stack.glob("*.tif")} == names
+    assert all((stack / n).samefile(staged / n) for n in names)
+    item = json.loads((stack / "x.json").read_text())
+    assert item["assets"]["1.nir"]["href"] == "./1.nir.tif"
+
+    def no_links(src, dst):
+        raise OSError(18, "Invalid cross-device link")
+
+    monkeypatch.setattr(catalog.os, "link", no_links)
+    run(tmp_path / "copied" / "stack")
+    stack = tmp_path / "copied" / "stack"
+    assert {p.name for p in stack.glob("*.tif")} == names
+    for n in names:
+        assert not (stack / n).samefile(staged / n)
+        assert (stack / n).read_bytes() == (staged / n).read_bytes()
+
+    def no_item(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(catalog, "_write_item", no_item)
+    with pytest.raises(OSError, match="No space"):
+        run(tmp_path / "full" / "stack")
+    assert list((tmp_path / "full" / "stack").iterdir()) == []
+    assert {p.name for p in staged.glob("*.tif")} == names  # the staged COGs stay
+
+
 def test_a_full_filesystem_fails_colocation_with_one_line(tmp_path):
     """A real full filesystem (a 300 kB tmpfs; needs root): the streamed co-location's scratch
     files and output hit ENOSPC; one line naming the job and the fix, nothing left behind."""

@@ -100,7 +100,7 @@ def cmd_verify(args: argparse.Namespace) -> None:
         raise CostackError(
             "item", f"{len(problems)} published file(s) differ from {args.item} or are missing",
             "rerun the workflow to rebuild them (snakemake --forcerun convert_cog ... for a COG, "
-            "build_catalog for an item)",
+            "then build_catalog, which publishes the COGs and the item)",
         )  # fmt: skip
     if checked == 0:
         raise CostackError(
@@ -428,6 +428,7 @@ def cmd_catalog(args: argparse.Namespace) -> None:
         args.manifest, args.grid, cogs, args.reference, args.item_id, args.catalog, args.item,
         expressions=_expression_paths(args.expression), flows=flows or None,
         qc_json=args.qc, on_failed_registration=args.on_failed_registration,
+        publish_dir=args.publish_dir,
     )  # fmt: skip
 
 
@@ -721,6 +722,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--on-failed-registration", default="stop", choices=["stop", "publish"])
     p.add_argument("--item-id", default="costack-stack")
+    p.add_argument(
+        "--publish-dir",
+        metavar="DIR",
+        help="link the COGs into DIR under their own names once the verdicts allow it (the "
+        "workflow links results/cog/ into results/stack/, the item's folder) and point the item "
+        "there; default: the item points to the COGs where they are",
+    )
     p.set_defaults(func=cmd_catalog)
     return parser
 

@@ -1,13 +1,13 @@
-# The COGs of the stack wait for the registration verdicts and are refused with them: a run
-# whose item is not published leaves no COG in results/stack (docs/security.md).
+# The COGs are written as soon as their rasters are (results/cog/, as each dataset's chain
+# goes on) and published by the catalog step, which links them into results/stack/ only when
+# the registration verdicts allow it: a run whose item is not published leaves no COG in
+# results/stack (docs/security.md). Written before the verdicts, the conversions fill the
+# cores beside the other datasets' flows instead of all waiting for the last QC.
 rule convert_cog:
     input:
-        src="results/coregistered/{key}.tif",
-        qc="results/qc/summary.json",
+        "results/coregistered/{key}.tif",
     output:
-        "results/stack/{key}.tif",
-    params:
-        on_failed_registration=config["on_failed_registration"],
+        "results/cog/{key}.tif",
     log:
         "logs/convert_cog/{key}.log",
     # one core: mostly single-threaded work (10980 x 10980 tile on two threads, CPU over
@@ -28,13 +28,10 @@ rule convert_flow_cog:
         flow="results/flow/{n}.tif",
         confidence="results/flow/{n}.confidence.tif",
         support="results/flow/{n}.support.tif",
-        qc="results/qc/summary.json",
     output:
-        displacement="results/stack/{n}-displacement.tif",
-        confidence="results/stack/{n}-confidence.tif",
-        support="results/stack/{n}-support.tif",
-    params:
-        on_failed_registration=config["on_failed_registration"],
+        displacement="results/cog/{n}-displacement.tif",
+        confidence="results/cog/{n}-confidence.tif",
+        support="results/cog/{n}-support.tif",
     log:
         "logs/convert_flow_cog/{n}.log",
     # one core: mostly single-threaded work (10980 x 10980 tile on two threads, CPU over
@@ -52,12 +49,9 @@ rule convert_flow_cog:
 
 rule convert_expression_cog:
     input:
-        src="results/bandmath/{name}.tif",
-        qc="results/qc/summary.json",
+        "results/bandmath/{name}.tif",
     output:
-        "results/stack/{name}.tif",
-    params:
-        on_failed_registration=config["on_failed_registration"],
+        "results/cog/{name}.tif",
     log:
         "logs/convert_expression_cog/{name}.log",
     # one core: mostly single-threaded work (10980 x 10980 tile on two threads, CPU over
@@ -77,11 +71,11 @@ rule build_catalog:
     input:
         manifest="results/discover/manifest.csv",
         grid="results/grid/grid.json",
-        cogs=expand("results/stack/{key}.tif", key=KEYS),
-        expression_cogs=expand("results/stack/{name}.tif", name=EXPRESSION_NAMES),
-        displacements=expand("results/stack/{n}-displacement.tif", n=SECONDARY),
-        confidences=expand("results/stack/{n}-confidence.tif", n=SECONDARY),
-        supports=expand("results/stack/{n}-support.tif", n=SECONDARY),
+        cogs=expand("results/cog/{key}.tif", key=KEYS),
+        expression_cogs=expand("results/cog/{name}.tif", name=EXPRESSION_NAMES),
+        displacements=expand("results/cog/{n}-displacement.tif", n=SECONDARY),
+        confidences=expand("results/cog/{n}-confidence.tif", n=SECONDARY),
+        supports=expand("results/cog/{n}-support.tif", n=SECONDARY),
         flow_stats=expand("results/flow/{n}.json", n=SECONDARY),
         qc="results/qc/summary.json",
         # the overview page first: it is there when this step refuses a failed registration
@@ -89,6 +83,13 @@ rule build_catalog:
     output:
         catalog="results/catalog.json",
         item=f"results/stack/{config['item_id']}.json",
+        # the COGs of results/cog, linked here once the verdicts allow it
+        published=[
+            *expand("results/stack/{key}.tif", key=KEYS),
+            *expand("results/stack/{name}.tif", name=EXPRESSION_NAMES),
+            *expand("results/stack/{n}-{layer}.tif", n=SECONDARY,
+                    layer=("displacement", "confidence", "support")),
+        ],
     params:
         asset_keys=KEYS,
         reference=config["reference"],

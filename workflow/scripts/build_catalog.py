@@ -1,4 +1,7 @@
-"""Rule build_catalog: the STAC catalog and the stack's item."""
+"""Rule build_catalog: the STAC catalog and the stack's item, with its COGs published from
+results/cog/ into results/stack/ once the registration verdicts allow it."""
+
+from pathlib import Path
 
 from costack.jobs import run_step
 from costack.stages.catalog import run_catalog
@@ -18,6 +21,7 @@ run_step(
         ),
         qc_json=snakemake.input.qc,
         on_failed_registration=snakemake.params.on_failed_registration,
+        publish_dir=Path(snakemake.output.item).parent,
         flows={
             n: (d, c, s, u)
             for n, d, c, s, u in zip(

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +92,7 @@ def run_catalog(
     flows: dict[int, tuple[str | Path, ...]] | None = None,
     qc_json: str | Path | None = None,
     on_failed_registration: str = "stop",
+    publish_dir: str | Path | None = None,
 ) -> None:
     """The STAC catalog and the stack's item.
 
@@ -97,18 +100,21 @@ def run_catalog(
     before anything is written, unless ``on_failed_registration`` is ``publish``: the item is
     then published flagged (``costack:verdict``: ``fail``).
 
+    ``publish_dir`` (the workflow's ``results/stack``, beside the item): the COGs, written
+    before the verdicts (``results/cog``), are linked there under their own names once the
+    verdicts allow it, and the item points to them there (:func:`publish`); None: the item
+    points to the COGs where they are.
+
     ``flows``: per secondary dataset, (displacement COG, confidence COG, flow statistics JSON)
     and optionally the support COG (where registration came from the stable surroundings,
     issue 35), published with the role ``registration-support``."""
     qc = check_registration(qc_json, on_failed_registration) if qc_json else {}
     verdict = registration_verdict(qc)
     # pandas and pystac: imported by this job only, not by the many COG conversions
-    from costack.io.manifest import manifest_row, read_manifest
-    from costack.io.stac import StackAsset, build_item, portable_href, write_catalog
+    from costack.io.manifest import read_manifest
 
     manifest = read_manifest(manifest_csv)
     grid = Grid.load(grid_json)
-    assets: list[StackAsset] = []
     # before anything is written: a COG or flow published under another asset's key or
     # dataset (a by-hand call with two paths swapped) would be catalogued without a word
     for key, path in cogs.items():
@@ -125,6 +131,70 @@ def run_catalog(
                     f"on {estimated_on}), given as dataset {n}'s",
                     f"give dataset {n}'s flow COGs (results/stack/{n}-displacement.tif)",
                 )  # fmt: skip
+    published: list[Path] = []
+    if publish_dir is not None:  # every check above passed: nothing refuses the item now
+        cogs, expressions, flows = publish(cogs, expressions, flows, publish_dir, published)
+    try:
+        _write_item(manifest, manifest_csv, grid, cogs, reference, item_id, catalog_json,
+                    item_json, expressions, properties, flows, qc, verdict)  # fmt: skip
+    except BaseException:
+        for path in published:  # no published COG without its item
+            path.unlink(missing_ok=True)
+        raise
+
+
+def publish(
+    cogs: dict, expressions: dict | None, flows: dict | None, publish_dir: str | Path,
+    published: list[Path] | None = None,
+) -> tuple[dict, dict | None, dict | None]:  # fmt: skip
+    """Link each COG into ``publish_dir`` under its own name (a hard link: no copy of a tile's
+    gigabytes; a copy where the file system has no links) and return the inputs with the
+    published paths; the flows' statistics JSON stays where it is. Each COG arrives whole
+    (linked or copied to a temporary name, then renamed) and dated now, so that Snakemake finds
+    the published files no older than the run's other inputs. A COG already there is left as
+    it is. The paths this call created are appended to ``published``; a failure removes
+    them."""
+    out_dir = Path(publish_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    done: list[Path] = published if published is not None else []
+
+    def one(path: str | Path) -> Path:
+        src, dst = Path(path), out_dir / Path(path).name
+        if src.resolve() == dst.resolve():
+            return dst
+        tmp = dst.with_name(f".{dst.name}.publishing")
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(src, tmp)
+        except OSError:  # no hard links here (another file system, FAT, some network mounts)
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+        os.utime(dst)
+        done.append(dst)
+        return dst
+
+    try:
+        cogs = {k: one(p) for k, p in cogs.items()}
+        expressions = {k: one(p) for k, p in (expressions or {}).items()} or expressions
+        flows = {n: (one(d), one(c), stats, *(one(x) for x in support))
+                 for n, (d, c, stats, *support) in (flows or {}).items()} or flows  # fmt: skip
+    except BaseException:
+        for path in done:
+            path.unlink(missing_ok=True)
+        done.clear()
+        raise
+    return cogs, expressions, flows
+
+
+def _write_item(
+    manifest, manifest_csv, grid, cogs, reference, item_id, catalog_json, item_json,
+    expressions, properties, flows, qc, verdict,
+) -> None:  # fmt: skip
+    """The item and catalog of :func:`run_catalog`, its checks passed."""
+    from costack.io.manifest import manifest_row
+    from costack.io.stac import StackAsset, build_item, portable_href, write_catalog
+
+    assets: list[StackAsset] = []
     for key, path in cogs.items():
         row = manifest_row(manifest, key, manifest_csv)
         nodata = raster_nodata(path)
