@@ -99,7 +99,8 @@ rule build_catalog:
         on_failed_registration=config["on_failed_registration"],
     log:
         "logs/build_catalog/catalog.log",
-    threads: 1
+    # the COGs' checksums two at a time (hashlib releases the GIL): the run's last job
+    threads: 2
     resources:
         mem_mb=1024,
         runtime=10,

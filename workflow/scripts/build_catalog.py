@@ -22,6 +22,7 @@ run_step(
         qc_json=snakemake.input.qc,
         on_failed_registration=snakemake.params.on_failed_registration,
         publish_dir=Path(snakemake.output.item).parent,
+        threads=snakemake.threads,
         flows={
             n: (d, c, s, u)
             for n, d, c, s, u in zip(

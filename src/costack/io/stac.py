@@ -96,6 +96,16 @@ def _parse_dt(text: str) -> datetime | None:
     return datetime.fromisoformat(text) if text else None
 
 
+def sha256_multihashes(paths: list[str | Path], threads: int = 1) -> dict[str, str]:
+    """:func:`sha256_multihash` of each file, ``threads`` files at a time (hashlib releases the
+    GIL: a tile stack's 13 GB of COGs hash in half the wall time on two)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    unique = list(dict.fromkeys(str(p) for p in paths))
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as ex:
+        return dict(zip(unique, ex.map(sha256_multihash, unique), strict=True))
+
+
 def build_item(
     item_id: str,
     grid: Grid,
@@ -104,13 +114,15 @@ def build_item(
     assets: list[StackAsset],
     properties: dict[str, Any] | None = None,
     item_dir: str | Path | None = None,
+    threads: int = 1,
 ) -> pystac.Item:
     """The stack's STAC item (asset hrefs absolute; made relative when saved).
 
     ``platform`` and ``constellation`` are item properties when every asset agrees, else
     fields of each asset. ``derived_from`` links are the input references, relative to
-    ``item_dir`` for local files.
+    ``item_dir`` for local files. The assets' checksums are taken ``threads`` files at a time.
     """
+    checksums = sha256_multihashes([sa.path for sa in assets], threads)
     footprint = grid.footprint()
     ref_row = manifest.set_index("key", drop=False).loc[reference]
     times = sorted(t for t in (_parse_dt(s) for s in manifest["datetime"]) if t is not None)
@@ -172,7 +184,7 @@ def build_item(
                 Band.create(name=sa.key, common_name=common)
             ]
         FileExtension.ext(asset, add_if_missing=True).apply(
-            checksum=sha256_multihash(sa.path), size=Path(sa.path).stat().st_size
+            checksum=checksums[str(sa.path)], size=Path(sa.path).stat().st_size
         )
         if sa.sar:
             if SAR_SCHEMA not in item.stac_extensions:

@@ -93,6 +93,7 @@ def run_catalog(
     qc_json: str | Path | None = None,
     on_failed_registration: str = "stop",
     publish_dir: str | Path | None = None,
+    threads: int = 1,
 ) -> None:
     """The STAC catalog and the stack's item.
 
@@ -103,7 +104,7 @@ def run_catalog(
     ``publish_dir`` (the workflow's ``results/stack``, beside the item): the COGs, written
     before the verdicts (``results/cog``), are linked there under their own names once the
     verdicts allow it, and the item points to them there (:func:`publish`); None: the item
-    points to the COGs where they are.
+    points to the COGs where they are. ``threads``: COGs checksummed at once (the same item).
 
     ``flows``: per secondary dataset, (displacement COG, confidence COG, flow statistics JSON)
     and optionally the support COG (where registration came from the stable surroundings,
@@ -136,7 +137,7 @@ def run_catalog(
         cogs, expressions, flows = publish(cogs, expressions, flows, publish_dir, published)
     try:
         _write_item(manifest, manifest_csv, grid, cogs, reference, item_id, catalog_json,
-                    item_json, expressions, properties, flows, qc, verdict)  # fmt: skip
+                    item_json, expressions, properties, flows, qc, verdict, threads)  # fmt: skip
     except BaseException:
         for path in published:  # no published COG without its item
             path.unlink(missing_ok=True)
@@ -188,7 +189,7 @@ def publish(
 
 def _write_item(
     manifest, manifest_csv, grid, cogs, reference, item_id, catalog_json, item_json,
-    expressions, properties, flows, qc, verdict,
+    expressions, properties, flows, qc, verdict, threads=1,
 ) -> None:  # fmt: skip
     """The item and catalog of :func:`run_catalog`, its checks passed."""
     from costack.io.manifest import manifest_row
@@ -296,7 +297,7 @@ def _write_item(
             "datasets": registration,
         }
     item = build_item(
-        item_id, grid, manifest, reference, assets, properties, Path(item_json).parent
+        item_id, grid, manifest, reference, assets, properties, Path(item_json).parent, threads
     )
     Path(item_json).parent.mkdir(parents=True, exist_ok=True)
     write_catalog(item, catalog_json, item_json)
