@@ -149,9 +149,10 @@ def prepare(
 
 
 #: Pixels kept beyond a point's patches when its level is prepared around it alone
-#: (:class:`LocalLevel`): the cubic B-spline prefilter's pole is 2 - sqrt(3) = 0.268 (Unser
-#: 1999, eq. 13), so a coefficient this far inside the crop differs from the whole image's by a
-#: relative 0.268^16 = 1e-9; the gradients and the CFOG blur reach two pixels.
+#: (:class:`LocalLevel`): the cubic B-spline's recursive prefilter has its pole at
+#: sqrt(3) - 2 = -0.268 (Unser 1999, "Splines: a perfect fit for signal and image processing"),
+#: so a coefficient this far inside the crop differs from the whole image's by a relative
+#: 0.268^16 = 1e-9; the gradients and the CFOG blur reach two pixels.
 LOCAL_MARGIN = 16
 
 

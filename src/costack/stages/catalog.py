@@ -151,13 +151,18 @@ def publish(
     """Link each COG into ``publish_dir`` under its own name (a hard link: no copy of a tile's
     gigabytes; a copy where the file system has no links) and return the inputs with the
     published paths; the flows' statistics JSON stays where it is. Each COG arrives whole
-    (linked or copied to a temporary name, then renamed) and dated now, so that Snakemake finds
-    the published files no older than the run's other inputs. A COG already there is left as
-    it is. The paths this call created are appended to ``published``; a failure removes
-    them."""
+    (linked or copied to a temporary name, then renamed) and all are dated the same now, so
+    that Snakemake finds the published files no older than the run's other inputs. A COG
+    already there is left as it is. The paths this call created are appended to
+    ``published``; a failure removes them."""
+    import time
+
     out_dir = Path(publish_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     done: list[Path] = published if published is not None else []
+    # one date for all: a published COG (its staged twin, the same file) is then never newer
+    # than another published one, which Snakemake would take for an input newer than an output
+    now = time.time()
 
     def one(path: str | Path) -> Path:
         src, dst = Path(path), out_dir / Path(path).name
@@ -166,11 +171,14 @@ def publish(
         tmp = dst.with_name(f".{dst.name}.publishing")
         tmp.unlink(missing_ok=True)
         try:
-            os.link(src, tmp)
-        except OSError:  # no hard links here (another file system, FAT, some network mounts)
-            shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-        os.utime(dst)
+            try:
+                os.link(src, tmp)
+            except OSError:  # no hard links (another file system, FAT, some network mounts)
+                shutil.copyfile(src, tmp)
+            os.replace(tmp, dst)
+        finally:
+            tmp.unlink(missing_ok=True)
+        os.utime(dst, (now, now))
         done.append(dst)
         return dst
 
