@@ -26,11 +26,15 @@ rule match_tiepoints:
     log:
         "logs/match_tiepoints/{n}.log",
     # two cores for a grid matched by tiles even beside other datasets' flows (one core each):
-    # a tile dataset's tie points 17-20 s so (RESULTS-stack.txt 0k), 30-38 s on one core (0h-0j)
+    # a tile dataset's tie points 12-15 s so (RESULTS-stack.txt 0p), 19-32 s on one core (0o)
     threads: TIEPOINT_THREADS
     # the registration chain (tie points, then flow) is the run's longest path: scheduled before
-    # the COGs and QC of the datasets already registered (priority changes no output)
-    priority: 10
+    # the COGs and QC of the datasets already registered, and the tie points before the flows,
+    # so that the two-core jobs run early, the one-core flows pair up, and a flow left alone
+    # finds the other datasets' co-registrations, QC and COGs to share the machine with (six
+    # tile datasets 518-537 -> 469 s, 920 of 930 core-seconds busy, RESULTS-stack.txt 0q;
+    # priority changes no output)
+    priority: 20
     resources:
         mem_mb=2048,
         runtime=30,
