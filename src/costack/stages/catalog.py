@@ -43,21 +43,11 @@ def _without_timings(stats: dict) -> dict:
             for k, v in stats.items() if k != "seconds"}  # fmt: skip
 
 
-def run_cog(
-    src: str | Path,
-    dst: str | Path,
-    qc_json: str | Path | None = None,
-    on_failed_registration: str = "stop",
-    threads: int = 1,
-) -> None:
-    """Convert a co-registered raster to a validated COG (same pixels, same tags).
-
-    With ``qc_json`` (the run's ``results/qc/summary.json``, as the workflow gives it), the
-    registration verdicts are checked first, as :func:`run_catalog` does: a run whose item
-    would not be published writes no COG into the stack either. Tiles are compressed on
-    ``threads`` threads (the same bytes)."""
-    if qc_json is not None:
-        check_registration(qc_json, on_failed_registration)
+def run_cog(src: str | Path, dst: str | Path, threads: int = 1) -> None:
+    """Convert a co-registered raster (or a flow, confidence, support or band-math raster) to a
+    validated COG: same pixels, same tags (rules ``convert_*``, ``costack cog``). The verdicts
+    are not checked here: the COG goes to ``results/cog``, and :func:`run_catalog` publishes it
+    only once they allow it. Tiles are compressed on ``threads`` threads (the same bytes)."""
     write_cog(src, dst, threads=threads)
 
 
@@ -122,7 +112,7 @@ def run_catalog(
         tagged = costack_tags(path).get("costack_key")
         if tagged and tagged != key:
             raise CostackError("--asset", f"{path} is asset {tagged}, given as {key}",
-                               f"give {key}'s own COG (results/stack/{key}.tif)")  # fmt: skip
+                               f"give {key}'s own COG (results/cog/{key}.tif)")  # fmt: skip
     for n, (disp, *rest) in (flows or {}).items():
         for path in (disp, *rest[2:]):  # the displacement and the support COG
             estimated_on = costack_tags(path).get("costack_flow_secondary")
@@ -130,7 +120,7 @@ def run_catalog(
                 raise CostackError(
                     "--flow", f"{path} is dataset {dataset_of(estimated_on)}'s flow (estimated "
                     f"on {estimated_on}), given as dataset {n}'s",
-                    f"give dataset {n}'s flow COGs (results/stack/{n}-displacement.tif)",
+                    f"give dataset {n}'s flow COGs (results/cog/{n}-displacement.tif)",
                 )  # fmt: skip
     published: list[Path] = []
     if publish_dir is not None:  # every check above passed: nothing refuses the item now
