@@ -31,6 +31,7 @@ draw on 2 cores).
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import tempfile
@@ -60,13 +61,19 @@ def costack_cli(*args: str) -> None:
     subprocess.run(["costack", *args], check=True, capture_output=True, cwd=ROOT)
 
 
-def colocated_pair(folder: Path, seed: int | None) -> tuple[Path, Path, Path]:
-    """Generate the demo (``seed``: its SAR's speckle draw) and co-locate 1.nir and
+def colocated_pair(
+    folder: Path, seed: int | None, sar_extra: dict | None = None
+) -> tuple[Path, Path, Path]:
+    """Generate the demo (``seed``: its SAR's speckle draw; ``sar_extra``: a field added to its
+    SAR's misregistration, ``generate_demo.py --sar-extra``) and co-locate 1.nir and
     3.s0_db_c_vv on the demo's grid (all three datasets' common area) with costack."""
     demo = folder / "demo"
     cmd = [sys.executable, str(ROOT / "resources" / "generate_demo.py"), str(demo)]
-    subprocess.run(cmd + ([] if seed is None else ["--speckle-seed", str(seed)]), check=True,
-                   capture_output=True)  # fmt: skip
+    if seed is not None:
+        cmd += ["--speckle-seed", str(seed)]
+    if sar_extra:
+        cmd += ["--sar-extra", json.dumps(sar_extra)]
+    subprocess.run(cmd, check=True, capture_output=True)
     (folder / "config.yaml").write_text(CONFIG.format(d=demo))
     manifest, grid = folder / "manifest.csv", folder / "grid.json"
     costack_cli("discover", "--configfile", str(folder / "config.yaml"), str(manifest))

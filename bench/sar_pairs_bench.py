@@ -8,7 +8,14 @@ added to the radar (an affine of 2.3, -1.6 px with 1e-3 linear terms plus a 1.5 
 is |(flow on the displaced pair - flow on the native pair) - the known field|, whose mean over
 the pixels 32 px inside the image (and known to the method) is printed: the pair's own unknown
 misalignment cancels, what is left is how well the method follows a displacement across
-sensors. For the demo's pair, whose truth is stored, the absolute error is printed as well.
+sensors. For the demo's pair, whose truth is stored, the absolute error (against
+``resources/demo/s1/truth.tif``) is printed as well and is the figure the summary scores, for
+costack and for the peers' best depth alike: the issue scores differentially only "where the
+native misalignment is unknown". The demo's differential figure is printed beside it, not
+scored: its displaced raster is the co-located 20 m SAR warped a second time, which smears the
+interpolation trace the resolution ratio is read from (the native run reads 2.06, the displaced
+one 1), and the windows that fit the demo's own misregistration best (64, 32) follow only
+about 0.3 of the synthetic 1.5 px, 400 px sinusoid on this speckled 20 m raster (RESULTS-sar.txt).
 
 ``costack flow`` runs as a user runs it: the CLI, no flag, on GeoTIFFs written here without any
 ``costack_*`` tag (a plain local grid, NaN nodata), so the mode comes from the data alone; its
@@ -61,6 +68,14 @@ from costack.registration.evaluation import affine_sinusoid, displace, interior 
 
 ROOT = Path(__file__).resolve().parents[1]
 FIELD = {"shift": (2.3, -1.6), "amplitude": 1.5, "wavelength": 400.0}
+#: the demo's displaced pair: FIELD's shift, linear terms and amplitude in the demo generator's
+#: own form (resources/generate_demo.py --sar-extra), added where a real misregistration
+#: arises, in the SAR's own sampling before co-location
+DEMO_FIELD = {
+    "shift": list(FIELD["shift"]),
+    "affine": [[0.002, -0.001], [0.0015, 0.001]],
+    "waves": [[FIELD["amplitude"], FIELD["amplitude"], FIELD["wavelength"], 0.0]],
+}
 MARGIN = 32
 GEFOLKI_LEVELS = (2, 3, 4, 5)
 
@@ -137,6 +152,16 @@ def pair_demo(data: Path, keep: dict) -> tuple[np.ndarray, np.ndarray] | str:
     ref, grid, _ = read_float32(ref_tif)
     sec, _, _ = read_float32(sec_tif)
     keep["demo_truth"] = _truth_window(truth_tif, grid)[0]
+    # the displaced pair: the same SAR (speckle, geometry, GCPs) imaged with DEMO_FIELD added
+    # to its misregistration, co-located by costack like the native one
+    folder = Path(keep["tmp"]) / "demo_moved"
+    folder.mkdir()
+    _, moved_tif, moved_truth_tif = colocated_pair(folder, None, DEMO_FIELD)
+    moved, moved_grid, _ = read_float32(moved_tif)
+    if moved_grid.transform != grid.transform or moved.shape != sec.shape:
+        return "the displaced demo's co-location grid differs from the native one's"
+    keep["demo_moved"] = moved
+    keep["demo_field"] = _truth_window(moved_truth_tif, grid)[0] - keep["demo_truth"]
     return ref, sec
 
 
@@ -194,6 +219,13 @@ def absolute(d, truth, mask) -> float:
     return float(np.nanmean(err))
 
 
+def _score(row: dict) -> float:
+    """The figure a pair is scored by: the absolute error where the pair's truth is known (the
+    demo), else the differential error (issue 38: "score differentially where the native
+    misalignment is unknown")."""
+    return row.get("absolute", row["mean"])
+
+
 def _filled(a: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(a), a, np.nanmean(a)).astype(np.float32)
 
@@ -206,14 +238,18 @@ def describe_choice(stats: dict) -> str:
 
 def run_pair(key: str, opt: np.ndarray, radar: np.ndarray, folder: Path, keep: dict,
              only_costack: bool = False, extra: tuple[str, ...] = ()) -> dict:  # fmt: skip
-    field = affine_sinusoid(opt.shape, **FIELD)
     known = np.isfinite(radar)
-    # the spline's prefilter would spread NaN over the whole image: displace the filled radar
-    # and its validity, NaN where the displaced validity is under 1
-    moved, truth = displace(np.where(known, radar, np.nanmean(radar)), field, order=5)
-    if not known.all():
-        moved_ok, _ = displace(known.astype(np.float32), field, order=1)
-        moved[~(moved_ok > 0.999)] = np.nan
+    if key == "demo" and "demo_moved" in keep:
+        # imaged displaced and co-located (pair_demo): the truths' difference is the field
+        moved, truth = keep["demo_moved"], keep["demo_field"]
+    else:
+        field = affine_sinusoid(opt.shape, **FIELD)
+        # the spline's prefilter would spread NaN over the whole image: displace the filled
+        # radar and its validity, NaN where the displaced validity is under 1
+        moved, truth = displace(np.where(known, radar, np.nanmean(radar)), field, order=5)
+        if not known.all():
+            moved_ok, _ = displace(known.astype(np.float32), field, order=1)
+            moved[~(moved_ok > 0.999)] = np.nan
     mask = interior(opt.shape, MARGIN) & np.isfinite(opt) & np.isfinite(radar)
     mask &= np.isfinite(moved)
     rows: dict[str, dict] = {}
@@ -239,7 +275,7 @@ def run_pair(key: str, opt: np.ndarray, radar: np.ndarray, folder: Path, keep: d
         row = dict(mean=mean, median=med, cover=cover, time=d1[2], note=f"{levels} levels")
         if key == "demo" and "demo_truth" in keep:
             row["absolute"] = absolute(d0[:2], keep["demo_truth"], mask)
-        if best is None or mean < best["mean"]:
+        if best is None or _score(row) < _score(best):
             best = row
         rows[f"pip GEFolki {levels} levels"] = row
     if best is not None:
@@ -290,21 +326,33 @@ def main() -> None:
                       f"{100 * r['cover']:.1f} %  time {r['time']:.2f} s{extra}  {r['note']}",
                       flush=True)  # fmt: skip
             summary.append((key, rows))
-    print("\n## summary: mean differential error (px); costack against pip GEFolki's best depth")
+    print("\n## summary: mean error (px), differential where the pair's misalignment is unknown, "
+          "absolute where its truth is known (the demo); costack against pip GEFolki's best "
+          "depth by that figure")  # fmt: skip
     ratios, cs, gs = [], [], []
     for key, rows in summary:
-        c = rows["costack flow (CLI)"]["mean"]
-        g = rows.get("pip GEFolki (best depth)", {}).get("mean", np.nan)
-        d = rows.get("OpenCV DeepFlow", {}).get("mean", np.nan)
+        c = _score(rows["costack flow (CLI)"])
+        best = rows.get("pip GEFolki (best depth)")
+        g = _score(best) if best else np.nan
+        deep = rows.get("OpenCV DeepFlow")
+        d = _score(deep) if deep else np.nan
         ratio = c / g if np.isfinite(g) else np.nan
         ratios.append(ratio)
         cs.append(c)
         gs.append(g)
         verdict = "met" if ratio <= 0.9 else "MISSED"
+        kind = "absolute" if "absolute" in rows["costack flow (CLI)"] else "differential"
         print(
-            f"  {key:<10} costack {c:.4f}  GEFolki {g:.4f}  DeepFlow {d:.4f}  costack/GEFolki "
-            f"{ratio:.3f} ({100 * (1 - ratio):+.1f} % below; target >= 10 %: {verdict})"
+            f"  {key:<10} {kind:<12} costack {c:.4f}  GEFolki {g:.4f}  DeepFlow {d:.4f}  "
+            f"costack/GEFolki {ratio:.3f} ({100 * (1 - ratio):+.1f} % below; target >= 10 %: "
+            f"{verdict})"
         )
+        if kind == "absolute":
+            dc = rows["costack flow (CLI)"]["mean"]
+            dg = min((r["mean"] for n, r in rows.items() if n.startswith("pip GEFolki ")),
+                     default=np.nan)  # fmt: skip
+            print(f"  {'':<10} (differential, not scored: costack {dc:.4f}, GEFolki's best "
+                  f"depth {dg:.4f}; {100 * (1 - dc / dg):+.1f} % below)")  # fmt: skip
     if summary and np.isfinite(gs).all():
         mc, mg = float(np.mean(cs)), float(np.mean(gs))
         verdict = "met" if mc <= 0.7 * mg else "MISSED"

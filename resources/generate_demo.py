@@ -17,10 +17,14 @@ For each secondary dataset N the true displacement is stored beside it as ``trut
 pixels such that the secondary, co-located on the reference grid and sampled at
 (col + dx, row + dy), shows the ground that the reference shows at (col, row).
 
-Usage: ``python resources/generate_demo.py [OUT_DIR] [--speckle-seed N]`` (default
-``resources/demo``). ``--speckle-seed`` draws the SAR's speckle from its own generator seeded N
-(the scene, geometry and truths unchanged), for ``bench/sar_bench.py``; without it the output is
-the embedded demo, byte for byte.
+Usage: ``python resources/generate_demo.py [OUT_DIR] [--speckle-seed N] [--sar-extra JSON]``
+(default ``resources/demo``). ``--speckle-seed`` draws the SAR's speckle from its own generator
+seeded N (the scene, geometry and truths unchanged), for ``bench/sar_bench.py``.
+``--sar-extra`` adds a known field to the SAR's misregistration, in the sensor's own sampling
+(before any co-location), for ``bench/sar_pairs_bench.py``: a JSON object with ``shift`` (px),
+``affine`` (2x2, per px about the grid centre) and ``waves`` (as :data:`SAR_WAVES`); the SAR's
+speckle, geometry and GCPs stay those of the run without it, and its ``truth.tif`` is the
+combined field. Without either option the output is the embedded demo, byte for byte.
 """
 
 from __future__ import annotations
@@ -286,9 +290,10 @@ def make_item(
     item.save_object(include_self_link=False)
 
 
-def main(out: Path, speckle_seed: int | None = None) -> None:
+def main(out: Path, speckle_seed: int | None = None, sar_extra: dict | None = None) -> None:
     """Build the three datasets and their truths under ``out`` (``speckle_seed``: the SAR's
-    speckle from its own generator instead of the shared one)."""
+    speckle from its own generator instead of the shared one; ``sar_extra``: a field added to
+    the SAR's misregistration, see the module's usage)."""
     bands, origin, _ = world()
     n = REF_SIZE
     # 1. Reference: 10 m, UTM 31N.
@@ -360,7 +365,12 @@ def main(out: Path, speckle_seed: int | None = None) -> None:
     # 3. SAR 20 m ground range, rotated and curved geometry, GCP grid (pixel-centre convention).
     d3 = out / "s1"
     d3.mkdir(parents=True, exist_ok=True)
-    e3 = misregistration(SAR_SHIFT, np.zeros((2, 2)), SAR_WAVES)
+    extra = sar_extra or {}
+    e3 = misregistration(
+        tuple(np.add(SAR_SHIFT, extra.get("shift", (0.0, 0.0)))),
+        np.asarray(extra.get("affine", np.zeros((2, 2))), np.float64),
+        SAR_WAVES + [tuple(w) for w in extra.get("waves", [])],
+    )
     w3, h3, spacing = 300, 290, 20.0
     theta = np.deg2rad(-11.0)
     xs0, ys0 = REF_X0 - 300.0, REF_Y0 + 350.0
@@ -433,4 +443,11 @@ if __name__ == "__main__":
         i = args.index("--speckle-seed")
         seed = int(args[i + 1])
         del args[i : i + 2]
-    main(Path(args[0]) if args else Path(__file__).parent / "demo", seed)
+    extra = None
+    if "--sar-extra" in args:
+        import json
+
+        i = args.index("--sar-extra")
+        extra = json.loads(args[i + 1])
+        del args[i : i + 2]
+    main(Path(args[0]) if args else Path(__file__).parent / "demo", seed, extra)

@@ -2,7 +2,8 @@
 day) per ../shared/data/stac_items/README.md, over one ground: the UAVSAR orthophoto's texture
 placed at 5 m on the map, sampled by each sensor at its own lattice (area mean), Landsat
 displaced by a known (+45 m, -30 m) shift plus a gentle affine. Writes FOLDER/s2/item.json,
-FOLDER/ls/item.json. Usage: python scratch/real_items.py FOLDER"""
+FOLDER/ls/item.json: a pair to run the workflow on by hand (a config listing both items; the
+Landsat shift is the truth). Usage: python bench/real_items.py FOLDER"""
 
 from __future__ import annotations
 
