@@ -172,7 +172,9 @@ def build(data: Path, datasets: int, size: int) -> list[Path]:
     return items
 
 
-def run_workflow(items: list[Path], workdir: Path, cores: int) -> tuple[float, str]:
+def run_workflow(
+    items: list[Path], workdir: Path, cores: int, cog_compression: str = "deflate"
+) -> tuple[float, str]:
     """``snakemake --cores N`` on the items in a fresh ``workdir`` under /usr/bin/time -v;
     returns (wall seconds, time's report)."""
     import shutil
@@ -189,6 +191,7 @@ def run_workflow(items: list[Path], workdir: Path, cores: int) -> tuple[float, s
         "reference": "1.nir",
         "expressions": [],
         "item_id": "stack-bench",
+        "cog_compression": cog_compression,
     }
     (workdir / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
     cmd = ["/usr/bin/time", "-v", sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"),
@@ -323,6 +326,8 @@ def main() -> None:
                     help="where the datasets are built (once) and the runs go")  # fmt: skip
     ap.add_argument("--cores", type=int, default=2)
     ap.add_argument("--build-only", action="store_true")
+    ap.add_argument("--cog-compression", choices=["deflate", "zstd"], default="deflate",
+                    help="the run's cog_compression (config)")  # fmt: skip
     args = ap.parse_args()
     if not LIDAR.is_file() or not UAVSAR.is_file():
         sys.exit(f"needs the real images of {SHARED}")
@@ -333,11 +338,12 @@ def main() -> None:
         return
     workdir = args.data / f"run-{args.size}-{args.datasets}"
     up0 = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-    wall, report = run_workflow(items, workdir, args.cores)
+    wall, report = run_workflow(items, workdir, args.cores, args.cog_compression)
     up1 = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     peak_run = re.findall(r"Maximum resident set size \(kbytes\): (\d+)", report)
     print(f"# bench/stack_bench.py: {args.datasets} datasets of {args.size}x{args.size} px, two "
-          f"assets each, snakemake --cores {args.cores}")  # fmt: skip
+          f"assets each, snakemake --cores {args.cores}, cog_compression "
+          f"{args.cog_compression}")  # fmt: skip
     print(f"# uptime before: {up0}\n# uptime after:  {up1}")
     jobs = job_times(workdir)
     print(

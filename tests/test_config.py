@@ -67,3 +67,10 @@ def test_expression_names():
         split_expression("ndvi:  ")
     with pytest.raises(CostackError, match="used twice"):
         parse_config({**BASE, "expressions": ["a:(+ 1.nir 1)", "a:(+ 2.nir 1)"]})
+
+
+def test_cog_compression_is_deflate_unless_zstd_is_asked():
+    assert parse_config(dict(BASE)).cog_compression == "deflate"
+    assert parse_config({**BASE, "cog_compression": "zstd"}).cog_compression == "zstd"
+    with pytest.raises(CostackError, match=r"^cog_compression: 'lzma' is not one of"):
+        parse_config({**BASE, "cog_compression": "lzma"})

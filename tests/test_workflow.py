@@ -9,7 +9,7 @@ import numpy as np
 import pystac
 import pytest
 import rasterio
-from conftest import REPO, run_snakemake, scene, write_item, write_raster
+from conftest import REPO, demo_config, run_snakemake, scene, write_item, write_raster
 from rasterio.transform import Affine
 
 from costack.io.cog import is_valid_cog
@@ -390,3 +390,21 @@ def test_user_configfile_gets_no_demo_values(tmp_path):
     out = proc.stdout + proc.stderr
     assert "evaluate_expression" not in out and "ndvi" not in out
     assert "results/stack/costack-stack.json" in out and "costack-demo" not in out
+
+
+def test_cog_compression_reaches_the_rules(demo_run: Path, tmp_path: Path):
+    """``cog_compression: zstd`` makes the rules write ZSTD COGs of the same pixels (a copy of
+    the demo's run, the two kinds of COG rule rerun by Snakemake for the changed parameter)."""
+    import shutil
+
+    work = tmp_path / "run"
+    shutil.copytree(demo_run, work, symlinks=True)
+    targets = ["results/cog/1.nir.tif", "results/cog/2-displacement.tif"]
+    cfg = {**demo_config(), "cog_compression": "zstd"}
+    proc = run_snakemake(work, cfg, *targets)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for target in targets:
+        with rasterio.open(work / target) as new, rasterio.open(demo_run / target) as old:
+            assert (new.profile["compress"], old.profile["compress"]) == ("zstd", "deflate")
+            np.testing.assert_array_equal(new.read(), old.read())
+        assert is_valid_cog(work / target)

@@ -406,7 +406,7 @@ def cmd_cog(args: argparse.Namespace) -> None:
     """Step cog."""
     from costack.stages.catalog import run_cog
 
-    run_cog(args.src, args.out)
+    run_cog(args.src, args.out, compression=args.compression)
 
 
 def cmd_catalog(args: argparse.Namespace) -> None:
@@ -689,6 +689,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("cog", help="write a raster as a validated Cloud Optimized GeoTIFF")
     p.add_argument("src")
     p.add_argument("out")
+    p.add_argument("--compression", choices=["deflate", "zstd"], default="deflate",
+                   help="the COG's codec (config cog_compression; default deflate)")  # fmt: skip
     p.set_defaults(func=cmd_cog)
 
     p = sub.add_parser("catalog", help="write the STAC catalog and the stack's item")

@@ -63,6 +63,7 @@ class RunConfig:
     physical_units: bool = True
     verdict: dict[str, float] = field(default_factory=dict)
     on_failed_registration: str = "stop"
+    cog_compression: str = "deflate"
     min_overlap_px: int = 64
     max_job_memory_mb: int = 12000
     max_grid_pixels: int = 500_000_000
@@ -232,6 +233,7 @@ def parse_config(config: dict[str, Any]) -> RunConfig:
         physical_units=raw["physical_units"],
         verdict=dict(raw["verdict"]),
         on_failed_registration=raw["on_failed_registration"],
+        cog_compression=raw["cog_compression"],
         min_overlap_px=int(raw["min_overlap_px"]),
         max_job_memory_mb=int(raw["max_job_memory_mb"]),
         max_grid_pixels=int(raw["max_grid_pixels"]),

@@ -8,6 +8,8 @@ rule convert_cog:
         "results/coregistered/{key}.tif",
     output:
         "results/cog/{key}.tif",
+    params:
+        compression=config["cog_compression"],
     log:
         "logs/convert_cog/{key}.log",
     # one core: mostly single-threaded work (10980 x 10980 tile on two threads, CPU over
@@ -32,6 +34,8 @@ rule convert_flow_cog:
         displacement="results/cog/{n}-displacement.tif",
         confidence="results/cog/{n}-confidence.tif",
         support="results/cog/{n}-support.tif",
+    params:
+        compression=config["cog_compression"],
     log:
         "logs/convert_flow_cog/{n}.log",
     # one core: mostly single-threaded work (10980 x 10980 tile on two threads, CPU over
@@ -52,6 +56,8 @@ rule convert_expression_cog:
         "results/bandmath/{name}.tif",
     output:
         "results/cog/{name}.tif",
+    params:
+        compression=config["cog_compression"],
     log:
         "logs/convert_expression_cog/{name}.log",
     # one core: mostly single-threaded work (10980 x 10980 tile on two threads, CPU over

@@ -6,5 +6,10 @@ from costack.stages.catalog import run_cog
 
 run_step(
     snakemake,
-    lambda: run_cog(snakemake.input[0], snakemake.output[0], threads=snakemake.threads),
+    lambda: run_cog(
+        snakemake.input[0],
+        snakemake.output[0],
+        threads=snakemake.threads,
+        compression=snakemake.params.compression,
+    ),
 )

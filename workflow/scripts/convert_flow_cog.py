@@ -7,9 +7,10 @@ from costack.stages.catalog import run_cog
 
 def step() -> None:
     i, o = snakemake.input, snakemake.output
-    run_cog(i.flow, o.displacement, threads=snakemake.threads)
-    run_cog(i.confidence, o.confidence, threads=snakemake.threads)
-    run_cog(i.support, o.support, threads=snakemake.threads)
+    codec = snakemake.params.compression
+    run_cog(i.flow, o.displacement, threads=snakemake.threads, compression=codec)
+    run_cog(i.confidence, o.confidence, threads=snakemake.threads, compression=codec)
+    run_cog(i.support, o.support, threads=snakemake.threads, compression=codec)
 
 
 run_step(snakemake, step)

@@ -43,12 +43,15 @@ def _without_timings(stats: dict) -> dict:
             for k, v in stats.items() if k != "seconds"}  # fmt: skip
 
 
-def run_cog(src: str | Path, dst: str | Path, threads: int = 1) -> None:
+def run_cog(
+    src: str | Path, dst: str | Path, threads: int = 1, compression: str = "deflate"
+) -> None:
     """Convert a co-registered raster (or a flow, confidence, support or band-math raster) to a
     validated COG: same pixels, same tags (rules ``convert_*``, ``costack cog``). The verdicts
     are not checked here: the COG goes to ``results/cog``, and :func:`run_catalog` publishes it
-    only once they allow it. Tiles are compressed on ``threads`` threads (the same bytes)."""
-    write_cog(src, dst, threads=threads)
+    only once they allow it. Tiles are compressed on ``threads`` threads (the same bytes), with
+    ``compression`` (config ``cog_compression``: :data:`costack.io.cog.CODECS`)."""
+    write_cog(src, dst, threads=threads, compression=compression)
 
 
 def check_registration(qc_json: str | Path, on_failed_registration: str = "stop") -> dict:
