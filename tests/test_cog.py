@@ -55,3 +55,22 @@ def test_unknown_codec_is_refused_before_writing(tmp_path, source):
     with pytest.raises(ValueError, match="compression must be one of deflate, zstd"):
         write_cog(source[0], tmp_path / "x.tif", compression="lzma")
     assert not (tmp_path / "x.tif").exists()
+
+
+def test_the_codec_lists_agree():
+    """The schema's enum and default, the CLI's choices and default and :data:`CODECS` name the
+    same codecs (three spellings of one list)."""
+    import argparse
+
+    import yaml
+    from conftest import REPO
+
+    from costack.cli import build_parser
+    from costack.io.cog import CODECS
+
+    spec = yaml.safe_load((REPO / "config" / "schema.yaml").read_text())["properties"]
+    spec = spec["cog_compression"]
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    option = next(a for a in sub.choices["cog"]._actions if a.dest == "compression")
+    assert spec["enum"] == list(option.choices) == list(CODECS)
+    assert spec["default"] == option.default == "deflate"
