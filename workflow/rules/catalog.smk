@@ -88,14 +88,12 @@ rule build_catalog:
         overview="results/report.html",
     output:
         catalog="results/catalog.json",
-        item=f"results/stack/{config['item_id']}.json",
-        # the COGs of results/cog, linked here once the verdicts allow it
-        published=[
-            *expand("results/stack/{key}.tif", key=KEYS),
-            *expand("results/stack/{name}.tif", name=EXPRESSION_NAMES),
-            *expand("results/stack/{n}-{layer}.tif", n=SECONDARY,
-                    layer=("displacement", "confidence", "support")),
-        ],
+        # the item and the COGs of results/cog, linked here once the verdicts allow it: one
+        # directory output. After a job Snakemake re-dates its outputs one by one, and a linked
+        # COG is also this job's input (one inode): as files, those re-dated across a clock tick
+        # read as outputs older than an input, and the run failed (it did once in the test
+        # suite, on a two-dataset stack)
+        stack=directory("results/stack"),
     params:
         asset_keys=KEYS,
         reference=config["reference"],
@@ -104,7 +102,8 @@ rule build_catalog:
         secondary=SECONDARY,
         on_failed_registration=config["on_failed_registration"],
     log:
-        "logs/build_catalog/catalog.log",
+        # named by the item (its file is inside the folder output, so no longer listed)
+        f"logs/build_catalog/{config['item_id']}.log",
     # the COGs' checksums two at a time (hashlib releases the GIL): the run's last job
     threads: 2
     resources:

@@ -15,13 +15,13 @@ run_step(
         snakemake.params.reference,
         snakemake.params.item_id,
         snakemake.output.catalog,
-        snakemake.output.item,
+        Path(snakemake.output.stack) / f"{snakemake.params.item_id}.json",
         expressions=dict(
             zip(snakemake.params.expressions, snakemake.input.expression_cogs, strict=True)
         ),
         qc_json=snakemake.input.qc,
         on_failed_registration=snakemake.params.on_failed_registration,
-        publish_dir=Path(snakemake.output.item).parent,
+        publish_dir=snakemake.output.stack,
         threads=snakemake.threads,
         flows={
             n: (d, c, s, u)

@@ -144,18 +144,16 @@ def publish(
     """Link each COG into ``publish_dir`` under its own name (a hard link: no copy of a tile's
     gigabytes; a copy where the file system has no links) and return the inputs with the
     published paths; the flows' statistics JSON stays where it is. Each COG arrives whole
-    (linked or copied to a temporary name, then renamed) and all are dated the same now, so
-    that Snakemake finds the published files no older than the run's other inputs. A COG
+    (linked or copied to a temporary name, then renamed) and all are dated the same time, the
+    file system's own after the last of them arrived, so that Snakemake finds the published
+    files no older than the run's other inputs and no newer than the item written after them.
+    (The workflow declares the folder, not the files, as the step's output: a linked COG is
+    also the step's input, and Snakemake re-dates declared output files one by one.) A COG
     already there is left as it is. The paths this call created are appended to
     ``published``; a failure removes them."""
-    import time
-
     out_dir = Path(publish_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     done: list[Path] = published if published is not None else []
-    # one date for all: a published COG (its staged twin, the same file) is then never newer
-    # than another published one, which Snakemake would take for an input newer than an output
-    now = time.time()
 
     def one(path: str | Path) -> Path:
         src, dst = Path(path), out_dir / Path(path).name
@@ -171,7 +169,6 @@ def publish(
             os.replace(tmp, dst)
         finally:
             tmp.unlink(missing_ok=True)
-        os.utime(dst, (now, now))
         done.append(dst)
         return dst
 
@@ -180,6 +177,14 @@ def publish(
         expressions = {k: one(p) for k, p in (expressions or {}).items()} or expressions
         flows = {n: (one(d), one(c), stats, *(one(x) for x in support))
                  for n, (d, c, stats, *support) in (flows or {}).items()} or flows  # fmt: skip
+        # one date for all, the file system's own (the directory's, set by the last rename
+        # into it): a published COG (its staged twin, the same file) is then never newer than
+        # another published one, which Snakemake would take for an input newer than an output,
+        # nor than a file written after it (the item, the catalog, Snakemake's own stamp):
+        # Python's clock reads finer than a file system that dates by the clock tick
+        now = os.stat(out_dir).st_mtime_ns
+        for path in done:
+            os.utime(path, ns=(now, now))
     except BaseException:
         for path in done:
             path.unlink(missing_ok=True)
