@@ -79,6 +79,38 @@ def test_a_run_into_another_runs_results_is_refused(demo_run: Path, tmp_path: Pa
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
+def test_what_the_folder_output_would_delete_is_refused(demo_run: Path, tmp_path: Path):
+    """The catalog step's output is the folder results/stack as a whole, which Snakemake
+    deletes before the step: a folder, a hidden file or a link of the user's in it, or a
+    results/stack that is a link, stops the run in one line before anything is written; the
+    demo's own stack (with Snakemake's .snakemake_timestamp) passes, and nothing is deleted."""
+    work = tmp_path / "work"
+    stack = work / "results" / "stack"
+    shutil.copytree(demo_run / "results" / "stack", stack)
+    assert (stack / ".snakemake_timestamp").is_file()
+    assert _snakemake_dry(work, demo_config(), "demo").returncode == 0
+    (stack / "notes").mkdir()
+    (stack / "notes" / "mine.txt").write_text("keep me")
+    (stack / ".mine").write_text("keep me too")
+    (stack / "1.nir.tif.link").symlink_to(stack / "1.nir.tif")
+    proc = _snakemake_dry(work, demo_config(), "demo")
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("costack: error:")]
+    assert len(errors) == 1, proc.stderr[-3000:]
+    assert "3 entries this run does not make (.mine, 1.nir.tif.link, notes)" in errors[0], errors
+    assert "would delete them" in errors[0] and "costack run --out DIR" in errors[0]
+    assert (stack / "notes" / "mine.txt").read_text() == "keep me"
+    assert (stack / ".mine").is_file()
+
+    elsewhere = tmp_path / "served"
+    shutil.move(stack, elsewhere)
+    stack.symlink_to(elsewhere, target_is_directory=True)
+    proc = _snakemake_dry(work, demo_config(), "demo")
+    assert proc.returncode != 0
+    assert f"costack: error: results: {stack} is a link" in proc.stderr, proc.stderr[-3000:]
+    assert (elsewhere / "notes" / "mine.txt").is_file()
+
+
 def test_costack_run_prints_each_line_once(demo_run: Path, tmp_path: Path):
     """`costack run` finishing a copy of the demo's run (its overview page and item removed):
     Snakemake's progress once per step, no line twice under Snakemake's logger name, no "None"

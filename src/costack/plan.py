@@ -351,31 +351,58 @@ def is_own_stack_file(name: str, plan: RunPlan) -> bool:
     return bool(dash and what and n.isdigit() and int(n) in plan.secondary)
 
 
+def _own_stack_entry(path: Path, plan: RunPlan) -> bool:
+    """Whether ``results/stack/PATH`` is the run's own: one of its files
+    (:func:`is_own_stack_file`), a regular file or a hard link but no symbolic link, or
+    Snakemake's ``.snakemake_timestamp`` (the folder's date), or one of the run's own COGs
+    half-published (``.NAME.publishing``, left by an interrupted catalog step)."""
+    if path.is_symlink() or not path.is_file():
+        return False
+    name = path.name
+    if name == ".snakemake_timestamp":
+        return True
+    if name.startswith(".") and name.endswith(".publishing"):
+        name = name[1 : -len(".publishing")]
+    elif name.startswith("."):
+        return False
+    return is_own_stack_file(name, plan)
+
+
 def refuse_foreign_results(plan: RunPlan, workdir: str | Path = ".") -> None:
     """Refuse, before anything is written, a run whose ``results/stack/`` (in ``workdir``)
-    holds files it does not make: another run's item, or COGs that the new item would not list
-    and that would lie beside it, unlisted (``snakemake --configfile mine.yaml`` in a folder
-    where the demo ran). A rerun of the same configuration, or of one that adds outputs, passes.
+    holds anything it does not make: another run's item, COGs that the new item would not list,
+    a folder, a hidden file or a link of the user's (``snakemake --configfile mine.yaml`` in a
+    folder where the demo ran). The catalog step's output is the folder as a whole, which
+    Snakemake deletes before the step and after a failure: whatever else lies there would be
+    lost. So is a ``results/stack`` that is a link or a file. A rerun of the same configuration,
+    or of one that adds outputs, passes.
 
     Raises:
-        CostackError: naming the first foreign files and the fix (a folder of its own).
+        CostackError: naming the first foreign entries and the fix (a folder of its own).
     """
-    stack = (Path(workdir) / "results" / "stack").resolve()
+    given = (Path(workdir) / "results" / "stack").absolute()
+    fix = (
+        "give each run its own folder: costack run --out DIR, or snakemake -d DIR (-s "
+        "costack/Snakefile from elsewhere); or remove the earlier run's results/ first"
+    )
+    if given.is_symlink() or (given.exists() and not given.is_dir()):
+        raise CostackError(
+            "results", f"{given} is {'a link' if given.is_symlink() else 'not a folder'}; the "
+            "catalog step writes the folder results/stack as a whole and would replace it", fix,
+        )  # fmt: skip
+    stack = given.resolve()
     if not stack.is_dir():
         return
-    foreign = sorted(
-        p.name for p in stack.iterdir()
-        if p.is_file() and not p.name.startswith(".") and not is_own_stack_file(p.name, plan)
-    )  # fmt: skip
+    foreign = sorted(p.name for p in stack.iterdir() if not _own_stack_entry(p, plan))
     if not foreign:
         return
     items = [name for name in foreign if name.endswith(".json")]
     what = (f"another run's item ({', '.join(items[:2])})" if items else
-            f"{len(foreign)} file(s) this run does not make ({', '.join(foreign[:3])}"
+            f"{len(foreign)} entries this run does not make ({', '.join(foreign[:3])}"
             f"{', ...' if len(foreign) > 3 else ''})")  # fmt: skip
     raise CostackError(
         "results",
-        f"{stack} holds {what}; a run here would leave them beside its item {plan.cfg.item_id}",
-        "give each run its own folder: costack run --out DIR, or snakemake -d DIR (-s "
-        "costack/Snakefile from elsewhere); or remove the earlier run's results/ first",
+        f"{stack} holds {what}; a run here would delete them when it publishes its item "
+        f"{plan.cfg.item_id} (the catalog step writes the folder as a whole)",
+        fix,
     )
