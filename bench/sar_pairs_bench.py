@@ -363,13 +363,12 @@ def main() -> None:
                 print(f"  the truth's floor (absolute error of following only its global part): "
                       f"best constant {fl['absolute']['constant']:.4f} px, best affine "
                       f"{fl['absolute']['affine']:.4f} px")  # fmt: skip
-            summary.append((key, fl))
             for name, r in rows.items():
                 extra = f"  absolute {r['absolute']:.4f} px" if "absolute" in r else ""
                 print(f"  {name:<26} mean {r['mean']:.4f} px  median {r['median']:.4f}  known "
                       f"{100 * r['cover']:.1f} %  time {r['time']:.2f} s{extra}  {r['note']}",
                       flush=True)  # fmt: skip
-            summary[-1] = (key, rows, fl)
+            summary.append((key, rows, fl))
     print("\n## summary: mean error (px), differential where the pair's misalignment is unknown, "
           "absolute where its truth is known (the demo); costack against pip GEFolki's best "
           "depth by that figure")  # fmt: skip

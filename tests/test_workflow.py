@@ -106,8 +106,6 @@ def test_no_catalog_output_is_one_of_its_inputs(demo_run: Path):
     inode) is re-dated after the outputs before it and reads as an input newer than an output
     (the run failed so, once, when a clock tick fell between the two). No declared output of
     ``build_catalog`` may share its inode with a declared input."""
-    from conftest import demo_config
-
     proc = run_snakemake(demo_run, demo_config(), "-n", "--forcerun", "build_catalog")
     assert proc.returncode == 0, proc.stderr[-2000:]
     text = proc.stdout + proc.stderr
